@@ -1,0 +1,1 @@
+"""The brain: the single authority for queue truth (pure core, journal, service)."""

@@ -1,0 +1,57 @@
+"""Peer liveness, as a pure tracker: time arrives as an argument.
+
+A peer is tracked from its first heartbeat on (short-lived tools that never
+heartbeat are routed but not watched). After that, any message from it counts
+as a sign of life. A tracked peer silent for ``INTERVAL x LIVENESS`` seconds
+is declared down; when it speaks again it is up again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+INTERVAL = 1.0  # seconds between heartbeats that peers are expected to keep
+LIVENESS = 3  # heartbeats a peer may miss before it is declared down
+EXPIRY = INTERVAL * LIVENESS
+
+
+@dataclass(slots=True)
+class Liveness:
+    interval: float = INTERVAL
+    liveness: int = LIVENESS
+    forget_after: float = 3600.0  # a peer down this long is dropped from memory
+    last_seen: dict[str, float] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+
+    @property
+    def expiry(self) -> float:
+        return self.interval * self.liveness
+
+    def seen(self, peer: str, now: float, *, heartbeat: bool) -> bool:
+        """Record a message from ``peer``. True when this makes it (again) up."""
+        if peer not in self.last_seen and not heartbeat:
+            return False
+        came_up = peer not in self.last_seen or peer in self.down
+        self.last_seen[peer] = now
+        self.down.discard(peer)
+        return came_up
+
+    def expire(self, now: float) -> list[tuple[str, float]]:
+        """Peers that have just gone silent past the expiry, with their silence."""
+        gone = []
+        stale = []
+        for peer, seen in self.last_seen.items():
+            silent = now - seen
+            if peer not in self.down:
+                if silent > self.expiry:
+                    self.down.add(peer)
+                    gone.append((peer, silent))
+            elif silent > self.forget_after:
+                stale.append(peer)
+        for peer in stale:
+            self.forget(peer)
+        return gone
+
+    def forget(self, peer: str) -> None:
+        self.last_seen.pop(peer, None)
+        self.down.discard(peer)

@@ -1,0 +1,286 @@
+"""The broker's socket loop: route by name, republish telemetry, watch liveness.
+
+Theory of operation
+-------------------
+Every actor connects a DEALER whose identity is its name. A message arrives
+on the ROUTER as ``[identity, body]``. The broker reads only the envelope
+(``decode_envelope``), checks that ``src`` equals the identity (no actor
+speaks for another), republishes telemetry types on PUB, and forwards the
+body untouched as ``[dst, body]``. ROUTER_MANDATORY turns a send to an
+unknown name into an error that goes back to the sender as an ``Error``
+message naming the missing actor; ROUTER_HANDOVER lets an actor restarted
+under the same name take over its route.
+
+Anything malformed is answered with an ``Error`` (when there is a sender to
+answer), counted, and logged at a bounded rate; the loop never stops for it.
+``MAXMSGSIZE`` (twice the codec's limit) makes ZeroMQ drop a connection that
+sends a frame big enough to hurt, before it is buffered.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+
+from broker.liveness import INTERVAL, LIVENESS, Liveness
+from proto.codec import MAX_MESSAGE_BYTES, decode_envelope, encode
+from proto.errors import ErrorCode, ProtocolError
+from proto.messages import (
+    BRAIN,
+    BROKER,
+    PUBLISHED_TYPES,
+    Error,
+    Message,
+    MsgType,
+    PeerDown,
+    PeerUp,
+)
+from proto.pubsub import pub_frames
+
+log = logging.getLogger("llmo.broker")
+
+HWM = 100_000
+BURST = 1000  # messages handled per poll before timers are looked at again
+LOG_LIMIT = 20  # malformed-input log lines per minute; the rest are counted
+
+
+@dataclass(slots=True)
+class BrokerStats:
+    routed: int = 0
+    published: int = 0
+    errors_sent: int = 0
+    refused: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def summary(self) -> str:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(self.refused.items())) or "none"
+        return (
+            f"routed {self.routed}, published {self.published}, "
+            f"errors sent {self.errors_sent}, refused: {refused}"
+        )
+
+
+class Broker:
+    def __init__(
+        self,
+        router_endpoint: str,
+        pub_endpoint: str,
+        *,
+        interval: float = INTERVAL,
+        liveness: int = LIVENESS,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.context = zmq.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.MAXMSGSIZE, 2 * MAX_MESSAGE_BYTES)
+        self.router.setsockopt(zmq.SNDHWM, HWM)
+        self.router.setsockopt(zmq.RCVHWM, HWM)
+        self.pub = self.context.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, HWM)
+        try:
+            self.router.bind(router_endpoint)
+            self.pub.bind(pub_endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise OSError(f"cannot bind {router_endpoint} / {pub_endpoint}: {exc}") from exc
+        self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.liveness = Liveness(interval=interval, liveness=liveness)
+        self.stats = BrokerStats()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._seq = 0
+        self._ids = 0
+        self._running = False
+        self._log_window = 0.0
+        self._logged = 0
+        self._suppressed = 0
+
+    # --- the loop ----------------------------------------------------------------
+
+    def run(self, *, install_signals: bool = False) -> int:
+        """Route until ``stop()`` (or SIGINT/SIGTERM when ``install_signals``)."""
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.stop())
+        self._running = True
+        log.info(
+            "broker routing on %s, publishing on %s (liveness %d x %.1fs)",
+            self.router_endpoint,
+            self.pub_endpoint,
+            self.liveness.liveness,
+            self.liveness.interval,
+        )
+        poll_ms = max(10, int(self.liveness.interval * 1000 / 4))
+        next_check = self._clock() + self.liveness.interval / 2
+        router = self.router
+        try:
+            while self._running:
+                if router.poll(poll_ms):
+                    for _ in range(BURST):
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.handle(frames)
+                now = self._clock()
+                if now >= next_check:
+                    self.check_liveness(now)
+                    next_check = now + self.liveness.interval / 2
+        finally:
+            log.info("broker stopping: %s", self.stats.summary())
+            self.close()
+        return 0
+
+    def stop(self) -> None:
+        self._running = False
+
+    def close(self) -> None:
+        self.router.close(linger=0)
+        self.pub.close(linger=0)
+        self.context.term()
+
+    # --- one inbound message ---------------------------------------------------------
+
+    def handle(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        if len(frames) != 2:
+            self._refuse(identity, ErrorCode.BAD_FRAMES, f"expected 1 frame, got {len(frames) - 1}")
+            return
+        body = frames[1]
+        try:
+            env = decode_envelope(body)
+        except ProtocolError as exc:
+            self._refuse(identity, exc.code, exc.detail)
+            return
+        sender = identity.decode("utf-8", "replace")
+        if env.src != sender:
+            self._refuse(
+                identity,
+                ErrorCode.SPOOFED_SOURCE,
+                f"message {env.id!r} claims source {env.src!r} but was sent by {sender!r}",
+                reply_to=env.id,
+            )
+            return
+        is_heartbeat = env.type is MsgType.HEARTBEAT
+        if self.liveness.seen(sender, self._clock(), heartbeat=is_heartbeat):
+            self._peer_event(PeerUp(peer=sender))
+        if env.type in PUBLISHED_TYPES:
+            self._publish(env.type, sender, body)
+        if env.dst == BROKER:
+            if not is_heartbeat and env.type not in PUBLISHED_TYPES:
+                self._refuse(
+                    identity,
+                    ErrorCode.UNEXPECTED,
+                    f"the broker takes heartbeats and telemetry, not {env.type.value!r}",
+                    reply_to=env.id,
+                )
+            return
+        self._route(identity, env.dst, body, env.id, env.type)
+
+    def _route(self, identity: bytes, dst: str, body: bytes, msg_id: str, kind: MsgType) -> None:
+        try:
+            self.router.send_multipart([dst.encode(), body], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if kind is MsgType.ERROR:
+                self.stats.refused["undeliverable_error"] += 1
+                return  # never answer an error with an error
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._refuse(
+                    identity,
+                    ErrorCode.UNKNOWN_DESTINATION,
+                    f"no actor named {dst!r} is connected",
+                    reply_to=msg_id,
+                    peer=dst,
+                )
+            elif exc.errno == zmq.EAGAIN:
+                self._refuse(
+                    identity,
+                    ErrorCode.DESTINATION_BUSY,
+                    f"{dst!r} is not reading its messages (queue full)",
+                    reply_to=msg_id,
+                    peer=dst,
+                )
+            else:
+                raise
+        else:
+            self.stats.routed += 1
+
+    # --- liveness and publishing --------------------------------------------------------
+
+    def check_liveness(self, now: float) -> None:
+        for peer, silent in self.liveness.expire(now):
+            log.warning("peer %s is down (silent %.1fs)", peer, silent)
+            self._peer_event(PeerDown(peer=peer, silent_s=round(silent, 3)))
+
+    def _peer_event(self, msg: PeerUp | PeerDown) -> None:
+        if isinstance(msg, PeerUp):
+            log.info("peer %s is up", msg.peer)
+        body = encode(self._stamp(msg, BRAIN))
+        self._publish(msg.TYPE, BROKER, body)
+        if msg.peer == BRAIN:
+            return
+        # With no brain connected the publication is all there is.
+        with contextlib.suppress(zmq.ZMQError):
+            self.router.send_multipart([BRAIN.encode(), body], zmq.NOBLOCK)
+
+    def _publish(self, kind: MsgType, source: str, body: bytes) -> None:
+        self._seq += 1
+        try:
+            self.pub.send_multipart(pub_frames(kind.value, source, self._seq, body), zmq.NOBLOCK)
+        except zmq.Again:
+            return  # a PUB drops at its high-water mark; subscribers see the gap
+        self.stats.published += 1
+
+    # --- errors ----------------------------------------------------------------------
+
+    def _stamp(self, msg: Message, dst: str) -> Message:
+        self._ids += 1
+        return dataclasses.replace(
+            msg, src=BROKER, dst=dst, id=f"broker-{self._ids}", ts=self._wall_clock()
+        )
+
+    def _refuse(
+        self,
+        identity: bytes,
+        code: ErrorCode,
+        detail: str,
+        *,
+        reply_to: str = "",
+        peer: str = "",
+    ) -> None:
+        self.stats.refused[code.value] += 1
+        sender = identity.decode("utf-8", "replace") if identity[:1] != b"\x00" else identity.hex()
+        self._log_refusal(sender, code, detail)
+        error = Error(code=code.value, detail=detail, reply_to=reply_to, peer=peer)
+        try:
+            self.router.send_multipart([identity, encode(self._stamp(error, sender))], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return  # the sender is gone or not reading; the count and log remain
+        self.stats.errors_sent += 1
+
+    def _log_refusal(self, sender: str, code: ErrorCode, detail: str) -> None:
+        now = self._clock()
+        if now - self._log_window >= 60.0:
+            if self._suppressed:
+                log.warning("%d more refusals in the last minute not logged", self._suppressed)
+            self._log_window = now
+            self._logged = 0
+            self._suppressed = 0
+        if self._logged < LOG_LIMIT:
+            self._logged += 1
+            log.warning("refused input from %s: %s: %s", sender, code.value, detail[:200])
+        else:
+            self._suppressed += 1

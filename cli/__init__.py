@@ -1,0 +1,1 @@
+"""The ``llmo`` command and its subcommands."""

@@ -1,0 +1,36 @@
+"""Flags and set-up shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def add_endpoint_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker",
+        help="the broker's ROUTER endpoint (default: $LLMO_BROKER or tcp://127.0.0.1:5555)",
+    )
+    parser.add_argument(
+        "--pub",
+        help="the broker's PUB endpoint (default: $LLMO_PUB or tcp://127.0.0.1:5556)",
+    )
+
+
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LLMO_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default: $LLMO_LOG_LEVEL or INFO)",
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )

@@ -1,0 +1,1 @@
+"""plan.md files: parse, validate, substitute variables, expand foreach."""

@@ -1,0 +1,502 @@
+"""The message types of the llmo wire protocol.
+
+Theory of operation
+-------------------
+Every message is one msgpack map in one ZeroMQ frame. Six envelope keys are
+common to all messages:
+
+    v     protocol version (``PROTOCOL_VERSION``)
+    type  the message type, a ``MsgType`` value
+    id    message id, unique per sender (stamped by the client helper)
+    src   the sending actor's name; the broker refuses a ``src`` that differs
+          from the sender's ZeroMQ identity
+    dst   the actor the broker routes to; ``broker`` means the broker itself
+    ts    send time, seconds since the epoch (stamped by the client helper)
+
+The remaining keys are the fields of the type, declared below as frozen,
+keyword-only dataclasses. Nested records (``Telemetry``, ``GpuReading``) are
+maps. ``proto.codec`` derives its validation from these annotations, so an
+annotation here *is* the wire contract: ``Literal`` restricts values,
+``X | None`` allows nil, ``tuple[X, ...]`` is an array, ``dict[str, X]`` a map,
+``Any`` is not checked.
+
+Adding a field with a default is backwards compatible (receivers ignore keys
+they do not know, senders that omit it get the default); anything else bumps
+``PROTOCOL_VERSION``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+PROTOCOL_VERSION = 1
+BROKER = "broker"  # the reserved actor name of the broker itself
+BRAIN = "brain"  # the reserved actor name of the brain
+
+ENVELOPE_KEYS = ("v", "type", "id", "src", "dst", "ts")
+
+TaskClass = Literal["cpu", "script", "llm", "brain", "meta"]
+Priority = Literal["", "low", "normal", "high", "urgent"]
+WorkerState = Literal["", "cold", "loading", "hot", "constrained", "draining", "down"]
+Role = Literal["worker", "brain", "client", "broker"]
+
+
+class MsgType(enum.StrEnum):
+    REGISTER = "register"
+    HEARTBEAT = "heartbeat"
+    TASK_ASSIGN = "task.assign"
+    TASK_STARTED = "task.started"
+    TASK_PROGRESS = "task.progress"
+    TASK_DONE = "task.done"
+    TASK_FAILED = "task.failed"
+    TASK_CANCEL = "task.cancel"
+    MODEL_LOAD = "model.load"
+    MODEL_UNLOAD = "model.unload"
+    MODEL_STATUS = "model.status"
+    WORKER_DRAIN = "worker.drain"
+    PLAN_SUBMIT = "plan.submit"
+    PLAN_ACCEPTED = "plan.accepted"
+    PLAN_REJECTED = "plan.rejected"
+    BATCH_CANCEL = "batch.cancel"
+    BATCH_EVENT = "batch.event"
+    SNAPSHOT_REQUEST = "snapshot.request"
+    SNAPSHOT_REPLY = "snapshot.reply"
+    PEER_UP = "peer.up"
+    PEER_DOWN = "peer.down"
+    ACK = "ack"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Message:
+    """The envelope. Subclasses set ``TYPE`` and add their fields."""
+
+    TYPE: ClassVar[MsgType]
+    src: str = ""
+    dst: str = ""
+    id: str = ""
+    ts: float = 0.0
+
+
+# --- nested records -------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProcessVram:
+    """VRAM held by one process on a GPU, where the driver reports it."""
+
+    pid: int
+    vram_mb: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GpuReading:
+    """One GPU's NVML readings; ``None`` where the driver gives no figure."""
+
+    index: int
+    name: str = ""
+    temperature_c: float | None = None
+    vram_used_mb: int | None = None
+    vram_total_mb: int | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    util_percent: float | None = None
+    sm_clock_mhz: int | None = None
+    throttle_reasons: tuple[str, ...] = ()
+    processes: tuple[ProcessVram, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Telemetry:
+    """What a worker measured of its machine at heartbeat time.
+
+    ``gpu_available`` is false where NVML is absent (no driver); ``note`` then
+    says why, and ``gpus`` is empty while the CPU and memory figures remain.
+    """
+
+    gpu_available: bool = False
+    note: str = ""
+    gpus: tuple[GpuReading, ...] = ()
+    cpu_percent: float = 0.0
+    load_avg: float = 0.0
+    mem_used_mb: int = 0
+    mem_total_mb: int = 0
+
+
+# --- registration and heartbeat -----------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Register(Message):
+    """A worker announces itself and what it can do (worker -> brain)."""
+
+    TYPE = MsgType.REGISTER
+    role: Literal["worker", "brain"] = "worker"
+    gpus: tuple[int, ...] = ()
+    vram_total_mb: int = 0
+    vram_budget_mb: int = 0
+    slots: int = 1
+    models: tuple[str, ...] = ()
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Heartbeat(Message):
+    """Liveness and capacity. Tools send the bare envelope; workers fill the rest.
+
+    ``slots_free`` and ``vram_budget_mb - vram_used_mb`` are the credit the
+    brain may assign against; ``active`` lists the attempt ids running now.
+    """
+
+    TYPE = MsgType.HEARTBEAT
+    role: Role = "client"
+    state: WorkerState = ""
+    model: str = ""
+    slots_total: int = 0
+    slots_free: int = 0
+    vram_budget_mb: int = 0
+    vram_used_mb: int = 0
+    active: tuple[str, ...] = ()
+    tok_s: float = 0.0
+    interval_s: float = 1.0
+    telemetry: Telemetry | None = None
+
+
+# --- tasks -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskAssign(Message):
+    """Run one attempt of a task (brain -> worker).
+
+    ``command`` is shell text with every placeholder already substituted;
+    for ``meta`` tasks it is the control command name. The attempt runs in
+    ``batch_path`` with ``env`` added to a clean environment and its output
+    streamed to ``log_path``.
+    """
+
+    TYPE = MsgType.TASK_ASSIGN
+    batch_id: str
+    task_id: str
+    attempt_id: str
+    task_class: TaskClass
+    executor: Literal["worker", "brain"] = "worker"
+    command: str
+    plan_path: str = ""
+    batch_path: str = ""
+    log_path: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 1800.0
+    grace_s: float = 120.0
+    vram_mb: int = 0
+    model: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskStarted(Message):
+    """The attempt's process is running (worker -> brain)."""
+
+    TYPE = MsgType.TASK_STARTED
+    batch_id: str
+    task_id: str
+    attempt_id: str
+    pid: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskProgress(Message):
+    """Tokens generated so far by an attempt (worker -> brain, published)."""
+
+    TYPE = MsgType.TASK_PROGRESS
+    batch_id: str
+    task_id: str
+    attempt_id: str
+    tokens: int = 0
+    tok_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskDone(Message):
+    """The attempt exited 0 (worker -> brain)."""
+
+    TYPE = MsgType.TASK_DONE
+    batch_id: str
+    task_id: str
+    attempt_id: str
+    exit_code: int = 0
+    duration_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    tokens: int = 0
+    tok_s: float = 0.0
+    log_tail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskFailed(Message):
+    """The attempt did not succeed (worker -> brain).
+
+    ``reason``: ``exit`` (non-zero exit code), ``retry_later`` (exit code 75:
+    requeue without spending an attempt), ``aborted`` / ``killed`` (after a
+    cancel), ``refused`` (policy or capacity), ``spawn_error`` (could not
+    start), ``lost`` (the worker no longer knows the attempt).
+    """
+
+    TYPE = MsgType.TASK_FAILED
+    batch_id: str
+    task_id: str
+    attempt_id: str
+    reason: Literal["exit", "retry_later", "aborted", "killed", "refused", "spawn_error", "lost"]
+    exit_code: int | None = None
+    signal: int | None = None
+    duration_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    tokens: int = 0
+    error: str = ""
+    log_tail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskCancel(Message):
+    """Stop an attempt (brain -> worker): ``abort`` = SIGTERM to its process
+    group, ``kill`` = SIGKILL."""
+
+    TYPE = MsgType.TASK_CANCEL
+    batch_id: str
+    task_id: str
+    attempt_id: str
+    mode: Literal["abort", "kill"] = "abort"
+    reason: str = ""
+
+
+# --- models ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelLoad(Message):
+    """Load a GGUF model into the worker's runtime (brain -> worker).
+
+    ``n_gpu_layers`` -1 offloads every layer; ``tensor_split`` spreads a split
+    model over the worker's GPUs; ``threads`` 0 lets the worker choose.
+    """
+
+    TYPE = MsgType.MODEL_LOAD
+    model: str
+    alias: str = ""
+    n_gpu_layers: int = -1
+    tensor_split: tuple[float, ...] = ()
+    n_ctx: int = 4096
+    threads: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelUnload(Message):
+    """Unload the worker's model (brain -> worker)."""
+
+    TYPE = MsgType.MODEL_UNLOAD
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelStatus(Message):
+    """Where a worker's runtime stands (worker -> brain).
+
+    ``hot`` is sent only after a real test completion succeeded; ``failed``
+    carries the reason in ``error`` and leaves the worker usable cold.
+    """
+
+    TYPE = MsgType.MODEL_STATUS
+    model: str = ""
+    state: Literal["loading", "hot", "cold", "failed"]
+    error: str = ""
+    load_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerDrain(Message):
+    """Drain a worker: finish running attempts, take no new ones.
+
+    Sent by an operator tool to the brain, which forwards it to ``worker``.
+    ``drain`` false returns the worker to service.
+    """
+
+    TYPE = MsgType.WORKER_DRAIN
+    worker: str
+    drain: bool = True
+    deadline_s: float | None = None
+
+
+# --- plans and batches -----------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlanSubmit(Message):
+    """Run a plan (tool -> brain). ``priority`` empty = the config's PRIORITY
+    key, else ``normal``."""
+
+    TYPE = MsgType.PLAN_SUBMIT
+    plan_path: str
+    config: dict[str, Any] = field(default_factory=dict)
+    priority: Priority = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlanAccepted(Message):
+    """The plan is valid and a batch was created (brain -> tool)."""
+
+    TYPE = MsgType.PLAN_ACCEPTED
+    reply_to: str
+    batch_id: str
+    plan: str = ""
+    history_path: str = ""
+    tasks: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlanRejected(Message):
+    """The plan was refused; ``errors`` lists every problem (brain -> tool)."""
+
+    TYPE = MsgType.PLAN_REJECTED
+    reply_to: str
+    plan_path: str = ""
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchCancel(Message):
+    """Cancel a batch (tool -> brain): running attempts aborted, the rest skipped."""
+
+    TYPE = MsgType.BATCH_CANCEL
+    batch_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchEvent(Message):
+    """A lifecycle change (brain -> broker, published to monitors).
+
+    ``rev`` is the brain's state revision after the change; a monitor that
+    took a snapshot at revision R ignores events with ``rev <= R``.
+    """
+
+    TYPE = MsgType.BATCH_EVENT
+    rev: int
+    batch_id: str
+    event: str
+    task_id: str = ""
+    state: str = ""
+    worker: str = ""
+    attempt_id: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SnapshotRequest(Message):
+    """Ask the brain for its whole state (tool -> brain); ``batch_id`` narrows
+    the task list to one batch."""
+
+    TYPE = MsgType.SNAPSHOT_REQUEST
+    batch_id: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SnapshotReply(Message):
+    """The brain's state at revision ``rev`` (brain -> tool)."""
+
+    TYPE = MsgType.SNAPSHOT_REPLY
+    reply_to: str
+    rev: int
+    workers: tuple[Any, ...] = ()
+    batches: tuple[Any, ...] = ()
+    tasks: tuple[Any, ...] = ()
+
+
+# --- liveness, replies, errors ---------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerUp(Message):
+    """The broker heard from a peer that was unknown or down (broker -> brain, published)."""
+
+    TYPE = MsgType.PEER_UP
+    peer: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerDown(Message):
+    """A peer was silent past its expiry (broker -> brain, published)."""
+
+    TYPE = MsgType.PEER_DOWN
+    peer: str
+    silent_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ack(Message):
+    """The outcome of a control request (cancel, drain, load, unload)."""
+
+    TYPE = MsgType.ACK
+    reply_to: str
+    ok: bool = True
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Error(Message):
+    """Something about message ``reply_to`` was wrong; ``code`` names what.
+
+    ``peer`` names the missing actor for ``unknown_destination``.
+    """
+
+    TYPE = MsgType.ERROR
+    code: str
+    detail: str = ""
+    reply_to: str = ""
+    peer: str = ""
+
+
+MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Register,
+        Heartbeat,
+        TaskAssign,
+        TaskStarted,
+        TaskProgress,
+        TaskDone,
+        TaskFailed,
+        TaskCancel,
+        ModelLoad,
+        ModelUnload,
+        ModelStatus,
+        WorkerDrain,
+        PlanSubmit,
+        PlanAccepted,
+        PlanRejected,
+        BatchCancel,
+        BatchEvent,
+        SnapshotRequest,
+        SnapshotReply,
+        PeerUp,
+        PeerDown,
+        Ack,
+        Error,
+    )
+}
+
+# Types the broker republishes on its PUB socket, whatever their destination.
+PUBLISHED_TYPES = frozenset(
+    {
+        MsgType.HEARTBEAT,
+        MsgType.TASK_PROGRESS,
+        MsgType.BATCH_EVENT,
+        MsgType.MODEL_STATUS,
+        MsgType.PEER_UP,
+        MsgType.PEER_DOWN,
+    }
+)

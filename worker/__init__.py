@@ -1,0 +1,1 @@
+"""The worker: one GPU-pinned actor running shell and LLM tasks."""
