@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import time
 import uuid
@@ -85,7 +86,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if deadline is not None:
-                left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                left_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
                 if not self.socket.poll(left_ms):
                     return None
             try:
