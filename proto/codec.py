@@ -295,6 +295,9 @@ def _unpack(data: bytes) -> dict[str, Any]:
     return obj
 
 
+_TYPES = {t.value: t for t in MsgType}
+
+
 def _envelope(obj: dict[str, Any]) -> Envelope:
     version = obj.get("v")
     if version != PROTOCOL_VERSION or type(version) is not int:
