@@ -123,6 +123,7 @@ class Telemetry:
     load_avg: float = 0.0
     mem_used_mb: int = 0
     mem_total_mb: int = 0
+    cpu_temperature_c: float | None = None
 
 
 # --- registration and heartbeat -----------------------------------------------
@@ -150,6 +151,8 @@ class Heartbeat(Message):
 
     ``slots_free`` and ``vram_budget_mb - vram_used_mb`` are the credit the
     brain may assign against; ``active`` lists the attempt ids running now.
+    ``constraint`` says why a ``constrained`` worker is (which limit, which
+    reading); empty otherwise.
     """
 
     TYPE = MsgType.HEARTBEAT
@@ -164,6 +167,7 @@ class Heartbeat(Message):
     tok_s: float = 0.0
     interval_s: float = 1.0
     telemetry: Telemetry | None = None
+    constraint: str = ""
 
 
 # --- tasks -----------------------------------------------------------------
