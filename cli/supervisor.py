@@ -1,0 +1,154 @@
+"""Child processes of ``llmo up``: start, watch, restart with back-off, stop.
+
+Theory of operation
+-------------------
+``RestartPolicy`` is pure: given the times of a child's earlier restarts and
+``now`` it says whether to restart and after what delay. A child may restart
+at most ``max_restarts`` times within ``window_s`` (6 in 5 minutes); beyond
+that it is left stopped and the operator is told, instead of a relaunch loop.
+The delay doubles from ``base_delay_s`` with each restart in the window.
+
+``Supervisor`` owns the processes. Each child runs in its own process group
+with its output appended to ``<logs>/<name>.log``. ``poll`` reaps exits and
+schedules restarts; ``stop`` sends SIGTERM to every group, waits, and sends
+SIGKILL to what is left, so no child outlives ``llmo up``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("llmo.up")
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    max_restarts: int = 6
+    window_s: float = 300.0
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def decide(self, restarts: list[float], now: float) -> float | None:
+        """Delay before the next restart, or None when the child must stay stopped."""
+        recent = [t for t in restarts if now - t < self.window_s]
+        if len(recent) >= self.max_restarts:
+            return None
+        return min(self.max_delay_s, self.base_delay_s * 2 ** len(recent))
+
+
+@dataclass(slots=True)
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    process: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+    given_up: bool = False
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        policy: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.policy = policy or RestartPolicy()
+        self.children: dict[str, Child] = {}
+        self._clock = clock
+        self._say = say
+
+    def add(
+        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> Child:
+        child = Child(name=name, argv=argv, log_path=log_path, env=env)
+        self.children[name] = child
+        self._spawn(child)
+        return child
+
+    def _spawn(self, child: Child) -> None:
+        child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(child.log_path, "ab") as out:
+            child.process = subprocess.Popen(
+                child.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=child.env,
+                start_new_session=True,
+            )
+        child.restart_at = None
+
+    def poll(self) -> None:
+        """Reap children that exited and restart the ones whose delay has passed."""
+        now = self._clock()
+        for child in self.children.values():
+            if child.given_up:
+                continue
+            if child.process is not None and child.restart_at is None:
+                code = child.process.poll()
+                if code is None:
+                    continue
+                child.exit_codes.append(code)
+                delay = self.policy.decide(child.restarts, now)
+                if delay is None:
+                    child.given_up = True
+                    self._say(
+                        f"llmo up: {child.name} exited with code {code} and has restarted "
+                        f"{self.policy.max_restarts} times in {self.policy.window_s:.0f} s; "
+                        f"leaving it stopped. Its log: {child.log_path}"
+                    )
+                    continue
+                child.restart_at = now + delay
+                self._say(
+                    f"llmo up: {child.name} exited with code {code}; restarting in {delay:.1f} s"
+                )
+            if child.restart_at is not None and now >= child.restart_at:
+                child.restarts.append(now)
+                self._spawn(child)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to one child's process group (used by fault tests)."""
+        child = self.children[name]
+        if child.running:
+            os.killpg(child.process.pid, sig)
+
+    def stop(self, timeout: float = 10.0, order: list[str] | None = None) -> None:
+        """SIGTERM every child's group (in ``order``, others last), then SIGKILL stragglers."""
+        names = list(order or []) + [n for n in self.children if n not in (order or [])]
+        for name in names:
+            child = self.children.get(name)
+            if child is None or not child.running:
+                continue
+            try:
+                os.killpg(child.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        for child in self.children.values():
+            if child.process is None:
+                continue
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                child.process.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killing it", child.name, timeout)
+                try:
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                child.process.wait()

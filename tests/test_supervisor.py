@@ -1,0 +1,71 @@
+"""``llmo up``'s restart policy (pure) and its supervisor (real processes)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from cli.supervisor import RestartPolicy, Supervisor
+
+
+def test_policy_backs_off_and_gives_up_after_six_in_five_minutes():
+    policy = RestartPolicy(max_restarts=6, window_s=300, base_delay_s=0.5, max_delay_s=30)
+    restarts: list[float] = []
+    delays = []
+    now = 0.0
+    while (delay := policy.decide(restarts, now)) is not None:
+        delays.append(delay)
+        now += delay
+        restarts.append(now)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    # Once the early restarts leave the window, the child may restart again.
+    assert policy.decide(restarts, restarts[0] + 300.1) == 16.0
+
+
+def test_crashing_child_is_restarted_then_left_stopped(tmp_path):
+    said: list[str] = []
+    sup = Supervisor(RestartPolicy(max_restarts=3, window_s=60, base_delay_s=0.01), say=said.append)
+    child = sup.add(
+        "crasher",
+        [sys.executable, "-c", "print('up'); raise SystemExit(3)"],
+        tmp_path / "crasher.log",
+    )
+    deadline = time.monotonic() + 30
+    while not child.given_up and time.monotonic() < deadline:
+        sup.poll()
+        time.sleep(0.01)
+    assert child.given_up
+    assert child.exit_codes == [3, 3, 3, 3]
+    assert len(child.restarts) == 3
+    assert "leaving it stopped" in said[-1] and "crasher.log" in said[-1]
+    assert (tmp_path / "crasher.log").read_text().count("up") == 4
+
+
+def test_stop_terminates_the_whole_group(tmp_path):
+    sup = Supervisor()
+    script = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = sup.add("stubborn", [sys.executable, "-c", script], tmp_path / "stubborn.log")
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "stubborn.log").read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int((tmp_path / "stubborn.log").read_text().split()[0])
+    sup.stop(timeout=1.0)
+    assert not child.running
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
