@@ -1,0 +1,217 @@
+"""``llmo.toml``: one file for the whole rig, read with ``tomllib``.
+
+Theory of operation
+-------------------
+Every section and key is declared below with its type and default; a key the
+schema does not know, or a value of the wrong type, is refused with the file,
+the section and the key, so a typo never silently falls back to a default.
+``[brain]`` holds the brain's settings (``brain.config.BrainConfig``) and
+``[limits]`` the workers' resource limits; both are passed on as maps and
+checked by their owners, which ``load`` calls so all errors surface at once.
+
+    [endpoints]  broker, pub            ZeroMQ endpoints (env LLMO_BROKER/LLMO_PUB win
+                                        over the defaults, flags win over both)
+    [broker]     interval_s, liveness   heartbeat interval and misses before "down"
+    [paths]      rig_dir, plans_dir     local state (journal, logs, model cache); plans
+    [brain]      see brain.config.BrainConfig
+    [limits]     see the worker's limits
+    [[workers]]  name, gpus, role, model, n_gpu_layers, tensor_split, n_ctx,
+                 threads, slots, vram_mb
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proto.endpoints import valid_actor_name
+
+
+class ConfigError(ValueError):
+    """One or more problems in a config file; ``problems`` lists each."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        super().__init__(f"{path}: " + "; ".join(problems))
+        self.path = path
+        self.problems = problems
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerSpec:
+    name: str
+    gpus: tuple[int, ...] = ()
+    role: str = "worker"
+    model: str = ""
+    n_gpu_layers: int = -1
+    tensor_split: tuple[float, ...] = ()
+    n_ctx: int = 4096
+    threads: int = 0
+    slots: int = 2
+    vram_mb: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RigConfig:
+    path: str = ""
+    broker: str = ""
+    pub: str = ""
+    interval_s: float = 1.0
+    liveness: int = 3
+    rig_dir: str = ""
+    plans_dir: str = ""
+    brain: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    workers: tuple[WorkerSpec, ...] = ()
+
+    def worker(self, name: str) -> WorkerSpec | None:
+        return next((w for w in self.workers if w.name == name), None)
+
+
+_SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "endpoints": {"broker": str, "pub": str},
+    "broker": {"interval_s": (int, float), "liveness": int},
+    "paths": {"rig_dir": str, "plans_dir": str},
+}
+_WORKER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "gpus": list,
+    "role": str,
+    "model": str,
+    "n_gpu_layers": int,
+    "tensor_split": list,
+    "n_ctx": int,
+    "threads": int,
+    "slots": int,
+    "vram_mb": int,
+}
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", list: "an array"}
+    if isinstance(expected, tuple):
+        return "a number"
+    return names.get(expected, expected.__name__)
+
+
+def _check(where: str, value: Any, expected: type | tuple[type, ...], problems: list[str]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, expected):
+        problems.append(f"{where}: expected {_type_name(expected)}, got {value!r}")
+        return False
+    return True
+
+
+def parse(data: dict[str, Any], path: str = "llmo.toml") -> RigConfig:
+    """A checked ``RigConfig`` from parsed TOML; raises ``ConfigError`` listing every problem."""
+    problems: list[str] = []
+    known = {*_SECTIONS, "brain", "limits", "workers"}
+    for key in data:
+        if key not in known:
+            problems.append(f"unknown section [{key}] (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for section, keys in _SECTIONS.items():
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            problems.append(f"[{section}] must be a table")
+            continue
+        for key, value in table.items():
+            if key not in keys:
+                problems.append(f"[{section}] unknown key {key!r} (known: {', '.join(keys)})")
+            elif _check(f"[{section}] {key}", value, keys[key], problems):
+                values[key] = float(value) if key == "interval_s" else value
+    for section in ("brain", "limits"):
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            problems.append(f"[{section}] must be a table")
+        else:
+            values[section] = dict(table)
+    workers = []
+    seen: set[str] = set()
+    raw_workers = data.get("workers", [])
+    if not isinstance(raw_workers, list):
+        problems.append("[[workers]] must be an array of tables")
+        raw_workers = []
+    for index, raw in enumerate(raw_workers):
+        spec = _worker(raw, index, seen, problems)
+        if spec is not None:
+            workers.append(spec)
+    values["workers"] = tuple(workers)
+    problems.extend(_owner_checks(values))
+    if problems:
+        raise ConfigError(path, problems)
+    return RigConfig(path=path, **values)
+
+
+def _worker(raw: Any, index: int, seen: set[str], problems: list[str]) -> WorkerSpec | None:
+    label = f"[[workers]] #{index + 1}"
+    if not isinstance(raw, dict):
+        problems.append(f"{label} must be a table")
+        return None
+    name = raw.get("name")
+    if isinstance(name, str):
+        label = f"[[workers]] {name!r}"
+    ok = True
+    for key, value in raw.items():
+        if key not in _WORKER_KEYS:
+            problems.append(f"{label}: unknown key {key!r} (known: {', '.join(_WORKER_KEYS)})")
+            ok = False
+        elif not _check(f"{label} {key}", value, _WORKER_KEYS[key], problems):
+            ok = False
+    if not isinstance(name, str) or not valid_actor_name(name):
+        problems.append(f"{label}: 'name' must be a plain name such as gpu-1")
+        return None
+    if name in seen:
+        problems.append(f"{label}: duplicate worker name")
+        ok = False
+    seen.add(name)
+    if raw.get("role", "worker") not in ("worker", "brain"):
+        problems.append(f"{label} role: expected 'worker' or 'brain', got {raw['role']!r}")
+        ok = False
+    gpus = raw.get("gpus", [])
+    if isinstance(gpus, list) and not all(isinstance(g, int) and g >= 0 for g in gpus):
+        problems.append(f"{label} gpus: expected GPU indexes such as [0, 3], got {gpus!r}")
+        ok = False
+    split = raw.get("tensor_split", [])
+    if isinstance(split, list) and not all(isinstance(v, int | float) for v in split):
+        problems.append(f"{label} tensor_split: expected numbers, got {split!r}")
+        ok = False
+    for key in ("slots", "n_ctx"):
+        if isinstance(raw.get(key), int) and raw[key] < 1:
+            problems.append(f"{label} {key}: must be at least 1")
+            ok = False
+    if not ok:
+        return None
+    fields = dict(raw)
+    fields["gpus"] = tuple(gpus)
+    fields["tensor_split"] = tuple(float(v) for v in split)
+    return WorkerSpec(**fields)
+
+
+def _owner_checks(values: dict[str, Any]) -> list[str]:
+    """Let the brain check ``[brain]``; its error names the key."""
+    problems = []
+    brain = values.get("brain")
+    if brain:
+        try:
+            from brain.config import BrainConfig
+
+            BrainConfig.from_dict(brain)
+        except ImportError:
+            pass
+        except (TypeError, ValueError) as exc:
+            problems.append(f"[brain] {exc}")
+    return problems
+
+
+def load(path: str | Path) -> RigConfig:
+    """Read and check a config file; raises ``ConfigError`` naming the file."""
+    text_path = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(text_path, ["no such file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(text_path, [f"not valid TOML: {exc}"]) from None
+    return parse(data, text_path)

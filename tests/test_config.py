@@ -1,0 +1,58 @@
+"""llmo.toml: the example parses; every wrong key or value is named with its file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli.config import ConfigError, load, parse
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "llmo.example.toml"
+
+
+def test_the_example_describes_the_five_gpu_rig():
+    config = load(EXAMPLE)
+    assert [w.name for w in config.workers] == ["brain-llm", "gpu-1", "gpu-2", "gpu-4"]
+    brain = config.worker("brain-llm")
+    assert brain.role == "brain" and brain.gpus == (0, 3) and brain.tensor_split == (1.0, 1.0)
+    assert sorted(g for w in config.workers for g in w.gpus) == [0, 1, 2, 3, 4]
+    assert config.interval_s == 1.0 and config.liveness == 3
+    assert config.brain["max_attempts"] == 3
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"endpoint": {}}, "unknown section [endpoint]"),
+        ({"broker": {"intervals": 1}}, "[broker] unknown key 'intervals'"),
+        ({"broker": {"liveness": "3"}}, "[broker] liveness: expected an integer, got '3'"),
+        ({"broker": {"liveness": True}}, "[broker] liveness: expected an integer"),
+        ({"workers": [{"gpus": [1]}]}, "[[workers]] #1: 'name' must be a plain name"),
+        ({"workers": [{"name": "gpu-1", "gpu": [1]}]}, "[[workers]] 'gpu-1': unknown key 'gpu'"),
+        ({"workers": [{"name": "a"}, {"name": "a"}]}, "[[workers]] 'a': duplicate worker name"),
+        ({"workers": [{"name": "a", "role": "boss"}]}, "role: expected 'worker' or 'brain'"),
+        ({"workers": [{"name": "a", "gpus": [-1]}]}, "gpus: expected GPU indexes"),
+        ({"workers": [{"name": "a", "slots": 0}]}, "slots: must be at least 1"),
+    ],
+)
+def test_each_problem_is_named(data, expected):
+    with pytest.raises(ConfigError) as info:
+        parse(data, "/etc/llmo/llmo.toml")
+    assert any(expected in p for p in info.value.problems), info.value.problems
+    assert str(info.value).startswith("/etc/llmo/llmo.toml: ")
+
+
+def test_all_problems_at_once():
+    with pytest.raises(ConfigError) as info:
+        parse({"broker": {"liveness": "x", "bogus": 1}, "workers": [{"name": "a", "slots": "2"}]})
+    assert len(info.value.problems) == 3
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[broker\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        load(bad)
