@@ -284,11 +284,14 @@ class ModelLoad(Message):
     """Load a GGUF model into the worker's runtime (brain -> worker).
 
     ``n_gpu_layers`` -1 offloads every layer; ``tensor_split`` spreads a split
-    model over the worker's GPUs; ``threads`` 0 lets the worker choose.
+    model over the worker's GPUs; ``threads`` 0 lets the worker choose. An
+    operator tool sends it to the brain with ``worker`` naming the target; the
+    brain answers with an ``Ack`` and forwards it.
     """
 
     TYPE = MsgType.MODEL_LOAD
     model: str
+    worker: str = ""
     alias: str = ""
     n_gpu_layers: int = -1
     tensor_split: tuple[float, ...] = ()
@@ -298,10 +301,12 @@ class ModelLoad(Message):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelUnload(Message):
-    """Unload the worker's model (brain -> worker)."""
+    """Unload the worker's model (brain -> worker; from a tool to the brain
+    with ``worker`` naming the target)."""
 
     TYPE = MsgType.MODEL_UNLOAD
     reason: str = ""
+    worker: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
