@@ -1,0 +1,131 @@
+"""``llmo status``: the rig at a glance (workers, batches), or as stable JSON.
+
+``--json`` prints one object::
+
+    {"rev": 42, "broker": "tcp://...",
+     "workers": [{"name", "role", "state", "model", "slots", "slots_free",
+                  "vram_budget_mb", "vram_used_mb", "attempts", ...}],
+     "batches": [{"id", "plan", "state", "priority_name", "tasks",
+                  "counts": {"done": 3, "running": 1, ...}, ...}]}
+
+Keys listed above are stable; others may be added. ``--wait-ready S`` polls
+until the brain answers and every expected worker (``--expect`` names, or the
+workers of ``--config``) is registered and not down: exit 0, else exit 1
+naming what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from cli.common import add_endpoint_flags
+from cli.tools import Session, ToolError, add_tool_flags, fail, open_session
+from proto.messages import BRAIN, SnapshotReply, SnapshotRequest
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_endpoint_flags(parser)
+    add_tool_flags(parser)
+    parser.add_argument("--json", action="store_true", help="print the state as JSON")
+    parser.add_argument(
+        "--wait-ready",
+        type=float,
+        metavar="SECONDS",
+        help="wait until the brain answers and the expected workers are registered",
+    )
+    parser.add_argument(
+        "--expect", default="", help="comma-separated worker names --wait-ready waits for"
+    )
+    parser.add_argument("--config", help="llmo.toml: its workers are the ones expected")
+
+
+def snapshot(session: Session) -> SnapshotReply:
+    reply = session.ask(SnapshotRequest(dst=BRAIN))
+    if not isinstance(reply, SnapshotReply):
+        raise ToolError(f"unexpected reply {reply.TYPE.value!r} to a snapshot request")
+    return reply
+
+
+def expected_workers(args: argparse.Namespace) -> list[str]:
+    names = [n.strip() for n in args.expect.split(",") if n.strip()]
+    if args.config:
+        from cli.config import load
+
+        names += [w.name for w in load(args.config).workers]
+    return names
+
+
+def wait_ready(session: Session, expected: list[str], seconds: float) -> tuple[bool, str]:
+    deadline = time.monotonic() + seconds
+    problem = "the brain did not answer"
+    while True:
+        try:
+            reply = snapshot(session)
+        except ToolError as exc:
+            problem = str(exc)
+        else:
+            up = {w["name"] for w in reply.workers if w.get("state") != "down"}
+            missing = [n for n in expected if n not in up]
+            if not missing:
+                return True, f"ready: brain answered, {len(up)} worker(s) up"
+            problem = f"brain answered; workers not registered yet: {', '.join(missing)}"
+        if time.monotonic() >= deadline:
+            return False, f"not ready after {seconds:g} s: {problem}"
+        time.sleep(0.25)
+
+
+def render(reply: SnapshotReply) -> str:
+    lines = [f"{'WORKER':14} {'ROLE':7} {'STATE':12} {'SLOTS':7} {'VRAM MB':>13}  MODEL"]
+    for w in sorted(reply.workers, key=lambda w: w["name"]):
+        slots = f"{w.get('slots', 0) - w.get('slots_free', 0)}/{w.get('slots', 0)}"
+        vram = f"{w.get('vram_used_mb', 0)}/{w.get('vram_budget_mb', 0)}"
+        model = (w.get("model") or "-").rsplit("/", 1)[-1]
+        lines.append(
+            f"{w['name']:14} {w.get('role', ''):7} {w.get('state') or '-':12} {slots:7} "
+            f"{vram:>13}  {model}"
+        )
+    if not reply.workers:
+        lines.append("(no workers registered)")
+    lines.append("")
+    lines.append(f"{'BATCH':18} {'PLAN':20} {'STATE':10} {'PRIO':6} PROGRESS")
+    for b in sorted(reply.batches, key=lambda b: b.get("created_at", 0)):
+        counts = b.get("counts", {})
+        total = b.get("tasks", 0) or sum(counts.values())
+        done = counts.get("done", 0)
+        rest = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "done")
+        progress = f"{done}/{total} done" + (f" ({rest})" if rest else "")
+        lines.append(
+            f"{b['id']:18} {b.get('plan', '')[:20]:20} {b.get('state', ''):10} "
+            f"{b.get('priority_name', ''):6} {progress}"
+        )
+    if not reply.batches:
+        lines.append("(no batches)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    session = open_session(args, "status")
+    try:
+        if args.wait_ready is not None:
+            ok, message = wait_ready(session, expected_workers(args), args.wait_ready)
+            print(message, file=sys.stdout if ok else sys.stderr)
+            return 0 if ok else 1
+        reply = snapshot(session)
+    except ToolError as exc:
+        return fail("status", exc)
+    finally:
+        session.close()
+    if args.json:
+        out = {
+            "rev": reply.rev,
+            "broker": session.endpoints.broker,
+            "workers": list(reply.workers),
+            "batches": list(reply.batches),
+        }
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        print(render(reply))
+    return 0

@@ -1,0 +1,160 @@
+"""``llmo submit PLAN_DIR``: check a plan here, send it to the brain, optionally follow it.
+
+The plan is validated locally first, with the same ``plans`` code the brain
+runs: a plan with errors or undefined placeholders is refused with every
+problem listed and exit code 2, and nothing is sent. ``--dry-run`` shows the
+tasks, foreach templates and placeholders without sending anything.
+
+Otherwise the plan's folder path is sent in a ``PlanSubmit`` and the batch id
+printed. ``--watch`` follows the batch (``cli.watch``) until it ends: exit 0
+when it completed, 1 when it failed or was cancelled. ``--json`` prints the
+final state (and ``RUN_SUMMARY.json`` when this machine can read it) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cli.common import add_endpoint_flags
+from cli.tools import ToolError, add_tool_flags, fail, open_session
+
+PRIORITY_CHOICES = ("low", "normal", "high", "urgent")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("plan_dir", metavar="PLAN_DIR", help="the plan folder (holds plan.md)")
+    parser.add_argument(
+        "--config", help="configuration as a JSON object, or @FILE to read one from a file"
+    )
+    parser.add_argument("--priority", choices=PRIORITY_CHOICES, help="batch priority")
+    parser.add_argument("--dry-run", action="store_true", help="show the plan, send nothing")
+    parser.add_argument("--watch", action="store_true", help="follow the batch until it ends")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_endpoint_flags(parser)
+    add_tool_flags(parser)
+
+
+def read_config(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read {text[1:]}: {exc}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError("give a JSON object, e.g. '{\"TARGET_COUNT\": 10}'")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from cli.plan_cmd import check_plan, format_report
+
+    try:
+        config = read_config(args.config)
+    except ValueError as exc:
+        return fail("submit", f"--config: {exc}", 2)
+    plan_dir = str(Path(args.plan_dir).resolve())
+    report = check_plan(plan_dir, config)
+    if report["errors"]:
+        print(format_report(report), file=sys.stderr)
+        print("llmo submit: the plan was not sent.", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(format_report(report))
+            print("(dry run: nothing was sent)")
+        return 0
+    return _submit(args, plan_dir, config)
+
+
+def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> int:
+    from cli.watch import BatchView, Screen, follow
+    from proto.messages import BRAIN, PlanAccepted, PlanRejected, PlanSubmit, SnapshotRequest
+    from proto.pubsub import Subscriber, topic
+
+    session = open_session(args, "submit")
+    subscriber = None
+    try:
+        if args.watch:
+            # Subscribe before submitting, so no event of the batch is missed.
+            subscriber = Subscriber(
+                session.endpoints.pub, topics=(topic("batch.event"), topic("task.progress"))
+            )
+        msg = PlanSubmit(dst=BRAIN, plan_path=plan_dir, config=config, priority=args.priority or "")
+        reply = session.ask(msg)
+        if isinstance(reply, PlanRejected):
+            for error in reply.errors:
+                print(f"error: {error}", file=sys.stderr)
+            print(f"llmo submit: the brain refused {plan_dir}", file=sys.stderr)
+            return 2
+        if not isinstance(reply, PlanAccepted):
+            raise ToolError(f"unexpected reply {reply.TYPE.value!r} to a submission")
+        for warning in reply.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if not args.watch:
+            if args.json:
+                print(json.dumps({"batch_id": reply.batch_id, "history": reply.history_path}))
+            else:
+                print(reply.batch_id)
+                print(f"history: {reply.history_path}", file=sys.stderr)
+            return 0
+        print(
+            f"batch {reply.batch_id} accepted ({reply.tasks} tasks); history in "
+            f"{reply.history_path}",
+            file=sys.stderr,
+        )
+
+        def take_snapshot():
+            try:
+                return session.ask(SnapshotRequest(dst=BRAIN, batch_id=reply.batch_id))
+            except ToolError as exc:
+                print(f"llmo submit: {exc}", file=sys.stderr)
+                return None
+
+        view = BatchView(reply.batch_id, history_path=reply.history_path)
+        screen = None if args.json else Screen(sys.stdout)
+        view = follow(view, subscriber, take_snapshot, screen)
+        return _finish(view, args.json)
+    except ToolError as exc:
+        return fail("submit", exc)
+    except KeyboardInterrupt:
+        print("\nllmo submit: stopped watching; the batch goes on.", file=sys.stderr)
+        return 130
+    finally:
+        if subscriber is not None:
+            subscriber.close()
+        session.close()
+
+
+def _finish(view, as_json: bool) -> int:
+    summary_path = Path(view.history_path) / "RUN_SUMMARY.json"
+    summary = None
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    if as_json:
+        out = {
+            "batch_id": view.batch_id,
+            "state": view.state,
+            "batch": view.batch,
+            "summary": summary,
+        }
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(f"batch {view.batch_id} {view.state}")
+        md = Path(view.history_path) / "RUN_SUMMARY.md"
+        if md.exists():
+            print(f"summary: {md}")
+    return 0 if view.state == "complete" else 1

@@ -1,0 +1,203 @@
+"""Following one batch: a snapshot, then published events (the Clone pattern).
+
+Theory of operation
+-------------------
+``BatchView`` is pure: it is seeded from a ``SnapshotReply`` (revision R)
+and then folds ``BatchEvent``s, ignoring those with ``rev <= R`` so nothing
+is counted twice. Task groups (a foreach template and its items, or a plain
+task) give one progress bar each. ``TaskProgress`` publications give the live
+tok/s: the latest rate of each running attempt, summed.
+
+``follow`` owns the sockets: it subscribes *before* asking for the snapshot
+(so no event falls between the two), takes a fresh snapshot whenever the
+sequence shows a gap or nothing arrives for a while (PUB drops silently when
+a link is slow), and returns when the batch reaches a terminal state.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from proto.messages import BatchEvent, SnapshotReply, TaskProgress
+
+BATCH_TERMINAL = frozenset({"complete", "failed", "cancelled"})
+TASK_TERMINAL = frozenset({"done", "failed", "skipped", "cancelled"})
+RATE_WINDOW_S = 5.0
+
+
+@dataclass(slots=True)
+class BatchView:
+    batch_id: str
+    rev: int = -1
+    state: str = "running"
+    plan: str = ""
+    history_path: str = ""
+    tasks: dict[str, str] = field(default_factory=dict)  # task id -> state
+    group: dict[str, str] = field(default_factory=dict)  # task id -> group name
+    templates: set[str] = field(default_factory=set)
+    rates: dict[str, tuple[float, float]] = field(default_factory=dict)  # attempt -> (tok/s, t)
+    tokens: dict[str, int] = field(default_factory=dict)
+    batch: dict[str, Any] = field(default_factory=dict)
+
+    def seed(self, reply: SnapshotReply) -> bool:
+        """Take a snapshot; False if it does not know the batch."""
+        mine = next((b for b in reply.batches if b.get("id") == self.batch_id), None)
+        if mine is None:
+            return False
+        self.rev = reply.rev
+        self.batch = dict(mine)
+        self.state = mine.get("state", self.state)
+        self.plan = mine.get("plan", self.plan)
+        self.history_path = mine.get("history_path", self.history_path)
+        self.tasks = {}
+        for task in reply.tasks:
+            if task.get("batch_id") != self.batch_id:
+                continue
+            self.tasks[task["id"]] = task.get("state", "")
+            if task.get("template"):
+                self.templates.add(task["template"])
+                self.group[task["id"]] = task["template"]
+        return True
+
+    def apply(self, event: BatchEvent) -> None:
+        if event.batch_id != self.batch_id or event.rev <= self.rev:
+            return
+        self.rev = event.rev
+        if event.task_id:
+            self.tasks[event.task_id] = event.state
+            if event.event == "task_expanded":
+                self.templates.add(event.task_id)
+        elif event.state:
+            self.state = event.state
+            if event.event.startswith("batch_") and "counts" in event.detail:
+                self.batch["counts"] = event.detail["counts"]
+
+    def progress(self, msg: TaskProgress, now: float) -> None:
+        if msg.batch_id == self.batch_id:
+            self.rates[msg.attempt_id] = (msg.tok_s, now)
+            self.tokens[msg.attempt_id] = msg.tokens
+
+    def tok_s(self, now: float) -> float:
+        return sum(rate for rate, seen in self.rates.values() if now - seen <= RATE_WINDOW_S)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in BATCH_TERMINAL
+
+    def group_of(self, task_id: str) -> str:
+        known = self.group.get(task_id)
+        if known is not None:
+            return known
+        best = ""
+        for template in self.templates:
+            if task_id.startswith(template + "_") and len(template) > len(best):
+                best = template
+        return best or task_id
+
+    def groups(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for task_id, state in self.tasks.items():
+            name = self.group_of(task_id)
+            if name == task_id and task_id in self.templates:
+                continue  # the template itself: its items carry the progress
+            counts = out.setdefault(name, {})
+            counts[state] = counts.get(state, 0) + 1
+        return out
+
+
+def bar(counts: dict[str, int], width: int = 24) -> str:
+    total = sum(counts.values()) or 1
+    done = counts.get("done", 0)
+    bad = sum(counts.get(s, 0) for s in ("failed", "skipped", "cancelled"))
+    running = counts.get("running", 0) + counts.get("assigned", 0)
+    cells = [
+        ("#", round(width * done / total)),
+        ("!", round(width * bad / total)),
+        (">", round(width * running / total)),
+    ]
+    text = "".join(ch * n for ch, n in cells)[:width]
+    return "[" + text.ljust(width, ".") + "]"
+
+
+def render(view: BatchView, now: float, started: float) -> list[str]:
+    lines = [
+        f"batch {view.batch_id} ({view.plan}): {view.state}, {now - started:5.1f} s, "
+        f"{view.tok_s(now):6.1f} tok/s"
+    ]
+    for name, counts in sorted(view.groups().items()):
+        total = sum(counts.values())
+        done = counts.get("done", 0)
+        extra = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "done" and v)
+        lines.append(f"  {name[:28]:28} {bar(counts)} {done:>5}/{total:<5} {extra}")
+    return lines
+
+
+class Screen:
+    """Redraws in place on a terminal; prints changed lines otherwise."""
+
+    def __init__(self, out: TextIO = sys.stdout, interval: float = 0.25) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.interval = interval if self.tty else 2.0
+        self.drawn = 0
+        self.last = 0.0
+        self.previous: list[str] = []
+
+    def show(self, lines: list[str], now: float, force: bool = False) -> None:
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        if self.tty:
+            if self.drawn:
+                self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.out.write("\n".join(lines) + "\n")
+            self.drawn = len(lines)
+        elif lines != self.previous:
+            self.out.write("\n".join(lines) + "\n")
+        self.previous = lines
+        self.out.flush()
+
+
+def follow(
+    view: BatchView,
+    subscriber,
+    take_snapshot: Callable[[], SnapshotReply | None],
+    screen: Screen | None,
+    *,
+    resync_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> BatchView:
+    """Follow ``view``'s batch until it ends; returns the final view."""
+    started = clock()
+    reply = take_snapshot()
+    if reply is not None:
+        view.seed(reply)
+    last_heard = clock()
+    while not view.finished:
+        published = subscriber.recv(timeout=0.25)
+        now = clock()
+        stale = now - last_heard > resync_s
+        if published is not None:
+            last_heard = now
+            msg = published.message
+            if published.gap:
+                stale = True
+            if isinstance(msg, BatchEvent):
+                view.apply(msg)
+            elif isinstance(msg, TaskProgress):
+                view.progress(msg, now)
+        if stale:
+            reply = take_snapshot()
+            if reply is not None:
+                view.seed(reply)
+            last_heard = now
+        if screen is not None:
+            screen.show(render(view, now, started), now)
+    if screen is not None:
+        now = clock()
+        screen.show(render(view, now, started), now, force=True)
+    return view
