@@ -6,30 +6,58 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help). Subcommand modules keep heavy imports inside
-# their ``run``, so ``llmo submit`` on the Pi never loads llama-cpp or NVML.
+# name -> ("module" or "module:Class", one-line help). Only the chosen
+# subcommand's module is imported, so ``llmo submit`` on the Pi starts fast
+# and never loads llama-cpp or NVML. Each target has configure(parser) and run(args).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("cli.broker_cmd", "run the message broker (ROUTER + PUB)"),
+    "plan": ("cli.plan_cmd", "check plan folders before a run (plan check PLAN_DIR...)"),
+    "submit": ("cli.submit_cmd", "send a plan to the brain; --watch follows the batch"),
+    "status": ("cli.status_cmd", "workers and batches at a glance (--json, --wait-ready)"),
+    "cancel": ("cli.control_cmd:Cancel", "cancel a batch"),
+    "drain": ("cli.control_cmd:Drain", "drain a worker: finish running work, take no more"),
+    "load": ("cli.control_cmd:Load", "load a model on a worker"),
+    "unload": ("cli.control_cmd:Unload", "unload a worker's model"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmo", description="llmo, the LLM Orchestration Engine")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        sub_parser.set_defaults(_module=module)
-        importlib.import_module(module).configure(sub_parser)
+def _target(spec: str):
+    module, _, attr = spec.partition(":")
+    loaded = importlib.import_module(module)
+    return getattr(loaded, attr) if attr else loaded
+
+
+def top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmo",
+        description="llmo, the LLM Orchestration Engine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n"
+        + "\n".join(f"  {name:10s} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items())
+        + "\n\nRun `llmo COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("command", metavar="COMMAND", choices=list(SUBCOMMANDS))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_module", None):
-        parser.print_help()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = top_parser()
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0
+        parser.print_usage(sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    name = argv[0]
+    if name not in SUBCOMMANDS:
+        parser.error(f"unknown command {name!r} (choose from {', '.join(SUBCOMMANDS)})")
+    spec, help_text = SUBCOMMANDS[name]
+    target = _target(spec)
+    sub = argparse.ArgumentParser(prog=f"llmo {name}", description=help_text)
+    target.configure(sub)
+    return int(target.run(sub.parse_args(argv[1:])) or 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,256 @@
+"""foreach expansion: a template and its items in, the tasks to run out.
+
+Theory of operation
+-------------------
+When a ``foreach`` task's dependencies are done, the caller reads the items
+(``plans.files.read_foreach_items``) and calls ``expand_foreach``, a pure
+function of the template, the items and the run's variables.
+
+Names. When every item is an object with a scalar ``id``, the task for an
+item is ``<template>_<id>``; otherwise it is ``<template>_<n>`` with ``n``
+counted from 1, like the batch names. Characters other than letters, digits,
+``_``, ``-`` and ``.`` in an id become ``_`` (a name is also a log file
+name). Two items that give the same name are an error, not a silent
+overwrite.
+
+Batches. With ``batch_size`` N > 1, consecutive items are grouped N at a
+time into ``<template>_batch_<first:04d>_<last:04d>`` (1-based, inclusive).
+Its command runs each item's command in its own subshell, in order, joined
+with ``&&``: the first failure stops the batch and is its exit status, and an
+``exit`` inside one item's command cannot end the batch early with success.
+Each subshell closes on a new line so a trailing ``# comment`` in a command
+cannot swallow the rest.
+
+Dependencies. Entries without ``{ITEM...}`` are substituted once; entries
+with it are substituted per item, giving per-item pipelines across two
+``foreach`` tasks over the same manifest (``extract_{ITEM.id}`` becomes
+``extract_a`` for item ``a``). A batch depends on the union of its items'
+entries. Dependents of a template wait for every expansion: see
+``expanded_dependencies``. An empty item list gives no tasks; the caller
+completes the template as a no-op success.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from plans.model import ForeachError, PlanError, Task
+from plans.variables import substitute, substitute_known
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every character unfit for a task id replaced by ``_``."""
+    return _UNSAFE.sub("_", text) if _UNSAFE.search(text) else text
+
+
+def _scalar_id(item: object) -> str | None:
+    if not isinstance(item, dict):
+        return None
+    value = item.get("id")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    text = str(value)
+    return text if text else None
+
+
+def item_names(template_id: str, items: Sequence[object]) -> list[str]:
+    """The task name for each item (``batch_size`` 1); ``ForeachError`` on a clash."""
+    ids = [_scalar_id(item) for item in items]
+    if ids and all(i is not None for i in ids):
+        names = [f"{template_id}_{safe_name(i)}" for i in ids]  # type: ignore[arg-type]
+    else:
+        names = [f"{template_id}_{n}" for n in range(1, len(items) + 1)]
+    if len(set(names)) != len(names):
+        first: dict[str, int] = {}
+        for n, name in enumerate(names, start=1):
+            if name in first:
+                raise ForeachError(
+                    f"foreach items {first[name]} and {n} of {template_id} both give the task "
+                    f"name {name}; item ids must be unique"
+                )
+            first[name] = n
+    return names
+
+
+def batch_name(template_id: str, first: int, last: int) -> str:
+    """The name of the batch of items ``first``..``last`` (1-based, inclusive)."""
+    return f"{template_id}_batch_{first:04d}_{last:04d}"
+
+
+def chain_commands(commands: Iterable[str]) -> str:
+    """One shell command running ``commands`` in order, stopping at the first failure."""
+    return " && ".join(f"( {command}\n)" for command in commands)
+
+
+def expand_foreach(
+    task: Task,
+    items: Sequence[object],
+    variables: Mapping[str, object],
+    *,
+    reserved: Collection[str] = (),
+) -> list[Task]:
+    """The tasks ``task`` expands into over ``items`` (``[]`` for no items).
+
+    Raises ``PlanError`` for a placeholder that is undefined for some item,
+    naming the task and item, and ``ForeachError`` when two items give the same
+    task name or a name is one of ``reserved`` (the ids of the plan's tasks).
+    """
+    if not items:
+        return []
+    items = list(items)
+    fixed_deps: list[str] = []
+    item_deps: list[str] = []
+    for entry in task.depends_on:
+        if "{ITEM" in entry:
+            item_deps.append(entry)
+        else:
+            fixed_deps.append(_sub(entry, variables, None, task.id, 0))
+    requires = tuple(substitute_known(p, variables) for p in task.requires)
+    produces = tuple(substitute_known(p, variables) for p in task.produces)
+
+    fixed = tuple(dict.fromkeys(fixed_deps))
+
+    def deps_for(item_group: Sequence[object], first: int) -> tuple[str, ...]:
+        if not item_deps:
+            return fixed
+        out = list(fixed)
+        for n, item in enumerate(item_group, start=first):
+            for entry in item_deps:
+                out.append(safe_name(_sub(entry, variables, item, task.id, n)))
+        return tuple(dict.fromkeys(out))
+
+    def make(name: str, command: str, deps: tuple[str, ...], group: tuple) -> Task:
+        return Task(
+            name,
+            task.executor,
+            task.task_class,
+            command,
+            deps,
+            None,
+            task.batch_size,
+            requires,
+            produces,
+            task.llm_model,
+            task.llm_min_tier,
+            task.llm_placement,
+            task.vram_policy,
+            task.vram_estimate_mb,
+            task.timeout_s,
+            task.line,
+            task.id,
+            group,
+        )
+
+    out: list[Task] = []
+    command = task.command
+    if task.batch_size <= 1:
+        names = item_names(task.id, items)
+        for n, (name, item) in enumerate(zip(names, items, strict=True), start=1):
+            text = _sub(command, variables, item, task.id, n)
+            out.append(make(name, text, deps_for((item,), n), (item,)))
+    else:
+        size = task.batch_size
+        for start in range(0, len(items), size):
+            group = tuple(items[start : start + size])
+            commands = [
+                _sub(command, variables, item, task.id, n)
+                for n, item in enumerate(group, start=start + 1)
+            ]
+            name = batch_name(task.id, start + 1, start + len(group))
+            out.append(make(name, chain_commands(commands), deps_for(group, start + 1), group))
+    if reserved:
+        for t in out:
+            if t.id in reserved:
+                raise ForeachError(
+                    f"foreach task {task.id} would create {t.id}, which is already a task "
+                    "of the plan; rename one of them"
+                )
+    return out
+
+
+def _sub(text: str, variables: Mapping[str, object], item: object, task_id: str, n: int) -> str:
+    try:
+        return substitute(text, variables, item)
+    except PlanError as exc:
+        where = f"item {n} of foreach task" if n else "task"
+        raise PlanError(f"{where} {task_id}: {exc}") from None
+
+
+def resolve_task(task: Task, variables: Mapping[str, object]) -> Task:
+    """A plan task that is not a foreach template, with its placeholders filled.
+
+    Command and ``depends_on`` must resolve (``PlanError`` otherwise);
+    ``requires`` and ``produces`` keep any placeholder they cannot fill.
+    """
+    if task.foreach is not None:
+        raise PlanError(f"task {task.id} is a foreach template; expand it with expand_foreach")
+    return dataclasses.replace(
+        task,
+        command=_sub(task.command, variables, None, task.id, 0),
+        depends_on=tuple(_sub(d, variables, None, task.id, 0) for d in task.depends_on),
+        requires=tuple(substitute_known(p, variables) for p in task.requires),
+        produces=tuple(substitute_known(p, variables) for p in task.produces),
+    )
+
+
+def items_from_json(data: object, path: str) -> list:
+    """The array at dotted ``path`` in parsed JSON ``data`` (``""`` = the document).
+
+    A number steps into an array (``runs.0.items``). ``ForeachError`` says
+    where the path stops or what it found instead of an array.
+    """
+    value = data
+    walked: list[str] = []
+    for key in path.split(".") if path else ():
+        here = ".".join(walked) or "the top level"
+        if isinstance(value, dict):
+            if key not in value:
+                keys = ", ".join(list(map(str, value))[:10]) or "none"
+                raise ForeachError(f"there is no key '{key}' at {here} (keys there: {keys})")
+            value = value[key]
+        elif isinstance(value, list) and key.isdigit():
+            if int(key) >= len(value):
+                raise ForeachError(f"{here} has {len(value)} entries, so there is no entry {key}")
+            value = value[int(key)]
+        else:
+            raise ForeachError(f"cannot look up '{key}' in {here}: it is {_kind(value)}")
+        walked.append(key)
+    if not isinstance(value, list):
+        where = f"'{path}'" if path else "the document"
+        raise ForeachError(f"{where} is {_kind(value)}, not an array of items")
+    return value
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def expanded_dependencies(
+    depends_on: Iterable[str], expansions: Mapping[str, Sequence[str]]
+) -> tuple[str, ...]:
+    """``depends_on`` with each expanded template replaced by all its expansions.
+
+    A template that expanded into nothing (an empty item list) drops out: it
+    completed as a no-op.
+    """
+    out: dict[str, None] = {}
+    for dep in depends_on:
+        if dep in expansions:
+            out.update(dict.fromkeys(expansions[dep]))
+        else:
+            out[dep] = None
+    return tuple(out)

@@ -1,0 +1,257 @@
+"""Placeholders: find them, check them against a configuration, substitute them.
+
+Theory of operation
+-------------------
+A placeholder is ``{NAME}`` or ``{NAME.field.field}`` where NAME is an
+identifier. Shell syntax that merely looks similar is left alone: ``${HOME}``
+(a ``$`` before the brace), ``{a,b}`` (brace expansion) and JSON such as
+``{"k": 1}`` do not match.
+
+Names are defined by three sources: the built-ins ``BATCH_ID``,
+``BATCH_PATH`` and ``PLAN_PATH``; the keys of the configuration given at
+submission; and, only inside the command and ``depends_on`` of a ``foreach``
+task, ``ITEM`` (the whole item) and ``ITEM.<field>`` (a field of an object
+item, following dots into nested objects and, with a number, into arrays).
+
+Substitution splits a text once into literal parts and placeholder names
+(cached, so a template expanded into 100,000 tasks is split once) and then
+joins literal parts with values. Strings are inserted as they are; other
+JSON values as compact JSON (``true``, ``3``, ``{"a":1}``). An undefined name
+is never left in place silently: ``substitute`` raises ``PlanError`` naming
+every missing placeholder, and ``undefined_placeholders`` lists them per task
+before a run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+
+from plans.model import BUILTIN_VARIABLES, GOAL_USER, PRIORITIES, Plan, PlanError, Problem
+
+PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\}")
+
+_MISSING = object()
+
+
+def is_item_name(name: str) -> bool:
+    """True for ``ITEM`` and ``ITEM.<field>``."""
+    return name == "ITEM" or name.startswith("ITEM.")
+
+
+@lru_cache(maxsize=4096)
+def split_template(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(literals, names)`` with ``len(literals) == len(names) + 1``."""
+    parts = PLACEHOLDER.split(text)
+    return tuple(parts[0::2]), tuple(parts[1::2])
+
+
+def names_in(text: str) -> tuple[str, ...]:
+    """The placeholder names in ``text``, in order, with repeats."""
+    return split_template(text)[1] if "{" in text else ()
+
+
+def format_value(value: object) -> str:
+    """A value as inserted into a command: strings as they are, others as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _item_value(name: str, item: object) -> object:
+    if name == "ITEM":
+        return item
+    value = item
+    for key in name[5:].split("."):
+        if isinstance(value, dict):
+            if key not in value:
+                return _MISSING
+            value = value[key]
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return _MISSING
+    return value
+
+
+def _value(name: str, variables: Mapping[str, object], item: object) -> object:
+    if is_item_name(name):
+        return _MISSING if item is None else _item_value(name, item)
+    return variables.get(name, _MISSING)
+
+
+def substitute(text: str, variables: Mapping[str, object], item: object | None = None) -> str:
+    """Replace every placeholder in ``text``; ``PlanError`` names any undefined one.
+
+    ``item`` is the foreach item when ``text`` belongs to an expanded task;
+    without it ``{ITEM...}`` is undefined.
+    """
+    if "{" not in text:
+        return text
+    literals, names = split_template(text)
+    if not names:
+        return text
+    out = [literals[0]]
+    missing: list[str] = []
+    for name, literal in zip(names, literals[1:], strict=True):
+        value = _value(name, variables, item)
+        if value is _MISSING:
+            missing.append(name)
+        else:
+            out.append(value if isinstance(value, str) else format_value(value))
+        out.append(literal)
+    if missing:
+        raise PlanError(_missing_message(missing, item))
+    return "".join(out)
+
+
+def substitute_known(text: str, variables: Mapping[str, object], item: object | None = None) -> str:
+    """Like ``substitute`` but leaves undefined placeholders as written.
+
+    For documentation fields (``requires``, ``produces``) that must never
+    stop a run.
+    """
+    if "{" not in text:
+        return text
+    literals, names = split_template(text)
+    out = [literals[0]]
+    for name, literal in zip(names, literals[1:], strict=True):
+        value = _value(name, variables, item)
+        out.append("{" + name + "}" if value is _MISSING else format_value(value))
+        out.append(literal)
+    return "".join(out)
+
+
+def _missing_message(missing: list[str], item: object) -> str:
+    unique = list(dict.fromkeys(missing))
+    listed = ", ".join("{" + n + "}" for n in unique)
+    noun = "placeholder" if len(unique) == 1 else "placeholders"
+    message = f"undefined {noun} {listed}"
+    if item is not None and any(is_item_name(n) for n in unique):
+        message += f" (the item is {format_value(item)[:200]})"
+    return message
+
+
+def builtin_variables(plan_path: str, batch_path: str, batch_id: str) -> dict[str, str]:
+    """The variables every run defines."""
+    return {"PLAN_PATH": str(plan_path), "BATCH_PATH": str(batch_path), "BATCH_ID": batch_id}
+
+
+def config_variables(config: Mapping[str, object]) -> dict[str, str]:
+    """Configuration values as substitution strings (``{"N": 3}`` gives ``"3"``)."""
+    return {str(k): format_value(v) for k, v in config.items()}
+
+
+def run_variables(
+    plan_path: str, batch_path: str, batch_id: str, config: Mapping[str, object]
+) -> dict[str, str]:
+    """All variables of a run: configuration keys, then built-ins (which win)."""
+    return {**config_variables(config), **builtin_variables(plan_path, batch_path, batch_id)}
+
+
+def config_priority(config: Mapping[str, object]) -> str | None:
+    """The batch priority named by the config key ``PRIORITY``, if any."""
+    value = config.get("PRIORITY")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.lower() not in PRIORITIES:
+        raise PlanError(
+            f"PRIORITY is {value!r}; use one of {', '.join(PRIORITIES)} (or leave it out)"
+        )
+    return value.lower()
+
+
+# -- what a plan uses ------------------------------------------------------------------
+
+
+def _task_uses(task) -> list[tuple[str, str]]:
+    """``(name, field)`` for every placeholder a task's executable fields use."""
+    uses: list[tuple[str, str]] = [(n, "command") for n in names_in(task.command)]
+    if task.foreach:
+        uses += [(n, "foreach") for n in names_in(task.foreach)]
+    for entry in task.depends_on:
+        uses += [(n, "depends_on") for n in names_in(entry)]
+    return uses
+
+
+def placeholders(plan: Plan) -> dict[str, list[str]]:
+    """Placeholder name -> ids of the tasks that use it, in first-use order.
+
+    Commands, ``foreach`` sources and ``depends_on`` entries count, and the
+    goal's target (listed under the pseudo task id ``"(goal)"``).
+    """
+    used: dict[str, list[str]] = {}
+    for task in plan.tasks:
+        for name, _ in _task_uses(task):
+            users = used.setdefault(name, [])
+            if not users or users[-1] != task.id:
+                users.append(task.id)
+    if plan.goal is not None and isinstance(plan.goal.target, str):
+        for name in names_in(plan.goal.target):
+            used.setdefault(name, []).append(GOAL_USER)
+    return used
+
+
+def config_placeholders(plan: Plan) -> list[str]:
+    """The names a plan expects from the configuration (not built-in, not ITEM)."""
+    return [
+        name
+        for name in placeholders(plan)
+        if name not in BUILTIN_VARIABLES and not is_item_name(name)
+    ]
+
+
+def undefined_placeholders(plan: Plan, config: Mapping[str, object]) -> list[Problem]:
+    """Every placeholder nothing defines, one problem per task and name.
+
+    Defined: the built-ins, the keys of ``config``, and ``ITEM``/``ITEM.x`` in
+    the command and ``depends_on`` of a ``foreach`` task. The goal's target
+    must come from ``config``.
+    """
+    defined = set(BUILTIN_VARIABLES) | {str(k) for k in config}
+    problems: list[Problem] = []
+    for task in plan.tasks:
+        seen: set[str] = set()
+        for name, where in _task_uses(task):
+            if name in seen:
+                continue
+            if is_item_name(name):
+                if task.foreach is None:
+                    message = (
+                        f"{where} uses {{{name}}}, but {{ITEM...}} is defined only in tasks "
+                        "with a foreach; add a foreach or remove the placeholder"
+                    )
+                elif where == "foreach":
+                    message = (
+                        f"foreach uses {{{name}}}, but the items are not known until the "
+                        "foreach source has been read; name the source without {ITEM...}"
+                    )
+                else:
+                    continue
+            elif name in defined:
+                continue
+            else:
+                message = (
+                    f"{where} uses {{{name}}}, which is not defined: give it in the "
+                    f'configuration, e.g. --config \'{{"{name}": "..."}}\''
+                )
+            seen.add(name)
+            line = plan.line_of(task.id, where)
+            problems.append(Problem(plan.file, line, task.id, message, "error"))
+    goal = plan.goal
+    if goal is not None and isinstance(goal.target, str):
+        for name in dict.fromkeys(names_in(goal.target)):
+            if name not in config:
+                problems.append(
+                    Problem(
+                        plan.file,
+                        goal.line,
+                        "",
+                        f"the goal's target uses {{{name}}}, which is not defined: give it "
+                        f"in the configuration, e.g. --config '{{\"{name}\": 10}}'",
+                        "error",
+                    )
+                )
+    return problems
