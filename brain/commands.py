@@ -1,0 +1,71 @@
+"""What the core asks the shell to do. Plain frozen records; the shell executes them.
+
+The core never performs I/O: it returns these, in order, and the shell carries
+them out after the event that caused them is safely in the journal. Sends are
+fire-and-forget; file reads come back as events (``PlanLoaded``,
+``ManifestRead``) so that the journal holds what was read and a replay never
+touches the disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proto.messages import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``msg`` (its ``dst`` set); the shell stamps src, id and time."""
+
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """Read ``<plan_path>/plan.md`` for request ``request_id``; answer with ``PlanLoaded``."""
+
+    request_id: str
+    plan_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadManifest:
+    """Read a foreach source (``plans.read_foreach_items(spec, variables)``);
+    answer with ``ManifestRead``."""
+
+    batch_id: str
+    task_id: str
+    spec: str
+    variables: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MakeDirs:
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendLines:
+    """Append text lines (each without its newline) to a file, creating it."""
+
+    path: str
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFile:
+    """Replace a file's content (atomically: write a temporary file, rename)."""
+
+    path: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str  # "info", "warning", "error"
+    text: str
+
+
+Command = Send | ReadPlan | ReadManifest | MakeDirs | AppendLines | WriteFile | Log

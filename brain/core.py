@@ -1,0 +1,274 @@
+"""The brain's pure core: ``step(state, event, now) -> (state, commands)``.
+
+Theory of operation
+-------------------
+``step`` is the only entry point. It takes one event (a received message, a
+timer tick, the result of a file read it asked for, the settings) and the
+current time, changes the state and returns the commands to carry out. It
+imports no sockets, clock or file access and draws no random numbers:
+attempt and batch ids are derived from the state and ``now``. The same
+events with the same times always give the same state and commands, so the
+journal replays exactly and captured streams can be compared decision by
+decision.
+
+Messages are handled by a table, ``MESSAGE_HANDLERS`` (one small function
+per type, in the module for its family); events by ``EVENT_HANDLERS``.
+After the handler, dispatch runs if anything may have freed a worker or
+readied a task, and a tick also runs the timers, backoff, model policy and
+summary refreshes. Any exception inside a handler is caught and becomes an
+error ``Log`` command: bad input never crashes the core. (A handler that
+raised may have changed part of the state; the log says which event did it.)
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from brain import dispatch, failure, models, submit, tasks, view
+from brain.commands import Command, Log
+from brain.config import BrainConfig
+from brain.ctx import Ctx
+from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Tick
+from brain.state import BrainState, Worker, advance
+from proto.messages import (
+    Ack,
+    BatchCancel,
+    Error,
+    Heartbeat,
+    Message,
+    ModelLoad,
+    ModelUnload,
+    MsgType,
+    PeerDown,
+    Register,
+    SnapshotReply,
+    SnapshotRequest,
+    WorkerDrain,
+)
+
+
+def new_state(config: BrainConfig | None = None) -> BrainState:
+    return BrainState(config=config or BrainConfig())
+
+
+# --- workers -----------------------------------------------------------------------
+
+
+def worker_for(cx: Ctx, name: str) -> Worker:
+    worker = cx.state.workers.get(name)
+    if worker is None:
+        worker = cx.state.workers[name] = Worker(name=name, last_seen=cx.now, idle_since=cx.now)
+        cx.publish(None, "worker_up", worker=name)
+    elif worker.state == "down":
+        advance("worker", worker, "up")
+        worker.idle_since = cx.now
+        cx.publish(None, "worker_up", worker=name)
+    worker.last_seen = cx.now
+    return worker
+
+
+def on_register(cx: Ctx, msg: Register) -> None:
+    known = cx.state.workers.get(msg.src)
+    if known is not None and known.pid and msg.pid and known.pid != msg.pid:
+        failure.lose_attempts(cx, known, f"worker {msg.src} restarted")
+        models.worker_gone(cx, known)
+        advance("worker", known, "restart")
+    worker = worker_for(cx, msg.src)
+    worker.role = msg.role
+    worker.gpus = msg.gpus
+    worker.models = msg.models
+    worker.slots = max(1, msg.slots)
+    worker.vram_budget_mb = msg.vram_budget_mb
+    worker.pid = msg.pid
+    cx.publish(None, "worker_registered", worker=msg.src, role=msg.role, slots=worker.slots)
+    cx.state.dispatch_due = True
+
+
+def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
+    worker = worker_for(cx, msg.src)
+    if msg.role in ("worker", "brain"):
+        worker.role = msg.role
+    if msg.slots_total:
+        worker.slots = msg.slots_total
+    if msg.vram_budget_mb:
+        worker.vram_budget_mb = msg.vram_budget_mb
+    worker.vram_used_mb = msg.vram_used_mb
+    worker.interval_s = msg.interval_s if msg.interval_s > 0 else worker.interval_s
+    models.on_report(cx, worker, msg.state, msg.model)
+    active = frozenset(msg.active)
+    if active:
+        worker.reports_active = True
+    if worker.reports_active:
+        failure.check_heartbeat_active(cx, worker, active)
+    worker.last_active = active
+    cx.state.dispatch_due = True
+
+
+def on_peer_down(cx: Ctx, msg: PeerDown) -> None:
+    worker = cx.state.workers.get(msg.peer)
+    if worker is not None and worker.alive:
+        failure.worker_down(cx, worker, f"broker: silent {msg.silent_s:.1f}s")
+
+
+def on_error(cx: Ctx, msg: Error) -> None:
+    if msg.code == "unknown_destination" and msg.peer in cx.state.workers:
+        worker = cx.state.workers[msg.peer]
+        if worker.alive:
+            failure.worker_down(cx, worker, "the broker does not know it")
+        return
+    cx.log("warning", f"error from {msg.src}: {msg.code}: {msg.detail}")
+
+
+# --- operator requests ----------------------------------------------------------------
+
+
+def ack(cx: Ctx, msg: Message, ok: bool, detail: str) -> None:
+    cx.send(Ack(dst=msg.src, reply_to=msg.id, ok=ok, detail=detail))
+
+
+def on_batch_cancel(cx: Ctx, msg: BatchCancel) -> None:
+    batch = cx.state.batches.get(msg.batch_id)
+    if batch is None:
+        ack(cx, msg, False, f"no batch {msg.batch_id}")
+        return
+    if batch.state != "running":
+        ack(cx, msg, False, f"batch {msg.batch_id} has already ended ({batch.state})")
+        return
+    failure.cancel_batch(cx, batch, msg.reason or f"cancelled by {msg.src}")
+    ack(cx, msg, True, f"batch {msg.batch_id} cancelled")
+
+
+def on_drain(cx: Ctx, msg: WorkerDrain) -> None:
+    worker = cx.state.workers.get(msg.worker)
+    if worker is None or not worker.alive:
+        ack(cx, msg, False, f"no live worker {msg.worker}")
+        return
+    advance("worker", worker, "drain" if msg.drain else "undrain")
+    cx.send(
+        WorkerDrain(dst=worker.name, worker=worker.name, drain=msg.drain, deadline_s=msg.deadline_s)
+    )
+    cx.publish(None, "worker_drain" if msg.drain else "worker_undrain", worker=worker.name)
+    cx.state.dispatch_due = True
+    ack(cx, msg, True, f"{worker.name} {'draining' if msg.drain else 'back in service'}")
+
+
+def on_model_load(cx: Ctx, msg: ModelLoad) -> None:
+    workers = cx.state.workers
+    if msg.worker:
+        worker = workers.get(msg.worker)
+        if worker is None or not worker.alive:
+            ack(cx, msg, False, f"no live worker {msg.worker}")
+            return
+        if worker.loading:
+            ack(cx, msg, False, f"{worker.name} is already loading {worker.loading}")
+            return
+    else:
+        worker = next((w for w in workers.values() if models.can_load(cx, w, msg.model)), None)
+        if worker is None:
+            ack(cx, msg, False, f"no cold, idle worker can load {msg.model}")
+            return
+    models.load(cx, worker, msg.model, f"requested by {msg.src}")
+    ack(cx, msg, True, f"{worker.name} loading {msg.model}")
+
+
+def on_model_unload(cx: Ctx, msg: ModelUnload) -> None:
+    worker = cx.state.workers.get(msg.worker)
+    if worker is None or not worker.alive:
+        ack(cx, msg, False, f"no live worker {msg.worker!r}")
+        return
+    models.unload(cx, worker, msg.reason or f"requested by {msg.src}")
+    ack(cx, msg, True, f"{worker.name} unloading")
+
+
+def on_snapshot(cx: Ctx, msg: SnapshotRequest) -> None:
+    workers, batches, task_list = view.snapshot(cx.state, msg.batch_id)
+    cx.send(
+        SnapshotReply(
+            dst=msg.src,
+            reply_to=msg.id,
+            rev=cx.state.rev,
+            workers=tuple(workers),
+            batches=tuple(batches),
+            tasks=tuple(task_list),
+        )
+    )
+
+
+MESSAGE_HANDLERS: dict[MsgType, Callable[[Ctx, Any], None]] = {
+    MsgType.REGISTER: on_register,
+    MsgType.HEARTBEAT: on_heartbeat,
+    MsgType.TASK_STARTED: failure.on_started,
+    MsgType.TASK_PROGRESS: failure.on_progress,
+    MsgType.TASK_DONE: failure.on_done,
+    MsgType.TASK_FAILED: failure.on_failed,
+    MsgType.MODEL_STATUS: models.on_status,
+    MsgType.MODEL_LOAD: on_model_load,
+    MsgType.MODEL_UNLOAD: on_model_unload,
+    MsgType.WORKER_DRAIN: on_drain,
+    MsgType.PLAN_SUBMIT: submit.on_submit,
+    MsgType.BATCH_CANCEL: on_batch_cancel,
+    MsgType.SNAPSHOT_REQUEST: on_snapshot,
+    MsgType.PEER_DOWN: on_peer_down,
+    MsgType.PEER_UP: lambda cx, msg: None,  # a heartbeat or registration follows
+    MsgType.ERROR: on_error,
+}
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+def on_received(cx: Ctx, ev: Received) -> None:
+    handler = MESSAGE_HANDLERS.get(ev.msg.TYPE)
+    if handler is None:
+        cx.log("warning", f"unexpected {ev.msg.TYPE.value} from {ev.msg.src}")
+        if hasattr(ev.msg, "id") and ev.msg.src:
+            cx.send(
+                Error(
+                    dst=ev.msg.src,
+                    code="unexpected",
+                    reply_to=ev.msg.id,
+                    detail=f"the brain does not take {ev.msg.TYPE.value}",
+                )
+            )
+        return
+    handler(cx, ev.msg)
+
+
+def on_tick(cx: Ctx, ev: Tick) -> None:
+    failure.check_timers(cx)
+    tasks.release_delayed(cx)
+    models.plan(cx)
+    tasks.refresh_summaries(cx)
+    cx.state.dispatch_due = True
+
+
+def on_configure(cx: Ctx, ev: Configure) -> None:
+    cx.state.config = BrainConfig.from_dict(ev.settings)
+    cx.cfg = cx.state.config
+    cx.state.dispatch_due = True
+
+
+EVENT_HANDLERS: dict[type, Callable[[Ctx, Any], None]] = {
+    Received: on_received,
+    Tick: on_tick,
+    PlanLoaded: submit.on_plan_loaded,
+    ManifestRead: submit.on_manifest,
+    Configure: on_configure,
+}
+
+
+def step(state: BrainState, event: Event, now: float) -> tuple[BrainState, list[Command]]:
+    """Fold one event into the state; the commands to carry out, in order."""
+    state.events += 1
+    cx = Ctx(state, now)
+    try:
+        EVENT_HANDLERS[type(event)](cx, event)
+        if state.dispatch_due:
+            dispatch.dispatch(cx)
+    except Exception as exc:  # a bug or a bad input: log it, never crash the loop
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        cx.out.append(Log("error", f"event {type(event).__name__} failed: {detail}"))
+        state.dispatch_due = False
+    return state, cx.finish()

@@ -1,0 +1,173 @@
+"""Dispatch by credit: match ready tasks to workers within what they announced.
+
+Theory of operation
+-------------------
+Workers announce capacity (slots, VRAM budget and use, role, model state)
+in registration and heartbeats; the brain adds the attempts it has handed out
+since, so it never assigns past a worker's credit between two heartbeats.
+
+Ready tasks wait in per-batch queues keyed by the kind of worker they need
+(``brain.tasks.queue_key``), so a task that cannot be placed (an ``llm`` task
+with no hot worker) never blocks a ``cpu`` task behind it. Batches are served
+by priority, then age; ``meta`` (runtime control) queues of every batch go
+before any other work. Placement:
+
+* ``executor: brain`` -> a worker with role ``brain``, hot (or cold when no
+  brain model is configured to load);
+* ``llm`` -> a role-``worker`` worker reporting ``hot`` with the wanted model
+  (``split_gpu`` needs two or more GPUs); never one that is still loading;
+* ``script`` -> a cold worker whose free VRAM budget covers the estimate;
+* ``cpu`` -> any worker with a free slot, constrained ones included;
+* constrained and draining workers get nothing but ``cpu`` (draining: nothing).
+
+Among eligible workers the one with the most free slots wins (ties by the
+order workers first appeared), which spreads work without randomness.
+"""
+
+from __future__ import annotations
+
+from brain import models, tasks
+from brain.ctx import Ctx
+from brain.state import Batch, TaskRun, Worker
+from proto.messages import TaskAssign
+
+WORKER_BUSY_STATES = frozenset({"draining", "down"})
+
+
+def wanted_model(cx: Ctx, task: TaskRun) -> str:
+    spec = task.spec
+    if spec.task_class == "llm":
+        return spec.llm_model or cx.cfg.default_model
+    if spec.task_class == "brain" or spec.executor == "brain":
+        return spec.llm_model or cx.cfg.brain_model
+    return ""
+
+
+def eligible(cx: Ctx, worker: Worker, task: TaskRun) -> bool:
+    spec = task.spec
+    cls = spec.task_class
+    reported = worker.model_state
+    if reported in WORKER_BUSY_STATES:
+        return False
+    if cls == "cpu":
+        return True
+    if reported == "constrained":
+        return False
+    if cls == "brain" or spec.executor == "brain":
+        if worker.role != "brain":
+            return False
+        if reported == "hot":
+            model = wanted_model(cx, task)
+            return not model or not worker.model or worker.model == model
+        return reported in ("cold", "") and not cx.cfg.brain_model and not worker.loading
+    if worker.role != "worker":
+        return False
+    if cls == "llm":
+        if reported != "hot" or worker.loading:
+            return False
+        model = wanted_model(cx, task)
+        if model and worker.model != model:
+            return False
+        return spec.llm_placement != "split_gpu" or len(worker.gpus) >= 2
+    if cls == "script":
+        return (
+            reported in ("cold", "")
+            and not worker.loading
+            and worker.free_vram() >= vram_of(cx, task)
+        )
+    return False
+
+
+def vram_of(cx: Ctx, task: TaskRun) -> int:
+    spec = task.spec
+    if spec.task_class != "script":
+        return 0
+    if spec.vram_estimate_mb is not None:
+        return int(spec.vram_estimate_mb)
+    return cx.cfg.script_vram_mb
+
+
+def dispatch(cx: Ctx) -> None:
+    st = cx.state
+    st.dispatch_due = False
+    batches = st.active_batches()
+    if not batches:
+        return
+    for batch in batches:  # runtime control first
+        queue = batch.ready.get("meta")
+        while queue:
+            task = batch.tasks[queue[0]]
+            if task.state != "ready":
+                queue.popleft()
+                continue
+            if not models.run_meta(cx, batch, task):
+                break
+            queue.popleft()
+    free = [w for w in st.workers.values() if w.state == "up" and w.free_slots() > 0]
+    if not free:
+        return
+    for batch in batches:
+        for key, queue in batch.ready.items():
+            if key == "meta":
+                continue
+            while queue:
+                task = batch.tasks[queue[0]]
+                if task.state != "ready":
+                    queue.popleft()
+                    continue
+                worker = pick(cx, free, task)
+                if worker is None:
+                    break
+                queue.popleft()
+                assign(cx, batch, task, worker)
+                if worker.free_slots() <= 0:
+                    free.remove(worker)
+                    if not free:
+                        return
+
+
+def pick(cx: Ctx, free: list[Worker], task: TaskRun) -> Worker | None:
+    best = None
+    best_slots = 0
+    for worker in free:
+        slots = worker.free_slots()
+        if slots > best_slots and eligible(cx, worker, task):
+            best = worker
+            best_slots = slots
+    return best
+
+
+def assign(cx: Ctx, batch: Batch, task: TaskRun, worker: Worker) -> None:
+    if not tasks.move(cx, batch, task, "assign"):
+        return
+    task.seq += 1
+    attempt_id = f"{batch.id}:{task.id}:{task.seq}"
+    task.attempt_id = attempt_id
+    task.worker = worker.name
+    task.assigned_at = cx.now
+    task.vram_mb = vram_of(cx, task)
+    worker.attempts[attempt_id] = (batch.id, task.id, task.vram_mb)
+    spec = task.spec
+    model = wanted_model(cx, task)
+    if spec.task_class == "llm" and model:
+        cx.state.llm_demand_at[model] = cx.now
+    cfg = cx.cfg
+    cx.send(
+        TaskAssign(
+            dst=worker.name,
+            batch_id=batch.id,
+            task_id=task.id,
+            attempt_id=attempt_id,
+            task_class=spec.task_class,
+            executor=spec.executor,
+            command=task.command,
+            plan_path=batch.plan_path,
+            batch_path=batch.history_path,
+            log_path=f"{batch.history_path}/logs/{task.id}.log",
+            timeout_s=cfg.timeout_for(spec.task_class, spec.timeout_s),
+            grace_s=cfg.grace_s,
+            vram_mb=task.vram_mb,
+            model=model,
+        )
+    )
+    cx.publish(batch, "task_assigned", task, jsonl=False)

@@ -1,0 +1,52 @@
+"""What the core consumes. Every event is journaled before its commands run.
+
+``Received`` wraps a decoded message; ``Tick`` lets time pass (timeouts,
+backoff, liveness, model policy); ``PlanLoaded`` and ``ManifestRead`` carry
+what the shell read from the shared drive because the core asked
+(``ReadPlan`` / ``ReadManifest``); ``Configure`` sets the settings, first in
+every journal and again whenever the brain starts with new ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proto.messages import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLoaded:
+    """The text of ``plan.md`` for a pending submission, or why it could not be read."""
+
+    request_id: str
+    text: str | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRead:
+    """The items of a foreach source, or the reason there are none."""
+
+    batch_id: str
+    task_id: str
+    items: tuple[Any, ...] | None
+    error: str = ""
+
+
+Event = Configure | Received | Tick | PlanLoaded | ManifestRead

@@ -1,0 +1,269 @@
+"""The brain's state, and the lifecycle tables that govern it.
+
+Theory of operation
+-------------------
+The state is one ``BrainState`` holding workers and batches; a batch holds its
+tasks. It is owned by the core: ``step`` mutates it in place and returns it,
+so a step costs what the event touches, not the size of the queue (a copy per
+step would make a 100,000-task batch quadratic). Nothing else may hold on to
+it between steps; the shell only reads it (for snapshots and summaries).
+
+Lifecycles are data. ``TASK_TRANSITIONS``, ``BATCH_TRANSITIONS`` and
+``WORKER_TRANSITIONS`` map ``state -> {event: next_state}``; every change of a
+task, batch or worker goes through ``advance``, which looks the pair up and,
+when it is not in the table, leaves the object as it was and returns ``None``
+so the caller can log the illegal transition instead of crashing.
+
+Task states::
+
+    pending -release-> ready -assign-> assigned -start-> running -succeed-> done
+    ready -expand-> expanding -expanded-> expanded        (foreach templates)
+    assigned|running -retry-> delayed -due-> ready      (backoff)
+    assigned|running -requeue-> ready                   (exit 75, lost worker)
+    any live state -fail-> failed | -skip-> skipped | -cancel-> cancelled
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+# --- lifecycle tables ----------------------------------------------------------
+
+_LIVE_EXITS = {"fail": "failed", "skip": "skipped", "cancel": "cancelled"}
+
+TASK_TRANSITIONS: dict[str, dict[str, str]] = {
+    "pending": {"release": "ready", "skip": "skipped", "cancel": "cancelled", "fail": "failed"},
+    "ready": {
+        "assign": "assigned",
+        "control": "running",  # a meta task turned into control messages
+        "expand": "expanding",
+        "succeed": "done",  # a meta task with nothing to do
+        **_LIVE_EXITS,
+    },
+    "assigned": {
+        "start": "running",
+        "succeed": "done",
+        "retry": "delayed",
+        "requeue": "ready",
+        **_LIVE_EXITS,
+    },
+    "running": {"succeed": "done", "retry": "delayed", "requeue": "ready", **_LIVE_EXITS},
+    "delayed": {"due": "ready", **_LIVE_EXITS},
+    "expanding": {"expanded": "expanded", "succeed": "done", **_LIVE_EXITS},
+    "expanded": {"succeed": "done", **_LIVE_EXITS},
+    "done": {},
+    "failed": {},
+    "skipped": {},
+    "cancelled": {},
+}
+
+TASK_TERMINAL = frozenset({"done", "failed", "skipped", "cancelled"})
+TASK_ACTIVE = frozenset({"assigned", "running"})  # an attempt is out on a worker
+TASK_STATES = tuple(TASK_TRANSITIONS)
+
+BATCH_TRANSITIONS: dict[str, dict[str, str]] = {
+    "running": {"complete": "complete", "fail": "failed", "cancel": "cancelled"},
+    "complete": {},
+    "failed": {},
+    "cancelled": {},
+}
+BATCH_TERMINAL = frozenset({"complete", "failed", "cancelled"})
+
+# The brain's view of a worker's presence; the model state is the worker's own
+# report (``Worker.model_state``) and is not a brain decision.
+WORKER_TRANSITIONS: dict[str, dict[str, str]] = {
+    "up": {"down": "down", "drain": "draining", "restart": "up"},
+    "draining": {"undrain": "up", "down": "down", "drain": "draining", "restart": "draining"},
+    "down": {"up": "up", "restart": "up"},
+}
+
+TABLES = {"task": TASK_TRANSITIONS, "batch": BATCH_TRANSITIONS, "worker": WORKER_TRANSITIONS}
+
+
+def advance(kind: str, obj: Any, event: str) -> str | None:
+    """Move ``obj.state`` along table ``kind``; the new state, or None if illegal."""
+    nxt = TABLES[kind].get(obj.state, {}).get(event)
+    if nxt is not None:
+        obj.state = nxt
+    return nxt
+
+
+def mermaid(kind: str) -> str:
+    """The table as a Mermaid state diagram, for the docs."""
+    lines = ["stateDiagram-v2"]
+    for src, edges in TABLES[kind].items():
+        for event, dst in edges.items():
+            lines.append(f"    {src} --> {dst}: {event}")
+    return "\n".join(lines)
+
+
+# --- records ---------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class TaskRun:
+    """One task of a batch (a plan task, a foreach template or an expanded item).
+
+    ``spec`` is the ``plans.Task`` it came from (for items, the template's, so
+    100,000 items share one); ``command`` and ``deps`` are its own, substituted.
+    ``attempts`` counts attempts spent (from their start); ``seq`` numbers every
+    attempt id handed out, spent or not, so ids never repeat.
+    """
+
+    id: str
+    spec: Any
+    command: str
+    deps: tuple[str, ...] = ()
+    state: str = "pending"
+    waiting: int = 0  # dependencies not yet done
+    parent: str = ""  # the foreach template an item came from
+    children_left: int = 0
+    children_failed: int = 0
+    attempts: int = 0
+    seq: int = 0
+    attempt_id: str = ""
+    worker: str = ""
+    vram_mb: int = 0
+    assigned_at: float = 0.0
+    started_at: float = 0.0
+    first_started_at: float = 0.0
+    finished_at: float = 0.0
+    not_before: float = 0.0
+    last_progress_at: float = 0.0
+    tokens: int = 0
+    tok_s: float = 0.0
+    exit_code: int | None = None
+    duration_s: float = 0.0
+    lost_workers: int = 0
+    refusals: int = 0
+    cancel_stage: str = ""  # "", "abort" or "kill": how far stopping it has gone
+    cancel_at: float = 0.0  # when the next stopping stage is due
+    cancel_why: str = ""
+    error: str = ""
+    log_tail: str = ""
+    failures: list[dict[str, Any]] | None = None  # one entry per failed attempt
+
+
+@dataclass(slots=True, eq=False)
+class GoalRun:
+    """Progress of a goal-driven plan (see ``brain.goal``)."""
+
+    target: int
+    tolerance: int
+    tracked: str
+    pipeline: tuple[str, ...]  # plan task ids that are re-run each round
+    cap: int  # candidates that may be tried in all
+    round: int = 1
+    tried: int = 0
+    succeeded: int = 0
+    state: str = "running"  # running, reached, exhausted
+    round_ids: dict[str, str] = field(default_factory=dict)  # plan id -> id this round
+    members: set[str] = field(default_factory=set)  # pipeline ids of every round
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    id: str
+    plan: str
+    plan_path: str
+    history_path: str
+    config: dict[str, Any]
+    priority: int
+    priority_name: str
+    seq: int  # age order among batches
+    created_at: float
+    request_id: str = ""
+    requester: str = ""
+    state: str = "running"
+    finished_at: float = 0.0
+    tasks: dict[str, TaskRun] = field(default_factory=dict)
+    dependents: dict[str, list[str]] = field(default_factory=dict)
+    ready: dict[str, collections.deque[str]] = field(default_factory=dict)
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    variables: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    goal: GoalRun | None = None
+    summary_due: bool = False
+    summary_at: float = 0.0
+    plan_tasks: dict[str, Any] = field(default_factory=dict)  # plan id -> plans.Task
+
+    @property
+    def events_path(self) -> str:
+        return f"{self.history_path}/batch_events.jsonl"
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    """What the brain knows of one worker: its reports, and the attempts it gave it."""
+
+    name: str
+    role: str = "worker"
+    state: str = "up"  # presence, see WORKER_TRANSITIONS
+    model_state: str = "cold"  # the worker's report: cold, loading, hot, constrained, ...
+    model: str = ""
+    gpus: tuple[int, ...] = ()
+    models: tuple[str, ...] = ()
+    slots: int = 1
+    vram_budget_mb: int = 0
+    vram_used_mb: int = 0
+    pid: int = 0
+    interval_s: float = 1.0
+    last_seen: float = 0.0
+    attempts: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # id -> b, t, vram
+    foreign: tuple[str, ...] = ()  # attempts it runs that the brain did not give it
+    reports_active: bool = False
+    last_active: frozenset[str] = frozenset()
+    loading: str = ""  # model the brain asked it to load
+    load_since: float = 0.0
+    load_failed: dict[str, float] = field(default_factory=dict)  # model -> when
+    hot_since: float = 0.0
+    unload_sent_at: float = -1e18
+    idle_since: float = 0.0
+    load_task: tuple[str, str] | None = None  # meta load_llm waiting for this worker
+
+    @property
+    def alive(self) -> bool:
+        return self.state != "down"
+
+    def busy(self) -> int:
+        return len(self.attempts) + len(self.foreign)
+
+    def free_slots(self) -> int:
+        return self.slots - self.busy()
+
+    def free_vram(self) -> int:
+        mine = 0
+        unseen = 0
+        for attempt_id, (_, _, vram) in self.attempts.items():
+            mine += vram
+            if attempt_id not in self.last_active:
+                unseen += vram
+        used = self.vram_used_mb + unseen if self.reports_active else max(self.vram_used_mb, mine)
+        return self.vram_budget_mb - used
+
+
+@dataclass(slots=True, eq=False)
+class BrainState:
+    """Everything the brain knows. ``rev`` counts published changes."""
+
+    config: Any = None  # a brain.config.BrainConfig, set by the Configure event
+    rev: int = 0
+    events: int = 0  # events folded so far
+    batches: dict[str, Batch] = field(default_factory=dict)
+    workers: dict[str, Worker] = field(default_factory=dict)
+    batch_seq: int = 0
+    delayed: list[tuple[float, int, str, str]] = field(default_factory=list)  # heap
+    delay_seq: int = 0
+    llm_demand_at: dict[str, float] = field(default_factory=dict)  # model -> last demand
+    load_failures: dict[str, int] = field(default_factory=dict)  # model -> failed loads in a row
+    idle_since: float = 0.0  # when the last batch ended (0 = never idle yet)
+    pending_plans: dict[str, Any] = field(default_factory=dict)  # request id -> PlanSubmit
+    dispatch_due: bool = False
+
+    def active_batches(self) -> list[Batch]:
+        """Running batches, highest priority first, then oldest."""
+        running = [b for b in self.batches.values() if b.state == "running"]
+        running.sort(key=lambda b: (-b.priority, b.seq))
+        return running

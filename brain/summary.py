@@ -1,0 +1,204 @@
+"""Run history content: RUN_SUMMARY.json, RUN_SUMMARY.md and ESCALATION.md, built purely.
+
+The core calls these with a batch and ``now`` and hands the text to the
+shell in ``WriteFile`` commands. The summary holds counts by state, one row
+per task (state, attempts, worker, exit code, duration, tokens and tok/s),
+wall time and the critical path: walking back from the task that finished
+last, each step goes to the dependency (or, for a foreach template, the
+item) that finished last, which is the chain that decided the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from brain.state import Batch, TaskRun
+
+MD_ROWS = 200  # task rows in RUN_SUMMARY.md; the JSON has all of them
+LOG_LINES = 20  # lines of a failed task's log in ESCALATION.md
+
+
+def status_of(batch: Batch) -> str:
+    if batch.state == "running":
+        return "running"
+    if batch.state == "cancelled":
+        return "cancelled"
+    if batch.state == "failed":
+        return "partial" if batch.counts["done"] else "failed"
+    return "complete"
+
+
+def task_row(task: TaskRun) -> dict[str, Any]:
+    spec = task.spec
+    duration = task.duration_s
+    if not duration and task.first_started_at and task.finished_at:
+        duration = task.finished_at - task.first_started_at
+    row: dict[str, Any] = {
+        "id": task.id,
+        "state": task.state,
+        "task_class": spec.task_class,
+        "executor": spec.executor,
+        "attempts": task.attempts,
+        "worker": task.worker,
+        "exit_code": task.exit_code,
+        "duration_s": round(duration, 3),
+    }
+    if spec.task_class in ("llm", "brain"):
+        row["tokens"] = task.tokens
+        row["tok_s"] = round(task.tok_s, 2)
+    if task.parent:
+        row["template"] = task.parent
+    if task.error:
+        row["error"] = task.error
+    return row
+
+
+def predecessors(batch: Batch, task: TaskRun) -> list[TaskRun]:
+    tasks = batch.tasks
+    found = [tasks[d] for d in task.deps if d in tasks]
+    if task.parent:
+        found.extend(tasks[d] for d in tasks[task.parent].deps if d in tasks)
+    if task.spec.foreach is not None and not task.parent:
+        found.extend(t for t in tasks.values() if t.parent == task.id)
+    return found
+
+
+def critical_path(batch: Batch) -> tuple[list[str], float]:
+    order = {task_id: n for n, task_id in enumerate(batch.tasks)}
+
+    def last(t: TaskRun) -> tuple[float, int]:  # ties: the later task in the batch
+        return (t.finished_at, order[t.id])
+
+    done = [t for t in batch.tasks.values() if t.state == "done" and t.finished_at]
+    if not done:
+        return [], 0.0
+    cur = max(done, key=last)
+    chain = []
+    seen = set()
+    while cur is not None and cur.id not in seen:
+        seen.add(cur.id)
+        chain.append(cur.id)
+        preds = [p for p in predecessors(batch, cur) if p.state == "done" and p.finished_at]
+        cur = max(preds, key=last) if preds else None
+    chain.reverse()
+    start = batch.tasks[chain[0]]
+    begun = start.first_started_at or batch.created_at
+    return chain, round(batch.tasks[chain[-1]].finished_at - begun, 3)
+
+
+def run_summary(batch: Batch, now: float) -> dict[str, Any]:
+    end = batch.finished_at or now
+    rows = [task_row(t) for t in batch.tasks.values()]
+    llm = [r for r in rows if "tokens" in r and r["state"] == "done"]
+    tokens = sum(r["tokens"] for r in llm)
+    busy = sum(r["duration_s"] for r in llm)
+    path, path_s = critical_path(batch)
+    data: dict[str, Any] = {
+        "batch_id": batch.id,
+        "plan": batch.plan,
+        "plan_path": batch.plan_path,
+        "status": status_of(batch),
+        "state": batch.state,
+        "priority": batch.priority_name,
+        "created_at": batch.created_at,
+        "finished_at": batch.finished_at or None,
+        "wall_s": round(end - batch.created_at, 3),
+        "counts": {k: v for k, v in sorted(batch.counts.items()) if v},
+        "tokens": tokens,
+        "tok_s": round(tokens / busy, 2) if busy else 0.0,
+        "critical_path": path,
+        "critical_path_s": path_s,
+        "failures": [r for r in rows if r["state"] == "failed"],
+        "warnings": list(batch.warnings),
+        "tasks": rows,
+    }
+    if batch.goal is not None:
+        g = batch.goal
+        data["goal"] = {
+            "state": g.state,
+            "target": g.target,
+            "tolerance": g.tolerance,
+            "succeeded": g.succeeded,
+            "tried": g.tried,
+            "cap": g.cap,
+            "rounds": g.round,
+        }
+    return data
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=1, default=str) + "\n"
+
+
+def to_markdown(data: dict[str, Any]) -> str:
+    out = [
+        f"# Run summary: {data['plan']} ({data['batch_id']})",
+        "",
+        f"- **status**: {data['status']}",
+        f"- **priority**: {data['priority']}",
+        f"- **wall time**: {data['wall_s']:.1f} s",
+        "- **counts**: " + (", ".join(f"{k} {v}" for k, v in data["counts"].items()) or "none"),
+        f"- **tokens**: {data['tokens']} ({data['tok_s']} tok/s)",
+        f"- **critical path** ({data['critical_path_s']:.1f} s): "
+        + (" -> ".join(data["critical_path"]) or "none"),
+    ]
+    if "goal" in data:
+        g = data["goal"]
+        out.append(
+            f"- **goal**: {g['state']}, {g['succeeded']} of {g['target']} "
+            f"(tolerance {g['tolerance']}), {g['tried']} of {g['cap']} candidates tried"
+        )
+    if data["failures"]:
+        out += ["", "## Failures", ""]
+        for row in data["failures"][:MD_ROWS]:
+            out.append(f"- `{row['id']}` after {row['attempts']} attempts: {row.get('error', '')}")
+    rows = data["tasks"]
+    out += [
+        "",
+        "## Tasks",
+        "",
+        "| task | state | attempts | worker | exit | seconds | tok/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows[:MD_ROWS]:
+        exit_code = "" if row["exit_code"] is None else row["exit_code"]
+        out.append(
+            f"| {row['id']} | {row['state']} | {row['attempts']} | {row['worker']} "
+            f"| {exit_code} | {row['duration_s']:.1f} | {row.get('tok_s', '')} |"
+        )
+    if len(rows) > MD_ROWS:
+        out.append(f"\n{len(rows) - MD_ROWS} more tasks in RUN_SUMMARY.json.")
+    return "\n".join(out) + "\n"
+
+
+def escalation(batch: Batch, now: float) -> str:
+    """What a person needs to act on a failed batch: each failed task and why."""
+    failed = [t for t in batch.tasks.values() if t.state == "failed"]
+    out = [
+        f"# Escalation: {batch.plan} ({batch.id})",
+        "",
+        f"The batch ended `{batch.state}`: {len(failed)} task(s) failed; "
+        f"{batch.counts['skipped']} dependent task(s) were skipped.",
+    ]
+    if batch.goal is not None and batch.goal.state == "exhausted":
+        g = batch.goal
+        out.append(
+            f"\nThe goal was not reached: {g.succeeded} of {g.target} "
+            f"after {g.tried} candidates (cap {g.cap})."
+        )
+    for task in failed[:MD_ROWS]:
+        codes = [f["exit_code"] for f in task.failures or ()]
+        out += [
+            "",
+            f"## {task.id}",
+            "",
+            f"- **command**: `{task.command}`",
+            f"- **attempts**: {task.attempts}",
+            f"- **exit codes**: {', '.join(str(c) for c in codes) or 'none'}",
+            f"- **error**: {task.error}",
+        ]
+        if task.log_tail:
+            tail = "\n".join(task.log_tail.splitlines()[-LOG_LINES:])
+            out += ["", "Last lines of its log:", "", "```", tail, "```"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,283 @@
+"""Task and batch lifecycle operations: release, finish, skip, requeue, end a batch.
+
+Theory of operation
+-------------------
+Every change goes through ``move``, which applies the transition table of
+``brain.state`` and keeps the batch's per-state counts exact; an illegal
+change is logged and refused. Releasing is counted, not scanned: each task
+knows how many dependencies are still not done (``waiting``) and each batch
+maps a task to its dependents, so finishing one task touches only the tasks
+that wait on it. A task that ends other than done skips everything that
+depends on it. A foreach template is done when all the items it expanded
+into are terminal (failed if any of them failed). When no task of a batch is
+live any more the batch ends: ``complete``, or ``failed`` with an escalation
+report, and its run summary is written.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+
+from brain import goal, summary
+from brain.commands import ReadManifest, WriteFile
+from brain.ctx import Ctx, cut
+from brain.state import TASK_TERMINAL, Batch, TaskRun, Worker, advance
+
+LIVE_STATES = ("pending", "ready", "assigned", "running", "delayed", "expanding", "expanded")
+
+
+def move(cx: Ctx, batch: Batch, task: TaskRun, event: str) -> bool:
+    old = task.state
+    if advance("task", task, event) is None:
+        cx.log("error", f"illegal transition: task {batch.id}/{task.id} is {old}, cannot {event}")
+        return False
+    counts = batch.counts
+    counts[old] -= 1
+    counts[task.state] += 1
+    return True
+
+
+def queue_key(cx: Ctx, task: TaskRun) -> str:
+    """The ready queue a task waits in: tasks in one queue need the same kind of worker."""
+    spec = task.spec
+    cls = spec.task_class
+    if cls == "llm":
+        model = spec.llm_model or cx.cfg.default_model
+        return f"llm:{model}:{spec.llm_placement or ''}"
+    if cls == "brain" or spec.executor == "brain":
+        return "brain"
+    return cls
+
+
+def enqueue(cx: Ctx, batch: Batch, task: TaskRun) -> None:
+    key = queue_key(cx, task)
+    queue = batch.ready.get(key)
+    if queue is None:
+        queue = batch.ready[key] = collections.deque()
+    queue.append(task.id)
+    cx.state.dispatch_due = True
+
+
+def release(cx: Ctx, batch: Batch, task: TaskRun) -> None:
+    """All dependencies are done: the task becomes ready (a template asks for its items)."""
+    if not move(cx, batch, task, "release"):
+        return
+    cx.publish(batch, "task_released", task)
+    spec = task.spec
+    if spec.foreach is not None and not task.parent:
+        move(cx, batch, task, "expand")
+        from plans import substitute
+
+        try:
+            source = substitute(spec.foreach, batch.variables)
+        except Exception as exc:  # a plans error: the template fails visibly
+            fail(cx, batch, task, f"foreach source {spec.foreach!r}: {exc}")
+            return
+        cx.out.append(ReadManifest(batch.id, task.id, source, dict(batch.variables)))
+        return
+    enqueue(cx, batch, task)
+
+
+def clear_attempt(task: TaskRun) -> None:
+    """Forget the last attempt's worker, times and result (a requeued task starts clean)."""
+    task.attempt_id = ""
+    task.worker = ""
+    task.vram_mb = 0
+    task.assigned_at = task.started_at = task.last_progress_at = 0.0
+    task.tokens = 0
+    task.tok_s = 0.0
+    task.exit_code = None
+    task.cancel_stage = task.cancel_why = ""
+    task.cancel_at = 0.0
+
+
+def free_attempt(cx: Ctx, worker_name: str, attempt_id: str) -> None:
+    worker = cx.state.workers.get(worker_name)
+    if worker is not None and worker.attempts.pop(attempt_id, None) is not None:
+        if not worker.attempts:
+            worker.idle_since = cx.now
+        cx.state.dispatch_due = True
+
+
+def requeue(cx: Ctx, batch: Batch, task: TaskRun, why: str, *, delay: float = 0.0) -> None:
+    """Back to the queue without spending an attempt (exit 75, a lost worker)."""
+    if task.worker:
+        free_attempt(cx, task.worker, task.attempt_id)
+    if task.started_at:
+        task.attempts -= 1  # the attempt was counted at its start: give it back
+    worker = task.worker
+    clear_attempt(task)
+    if delay > 0:
+        delay_until(cx, batch, task, cx.now + delay, why, worker=worker)
+        return
+    if move(cx, batch, task, "requeue"):
+        cx.publish(batch, "task_retried", task, worker=worker, reason=why, spent=False)
+        enqueue(cx, batch, task)
+
+
+def delay_until(
+    cx: Ctx, batch: Batch, task: TaskRun, when: float, why: str, *, worker: str = ""
+) -> None:
+    if not move(cx, batch, task, "retry"):
+        return
+    task.not_before = when
+    st = cx.state
+    st.delay_seq += 1
+    heapq.heappush(st.delayed, (when, st.delay_seq, batch.id, task.id))
+    cx.publish(batch, "task_retried", task, worker=worker, reason=why, not_before=when)
+
+
+def release_delayed(cx: Ctx) -> None:
+    """Tasks whose backoff has passed go back to their ready queue."""
+    st = cx.state
+    heap = st.delayed
+    while heap and heap[0][0] <= cx.now:
+        _, _, batch_id, task_id = heapq.heappop(heap)
+        batch = st.batches.get(batch_id)
+        task = batch.tasks.get(task_id) if batch is not None else None
+        if task is None or task.state != "delayed" or batch.state != "running":
+            continue
+        move(cx, batch, task, "due")
+        enqueue(cx, batch, task)
+
+
+def succeed(cx: Ctx, batch: Batch, task: TaskRun, **detail: object) -> None:
+    if task.worker:
+        free_attempt(cx, task.worker, task.attempt_id)
+    if not move(cx, batch, task, "succeed"):
+        return
+    task.finished_at = cx.now
+    cx.publish(batch, "task_succeeded", task, **detail)
+    on_terminal(cx, batch, task)
+
+
+def fail(cx: Ctx, batch: Batch, task: TaskRun, error: str, **detail: object) -> None:
+    """The task has failed for good: no more attempts; its dependents are skipped."""
+    if task.worker:
+        free_attempt(cx, task.worker, task.attempt_id)
+    if not move(cx, batch, task, "fail"):
+        return
+    task.finished_at = cx.now
+    task.error = cut(error)
+    cx.publish(batch, "task_abandoned", task, error=task.error, **detail)
+    on_terminal(cx, batch, task)
+
+
+def on_terminal(cx: Ctx, batch: Batch, task: TaskRun) -> None:
+    """Follow-ups of a task reaching a terminal state: release, skip, close templates."""
+    batch.summary_due = True
+    tasks = batch.tasks
+    if task.state == "done":
+        notify_expanded(cx, batch, task)
+        for dep_id in batch.dependents.get(task.id, ()):
+            satisfied(cx, batch, tasks[dep_id])
+    elif task.state in ("failed", "skipped"):
+        skip_dependents(cx, batch, task.id)
+    if task.parent:
+        parent = tasks[task.parent]
+        parent.children_left -= 1
+        if task.state != "done":
+            parent.children_failed += 1
+        if parent.children_left <= 0 and parent.state == "expanded":
+            if parent.children_failed:
+                fail(cx, batch, parent, f"{parent.children_failed} of its items did not succeed")
+            else:
+                succeed(cx, batch, parent)
+    if batch.goal is not None:
+        goal.on_terminal(cx, batch, task)
+    if batch.state == "running" and not any(batch.counts[s] for s in LIVE_STATES):
+        end_batch(cx, batch)
+
+
+def satisfied(cx: Ctx, batch: Batch, dependent: TaskRun) -> None:
+    """One more dependency of ``dependent`` is done."""
+    dependent.waiting -= 1
+    if dependent.waiting <= 0 and dependent.state == "pending":
+        release(cx, batch, dependent)
+
+
+def notify_expanded(cx: Ctx, batch: Batch, task: TaskRun) -> None:
+    """A template's items exist now: templates with per-item dependencies on it may expand."""
+    for dep_id in batch.dependents.pop(expansion_key(task.id), ()):
+        satisfied(cx, batch, batch.tasks[dep_id])
+
+
+def expansion_key(task_id: str) -> str:
+    return task_id + "#expanded"
+
+
+def skip_dependents(cx: Ctx, batch: Batch, task_id: str) -> None:
+    stack = [task_id]
+    tasks = batch.tasks
+    dependents = batch.dependents
+    while stack:
+        top = stack.pop()
+        for dep_id in [*dependents.get(top, ()), *dependents.pop(expansion_key(top), ())]:
+            dependent = tasks[dep_id]
+            if dependent.state == "pending":
+                move(cx, batch, dependent, "skip")
+                dependent.finished_at = cx.now
+                cx.publish(batch, "task_skipped", dependent, because=task_id)
+                stack.append(dep_id)
+                if dependent.parent:
+                    on_terminal_parent_only(cx, batch, dependent)
+
+
+def on_terminal_parent_only(cx: Ctx, batch: Batch, task: TaskRun) -> None:
+    parent = batch.tasks[task.parent]
+    parent.children_left -= 1
+    parent.children_failed += 1
+    if parent.children_left <= 0 and parent.state == "expanded":
+        fail(cx, batch, parent, f"{parent.children_failed} of its items did not succeed")
+
+
+def end_batch(cx: Ctx, batch: Batch, *, event: str | None = None) -> None:
+    """Every task is terminal (or the batch was cancelled): close it and write its history."""
+    if event is None:
+        if batch.goal is None:
+            failed = batch.counts["failed"] > 0
+        else:  # failures inside a goal's pipeline are rejected candidates
+            failed = batch.goal.state != "reached" or any(
+                t.state == "failed" and not goal.in_pipeline(batch, t) for t in batch.tasks.values()
+            )
+        event = "fail" if failed else "complete"
+    if advance("batch", batch, event) is None:
+        cx.log("error", f"illegal transition: batch {batch.id} is {batch.state}, cannot {event}")
+        return
+    batch.finished_at = cx.now
+    batch.ready.clear()
+    name = {"complete": "batch_completed", "fail": "batch_failed", "cancel": "batch_cancelled"}
+    cx.publish(batch, name[event], counts=dict(+batch.counts))
+    write_summary(cx, batch)
+    if batch.state == "failed":
+        cx.out.append(
+            WriteFile(f"{batch.history_path}/ESCALATION.md", summary.escalation(batch, cx.now))
+        )
+    if not cx.state.active_batches():
+        cx.state.idle_since = cx.now
+
+
+def write_summary(cx: Ctx, batch: Batch) -> None:
+    batch.summary_due = False
+    batch.summary_at = cx.now
+    data = summary.run_summary(batch, cx.now)
+    cx.out.append(WriteFile(f"{batch.history_path}/RUN_SUMMARY.json", summary.to_json(data)))
+    cx.out.append(WriteFile(f"{batch.history_path}/RUN_SUMMARY.md", summary.to_markdown(data)))
+
+
+def refresh_summaries(cx: Ctx) -> None:
+    """Rewrite the summaries of running batches that changed, at most every interval."""
+    for batch in cx.state.batches.values():
+        if batch.summary_due and batch.state == "running":
+            interval = cx.cfg.summary_interval_s + len(batch.tasks) / 10_000
+            if cx.now - batch.summary_at >= interval:
+                write_summary(cx, batch)
+
+
+def is_terminal(task: TaskRun) -> bool:
+    return task.state in TASK_TERMINAL
+
+
+def worker_of(cx: Ctx, task: TaskRun) -> Worker | None:
+    return cx.state.workers.get(task.worker) if task.worker else None

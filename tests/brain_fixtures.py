@@ -1,0 +1,239 @@
+"""A harness for the brain's pure core: a fake clock, and workers simulated in memory.
+
+``Rig`` owns a core state and a clock (a float it moves by hand). ``feed``
+steps one event and keeps the commands; ``ReadPlan`` and ``ReadManifest``
+commands are answered from ``plans`` / ``manifests`` at once (as the shell
+would, and through the same ``step``), so a test drives the core with
+messages only. ``auto`` runs simulated workers: every assignment is started
+and finished by ``outcome(task_id, attempt_no)``, which returns ``"done"``,
+an exit code, ``"hang"`` (never answers) or ``"lost"`` (the worker dies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from brain.commands import ReadManifest, ReadPlan, Send
+from brain.config import BrainConfig
+from brain.core import new_state, step
+from brain.events import Configure, ManifestRead, PlanLoaded, Received, Tick
+from proto.messages import (
+    Heartbeat,
+    Message,
+    ModelStatus,
+    PlanSubmit,
+    Register,
+    TaskAssign,
+    TaskDone,
+    TaskFailed,
+    TaskStarted,
+)
+
+
+def plan_text(*tasks: str, name: str = "test", goal: str = "") -> str:
+    """plan.md text from task blocks written as ``id | class | command | deps [| extra]``."""
+    out = [f"# Plan: {name}", "", "## Objective", "test", "", "## Tasks", ""]
+    for spec in tasks:
+        parts = [p.strip() for p in spec.split("|")]
+        task_id, cls, command = parts[0], parts[1], parts[2]
+        deps = parts[3] if len(parts) > 3 and parts[3] else "none"
+        executor = "brain" if cls == "brain" else "worker"
+        out += [
+            f"### {task_id}",
+            f"- **executor**: {executor}",
+            f"- **task_class**: {cls}",
+            f"- **command**: `{command}`",
+            f"- **depends_on**: {deps}",
+        ]
+        for extra in parts[4:]:
+            key, _, value = extra.partition("=")
+            out.append(f"- **{key.strip()}**: {value.strip()}")
+        out.append("")
+    if goal:
+        out += ["## Goal", goal, ""]
+    return "\n".join(out)
+
+
+class Rig:
+    def __init__(self, config: BrainConfig | None = None, now: float = 1_700_000_000.0) -> None:
+        self.state = new_state()
+        self.now = now
+        self.commands: list[Any] = []
+        self.sent: list[Message] = []
+        self.events: list[tuple[float, Any]] = []
+        self.plans: dict[str, str] = {}
+        self.manifests: dict[str, Any] = {}  # template id -> items, or an error string
+        self.ids = itertools.count(1)
+        self.feed(Configure((config or BrainConfig()).to_dict()))
+
+    # --- driving --------------------------------------------------------------
+
+    def feed(self, event: Any) -> list[Any]:
+        self.events.append((self.now, event))
+        self.state, commands = step(self.state, event, self.now)
+        self.commands.extend(commands)
+        out = list(commands)
+        for command in commands:
+            if isinstance(command, Send):
+                self.sent.append(command.msg)
+            elif isinstance(command, ReadPlan):
+                text = self.plans.get(command.plan_path)
+                error = "" if text is not None else f"there is no plan folder {command.plan_path}"
+                out += self.feed(PlanLoaded(command.request_id, text, error))
+            elif isinstance(command, ReadManifest):
+                base = command.task_id.split(".r", 1)[0]
+                items = self.manifests.get(base)
+                if isinstance(items, list):
+                    out += self.feed(ManifestRead(command.batch_id, command.task_id, tuple(items)))
+                else:
+                    error = items or f"the foreach source {command.spec} does not exist"
+                    out += self.feed(ManifestRead(command.batch_id, command.task_id, None, error))
+        return out
+
+    def msg(self, msg: Message, src: str) -> list[Any]:
+        stamped = dataclasses.replace(msg, src=src, dst="brain", id=self.next_id(), ts=self.now)
+        return self.feed(Received(stamped))
+
+    def next_id(self) -> str:
+        return f"m{next(self.ids)}"
+
+    def tick(self, seconds: float = 0.0) -> list[Any]:
+        self.now += seconds
+        return self.feed(Tick())
+
+    def wait(self, seconds: float, step_s: float = 1.0) -> None:
+        """Let time pass in ticks, live workers heartbeating all along."""
+        end = self.now + seconds
+        while self.now < end:
+            self.tick(min(step_s, end - self.now))
+            for name, worker in list(self.state.workers.items()):
+                if worker.alive:
+                    self.heartbeat(name)
+
+    # --- actors ---------------------------------------------------------------
+
+    def worker(
+        self,
+        name: str,
+        *,
+        slots: int = 1,
+        role: str = "worker",
+        vram: int = 6000,
+        gpus: tuple[int, ...] = (0,),
+        state: str = "cold",
+        model: str = "",
+    ) -> None:
+        self.msg(Register(role=role, slots=slots, vram_budget_mb=vram, gpus=gpus, pid=1), src=name)
+        self.heartbeat(name, state=state, model=model)
+
+    def heartbeat(self, name: str, **fields: Any) -> list[Any]:
+        worker = self.state.workers.get(name)
+        base = {
+            "role": worker.role if worker else "worker",
+            "state": worker.model_state if worker else "cold",
+            "model": worker.model if worker else "",
+            "slots_total": worker.slots if worker else 1,
+            "vram_budget_mb": worker.vram_budget_mb if worker else 6000,
+        }
+        base.update(fields)
+        return self.msg(Heartbeat(**base), src=name)
+
+    def hot(self, name: str, model: str) -> None:
+        self.msg(ModelStatus(model=model, state="hot"), src=name)
+
+    def submit(
+        self, text: str, *, path: str = "/plans/p", config: dict | None = None, priority=""
+    ) -> Message:
+        self.plans[path] = text
+        request_id = self.next_id()
+        msg = PlanSubmit(
+            src="submit-1",
+            dst="brain",
+            id=request_id,
+            plan_path=path,
+            config=config or {},
+            priority=priority,
+        )
+        self.feed(Received(msg))
+        return next(m for m in reversed(self.sent) if getattr(m, "reply_to", None) == request_id)
+
+    # --- looking -----------------------------------------------------------------
+
+    def assigns(self, since: int = 0) -> list[TaskAssign]:
+        return [m for m in self.sent[since:] if isinstance(m, TaskAssign)]
+
+    def of(self, kind: type, since: int = 0) -> list[Any]:
+        return [m for m in self.sent[since:] if isinstance(m, kind)]
+
+    def task(self, batch_id: str, task_id: str):
+        return self.state.batches[batch_id].tasks[task_id]
+
+    def states(self, batch_id: str) -> dict[str, str]:
+        return {t.id: t.state for t in self.state.batches[batch_id].tasks.values()}
+
+    # --- simulated workers -----------------------------------------------------
+
+    def start(self, a: TaskAssign) -> None:
+        self.msg(
+            TaskStarted(batch_id=a.batch_id, task_id=a.task_id, attempt_id=a.attempt_id), src=a.dst
+        )
+
+    def done(self, a: TaskAssign, **fields: Any) -> None:
+        self.msg(
+            TaskDone(batch_id=a.batch_id, task_id=a.task_id, attempt_id=a.attempt_id, **fields),
+            src=a.dst,
+        )
+
+    def failed(self, a: TaskAssign, reason: str = "exit", exit_code: int | None = 1, **f) -> None:
+        self.msg(
+            TaskFailed(
+                batch_id=a.batch_id,
+                task_id=a.task_id,
+                attempt_id=a.attempt_id,
+                reason=reason,
+                exit_code=exit_code,
+                **f,
+            ),
+            src=a.dst,
+        )
+
+    def auto(
+        self,
+        outcome: Callable[[TaskAssign], Any] = lambda a: "done",
+        *,
+        step_s: float = 1.0,
+        limit: int = 10_000,
+        until: Callable[[], bool] | None = None,
+    ) -> None:
+        """Answer assignments as they come; tick ``step_s`` when nothing is pending."""
+        seen = len(self.sent)
+        pending: list[TaskAssign] = []
+        for _ in range(limit):
+            new = self.assigns(seen)
+            seen = len(self.sent)
+            pending.extend(new)
+            if until is not None and until():
+                return
+            if not pending:
+                if until is None and not any(
+                    b.state == "running" for b in self.state.batches.values()
+                ):
+                    return
+                self.tick(step_s)
+                for name, worker in list(self.state.workers.items()):
+                    if worker.alive:
+                        self.heartbeat(name)
+                continue
+            a = pending.pop(0)
+            result = outcome(a)
+            if result == "hang":
+                continue
+            self.start(a)
+            if result == "done":
+                self.done(a)
+            elif isinstance(result, int):
+                self.failed(a, exit_code=result)
+        raise AssertionError("the simulation did not settle")
