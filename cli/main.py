@@ -11,6 +11,7 @@ import sys
 # and never loads llama-cpp or NVML. Each target has configure(parser) and run(args).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("cli.broker_cmd", "run the message broker (ROUTER + PUB)"),
+    "worker": ("cli.worker_cmd", "run a GPU-pinned worker (shell and LLM tasks)"),
     "plan": ("cli.plan_cmd", "check plan folders before a run (plan check PLAN_DIR...)"),
     "submit": ("cli.submit_cmd", "send a plan to the brain; --watch follows the batch"),
     "status": ("cli.status_cmd", "workers and batches at a glance (--json, --wait-ready)"),

@@ -1,0 +1,264 @@
+"""The OpenAI-compatible endpoint a hot worker serves to its own tasks.
+
+Theory of operation
+-------------------
+A ``ThreadingHTTPServer`` from the standard library, bound to 127.0.0.1 on a
+port the kernel picks, in a daemon thread. Tasks find it through
+``LLM_API_BASE`` (``http://127.0.0.1:<port>/v1``) and ``LLM_MODEL`` in their
+environment, and identify themselves with the bearer key ``LLM_API_KEY``
+(see ``worker.meter``).
+
+Routes: ``GET /v1/models``, ``POST /v1/completions`` and
+``POST /v1/chat/completions``, each with ``"stream": true`` answered as
+server-sent events (``data: {...}`` lines, then ``data: [DONE]``) on a
+connection that closes after the stream. Bodies are llama-cpp-python's
+OpenAI-shaped results with ``model`` set to the worker's model name.
+
+A request naming a model other than the one loaded gets 404, never an answer
+from the wrong model; with no model loaded every generation gets 503. A
+client that goes away mid-stream ends its generation at once, and so does an
+attempt that ends (its meter is cancelled) or an unload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from worker.llm import Cancelled, NotHot, Runtime, model_alias
+from worker.meter import Meters
+
+log = logging.getLogger("llmo.worker.api")
+
+MAX_BODY = 16 * 1024 * 1024
+ATTEMPT_HEADER = "X-LLMO-Attempt"
+
+# Request fields passed through to llama-cpp-python, per route.
+_COMMON = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "min_p",
+    "top_k",
+    "typical_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "logit_bias",
+)
+COMPLETION_FIELDS = (*_COMMON, "prompt", "suffix", "echo", "logprobs")
+CHAT_FIELDS = (
+    *_COMMON,
+    "messages",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "logprobs",
+    "top_logprobs",
+)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class ApiServer:
+    def __init__(
+        self, runtime: Runtime, meters: Meters, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.runtime = runtime
+        self.meters = meters
+        handler = type("Handler", (_Handler,), {"api": self})
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.host = host
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="llm-api"
+        )
+        self._thread.daemon = True
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> ApiServer:
+        self._thread.start()
+        log.info("OpenAI-compatible endpoint on %s", self.base_url)
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+            self._thread.join()
+        self.httpd.server_close()
+
+    # --- requests ------------------------------------------------------------------
+
+    def serves(self, requested: Any) -> bool:
+        """Whether a request's ``model`` names the loaded model (absent: yes)."""
+        if requested in (None, ""):
+            return True
+        spec = self.runtime.spec
+        if spec is None or self.runtime.state != "hot":
+            return False
+        return requested in (spec.name, spec.path, model_alias(spec.path))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: ApiServer
+    protocol_version = "HTTP/1.1"
+    server_version = "llmo-worker"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _send_json(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, error: ApiError) -> None:
+        self._send_json(
+            error.status, {"error": {"message": str(error), "type": error.kind, "code": None}}
+        )
+
+    def _body(self) -> dict[str, Any]:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise ApiError(411, "a Content-Length header is required") from None
+        if length < 0 or length > MAX_BODY:
+            self.close_connection = True
+            raise ApiError(413, f"request body over {MAX_BODY} bytes")
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError as exc:
+            raise ApiError(400, f"the body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return body
+
+    # --- routes ---------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/v1/models":
+            runtime = self.api.runtime
+            data = []
+            if runtime.state == "hot" and runtime.spec is not None:
+                data.append({"id": runtime.spec.name, "object": "model", "owned_by": "llmo"})
+            self._send_json(200, {"object": "list", "data": data})
+        else:
+            self._send_error(ApiError(404, f"no route GET {path}"))
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        try:
+            if path == "/v1/completions":
+                fields, chat = COMPLETION_FIELDS, False
+            elif path == "/v1/chat/completions":
+                fields, chat = CHAT_FIELDS, True
+            else:
+                raise ApiError(404, f"no route POST {path}")
+            body = self._body()
+            self._generate(body, fields, chat)
+        except ApiError as error:
+            self._send_error(error)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _arguments(self, body: dict[str, Any], fields: tuple[str, ...], chat: bool) -> dict:
+        if not self.api.serves(body.get("model")):
+            runtime = self.api.runtime
+            loaded = runtime.spec.name if runtime.spec and runtime.state == "hot" else "none"
+            raise ApiError(
+                404,
+                f"model {body.get('model')!r} is not loaded here (loaded: {loaded})",
+                "model_not_found",
+            )
+        if body.get("n", 1) != 1:
+            raise ApiError(400, "only n=1 is supported")
+        if chat and not isinstance(body.get("messages"), list):
+            raise ApiError(400, "'messages' must be a list")
+        if not chat:
+            prompt = body.get("prompt", "")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                body["prompt"] = prompt[0]
+            elif not isinstance(prompt, str):
+                raise ApiError(400, "'prompt' must be a string")
+            body.setdefault("max_tokens", 16)
+        if chat and "max_tokens" not in body and "max_completion_tokens" in body:
+            body["max_tokens"] = body["max_completion_tokens"]
+        kwargs = {k: body[k] for k in fields if k in body and body[k] is not None}
+        if isinstance(kwargs.get("logit_bias"), dict):
+            try:
+                kwargs["logit_bias"] = {int(k): float(v) for k, v in kwargs["logit_bias"].items()}
+            except (TypeError, ValueError):
+                raise ApiError(400, "'logit_bias' maps token ids to numbers") from None
+        return kwargs
+
+    def _generate(self, body: dict[str, Any], fields: tuple[str, ...], chat: bool) -> None:
+        kwargs = self._arguments(body, fields, chat)
+        stream = bool(body.get("stream"))
+        auth = self.headers.get("Authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        meter = self.api.meters.resolve(key, self.headers.get(ATTEMPT_HEADER))
+        runtime = self.api.runtime
+        streaming = False
+        try:
+            with runtime.generate(meter) as gen:
+                name = runtime.spec.name if runtime.spec is not None else ""
+                call = gen.llm.create_chat_completion if chat else gen.llm.create_completion
+                if not stream:
+                    result = call(**kwargs)
+                    result["model"] = name
+                    self._send_json(200, result)
+                    return
+                chunks = call(stream=True, **kwargs)
+                streaming = True
+                self._start_stream()
+                try:
+                    for chunk in chunks:
+                        chunk["model"] = name
+                        self._event(chunk)
+                finally:
+                    chunks.close()
+                self._event("[DONE]")
+        except NotHot as exc:
+            raise ApiError(503, str(exc), "model_not_loaded") from None
+        except Cancelled as exc:
+            if not streaming:
+                raise ApiError(503, f"generation stopped: {exc}", "cancelled") from None
+            self._event({"error": {"message": f"generation stopped: {exc}", "type": "cancelled"}})
+        except (ValueError, TypeError) as exc:  # llama-cpp-python's own argument checks
+            if not streaming:
+                raise ApiError(400, str(exc)) from None
+            self._event({"error": {"message": str(exc), "type": "invalid_request_error"}})
+
+    def _start_stream(self) -> None:
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _event(self, data: Any) -> None:
+        text = data if isinstance(data, str) else json.dumps(data)
+        self.wfile.write(f"data: {text}\n\n".encode())
+        self.wfile.flush()

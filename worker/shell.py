@@ -1,0 +1,264 @@
+"""Shell attempts: supervised subprocesses in their own session.
+
+Theory of operation
+-------------------
+``ShellAttempt.spawn`` runs ``/bin/sh -c <command>`` in a new session (so in
+a new process group whose id is the shell's pid), in the batch folder, with
+a clean environment (``task_env``), stdin from /dev/null and stdout and
+stderr appended straight to the task's log file: the output never passes
+through the worker, so it costs the worker nothing and survives it.
+
+The worker learns of the exit without a thread per task: a pidfd (Linux
+5.3+) becomes readable when the shell exits and sits in the worker's poll
+set. Exit is confirmed with ``waitid(WNOWAIT)``, which leaves the shell a
+zombie; while it is one its pid cannot be reused, so ``reap`` can first send
+SIGKILL to the whole group (nothing the task started outlives it) and only
+then collect the status.
+
+Abort is SIGTERM to the group, kill is SIGKILL to the group plus any process
+still in the task's session under another group id (a job-control shell
+inside the task makes those). A process that calls ``setsid`` itself leaves
+the session and cannot be found this way.
+
+Peak memory is sampled (``session_rss``) because the kernel's ``ru_maxrss``
+for a child includes the RSS of the parent it forked from, here the worker
+with its model; a task shorter than one sampling interval reports the
+largest sample taken, possibly 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from proto.messages import TaskAssign
+
+# Variables a task inherits from the worker's own environment; nothing else
+# leaks in (no broker keys, no tokens, no operator's shell settings).
+KEEP_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+)
+TAIL_LINES = 20
+TAIL_CHARS = 2000
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class SpawnError(Exception):
+    """The attempt could not be started; the message says why."""
+
+
+def task_env(
+    assign: TaskAssign, *, base: Mapping[str, str], extra: Mapping[str, str] = {}
+) -> dict[str, str]:
+    env = {k: base[k] for k in KEEP_ENV if k in base}
+    env.setdefault("PATH", os.defpath)
+    env.update(assign.env)
+    env.update(
+        PLAN_PATH=assign.plan_path,
+        BATCH_PATH=assign.batch_path,
+        BATCH_ID=assign.batch_id,
+        TASK_ID=assign.task_id,
+        ATTEMPT_ID=assign.attempt_id,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def default_log_path(assign: TaskAssign) -> str:
+    return os.path.join(assign.batch_path or ".", "logs", f"{assign.task_id}.log")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    exit_code: int | None  # None when a signal ended it
+    signal: int | None
+    duration_s: float
+    peak_rss_mb: float
+    log_tail: str
+    stopped: str  # "", "aborted" or "killed": what the worker did to it
+
+
+class ShellAttempt:
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: str, log_offset: int) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.log_path = log_path
+        self.log_offset = log_offset
+        self.started = time.monotonic()
+        self.stopped = ""
+        self.terminated_at: float | None = None
+        self.peak_kb = 0
+        self._reaped = False
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self.pidfd = -1  # the loop's periodic check notices the exit instead
+
+    @classmethod
+    def spawn(
+        cls, command: str, *, cwd: str, env: Mapping[str, str], log_path: str, header: str = ""
+    ) -> ShellAttempt:
+        if not os.path.isdir(cwd):
+            raise SpawnError(f"batch folder {cwd} does not exist or is not a folder")
+        try:
+            os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+            log = open(log_path, "ab")  # noqa: SIM115  (closed by the with below)
+        except OSError as exc:
+            raise SpawnError(f"cannot open log {log_path}: {exc.strerror or exc}") from None
+        with log:
+            if header:
+                log.write(header.encode("utf-8", "replace"))
+                log.flush()
+            offset = log.tell()
+            try:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", command],
+                    cwd=cwd,
+                    env=dict(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise SpawnError(f"cannot start /bin/sh in {cwd}: {exc}") from None
+        return cls(proc, log_path, offset)
+
+    # --- state -------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self.pidfd
+
+    def exited(self) -> bool:
+        if self._reaped:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None and info.si_pid == self.pid
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    # --- signals ------------------------------------------------------------------------
+
+    def terminate(self) -> None:
+        """Abort: SIGTERM to the group. A second abort does not re-arm anything."""
+        if self.terminated_at is None:
+            self.terminated_at = time.monotonic()
+            self.stopped = self.stopped or "aborted"
+        _signal_group(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill: SIGKILL to the group and to any stray in the task's session."""
+        self.stopped = "killed"
+        if self.terminated_at is None:
+            self.terminated_at = time.monotonic()
+        _signal_group(self.pid, signal.SIGKILL)
+        for pid in session_members(self.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def note_rss(self, kb: int) -> None:
+        self.peak_kb = max(self.peak_kb, kb)
+
+    # --- the end ---------------------------------------------------------------------
+
+    def reap(self) -> Outcome:
+        """Collect the exited shell; anything left in its group is killed first."""
+        _signal_group(self.pid, signal.SIGKILL)
+        status = 0
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            status = 0
+        self._reaped = True
+        code = os.waitstatus_to_exitcode(status)
+        self.proc.returncode = code
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        return Outcome(
+            exit_code=code if code >= 0 else None,
+            signal=-code if code < 0 else None,
+            duration_s=round(self.elapsed(), 3),
+            peak_rss_mb=round(self.peak_kb / 1024, 1),
+            log_tail=read_tail(self.log_path, self.log_offset),
+            stopped=self.stopped,
+        )
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def read_tail(path: str, offset: int = 0) -> str:
+    """The last lines an attempt wrote to its log (from ``offset`` on)."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(offset, end - 8192))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+    return "\n".join(lines)[-TAIL_CHARS:]
+
+
+# --- /proc ------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: str, proc: str) -> list[str] | None:
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2 :].decode().split()
+
+
+def session_rss(sessions: Iterable[int], proc: str = "/proc") -> dict[int, int]:
+    """Resident memory in KiB summed over the processes of each session."""
+    wanted = set(sessions)
+    totals = dict.fromkeys(wanted, 0)
+    if not wanted:
+        return totals
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        fields = _stat_fields(pid, proc)
+        if fields is None or len(fields) < 22:
+            continue
+        sid = int(fields[3])
+        if sid in wanted:
+            totals[sid] += int(fields[21]) * PAGE_KB
+    return totals
+
+
+def session_members(sid: int, proc: str = "/proc") -> list[int]:
+    members = []
+    for pid in os.listdir(proc):
+        if pid.isdigit():
+            fields = _stat_fields(pid, proc)
+            if fields is not None and len(fields) > 3 and int(fields[3]) == sid:
+                members.append(int(pid))
+    return members
