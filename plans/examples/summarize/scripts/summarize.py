@@ -2,7 +2,9 @@
 
 The worker gives its loaded model an OpenAI-compatible endpoint and puts the
 base URL and model name in LLM_API_BASE and LLM_MODEL. The model may be a
-small base model, so the prompt is a completion with one worked example.
+small base model (Gemma 3 270M on a fresh rig), so the prompt is a
+completion with one worked example, asking for a one-line, headline-style
+summary.
 Exit status 75 means "no model is reachable yet, try again later": the task
 is requeued without spending an attempt.
 """
@@ -17,10 +19,12 @@ import urllib.request
 
 TRY_LATER = 75
 
+# One worked example: a small base model continues the pattern and writes a
+# one-line summary in the style of a headline, then stops at the newline.
 EXAMPLE = (
     "Article: The town opened a new swimming pool on Saturday. It has six lanes, "
     "a slide for children and a small cafe, and it is free for pupils on weekdays.\n"
-    "Summary: The town's new six-lane pool is open and free for pupils on weekdays.\n\n"
+    "Headline: New town pool opens, free for pupils on weekdays\n\n"
 )
 
 
@@ -68,7 +72,7 @@ def main() -> int:
     if not base:
         print("LLM_API_BASE is not set: no model is loaded for this task yet", file=sys.stderr)
         return TRY_LATER
-    prompt = f"{EXAMPLE}Article: {item['text']}\nSummary:"
+    prompt = f"{EXAMPLE}Article: {item['text']}\nHeadline:"
     started = time.monotonic()
     try:
         reply = complete(base, model, prompt, args.max_tokens, args.timeout)

@@ -1,0 +1,98 @@
+"""``llmo plan check``: examples pass, broken plans are refused with exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = sorted(str(p) for p in (ROOT / "plans" / "examples").iterdir() if p.is_dir())
+BROKEN = sorted((ROOT / "tests" / "data" / "plans" / "broken").glob("*.md"))
+
+
+def check(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["plan", "check", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_examples_pass(capsys):
+    assert len(EXAMPLES) == 3
+    code, out, _ = check(capsys, *EXAMPLES)
+    assert code == 0, out
+    assert "error" not in out
+    assert "plan hello" in out and "level 1: greet [cpu, foreach]" in out
+    assert "from the configuration: TARGET_COUNT" in out
+
+
+def test_examples_pass_with_their_configuration(capsys):
+    code, out, _ = check(capsys, EXAMPLES[0], "--config", '{"TARGET_COUNT": 4}')
+    assert code == 0, out
+    assert "goal: target_count {TARGET_COUNT} (tolerance 1) of validate_item" in out
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.stem)
+def test_broken_plans_are_refused(capsys, path):
+    code, out, _ = check(capsys, str(path), "--config", "{}")
+    assert code == 2
+    first = out.splitlines()[0]
+    assert first.startswith(f"error: {path}:"), first
+    assert out.rstrip().endswith("the plan cannot run")
+
+
+def test_undefined_configuration_key_is_an_error_only_with_config(capsys):
+    plan = str(ROOT / "tests" / "data" / "plans" / "valid" / "config_placeholders.md")
+    code, out, _ = check(capsys, plan)
+    assert code == 0 and "from the configuration: MODEL, COUNT" in out
+    code, out, _ = check(capsys, plan, "--config", '{"MODEL": "m"}')
+    assert code == 2
+    assert "task run: command uses {COUNT}, which is not defined" in out
+    assert "{MODEL}" not in out.split("the plan cannot run")[0].split("error:")[1]
+
+
+def test_config_from_a_file(capsys, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text('{"TARGET_COUNT": 2}')
+    code, _, _ = check(capsys, EXAMPLES[0], "--config", f"@{config}")
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1]", "give a JSON object"),
+        ("@/nonexistent", "cannot read"),
+    ],
+)
+def test_bad_config_is_refused(capsys, config, words):
+    code, _, err = check(capsys, EXAMPLES[0], "--config", config)
+    assert code == 2 and words in err
+
+
+def test_json_output(capsys):
+    broken = str(BROKEN[0])
+    code, out, _ = check(capsys, "--json", EXAMPLES[1], broken)
+    assert code == 2
+    report = json.loads(out)
+    assert report["ok"] is False
+    hello, bad = report["plans"]
+    assert hello["ok"] is True and hello["name"] == "hello"
+    assert hello["levels"] == [["make_manifest"], ["greet"], ["aggregate"]]
+    assert hello["placeholders"]["item"] == ["ITEM.id", "ITEM.name"]
+    assert hello["classes"] == {"cpu": 3}
+    assert bad["ok"] is False and bad["errors"] and bad["errors"][0].startswith(broken)
+
+
+def test_missing_folder(capsys, tmp_path):
+    code, out, _ = check(capsys, str(tmp_path / "nope"))
+    assert code == 2 and "there is no plan folder" in out
+
+
+def test_plan_without_action_prints_help(capsys):
+    assert main(["plan"]) == 2
+    assert "check" in capsys.readouterr().out
