@@ -32,8 +32,9 @@ class ReadPlan:
 
 @dataclass(frozen=True, slots=True)
 class ReadManifest:
-    """Read a foreach source (``plans.read_foreach_items(spec, variables)``);
-    answer with ``ManifestRead``."""
+    """Read a foreach source: ``plans.read_foreach_items(spec, variables)``, a
+    relative file taken from the batch folder (``BATCH_PATH``); answer with
+    ``ManifestRead``."""
 
     batch_id: str
     task_id: str

@@ -27,10 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 from brain import dispatch, failure, models, submit, tasks, view
-from brain.commands import Command, Log
+from brain.commands import Command, Log, ReadManifest, ReadPlan
 from brain.config import BrainConfig
 from brain.ctx import Ctx
-from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Tick
+from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
 from brain.state import BrainState, Worker, advance
 from proto.messages import (
     Ack,
@@ -250,7 +250,24 @@ def on_configure(cx: Ctx, ev: Configure) -> None:
     cx.state.dispatch_due = True
 
 
+def on_resumed(cx: Ctx, ev: Resumed) -> None:
+    st = cx.state
+    for worker in st.workers.values():
+        if worker.alive:
+            worker.last_seen = cx.now
+    for request_id, req in st.pending_plans.items():
+        cx.out.append(ReadPlan(request_id, req.plan_path))
+    for batch in st.active_batches():
+        for task in batch.tasks.values():
+            if task.state == "expanding":
+                cx.out.append(
+                    ReadManifest(batch.id, task.id, task.spec.foreach, dict(batch.variables))
+                )
+    cx.publish(None, "brain_resumed", batches=len(st.active_batches()), workers=len(st.workers))
+
+
 EVENT_HANDLERS: dict[type, Callable[[Ctx, Any], None]] = {
+    Resumed: on_resumed,
     Received: on_received,
     Tick: on_tick,
     PlanLoaded: submit.on_plan_loaded,

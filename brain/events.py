@@ -4,7 +4,8 @@
 backoff, liveness, model policy); ``PlanLoaded`` and ``ManifestRead`` carry
 what the shell read from the shared drive because the core asked
 (``ReadPlan`` / ``ReadManifest``); ``Configure`` sets the settings, first in
-every journal and again whenever the brain starts with new ones.
+every journal and again whenever the brain starts; ``Resumed`` marks a
+restart from the journal.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class Resumed:
+    """The brain restarted from its journal. Workers get a fresh expiry window
+    (they could not reach the brain while it was down), and reads that were
+    asked for but never answered are asked for again."""
+
+
+@dataclass(frozen=True, slots=True)
 class PlanLoaded:
     """The text of ``plan.md`` for a pending submission, or why it could not be read."""
 
@@ -49,4 +57,4 @@ class ManifestRead:
     error: str = ""
 
 
-Event = Configure | Received | Tick | PlanLoaded | ManifestRead
+Event = Configure | Received | Tick | Resumed | PlanLoaded | ManifestRead

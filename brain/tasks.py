@@ -67,14 +67,7 @@ def release(cx: Ctx, batch: Batch, task: TaskRun) -> None:
     spec = task.spec
     if spec.foreach is not None and not task.parent:
         move(cx, batch, task, "expand")
-        from plans import substitute
-
-        try:
-            source = substitute(spec.foreach, batch.variables)
-        except Exception as exc:  # a plans error: the template fails visibly
-            fail(cx, batch, task, f"foreach source {spec.foreach!r}: {exc}")
-            return
-        cx.out.append(ReadManifest(batch.id, task.id, source, dict(batch.variables)))
+        cx.out.append(ReadManifest(batch.id, task.id, spec.foreach, dict(batch.variables)))
         return
     enqueue(cx, batch, task)
 

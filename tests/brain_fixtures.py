@@ -237,3 +237,119 @@ class Rig:
             elif isinstance(result, int):
                 self.failed(a, exit_code=result)
         raise AssertionError("the simulation did not settle")
+
+
+# --- a fake worker over real sockets (for process-level tests) ---------------------
+
+
+class FakeWorker:
+    """A worker that 'runs' each assignment by waiting ``run_s``, over a real Client.
+
+    Like the real worker it heartbeats with its active attempts, and holds the
+    results the broker could not deliver (no brain connected) to send them
+    again, after a fresh ``Register``, once the brain is back.
+    """
+
+    def __init__(self, name: str, endpoint: str, *, slots: int = 2, run_s: float = 0.2) -> None:
+        import threading
+
+        self.name = name
+        self.endpoint = endpoint
+        self.slots = slots
+        self.run_s = run_s
+        self.ran: list[str] = []  # attempt ids run to completion
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> FakeWorker:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(5)
+
+    def _loop(self) -> None:
+        import time as clock
+
+        from proto.client import Client
+        from proto.messages import Error, TaskCancel
+
+        running: dict[str, tuple[float, TaskAssign]] = {}
+        sent: dict[str, Message] = {}  # message id -> result, until no error came back
+        held: list[Message] = []
+        client = Client(self.name, self.endpoint)
+
+        def beat() -> Message:
+            return Heartbeat(
+                dst="brain",
+                role="worker",
+                state="cold",
+                slots_total=self.slots,
+                slots_free=self.slots - len(running),
+                vram_budget_mb=6000,
+                active=tuple(running),
+            )
+
+        def deliver(msg: Message) -> None:
+            out = client.send(msg)
+            sent[out.id] = msg
+            if len(sent) > 1000:
+                sent.pop(next(iter(sent)))
+
+        register = Register(
+            dst="brain", role="worker", slots=self.slots, vram_budget_mb=6000, pid=12345
+        )
+        deliver(register)
+        next_beat = 0.0
+        try:
+            while not self.stop_event.is_set():
+                msg = client.recv(timeout=0.02)
+                now = clock.monotonic()
+                if isinstance(msg, TaskAssign):
+                    running[msg.attempt_id] = (now + self.run_s, msg)
+                    deliver(
+                        TaskStarted(
+                            dst="brain",
+                            batch_id=msg.batch_id,
+                            task_id=msg.task_id,
+                            attempt_id=msg.attempt_id,
+                        )
+                    )
+                elif isinstance(msg, TaskCancel):
+                    if running.pop(msg.attempt_id, None):
+                        deliver(
+                            TaskFailed(
+                                dst="brain",
+                                batch_id=msg.batch_id,
+                                task_id=msg.task_id,
+                                attempt_id=msg.attempt_id,
+                                reason="aborted",
+                            )
+                        )
+                elif isinstance(msg, Error) and msg.reply_to in sent:
+                    held.append(sent.pop(msg.reply_to))
+                for attempt_id, (due, a) in list(running.items()):
+                    if now >= due:
+                        del running[attempt_id]
+                        self.ran.append(attempt_id)
+                        deliver(
+                            TaskDone(
+                                dst="brain",
+                                batch_id=a.batch_id,
+                                task_id=a.task_id,
+                                attempt_id=attempt_id,
+                                duration_s=self.run_s,
+                            )
+                        )
+                if now >= next_beat:
+                    next_beat = now + 0.3
+                    if held:
+                        again, held = held, []
+                        if register not in again:
+                            deliver(register)
+                        for result in again:
+                            deliver(result)
+                    deliver(beat())
+        finally:
+            client.close()

@@ -1,0 +1,221 @@
+"""The brain's journal: every event, in order, on local disk, before it is acted on.
+
+Theory of operation
+-------------------
+The journal is a stream of msgpack records, one per event the core folds:
+
+    ["h", base]                          header: events folded before this file
+    ["c", now, settings]                 Configure
+    ["m", now, bytes]                    Received (the message as it came off the wire)
+    ["t", now]                           Tick
+    ["r", now]                           Resumed
+    ["p", now, request_id, text, error]  PlanLoaded
+    ["f", now, batch, task, items, error] ManifestRead
+
+The shell steps an event, appends its record, commits the journal, and only
+then carries out the commands. ``commit`` flushes and, with the default
+``batch`` policy, fsyncs once per loop iteration (group commit); ``always``
+fsyncs every record; ``never`` leaves it to the OS. A crash can cut the last
+record short: reading stops at the first incomplete record and recovery
+truncates the file there.
+
+A snapshot is the whole state (pickled: the file is the brain's own, on
+local disk) with the number of events it holds. It is written beside the
+journal (``<journal>.snap``) by write-then-rename, after which the journal
+is replaced by an empty one whose header says where it starts. Recovery
+loads the snapshot, then folds the journal records it does not already
+hold, so a crash between any two of these steps loses nothing and applies
+nothing twice. Replay is a fold of ``step``; its commands are discarded
+(they were carried out the first time).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import msgpack
+
+from brain.core import new_state, step
+from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from brain.state import BrainState
+from proto.codec import decode, encode
+
+SNAPSHOT_VERSION = 1
+FSYNC_POLICIES = ("always", "batch", "never")
+
+
+class JournalError(Exception):
+    """The journal or its snapshot cannot be read (the message says which and why)."""
+
+
+def record_of(now: float, event: Event, raw: bytes | None = None) -> list[Any]:
+    kind = type(event)
+    if kind is Received:
+        return ["m", now, raw if raw is not None else encode(event.msg)]
+    if kind is Tick:
+        return ["t", now]
+    if kind is PlanLoaded:
+        return ["p", now, event.request_id, event.text, event.error]
+    if kind is ManifestRead:
+        items = list(event.items) if event.items is not None else None
+        return ["f", now, event.batch_id, event.task_id, items, event.error]
+    if kind is Configure:
+        return ["c", now, event.settings]
+    if kind is Resumed:
+        return ["r", now]
+    raise TypeError(f"not an event: {event!r}")
+
+
+def event_of(record: list[Any]) -> tuple[float, Event]:
+    kind = record[0]
+    now = float(record[1])
+    if kind == "m":
+        return now, Received(decode(record[2]))
+    if kind == "t":
+        return now, Tick()
+    if kind == "p":
+        return now, PlanLoaded(record[2], record[3], record[4])
+    if kind == "f":
+        items = tuple(record[4]) if record[4] is not None else None
+        return now, ManifestRead(record[2], record[3], items, record[5])
+    if kind == "c":
+        return now, Configure(record[2])
+    if kind == "r":
+        return now, Resumed()
+    raise JournalError(f"unknown journal record kind {kind!r}")
+
+
+def read_records(path: str) -> tuple[int, list[list[Any]], int]:
+    """``(base, records, good_bytes)``: the header's base, the complete records, and
+    the length of the file up to the end of the last complete record."""
+    if not os.path.exists(path):
+        return 0, [], 0
+    with open(path, "rb") as handle:
+        data = handle.read()
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
+    unpacker.feed(data)
+    base = 0
+    records: list[list[Any]] = []
+    good = 0
+    try:
+        for record in unpacker:
+            if not isinstance(record, list) or not record:
+                break
+            good = unpacker.tell()
+            if record[0] == "h":
+                base = int(record[1])
+                continue
+            records.append(record)
+    except (msgpack.UnpackException, ValueError):
+        pass  # a record cut short by a crash: what came before it stands
+    return base, records, good
+
+
+def events(path: str) -> Iterator[tuple[float, Event]]:
+    """The events of a journal file, in order (not those already in its snapshot)."""
+    _, records, _ = read_records(path)
+    for record in records:
+        yield event_of(record)
+
+
+class Journal:
+    def __init__(self, path: str, *, fsync: str = "batch") -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync policy {fsync!r}: use one of {', '.join(FSYNC_POLICIES)}")
+        self.path = path
+        self.snapshot_path = path + ".snap"
+        self.fsync = fsync
+        self.handle: BinaryIO | None = None
+        self.since_snapshot = 0
+        self._dirty = False
+
+    # --- recovery ---------------------------------------------------------------
+
+    def recover(self) -> BrainState:
+        """The state the journal (and its snapshot) hold; then opens it for appending."""
+        state = self.load_snapshot()
+        base, records, good = read_records(self.path)
+        skip = state.events - base
+        if skip < 0:
+            raise JournalError(
+                f"{self.path} starts at event {base} but the snapshot holds only "
+                f"{state.events}: events are missing"
+            )
+        for record in records[skip:]:
+            now, event = event_of(record)
+            state, _ = step(state, event, now)
+        self.since_snapshot = len(records) - skip
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        if os.path.exists(self.path):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(good)
+            self.handle = open(self.path, "ab")  # noqa: SIM115 (held open for appends)
+        else:
+            self._start_file(state.events)
+        return state
+
+    def load_snapshot(self) -> BrainState:
+        if not os.path.exists(self.snapshot_path):
+            return new_state()
+        try:
+            with open(self.snapshot_path, "rb") as handle:
+                version, state = pickle.load(handle)
+        except Exception as exc:
+            raise JournalError(f"cannot read the snapshot {self.snapshot_path}: {exc}") from exc
+        if version != SNAPSHOT_VERSION or not isinstance(state, BrainState):
+            raise JournalError(f"{self.snapshot_path} is not a version {SNAPSHOT_VERSION} snapshot")
+        return state
+
+    # --- appending -------------------------------------------------------------------
+
+    def append(self, now: float, event: Event, raw: bytes | None = None) -> None:
+        assert self.handle is not None, "recover() first"
+        self.handle.write(msgpack.packb(record_of(now, event, raw), use_bin_type=True))
+        self.since_snapshot += 1
+        self._dirty = True
+        if self.fsync == "always":
+            self.commit()
+
+    def commit(self) -> None:
+        """Make every appended record durable (per the fsync policy)."""
+        if not self._dirty or self.handle is None:
+            return
+        self.handle.flush()
+        if self.fsync != "never":
+            os.fsync(self.handle.fileno())
+        self._dirty = False
+
+    # --- compaction ---------------------------------------------------------------------
+
+    def snapshot(self, state: BrainState) -> None:
+        """Write the state beside the journal and start an empty journal after it."""
+        self.commit()
+        tmp = self.snapshot_path + ".tmp"
+        with open(tmp, "wb") as handle:
+            pickle.dump((SNAPSHOT_VERSION, state), handle, protocol=pickle.HIGHEST_PROTOCOL)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.snapshot_path)
+        if self.handle is not None:
+            self.handle.close()
+        self._start_file(state.events)
+        self.since_snapshot = 0
+
+    def _start_file(self, base: int) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(msgpack.packb(["h", base], use_bin_type=True))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        self.handle = open(self.path, "ab")  # noqa: SIM115 (held open for appends)
+
+    def close(self) -> None:
+        self.commit()
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None

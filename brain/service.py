@@ -1,0 +1,237 @@
+"""The brain's shell: the socket, the clock, the journal and the disk around the core.
+
+Theory of operation
+-------------------
+The loop is small: wait for a message or the next tick, decode, step,
+journal, then act. Every event is stepped and appended to the journal; once
+per loop iteration the journal is committed (one fsync for the whole burst)
+and only then are the collected commands carried out, so nothing is sent or
+written that the journal does not already explain. File reads the core asks
+for (``ReadPlan``, ``ReadManifest``) become events that are stepped and
+journaled in turn, in the same iteration.
+
+On start the journal is replayed (snapshot first) and two events are
+journaled: ``Configure`` with the settings of this run and ``Resumed``,
+which gives known workers a fresh expiry window and asks again for reads
+that were pending at the crash. Workers hold their results while the brain
+is away and send them again when it is back (see ``worker.link``); results
+for attempts the brain no longer expects are ignored by the core.
+
+A failed write to the shared drive (history files) is logged and does not
+stop the loop: queue truth is the journal, not those files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+import plans
+from brain.commands import (
+    AppendLines,
+    Command,
+    Log,
+    MakeDirs,
+    ReadManifest,
+    ReadPlan,
+    Send,
+    WriteFile,
+)
+from brain.config import BrainConfig
+from brain.core import step
+from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from brain.journal import Journal
+from brain.state import BrainState
+from proto.client import Client
+from proto.codec import decode
+from proto.errors import ProtocolError
+from proto.messages import BRAIN
+
+log = logging.getLogger("llmo.brain")
+
+TICK_S = 0.5
+BURST = 1000
+SNAPSHOT_EVERY = 200_000  # journal records between snapshots
+LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class BrainService:
+    def __init__(
+        self,
+        endpoint: str,
+        journal_path: str,
+        config: BrainConfig | None = None,
+        *,
+        fsync: str = "batch",
+        tick_s: float = TICK_S,
+        snapshot_every: int = SNAPSHOT_EVERY,
+        clock: Callable[[], float] = time.time,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.config = config or BrainConfig()
+        self.journal = Journal(journal_path, fsync=fsync)
+        self.tick_s = tick_s
+        self.snapshot_every = snapshot_every
+        self.clock = clock
+        self.context = context
+        self.state: BrainState | None = None
+        self.client: Client | None = None
+        self.pending: list[Command] = []
+        self._running = False
+
+    # --- the loop ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover from the journal and connect (``run`` calls it)."""
+        self.state = self.journal.recover()
+        resumed = self.state.events > 0
+        log.info(
+            "brain: journal %s holds %d events, %d batches (%d running)",
+            self.journal.path,
+            self.state.events,
+            len(self.state.batches),
+            len(self.state.active_batches()),
+        )
+        self.client = Client(BRAIN, self.endpoint, context=self.context, clock=self.clock)
+        self.feed(Configure(self.config.to_dict()))
+        if resumed:
+            self.feed(Resumed())
+        self.flush()
+
+    def run(self, *, install_signals: bool = False) -> int:
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.stop())
+        if self.state is None:
+            self.start()
+        assert self.client is not None
+        socket = self.client.socket
+        self._running = True
+        next_tick = self.clock() + self.tick_s
+        log.info("brain: connected to %s", self.endpoint)
+        try:
+            while self._running:
+                wait_ms = max(0, int((next_tick - self.clock()) * 1000))
+                if socket.poll(min(wait_ms, int(self.client.heartbeat_due_in() * 1000) + 1)):
+                    for _ in range(BURST):
+                        try:
+                            raw = socket.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.receive(raw)
+                if self.clock() >= next_tick:
+                    self.feed(Tick())
+                    next_tick = self.clock() + self.tick_s
+                self.client.tick()
+                self.flush()
+        finally:
+            self.close()
+        return 0
+
+    def stop(self) -> None:
+        self._running = False
+
+    def close(self) -> None:
+        if self.state is not None and self.journal.handle is not None:
+            self.flush()
+            self.journal.close()
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    # --- one event -------------------------------------------------------------------
+
+    def receive(self, raw: bytes) -> None:
+        try:
+            msg = decode(raw)
+        except ProtocolError as exc:
+            log.warning("brain: dropped a malformed message: %s", exc)
+            return
+        self.feed(Received(msg), raw)
+
+    def feed(self, event: Event, raw: bytes | None = None) -> None:
+        """Step one event and journal it; its commands wait for ``flush``."""
+        now = self.clock()
+        self.state, commands = step(self.state, event, now)
+        self.journal.append(now, event, raw)
+        self.pending.extend(commands)
+
+    def flush(self) -> None:
+        """Commit the journal, then carry out the commands it now explains."""
+        while self.pending:
+            self.journal.commit()
+            commands, self.pending = self.pending, []
+            for command in commands:
+                self.execute(command)
+        self.journal.commit()
+        if self.journal.since_snapshot >= self.snapshot_every:
+            started = time.monotonic()
+            self.journal.snapshot(self.state)
+            log.info("brain: snapshot written in %.2fs", time.monotonic() - started)
+
+    # --- commands ------------------------------------------------------------------
+
+    def execute(self, command: Command) -> None:
+        kind = type(command)
+        try:
+            if kind is Send:
+                self.client.send(command.msg)
+            elif kind is AppendLines:
+                append_lines(command.path, command.lines)
+            elif kind is WriteFile:
+                write_file(command.path, command.text)
+            elif kind is MakeDirs:
+                for path in command.paths:
+                    os.makedirs(path, exist_ok=True)
+            elif kind is ReadPlan:
+                self.feed(read_plan(command))
+            elif kind is ReadManifest:
+                self.feed(read_manifest(command))
+            elif kind is Log:
+                log.log(LOG_LEVELS.get(command.level, logging.INFO), "%s", command.text)
+        except (OSError, zmq.ZMQError) as exc:
+            log.error("brain: %s failed: %s", kind.__name__, exc)
+
+
+def read_plan(command: ReadPlan) -> PlanLoaded:
+    path = command.plan_path
+    file = path if path.endswith(".md") else os.path.join(path, "plan.md")
+    try:
+        with open(file, encoding="utf-8") as handle:
+            return PlanLoaded(command.request_id, handle.read())
+    except FileNotFoundError:
+        return PlanLoaded(command.request_id, None, f"there is no plan file {file}")
+    except (OSError, UnicodeDecodeError) as exc:
+        return PlanLoaded(command.request_id, None, f"cannot read {file}: {exc}")
+
+
+def read_manifest(command: ReadManifest) -> ManifestRead:
+    variables: dict[str, Any] = command.variables
+    try:
+        items = plans.read_foreach_items(
+            command.spec, variables, base_dir=variables.get("BATCH_PATH")
+        )
+    except plans.PlanError as exc:
+        return ManifestRead(command.batch_id, command.task_id, None, str(exc))
+    return ManifestRead(command.batch_id, command.task_id, tuple(items))
+
+
+def append_lines(path: str, lines: tuple[str, ...]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def write_file(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,121 @@
+"""Decision traces: events and the commands they produced, one readable line each.
+
+Used by ``llmo replay`` (a real journal) and by the message replay tests,
+which keep a captured event stream and its trace in ``tests/data/brain/`` and
+check that the core still decides the same. A trace line is::
+
+    +12.500 recv task.done from gpu-1 [b:t:1]
+        send task.assign to gpu-2 [b:u:1] "python u.py"
+        event task_succeeded b/t
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from brain.commands import (
+    AppendLines,
+    Command,
+    Log,
+    MakeDirs,
+    ReadManifest,
+    ReadPlan,
+    Send,
+    WriteFile,
+)
+from brain.core import new_state, step
+from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from brain.journal import Journal, event_of, read_records
+from brain.state import BrainState
+from proto.messages import BatchEvent, Message
+
+
+def describe_message(msg: Message) -> str:
+    parts = [msg.TYPE.value]
+    attempt = getattr(msg, "attempt_id", "")
+    for name in ("reason", "mode", "exit_code", "state", "model", "peer", "batch_id", "ok"):
+        value = getattr(msg, name, None)
+        if value not in (None, "", ()) and not (name == "batch_id" and attempt):
+            parts.append(f"{name}={value}")
+    if attempt:
+        parts.append(f"[{attempt}]")
+    return " ".join(parts)
+
+
+def describe_event(event: Event) -> str:
+    kind = type(event)
+    if kind is Received:
+        return f"recv {describe_message(event.msg)} from {event.msg.src}"
+    if kind is Tick:
+        return "tick"
+    if kind is Resumed:
+        return "resumed"
+    if kind is Configure:
+        return "configure " + json.dumps(event.settings, sort_keys=True)[:200]
+    if kind is PlanLoaded:
+        size = len(event.text) if event.text is not None else 0
+        return f"plan-loaded {event.request_id} ({size} chars) {event.error}".rstrip()
+    if kind is ManifestRead:
+        count = len(event.items) if event.items is not None else 0
+        return f"manifest {event.batch_id}/{event.task_id}: {count} items {event.error}".rstrip()
+    return repr(event)
+
+
+def describe_command(command: Command) -> str:
+    kind = type(command)
+    if kind is Send:
+        msg = command.msg
+        if isinstance(msg, BatchEvent):
+            where = f"{msg.batch_id}/{msg.task_id}" if msg.task_id else msg.batch_id or msg.worker
+            return f"event {msg.event} {where}".rstrip()
+        text = f"send {describe_message(msg)} to {msg.dst}"
+        command_text = getattr(msg, "command", "")
+        return f'{text} "{command_text[:60]}"' if command_text else text
+    if kind is WriteFile:
+        return f"write {command.path}"
+    if kind is AppendLines:
+        return f"append {len(command.lines)} lines to {command.path}"
+    if kind is MakeDirs:
+        return f"mkdir {' '.join(command.paths)}"
+    if kind is ReadPlan:
+        return f"read-plan {command.plan_path}"
+    if kind is ReadManifest:
+        return f"read-manifest {command.batch_id}/{command.task_id} {command.spec}"
+    if kind is Log:
+        return f"log {command.level}: {command.text}"
+    return repr(command)
+
+
+def trace(
+    state: BrainState,
+    events: list[tuple[float, Event]],
+    *,
+    quiet_ticks: bool = False,
+    batch: str | None = None,
+) -> Iterator[str]:
+    start = events[0][0] if events else 0.0
+    for now, event in events:
+        state, commands = step(state, event, now)
+        if quiet_ticks and type(event) is Tick and not commands:
+            continue
+        lines = [describe_command(c) for c in commands]
+        head = f"+{now - start:.3f} {describe_event(event)}"
+        if batch and batch not in head and not any(batch in line for line in lines):
+            continue
+        yield head
+        for line in lines:
+            yield "    " + line
+
+
+def replay_lines(
+    path: str, *, quiet_ticks: bool = False, batch: str | None = None, use_snapshot: bool = True
+) -> Iterator[str]:
+    journal = Journal(path)
+    state = journal.load_snapshot() if use_snapshot else new_state()
+    base, records, _ = read_records(path)
+    skip = max(0, state.events - base) if use_snapshot else 0
+    if use_snapshot and state.events:
+        yield f"(from the snapshot: {state.events} events, {len(state.batches)} batches)"
+    events = [event_of(r) for r in records[skip:]]
+    yield from trace(state, events, quiet_ticks=quiet_ticks, batch=batch)

@@ -1,0 +1,74 @@
+"""``llmo brain``: run the brain (scheduler, journal, run history) in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from cli.common import add_endpoint_flags, add_log_flags, setup_logging
+
+DEFAULT_JOURNAL = os.path.expanduser("~/.local/state/llmo/brain.journal")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_endpoint_flags(parser)
+    add_log_flags(parser)
+    parser.add_argument(
+        "--journal",
+        default=os.environ.get("LLMO_JOURNAL", DEFAULT_JOURNAL),
+        help="the journal on local disk (default: $LLMO_JOURNAL or %(default)s)",
+    )
+    parser.add_argument(
+        "--config",
+        help="brain settings: a JSON map of brain.config.BrainConfig fields, "
+        "or an llmo.toml whose [brain] section is used",
+    )
+    parser.add_argument(
+        "--fsync",
+        choices=["always", "batch", "never"],
+        default="batch",
+        help="journal durability: fsync every record, once per loop iteration (default), or never",
+    )
+    parser.add_argument(
+        "--tick", type=float, default=0.5, help="seconds between timer checks (default 0.5)"
+    )
+
+
+def load_settings(path: str | None) -> dict:
+    if not path:
+        return {}
+    if path.endswith(".toml"):
+        from cli.config import load
+
+        return dict(load(path).brain)
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON map of brain settings")
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    from brain.config import BrainConfig
+    from brain.journal import JournalError
+    from brain.service import BrainService
+    from proto.endpoints import resolve
+
+    try:
+        config = BrainConfig.from_dict(load_settings(args.config))
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"llmo brain: bad --config: {exc}", file=sys.stderr)
+        return 2
+    endpoints = resolve(args.broker, args.pub)
+    service = BrainService(
+        endpoints.broker, args.journal, config, fsync=args.fsync, tick_s=args.tick
+    )
+    try:
+        service.start()
+    except (JournalError, OSError) as exc:
+        print(f"llmo brain: cannot recover from {args.journal}: {exc}", file=sys.stderr)
+        return 1
+    return service.run(install_signals=True)

@@ -1,0 +1,127 @@
+"""Process level: the brain killed with SIGKILL mid-batch, restarted, finishes the batch.
+
+A real broker (in a thread), the brain as a subprocess (`llmo brain`), two
+fake workers over real sockets and a submit client. The brain is killed
+while tasks run, started again on the same journal, and must finish with
+every task done once, nothing lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.service import Broker
+from proto.client import Client
+from proto.messages import PlanAccepted, PlanSubmit, SnapshotReply, SnapshotRequest
+from tests.brain_fixtures import FakeWorker, plan_text
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def broker():
+    b = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", interval=0.3)
+    thread = threading.Thread(target=b.run, daemon=True)
+    thread.start()
+    yield b
+    b.stop()
+    thread.join(5)
+
+
+def start_brain(endpoint: str, journal: Path, log: Path) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "brain",
+                "--broker",
+                endpoint,
+                "--journal",
+                str(journal),
+                "--tick",
+                "0.1",
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def snapshot(client: Client, batch_id: str) -> SnapshotReply | None:
+    reply = client.request(SnapshotRequest(dst="brain", batch_id=batch_id), timeout=1.0)
+    return reply if isinstance(reply, SnapshotReply) else None
+
+
+def test_brain_killed_mid_batch_finishes_after_restart(broker, tmp_path):
+    plan_dir = tmp_path / "plan"
+    plan_dir.mkdir()
+    n = 30
+    tasks = [f"t{i} | cpu | work {i} | {'t' + str(i - 3) if i >= 3 else 'none'}" for i in range(n)]
+    (plan_dir / "plan.md").write_text(plan_text(*tasks, "last | cpu | sum | t27, t28, t29"))
+    journal = tmp_path / "rig" / "brain.journal"
+    log = tmp_path / "brain.log"
+    endpoint = broker.router_endpoint
+    brain = start_brain(endpoint, journal, log)
+    workers = [FakeWorker(f"fw-{i}", endpoint, slots=2, run_s=0.15).start() for i in range(2)]
+    tool = Client("submit-test", endpoint)
+    try:
+        reply = None
+        deadline = time.monotonic() + 15
+        while not isinstance(reply, PlanAccepted) and time.monotonic() < deadline:
+            reply = tool.request(PlanSubmit(dst="brain", plan_path=str(plan_dir)), timeout=1.0)
+            time.sleep(0.1)
+        assert isinstance(reply, PlanAccepted), reply
+        batch_id = reply.batch_id
+        while True:  # let a part of the batch run
+            snap = snapshot(tool, batch_id)
+            if snap and snap.batches[0]["counts"].get("done", 0) >= 8:
+                break
+            time.sleep(0.05)
+            assert time.monotonic() < deadline, "the batch did not progress"
+        os.kill(brain.pid, signal.SIGKILL)
+        brain.wait(5)
+        time.sleep(0.5)  # results pile up at the workers meanwhile
+        brain = start_brain(endpoint, journal, log)
+        deadline = time.monotonic() + 40
+        while True:
+            snap = snapshot(tool, batch_id)
+            if snap and snap.batches[0]["state"] != "running":
+                break
+            time.sleep(0.1)
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+        assert snap.batches[0]["state"] == "complete", snap.batches[0]
+        assert snap.batches[0]["counts"] == {"done": n + 1}
+        history = plan_dir / "history" / batch_id
+        events = [json.loads(line) for line in (history / "batch_events.jsonl").read_text().split()]
+        succeeded = [e["task_id"] for e in events if e["event"] == "task_succeeded"]
+        assert len(succeeded) == len(set(succeeded))  # recorded once each
+        summary = json.loads((history / "RUN_SUMMARY.json").read_text())
+        assert summary["status"] == "complete"
+        assert sorted(r["id"] for r in summary["tasks"] if r["state"] == "done") == sorted(
+            [f"t{i}" for i in range(n)] + ["last"]
+        )
+    finally:
+        tool.close()
+        for w in workers:
+            w.stop()
+        if brain.poll() is None:
+            brain.send_signal(signal.SIGTERM)
+            try:
+                brain.wait(5)
+            except subprocess.TimeoutExpired:
+                brain.kill()
