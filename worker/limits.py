@@ -72,9 +72,10 @@ def assess(config: LimitsConfig, t: Telemetry) -> Assessment:
         temp = gpu.temperature_c
         if temp is not None:
             if temp >= config.gpu_critical_c:
-                critical.append(f"{where} at {temp:.0f} °C (critical {config.gpu_critical_c:.0f})")
+                mark = config.gpu_critical_c
+                critical.append(f"{where} at {temp:.0f} °C (critical {mark:.0f} °C)")
             if temp >= config.gpu_warn_c:
-                warnings.append(f"{where} at {temp:.0f} °C (limit {config.gpu_warn_c:.0f})")
+                warnings.append(f"{where} at {temp:.0f} °C (limit {config.gpu_warn_c:.0f} °C)")
             if temp > cool_gpu:
                 clear = False
         if gpu.vram_used_mb is not None and gpu.vram_total_mb:
@@ -85,12 +86,12 @@ def assess(config: LimitsConfig, t: Telemetry) -> Assessment:
                 )
                 clear = False
         if gpu.power_w is not None and gpu.power_w >= config.power_w:
-            warnings.append(f"{where} drawing {gpu.power_w:.0f} W (limit {config.power_w:.0f})")
+            warnings.append(f"{where} drawing {gpu.power_w:.0f} W (limit {config.power_w:.0f} W)")
             clear = False
     cpu = t.cpu_temperature_c
     if cpu is not None:
         if cpu >= config.cpu_warn_c:
-            warnings.append(f"CPU at {cpu:.0f} °C (limit {config.cpu_warn_c:.0f})")
+            warnings.append(f"CPU at {cpu:.0f} °C (limit {config.cpu_warn_c:.0f} °C)")
         if cpu > config.cpu_warn_c - config.resume_margin_c:
             clear = False
     return Assessment(tuple(warnings), tuple(critical), clear and not warnings)
