@@ -1,0 +1,189 @@
+"""Reconnects, held results, drain and stop: the worker's life around the broker and brain."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from proto.client import Client
+from proto.messages import (
+    Register,
+    TaskAssign,
+    TaskDone,
+    TaskFailed,
+    TaskStarted,
+    WorkerDrain,
+)
+from tests.worker_fixtures import (  # noqa: F401  (fixtures)
+    brain_factory,
+    fixed_broker,
+    wait_until,
+    worker_factory,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def job(tmp_path, task_id, command, **fields) -> TaskAssign:
+    return TaskAssign(
+        dst=fields.pop("dst", "gpu-t"),
+        batch_id="b",
+        task_id=task_id,
+        attempt_id=f"b:{task_id}:1",
+        task_class="cpu",
+        command=command,
+        batch_path=str(tmp_path),
+        **fields,
+    )
+
+
+def test_a_result_finished_while_the_broker_was_down_arrives_after_it_restarts(
+    fixed_broker,  # noqa: F811
+    brain_factory,  # noqa: F811
+    worker_factory,  # noqa: F811
+    tmp_path,
+):
+    fixed_broker.start()
+    brain = brain_factory(fixed_broker.endpoint)
+    running = worker_factory(fixed_broker.endpoint)
+    brain.expect(Register, src="gpu-t")
+    msg = brain.send(job(tmp_path, "through", "sleep 1.5; echo made it"))
+    brain.expect(TaskStarted, attempt_id=msg.attempt_id)
+
+    fixed_broker.stop()
+    link = running.worker.link
+    assert wait_until(lambda: not link.connected, 5)
+    assert wait_until(lambda: link.held >= 1 and not running.worker.attempts.running, 10)
+    fixed_broker.start()
+
+    register = brain.expect(Register, src="gpu-t", timeout=20)
+    assert register.slots == 1
+    done = brain.expect(TaskDone, attempt_id=msg.attempt_id, timeout=20)
+    assert "made it" in done.log_tail
+    assert wait_until(lambda: link.held == 0, 10)
+
+
+def test_results_wait_for_a_brain_that_is_not_there_yet(
+    running_broker,
+    brain_factory,  # noqa: F811
+    worker_factory,  # noqa: F811
+    tmp_path,
+    caplog,
+):
+    running = worker_factory(running_broker.endpoint)
+    with caplog.at_level(logging.WARNING, logger="llmo.worker.link"):
+        # A short-lived client named brain assigns, then goes before the result.
+        sender = Client("brain", running_broker.endpoint)
+        sender.send(job(tmp_path, "early", "sleep 0.5; echo early bird"))
+        time.sleep(0.1)
+        sender.close()
+        link = running.worker.link
+        assert wait_until(lambda: link.brain_missing and link.held >= 1, 10)
+        time.sleep(1.0)  # several heartbeats into the void
+    missing = [r for r in caplog.records if "brain is not reachable" in r.getMessage()]
+    assert len(missing) == 1  # said once, not once per heartbeat
+
+    brain = brain_factory(running_broker.endpoint)
+    brain.expect(Register, src="gpu-t", timeout=10)
+    done = brain.expect(TaskDone, attempt_id="b:early:1", timeout=10)
+    assert "early bird" in done.log_tail
+    assert wait_until(lambda: not link.brain_missing and link.held == 0, 10)
+
+
+def test_drain_finishes_running_work_and_refuses_new(
+    running_broker,
+    brain_factory,  # noqa: F811
+    worker_factory,  # noqa: F811
+    tmp_path,
+):
+    brain = brain_factory(running_broker.endpoint)
+    worker_factory(running_broker.endpoint, slots=2)
+    brain.heartbeat("gpu-t", state="cold")
+    running = brain.send(job(tmp_path, "finishing", "sleep 1"))
+    brain.expect(TaskStarted, attempt_id=running.attempt_id)
+    brain.send(WorkerDrain(dst="gpu-t", worker="gpu-t"))
+    brain.heartbeat("gpu-t", state="draining")
+    late = brain.send(job(tmp_path, "late", "true"))
+    refused = brain.expect(TaskFailed, attempt_id=late.attempt_id)
+    assert refused.reason == "refused" and "draining" in refused.error
+    brain.expect(TaskDone, attempt_id=running.attempt_id)
+    brain.send(WorkerDrain(dst="gpu-t", worker="gpu-t", drain=False))
+    brain.heartbeat("gpu-t", state="cold")
+    again = brain.send(job(tmp_path, "again", "true"))
+    brain.expect(TaskDone, attempt_id=again.attempt_id)
+
+
+def test_sigterm_drains_then_aborts_what_is_left_and_exits(
+    running_broker,
+    brain_factory,  # noqa: F811
+    tmp_path,
+):
+    brain = brain_factory(running_broker.endpoint)
+    command = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "worker",
+        "--name",
+        "gpu-cli",
+        "--broker",
+        running_broker.endpoint,
+        "--slots",
+        "2",
+        "--interval",
+        "0.2",
+        "--stop-deadline",
+        "1",
+        "--log-level",
+        "WARNING",
+    ]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "should-be-replaced"}
+    proc = subprocess.Popen(command, env=env, cwd=os.getcwd())
+    try:
+        register = brain.expect(Register, src="gpu-cli", timeout=30)
+        assert register.pid == proc.pid and register.gpus == ()
+        quick = brain.send(job(tmp_path, "quick", "sleep 0.5", dst="gpu-cli"))
+        stuck = brain.send(
+            job(tmp_path, "stuck", "echo $CUDA_VISIBLE_DEVICES; sleep 300", dst="gpu-cli")
+        )
+        brain.expect(TaskStarted, attempt_id=stuck.attempt_id)
+        proc.send_signal(signal.SIGTERM)
+        brain.heartbeat("gpu-cli", state="draining")
+        brain.expect(TaskDone, attempt_id=quick.attempt_id)
+        failed = brain.expect(TaskFailed, attempt_id=stuck.attempt_id)
+        assert failed.reason == "aborted" and failed.log_tail.strip() == ""
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_exit_when_idle(running_broker, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "worker",
+        "--name",
+        "gpu-idle",
+        "--broker",
+        running_broker.endpoint,
+        "--exit-when-idle",
+        "0.5",
+        "--log-level",
+        "ERROR",
+    ]
+    proc = subprocess.Popen(command)
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
