@@ -37,7 +37,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from plans.model import ForeachError, PlanError, Task
-from plans.variables import substitute, substitute_known
+from plans.variables import Template, substitute, substitute_known
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -103,65 +103,79 @@ def expand_foreach(
         return []
     items = list(items)
     fixed_deps: list[str] = []
-    item_deps: list[str] = []
+    item_deps: list[Template] = []
     for entry in task.depends_on:
         if "{ITEM" in entry:
-            item_deps.append(entry)
+            item_deps.append(Template(entry, variables))
         else:
             fixed_deps.append(_sub(entry, variables, None, task.id, 0))
+    fixed = tuple(dict.fromkeys(fixed_deps))
+    command = Template(task.command, variables)
     requires = tuple(substitute_known(p, variables) for p in task.requires)
     produces = tuple(substitute_known(p, variables) for p in task.produces)
+    (executor, task_class, batch_size, model, tier, placement, policy, vram, timeout, line) = (
+        task.executor,
+        task.task_class,
+        task.batch_size,
+        task.llm_model,
+        task.llm_min_tier,
+        task.llm_placement,
+        task.vram_policy,
+        task.vram_estimate_mb,
+        task.timeout_s,
+        task.line,
+    )
 
-    fixed = tuple(dict.fromkeys(fixed_deps))
-
-    def deps_for(item_group: Sequence[object], first: int) -> tuple[str, ...]:
-        if not item_deps:
-            return fixed
-        out = list(fixed)
-        for n, item in enumerate(item_group, start=first):
-            for entry in item_deps:
-                out.append(safe_name(_sub(entry, variables, item, task.id, n)))
-        return tuple(dict.fromkeys(out))
-
-    def make(name: str, command: str, deps: tuple[str, ...], group: tuple) -> Task:
+    def make(name: str, text: str, deps: tuple[str, ...], group: tuple) -> Task:
         return Task(
             name,
-            task.executor,
-            task.task_class,
-            command,
+            executor,
+            task_class,
+            text,
             deps,
             None,
-            task.batch_size,
+            batch_size,
             requires,
             produces,
-            task.llm_model,
-            task.llm_min_tier,
-            task.llm_placement,
-            task.vram_policy,
-            task.vram_estimate_mb,
-            task.timeout_s,
-            task.line,
+            model,
+            tier,
+            placement,
+            policy,
+            vram,
+            timeout,
+            line,
             task.id,
             group,
         )
 
+    def deps_of(item: object) -> tuple[str, ...]:
+        if not item_deps:
+            return fixed
+        return tuple(dict.fromkeys([*fixed, *(safe_name(entry(item)) for entry in item_deps)]))
+
     out: list[Task] = []
-    command = task.command
-    if task.batch_size <= 1:
-        names = item_names(task.id, items)
-        for n, (name, item) in enumerate(zip(names, items, strict=True), start=1):
-            text = _sub(command, variables, item, task.id, n)
-            out.append(make(name, text, deps_for((item,), n), (item,)))
-    else:
-        size = task.batch_size
-        for start in range(0, len(items), size):
-            group = tuple(items[start : start + size])
-            commands = [
-                _sub(command, variables, item, task.id, n)
-                for n, item in enumerate(group, start=start + 1)
-            ]
-            name = batch_name(task.id, start + 1, start + len(group))
-            out.append(make(name, chain_commands(commands), deps_for(group, start + 1), group))
+    n = 0  # the item being expanded, for error messages
+    try:
+        if batch_size <= 1:
+            for name, item in zip(item_names(task.id, items), items, strict=True):
+                n += 1
+                out.append(make(name, command(item), deps_of(item), (item,)))
+        else:
+            for start in range(0, len(items), batch_size):
+                group = tuple(items[start : start + batch_size])
+                commands = []
+                deps = list(fixed)
+                for item in group:
+                    n += 1
+                    commands.append(command(item))
+                    deps.extend(safe_name(entry(item)) for entry in item_deps)
+                name = batch_name(task.id, start + 1, start + len(group))
+                batch_deps = tuple(dict.fromkeys(deps)) if item_deps else fixed
+                out.append(make(name, chain_commands(commands), batch_deps, group))
+    except ForeachError:
+        raise
+    except PlanError as exc:
+        raise PlanError(f"item {n} of foreach task {task.id}: {exc}") from None
     if reserved:
         for t in out:
             if t.id in reserved:
