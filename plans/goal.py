@@ -14,15 +14,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from plans import fields as F
-from plans.model import GOAL_TYPES, Goal, PlanError, Task
+from plans.model import GOAL_TYPES, Goal, PlanError, ProblemSink, Task
 from plans.parser import RawBlock
 from plans.variables import PLACEHOLDER, substitute
-
-if TYPE_CHECKING:
-    from plans.validate import _Sink
 
 GOAL_FIELDS = (
     "type",
@@ -36,7 +32,7 @@ DEFAULT_MULTIPLIER = 5
 _WHOLE = re.compile(r"\+?\d+")
 
 
-def build_goal(block: RawBlock, tasks: Sequence[Task], sink: _Sink) -> Goal | None:
+def build_goal(block: RawBlock, tasks: Sequence[Task], sink: ProblemSink) -> Goal | None:
     """A ``Goal`` from the fields under ``## Goal``; problems go to ``sink``."""
     raw = {}
     for f in block.fields:

@@ -79,6 +79,20 @@ class Problem:
         return self.severity == "error"
 
 
+class ProblemSink:
+    """Collects the problems of one file, each located by line and task."""
+
+    def __init__(self, file: str, problems: list[Problem] | None = None) -> None:
+        self.file = file
+        self.problems: list[Problem] = problems if problems is not None else []
+
+    def error(self, line: int, task: str, message: str) -> None:
+        self.problems.append(Problem(self.file, line, task, message, "error"))
+
+    def warn(self, line: int, task: str, message: str) -> None:
+        self.problems.append(Problem(self.file, line, task, message, "warning"))
+
+
 def has_errors(problems: list[Problem] | tuple[Problem, ...]) -> bool:
     """True when any problem is an error (warnings never block a run)."""
     return any(p.severity == "error" for p in problems)

@@ -90,6 +90,7 @@ def parse_markdown(text: str, file: str = "plan.md") -> tuple[RawDoc, list[Probl
         if section is not None:
             doc.sections[section] = "\n".join(section_body).strip("\n")
 
+    text = text.removeprefix("\ufeff")  # a byte-order mark left by some editors
     for number, line in enumerate(text.splitlines(), start=1):
         # Opaque regions first: fenced code, then HTML comments.
         if fence is not None:

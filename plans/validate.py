@@ -30,6 +30,7 @@ from plans.model import (
     VRAM_POLICIES,
     Plan,
     Problem,
+    ProblemSink,
     Task,
 )
 from plans.parser import RawBlock, RawField, parse_markdown
@@ -61,20 +62,6 @@ SCRIPT_FIELDS = ("vram_policy", "vram_estimate_mb")
 TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
-class _Sink:
-    """Collects problems for one file, each located by line and task."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[Problem] = []
-
-    def error(self, line: int, task: str, message: str) -> None:
-        self.problems.append(Problem(self.file, line, task, message, "error"))
-
-    def warn(self, line: int, task: str, message: str) -> None:
-        self.problems.append(Problem(self.file, line, task, message, "warning"))
-
-
 def parse_plan(text: str, file: str = "plan.md") -> tuple[Plan | None, list[Problem]]:
     """Parse and validate plan.md text.
 
@@ -83,16 +70,16 @@ def parse_plan(text: str, file: str = "plan.md") -> tuple[Plan | None, list[Prob
     A plan with any error must not run.
     """
     doc, problems = parse_markdown(text, file)
-    sink = _Sink(file)
-    sink.problems = problems
+    sink = ProblemSink(file, problems)
     if not doc.has_tasks:
         sink.error(
             1, "", "the plan has no '## Tasks' section; add one with a '### <id>' heading per task"
         )
         return None, _ordered(sink.problems)
     if not doc.tasks:
+        tasks_line = next((n for t, n in doc.section_lines.items() if t.lower() == "tasks"), 1)
         sink.error(
-            doc.section_lines.get("Tasks", 1),
+            tasks_line,
             "",
             "the '## Tasks' section has no tasks; give each task a '### <id>' heading "
             "followed by its fields",
@@ -140,7 +127,7 @@ def _ordered(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: p.line)
 
 
-def _build_task(block: RawBlock, sink: _Sink) -> Task | None:
+def _build_task(block: RawBlock, sink: ProblemSink) -> Task | None:
     task_id = block.title
     if not task_id:
         sink.error(block.line, "", "a task heading has no id; write '### <id>'")
@@ -220,7 +207,7 @@ def _build_task(block: RawBlock, sink: _Sink) -> Task | None:
         batch_size=batch_size,
         requires=tuple(F.values_of(raw["requires"])) if "requires" in raw else (),
         produces=tuple(F.values_of(raw["produces"])) if "produces" in raw else (),
-        llm_model=F.plain(raw["llm_model"].value) or None if "llm_model" in raw else None,
+        llm_model=(F.plain(raw["llm_model"].value) or None) if "llm_model" in raw else None,
         llm_min_tier=str(tier) if tier is not None else None,
         llm_placement=placement,
         vram_policy=policy,
@@ -230,7 +217,9 @@ def _build_task(block: RawBlock, sink: _Sink) -> Task | None:
     )
 
 
-def _read_command(raw: RawField | None, task_class: str | None, task_id: str, sink: _Sink) -> str:
+def _read_command(
+    raw: RawField | None, task_class: str | None, task_id: str, sink: ProblemSink
+) -> str:
     if raw is None:
         return ""
     try:
@@ -258,7 +247,7 @@ def _read_command(raw: RawField | None, task_class: str | None, task_id: str, si
     return command
 
 
-def _read_depends_on(raw: RawField | None, task_id: str, sink: _Sink) -> tuple[str, ...]:
+def _read_depends_on(raw: RawField | None, task_id: str, sink: ProblemSink) -> tuple[str, ...]:
     if raw is None:
         return ()
     entries = F.values_of(raw)
@@ -271,7 +260,15 @@ def _read_depends_on(raw: RawField | None, task_id: str, sink: _Sink) -> tuple[s
     return tuple(dict.fromkeys(real))
 
 
-def _check_class_fields(raw, executor, task_class, policy, estimate, task_id, sink) -> None:
+def _check_class_fields(
+    raw: dict[str, RawField],
+    executor: str | None,
+    task_class: str | None,
+    policy: str | None,
+    estimate: int | None,
+    task_id: str,
+    sink: ProblemSink,
+) -> None:
     if task_class is None:
         return
     for name in LLM_FIELDS:
@@ -299,7 +296,7 @@ def _check_class_fields(raw, executor, task_class, policy, estimate, task_id, si
 
 
 def _check_dependencies(
-    tasks: list[Task], field_lines: dict[str, dict[str, int]], sink: _Sink
+    tasks: list[Task], field_lines: dict[str, dict[str, int]], sink: ProblemSink
 ) -> None:
     ids = [t.id for t in tasks]
     known = set(ids)

@@ -327,3 +327,17 @@ def test_plan_lookup():
     assert plan.get("nope") is None and "work" in plan and "nope" not in plan
     with pytest.raises(KeyError):
         plan.task("nope")
+
+
+def test_windows_line_endings_and_byte_order_mark():
+    text = (DATA / "original" / "plan.md").read_text()
+    plan, problems = parse_plan(text, "plan.md")
+    other, other_problems = parse_plan("\ufeff" + text.replace("\n", "\r\n"), "plan.md")
+    assert other_problems == problems == []
+    assert other.tasks == plan.tasks and other.name == plan.name
+
+
+def test_section_names_are_case_insensitive_for_tasks_and_goal():
+    text = (DATA / "valid" / "goal.md").read_text()
+    plan, problems = parse_plan(text.replace("## Tasks", "## tasks").replace("## Goal", "## GOAL"))
+    assert problems == [] and plan.goal is not None and len(plan.tasks) == 2
