@@ -17,6 +17,7 @@ from brain.state import Batch, BrainState, TaskRun
 from proto.messages import BROKER, BatchEvent, Message
 
 ERROR_CHARS = 300  # error text kept in events and summaries
+_line = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def cut(text: str, limit: int = ERROR_CHARS) -> str:
@@ -97,7 +98,7 @@ class Ctx:
         lines = self.lines.get(batch.events_path)
         if lines is None:
             lines = self.lines[batch.events_path] = []
-        lines.append(json.dumps(record, separators=(",", ":"), default=str))
+        lines.append(_line(record))
 
     def finish(self) -> list[Command]:
         for path, lines in self.lines.items():

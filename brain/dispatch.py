@@ -103,34 +103,31 @@ def dispatch(cx: Ctx) -> None:
             if not models.run_meta(cx, batch, task):
                 break
             queue.popleft()
-    free = [w for w in st.workers.values() if w.state == "up" and w.free_slots() > 0]
-    if not free:
-        return
+    up: list[Worker] | None = None
     for batch in batches:
         for key, queue in batch.ready.items():
-            if key == "meta":
+            if key == "meta" or not queue:
                 continue
+            if up is None:
+                up = [w for w in st.workers.values() if w.state == "up"]
             while queue:
                 task = batch.tasks[queue[0]]
                 if task.state != "ready":
                     queue.popleft()
                     continue
-                worker = pick(cx, free, task)
+                worker = pick(cx, up, task)
                 if worker is None:
                     break
                 queue.popleft()
                 assign(cx, batch, task, worker)
-                if worker.free_slots() <= 0:
-                    free.remove(worker)
-                    if not free:
-                        return
 
 
-def pick(cx: Ctx, free: list[Worker], task: TaskRun) -> Worker | None:
+def pick(cx: Ctx, workers: list[Worker], task: TaskRun) -> Worker | None:
+    """The eligible worker with the most free slots (the first of equals)."""
     best = None
     best_slots = 0
-    for worker in free:
-        slots = worker.free_slots()
+    for worker in workers:
+        slots = worker.slots - len(worker.attempts) - len(worker.foreign)
         if slots > best_slots and eligible(cx, worker, task):
             best = worker
             best_slots = slots
@@ -145,8 +142,8 @@ def assign(cx: Ctx, batch: Batch, task: TaskRun, worker: Worker) -> None:
     task.attempt_id = attempt_id
     task.worker = worker.name
     task.assigned_at = cx.now
-    task.vram_mb = vram_of(cx, task)
-    worker.attempts[attempt_id] = (batch.id, task.id, task.vram_mb)
+    vram_mb = vram_of(cx, task)
+    worker.attempts[attempt_id] = (batch.id, task.id, vram_mb)
     spec = task.spec
     model = wanted_model(cx, task)
     if spec.task_class == "llm" and model:
@@ -166,7 +163,7 @@ def assign(cx: Ctx, batch: Batch, task: TaskRun, worker: Worker) -> None:
             log_path=f"{batch.history_path}/logs/{task.id}.log",
             timeout_s=cfg.timeout_for(spec.task_class, spec.timeout_s),
             grace_s=cfg.grace_s,
-            vram_mb=task.vram_mb,
+            vram_mb=vram_mb,
             model=model,
         )
     )

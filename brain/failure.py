@@ -96,7 +96,6 @@ def on_done(cx: Ctx, msg: TaskDone) -> None:
     task.duration_s = msg.duration_s or (cx.now - task.started_at)
     task.tokens = msg.tokens or task.tokens
     task.tok_s = msg.tok_s or task.tok_s
-    task.log_tail = ""
     tasks.succeed(cx, batch, task, exit_code=msg.exit_code, duration_s=task.duration_s)
 
 
@@ -166,11 +165,11 @@ def attempt_failed(
             "reason": reason,
             "exit_code": exit_code,
             "error": cut(error),
+            "log_tail": log_tail[-2000:],
         }
     )
     task.exit_code = exit_code
     task.error = cut(error)
-    task.log_tail = log_tail[-2000:]
     task.duration_s = duration_s or (cx.now - task.started_at if task.started_at else 0.0)
     if task.attempts >= cx.cfg.max_attempts or reason == "refused":
         tasks.fail(cx, batch, task, error, attempts=task.attempts, exit_code=exit_code)

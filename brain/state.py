@@ -125,12 +125,10 @@ class TaskRun:
     seq: int = 0
     attempt_id: str = ""
     worker: str = ""
-    vram_mb: int = 0
     assigned_at: float = 0.0
     started_at: float = 0.0
     first_started_at: float = 0.0
     finished_at: float = 0.0
-    not_before: float = 0.0
     last_progress_at: float = 0.0
     tokens: int = 0
     tok_s: float = 0.0
@@ -142,8 +140,7 @@ class TaskRun:
     cancel_at: float = 0.0  # when the next stopping stage is due
     cancel_why: str = ""
     error: str = ""
-    log_tail: str = ""
-    failures: list[dict[str, Any]] | None = None  # one entry per failed attempt
+    failures: list[dict[str, Any]] | None = None  # one entry per failed attempt, with log tail
 
 
 @dataclass(slots=True, eq=False)

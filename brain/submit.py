@@ -162,8 +162,11 @@ def build_tasks(specs: Sequence[plans.Task], variables: dict[str, str]) -> list[
     return runs
 
 
-def add_tasks(cx: Ctx, batch: Batch, runs: list[TaskRun]) -> None:
-    """Put tasks into the batch, count what they wait for, release the free ones."""
+def add_tasks(cx: Ctx, batch: Batch, runs: list[TaskRun], *, quiet: bool = False) -> int:
+    """Put tasks into the batch, count what they wait for, release the free ones.
+
+    Returns how many were released; ``quiet`` releases them without one event each.
+    """
     existing = batch.tasks
     dependents = batch.dependents
     for run in runs:
@@ -204,9 +207,12 @@ def add_tasks(cx: Ctx, batch: Batch, runs: list[TaskRun]) -> None:
         elif waiting == -2:
             missing = [d for d in run.deps if d not in existing and not d.endswith("#expanded")]
             tasks.fail(cx, batch, run, f"depends on unknown task {', '.join(missing)}")
+    released = 0
     for run in free:
         if run.state == "pending":
-            tasks.release(cx, batch, run)
+            tasks.release(cx, batch, run, quiet=quiet)
+            released += 1
+    return released
 
 
 def on_manifest(cx: Ctx, ev: ManifestRead) -> None:
@@ -231,15 +237,17 @@ def on_manifest(cx: Ctx, ev: ManifestRead) -> None:
     if not children:
         tasks.succeed(cx, batch, task, items=0)
         return
+    clash = next((c.id for c in children if c.id in batch.tasks), None)
+    if clash is not None:
+        tasks.fail(cx, batch, task, f"item task {clash} already exists in the batch")
+        return
     tasks.move(cx, batch, task, "expanded")
     task.children_left = len(children)
-    cx.publish(batch, "task_expanded", task, items=len(ev.items), tasks=len(children))
     shared = task.spec
     runs = []
-    for child in children:
-        if child.id in batch.tasks:
-            tasks.fail(cx, batch, task, f"item task {child.id} already exists in the batch")
-            return
+    children.reverse()
+    while children:  # pop as we go: the item Task objects are freed one by one
+        child = children.pop()
         runs.append(
             TaskRun(
                 id=child.id,
@@ -249,5 +257,16 @@ def on_manifest(cx: Ctx, ev: ManifestRead) -> None:
                 parent=task.id,
             )
         )
+    released = add_tasks(cx, batch, runs, quiet=True)
+    first, last = runs[0].id, runs[-1].id
+    cx.publish(
+        batch,
+        "task_expanded",
+        task,
+        items=len(ev.items),
+        tasks=len(runs),
+        released=released,
+        first=first,
+        last=last,
+    )
     tasks.notify_expanded(cx, batch, task)
-    add_tasks(cx, batch, runs)

@@ -10,6 +10,7 @@ item) that finished last, which is the chain that decided the wall time.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -88,11 +89,15 @@ def critical_path(batch: Batch) -> tuple[list[str], float]:
 
 
 def run_summary(batch: Batch, now: float) -> dict[str, Any]:
+    """The summary without its per-task rows (``to_json`` streams those in)."""
     end = batch.finished_at or now
-    rows = [task_row(t) for t in batch.tasks.values()]
-    llm = [r for r in rows if "tokens" in r and r["state"] == "done"]
-    tokens = sum(r["tokens"] for r in llm)
-    busy = sum(r["duration_s"] for r in llm)
+    tokens = 0
+    busy = 0.0
+    for task in batch.tasks.values():
+        if task.state == "done" and task.spec.task_class in ("llm", "brain"):
+            tokens += task.tokens
+            busy += task.duration_s
+    failures = [task_row(t) for t in batch.tasks.values() if t.state == "failed"]
     path, path_s = critical_path(batch)
     data: dict[str, Any] = {
         "batch_id": batch.id,
@@ -109,9 +114,8 @@ def run_summary(batch: Batch, now: float) -> dict[str, Any]:
         "tok_s": round(tokens / busy, 2) if busy else 0.0,
         "critical_path": path,
         "critical_path_s": path_s,
-        "failures": [r for r in rows if r["state"] == "failed"],
+        "failures": failures,
         "warnings": list(batch.warnings),
-        "tasks": rows,
     }
     if batch.goal is not None:
         g = batch.goal
@@ -127,11 +131,18 @@ def run_summary(batch: Batch, now: float) -> dict[str, Any]:
     return data
 
 
-def to_json(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=1, default=str) + "\n"
+_encode = json.JSONEncoder(default=str).encode
 
 
-def to_markdown(data: dict[str, Any]) -> str:
+def to_json(batch: Batch, data: dict[str, Any]) -> str:
+    """RUN_SUMMARY.json: ``data`` plus ``tasks``, one row per task, encoded row by row
+    so a 100,000-task batch never holds all its rows as dicts at once."""
+    head = _encode(data)
+    rows = ",".join(_encode(task_row(t)) for t in batch.tasks.values())
+    return f'{head[:-1]}, "tasks": [{rows}]}}\n'
+
+
+def to_markdown(batch: Batch, data: dict[str, Any]) -> str:
     out = [
         f"# Run summary: {data['plan']} ({data['batch_id']})",
         "",
@@ -153,7 +164,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         out += ["", "## Failures", ""]
         for row in data["failures"][:MD_ROWS]:
             out.append(f"- `{row['id']}` after {row['attempts']} attempts: {row.get('error', '')}")
-    rows = data["tasks"]
+    rows = [task_row(t) for t in itertools.islice(batch.tasks.values(), MD_ROWS)]
     out += [
         "",
         "## Tasks",
@@ -167,8 +178,8 @@ def to_markdown(data: dict[str, Any]) -> str:
             f"| {row['id']} | {row['state']} | {row['attempts']} | {row['worker']} "
             f"| {exit_code} | {row['duration_s']:.1f} | {row.get('tok_s', '')} |"
         )
-    if len(rows) > MD_ROWS:
-        out.append(f"\n{len(rows) - MD_ROWS} more tasks in RUN_SUMMARY.json.")
+    if len(batch.tasks) > MD_ROWS:
+        out.append(f"\n{len(batch.tasks) - MD_ROWS} more tasks in RUN_SUMMARY.json.")
     return "\n".join(out) + "\n"
 
 
@@ -198,7 +209,8 @@ def escalation(batch: Batch, now: float) -> str:
             f"- **exit codes**: {', '.join(str(c) for c in codes) or 'none'}",
             f"- **error**: {task.error}",
         ]
-        if task.log_tail:
-            tail = "\n".join(task.log_tail.splitlines()[-LOG_LINES:])
+        log_tail = task.failures[-1]["log_tail"] if task.failures else ""
+        if log_tail:
+            tail = "\n".join(log_tail.splitlines()[-LOG_LINES:])
             out += ["", "Last lines of its log:", "", "```", tail, "```"]
     return "\n".join(out) + "\n"

@@ -59,11 +59,16 @@ def enqueue(cx: Ctx, batch: Batch, task: TaskRun) -> None:
     cx.state.dispatch_due = True
 
 
-def release(cx: Ctx, batch: Batch, task: TaskRun) -> None:
-    """All dependencies are done: the task becomes ready (a template asks for its items)."""
+def release(cx: Ctx, batch: Batch, task: TaskRun, *, quiet: bool = False) -> None:
+    """All dependencies are done: the task becomes ready (a template asks for its items).
+
+    ``quiet``: the caller publishes one event for many releases (the items of
+    a foreach that are free at once are announced by ``task_expanded``).
+    """
     if not move(cx, batch, task, "release"):
         return
-    cx.publish(batch, "task_released", task)
+    if not quiet:
+        cx.publish(batch, "task_released", task)
     spec = task.spec
     if spec.foreach is not None and not task.parent:
         move(cx, batch, task, "expand")
@@ -76,7 +81,6 @@ def clear_attempt(task: TaskRun) -> None:
     """Forget the last attempt's worker, times and result (a requeued task starts clean)."""
     task.attempt_id = ""
     task.worker = ""
-    task.vram_mb = 0
     task.assigned_at = task.started_at = task.last_progress_at = 0.0
     task.tokens = 0
     task.tok_s = 0.0
@@ -114,7 +118,6 @@ def delay_until(
 ) -> None:
     if not move(cx, batch, task, "retry"):
         return
-    task.not_before = when
     st = cx.state
     st.delay_seq += 1
     heapq.heappush(st.delayed, (when, st.delay_seq, batch.id, task.id))
@@ -255,8 +258,9 @@ def write_summary(cx: Ctx, batch: Batch) -> None:
     batch.summary_due = False
     batch.summary_at = cx.now
     data = summary.run_summary(batch, cx.now)
-    cx.out.append(WriteFile(f"{batch.history_path}/RUN_SUMMARY.json", summary.to_json(data)))
-    cx.out.append(WriteFile(f"{batch.history_path}/RUN_SUMMARY.md", summary.to_markdown(data)))
+    history = batch.history_path
+    cx.out.append(WriteFile(f"{history}/RUN_SUMMARY.json", summary.to_json(batch, data)))
+    cx.out.append(WriteFile(f"{history}/RUN_SUMMARY.md", summary.to_markdown(batch, data)))
 
 
 def refresh_summaries(cx: Ctx) -> None:
