@@ -77,13 +77,14 @@ def test_results_wait_for_a_brain_that_is_not_there_yet(
     caplog,
 ):
     running = worker_factory(running_broker.endpoint)
+    assert wait_until(lambda: "gpu-t" in running_broker.broker.liveness.last_seen, 10)
     with caplog.at_level(logging.WARNING, logger="llmo.worker.link"):
         # A short-lived client named brain assigns, then goes before the result.
         sender = Client("brain", running_broker.endpoint)
-        sender.send(job(tmp_path, "early", "sleep 0.5; echo early bird"))
-        time.sleep(0.1)
-        sender.close()
+        sender.send(job(tmp_path, "early", "sleep 1; echo early bird"))
         link = running.worker.link
+        assert wait_until(lambda: running.worker.attempts.running, 10)
+        sender.close()
         assert wait_until(lambda: link.brain_missing and link.held >= 1, 10)
         time.sleep(1.0)  # several heartbeats into the void
     missing = [r for r in caplog.records if "brain is not reachable" in r.getMessage()]
