@@ -332,16 +332,21 @@ def cancel_msg(batch: Batch, task: TaskRun, mode: str, why: str) -> TaskCancel:
 # --- cancelling a batch -------------------------------------------------------------
 
 
+def cancel_task(cx: Ctx, batch: Batch, task: TaskRun, why: str) -> None:
+    """Cancel one live task; a running attempt is aborted (then killed after the grace)."""
+    if task.state in TASK_ACTIVE and task.attempt_id and not task.cancel_stage:
+        task.cancel_stage = "abort"
+        task.cancel_at = cx.now + cx.cfg.grace_s
+        task.cancel_why = why
+        cx.send(cancel_msg(batch, task, "abort", why))
+    tasks.move(cx, batch, task, "cancel")
+    task.finished_at = cx.now
+    cx.publish(batch, "task_cancelled", task, reason=why)
+
+
 def cancel_batch(cx: Ctx, batch: Batch, why: str) -> None:
     """Running attempts aborted (then killed), everything else skipped; state cancelled."""
     for task in batch.tasks.values():
         if task.state in tasks.LIVE_STATES:
-            if task.state in TASK_ACTIVE and task.attempt_id:
-                task.cancel_stage = "abort"
-                task.cancel_at = cx.now + cx.cfg.grace_s
-                task.cancel_why = f"batch cancelled: {why}"
-                cx.send(cancel_msg(batch, task, "abort", task.cancel_why))
-            tasks.move(cx, batch, task, "cancel")
-            task.finished_at = cx.now
-            cx.publish(batch, "task_cancelled", task)
+            cancel_task(cx, batch, task, f"batch cancelled: {why}")
     tasks.end_batch(cx, batch, event="cancel")

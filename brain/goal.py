@@ -10,9 +10,10 @@ candidate.
 A round runs the pipeline once. Successes of the tracked task (each of its
 items, when it is a foreach template) count towards the target; every item
 (or run) of it is a candidate tried. When the target is met the waiting
-tasks are released at once; when a round ends short of it, the goal is
-reached if the successes are within ``tolerance``, exhausted if
-``target x max_attempts_multiplier`` candidates have been tried, and
+tasks are released at once and the candidates still out are cancelled;
+when a round ends short of it, the goal is reached if the successes are
+within ``tolerance``, exhausted if ``target x max_attempts_multiplier``
+candidates have been tried, and
 otherwise a new round starts: the pipeline's tasks again, with ids suffixed
 ``.r2``, ``.r3``... (per-item dependencies rewritten to match). Failures
 inside the pipeline are rejected candidates, not batch failures; an
@@ -142,6 +143,12 @@ def reached(cx: Ctx, batch: Batch, g: GoalRun) -> None:
     cx.publish(batch, "goal_reached", succeeded=g.succeeded, tried=g.tried, rounds=g.round)
     for dep_id in batch.dependents.pop(GOAL_KEY, ()):
         tasks.satisfied(cx, batch, batch.tasks[dep_id])
+    from brain import failure
+
+    for task in list(batch.tasks.values()):  # candidates still out are not needed any more
+        if in_round(g, task) and task.state in tasks.LIVE_STATES:
+            failure.cancel_task(cx, batch, task, "goal reached")
+            tasks.on_terminal(cx, batch, task)
 
 
 def next_round(cx: Ctx, batch: Batch, g: GoalRun) -> None:

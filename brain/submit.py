@@ -176,7 +176,10 @@ def add_tasks(cx: Ctx, batch: Batch, runs: list[TaskRun], *, quiet: bool = False
     for run in runs:
         waiting = 0
         for dep in run.deps:
-            if dep.endswith("#expanded"):
+            if dep == goal.GOAL_KEY:
+                if batch.goal is not None and batch.goal.state == "reached":
+                    continue
+            elif dep.endswith("#expanded"):
                 base = existing.get(dep[: -len("#expanded")])
                 if base is not None and base.state in ("expanded", "done"):
                     continue
@@ -205,7 +208,7 @@ def add_tasks(cx: Ctx, batch: Batch, runs: list[TaskRun], *, quiet: bool = False
             cx.publish(batch, "task_skipped", run)
             tasks.on_terminal(cx, batch, run)
         elif waiting == -2:
-            missing = [d for d in run.deps if d not in existing and not d.endswith("#expanded")]
+            missing = [d for d in run.deps if d not in existing and "#" not in d]
             tasks.fail(cx, batch, run, f"depends on unknown task {', '.join(missing)}")
     released = 0
     for run in free:

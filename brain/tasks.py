@@ -170,6 +170,8 @@ def on_terminal(cx: Ctx, batch: Batch, task: TaskRun) -> None:
             satisfied(cx, batch, tasks[dep_id])
     elif task.state in ("failed", "skipped"):
         skip_dependents(cx, batch, task.id)
+    if batch.goal is not None:  # before the template closes, so the round counts this task
+        goal.on_terminal(cx, batch, task)
     if task.parent:
         parent = tasks[task.parent]
         parent.children_left -= 1
@@ -180,8 +182,6 @@ def on_terminal(cx: Ctx, batch: Batch, task: TaskRun) -> None:
                 fail(cx, batch, parent, f"{parent.children_failed} of its items did not succeed")
             else:
                 succeed(cx, batch, parent)
-    if batch.goal is not None:
-        goal.on_terminal(cx, batch, task)
     if batch.state == "running" and not any(batch.counts[s] for s in LIVE_STATES):
         end_batch(cx, batch)
 

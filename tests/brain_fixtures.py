@@ -67,6 +67,7 @@ class Rig:
         self.plans: dict[str, str] = {}
         self.manifests: dict[str, Any] = {}  # template id -> items, or an error string
         self.ids = itertools.count(1)
+        self.answered: set[str] = set()  # attempts auto() or start() answered
         self.feed(Configure((config or BrainConfig()).to_dict()))
 
     # --- driving --------------------------------------------------------------
@@ -177,6 +178,7 @@ class Rig:
     # --- simulated workers -----------------------------------------------------
 
     def start(self, a: TaskAssign) -> None:
+        self.answered.add(a.attempt_id)
         self.msg(
             TaskStarted(batch_id=a.batch_id, task_id=a.task_id, attempt_id=a.attempt_id), src=a.dst
         )
@@ -209,12 +211,12 @@ class Rig:
         until: Callable[[], bool] | None = None,
     ) -> None:
         """Answer assignments as they come; tick ``step_s`` when nothing is pending."""
-        seen = len(self.sent)
+        seen = 0
         pending: list[TaskAssign] = []
         for _ in range(limit):
             new = self.assigns(seen)
             seen = len(self.sent)
-            pending.extend(new)
+            pending.extend(a for a in new if a.attempt_id not in self.answered)
             if until is not None and until():
                 return
             if not pending:
@@ -228,6 +230,7 @@ class Rig:
                         self.heartbeat(name)
                 continue
             a = pending.pop(0)
+            self.answered.add(a.attempt_id)
             result = outcome(a)
             if result == "hang":
                 continue

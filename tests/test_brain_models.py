@@ -1,0 +1,186 @@
+"""Model load and unload decisions, and meta tasks, with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from brain.config import BrainConfig
+from proto.messages import Ack, BatchCancel, ModelLoad, ModelStatus, ModelUnload
+from tests.brain_fixtures import Rig, plan_text
+
+pytestmark = pytest.mark.timeout(30)
+
+LLM = "gen{n} | llm | python gen.py {n} | none | llm_model=m"
+
+
+def llm_plan(count: int) -> str:
+    return plan_text(*[LLM.format(n=n) for n in range(count)])
+
+
+def test_llm_work_loads_one_cold_worker_then_runs_there():
+    rig = Rig()
+    rig.worker("w1")
+    rig.worker("w2")
+    rig.submit(llm_plan(1))
+    rig.tick(0.5)
+    loads = rig.of(ModelLoad)
+    assert [(m.dst, m.model) for m in loads] == [("w1", "m")]
+    rig.wait(5.0)
+    assert len(rig.of(ModelLoad)) == 1  # never two loads racing for one model
+    assert rig.assigns() == []  # not while it is still loading
+    rig.heartbeat("w1", state="loading")
+    assert rig.assigns() == []
+    rig.hot("w1", "m")
+    assert [(a.dst, a.model) for a in rig.assigns()] == [("w1", "m")]
+
+
+def test_a_second_worker_loads_only_after_the_first_is_hot_and_demand_remains():
+    rig = Rig()
+    rig.worker("w1")
+    rig.worker("w2")
+    rig.submit(llm_plan(4))
+    rig.tick(0.5)
+    assert [m.dst for m in rig.of(ModelLoad)] == ["w1"]
+    rig.hot("w1", "m")
+    rig.heartbeat("w1", state="hot", model="m")
+    rig.tick(0.5)
+    assert [m.dst for m in rig.of(ModelLoad)] == ["w1", "w2"]
+
+
+def test_max_hot_is_respected():
+    rig = Rig(BrainConfig(max_hot=1))
+    rig.worker("w1")
+    rig.worker("w2")
+    rig.submit(llm_plan(4))
+    rig.tick(0.5)
+    rig.hot("w1", "m")
+    rig.heartbeat("w1", state="hot", model="m")
+    rig.wait(3.0)
+    assert [m.dst for m in rig.of(ModelLoad)] == ["w1"]
+
+
+def test_failed_load_does_not_fail_the_batch_and_another_worker_tries():
+    rig = Rig(BrainConfig(max_load_failures=5))
+    rig.worker("w1")
+    rig.worker("w2")
+    batch = rig.submit(llm_plan(1)).batch_id
+    rig.tick(0.5)
+    rig.msg(ModelStatus(model="m", state="failed", error="out of memory"), src="w1")
+    assert rig.state.batches[batch].state == "running"
+    rig.tick(0.5)
+    assert [m.dst for m in rig.of(ModelLoad)] == ["w1", "w2"]
+
+
+def test_a_model_that_never_loads_fails_its_tasks_visibly():
+    rig = Rig(BrainConfig(max_load_failures=2, load_retry_s=1.0))
+    rig.worker("w1")
+    batch = rig.submit(llm_plan(1)).batch_id
+    for _ in range(2):
+        rig.tick(0.5)
+        rig.msg(ModelStatus(model="m", state="failed", error="bad file"), src="w1")
+        rig.wait(1.5)
+    task = rig.task(batch, "gen0")
+    assert task.state == "failed" and "failed to load" in task.error
+    assert rig.state.batches[batch].state == "failed"
+
+
+def test_load_that_never_reports_times_out():
+    rig = Rig(BrainConfig(load_timeout_s=10.0))
+    rig.worker("w1")
+    rig.submit(llm_plan(1))
+    rig.tick(0.5)
+    rig.wait(11.0)
+    assert [m.reason for m in rig.of(ModelUnload)] == ["load timed out"]
+    assert rig.state.workers["w1"].loading == ""
+
+
+def test_idle_hot_worker_is_unloaded_after_no_llm_demand():
+    rig = Rig(BrainConfig(unload_idle_s=90.0))
+    rig.worker("w1", state="hot", model="m")
+    batch = rig.submit(plan_text("s | cpu | true", LLM.format(n=0))).batch_id
+    rig.auto()
+    assert rig.state.batches[batch].state == "complete"
+    rig.wait(80.0)
+    assert rig.of(ModelUnload) == []
+    rig.wait(11.0)
+    assert [m.dst for m in rig.of(ModelUnload)] == ["w1"]
+    rig.wait(10.0)
+    assert len(rig.of(ModelUnload)) == 1  # not repeated while it unloads
+
+
+def test_script_work_after_llm_work_gets_an_unloaded_worker():
+    rig = Rig(BrainConfig(unload_idle_s=30.0))
+    rig.worker("w1", state="hot", model="m")
+    batch = rig.submit(plan_text("s | script | run")).batch_id
+    rig.wait(31.0)
+    assert [m.dst for m in rig.of(ModelUnload)] == ["w1"]
+    rig.msg(ModelStatus(model="", state="cold"), src="w1")
+    rig.heartbeat("w1", state="cold", model="")
+    assert [a.task_id for a in rig.assigns()] == ["s"]
+    assert rig.state.batches[batch].state == "running"
+
+
+def test_cancelled_batches_create_no_demand():
+    rig = Rig()
+    rig.worker("w1")
+    batch = rig.submit(llm_plan(3)).batch_id
+    rig.msg(BatchCancel(batch_id=batch), src="cancel-1")
+    rig.wait(3.0)
+    assert rig.of(ModelLoad) == []
+
+
+def test_return_to_default_when_idle():
+    rig = Rig(BrainConfig(default_hot=("m",), default_idle_s=90.0, unload_idle_s=30.0))
+    rig.worker("w1")
+    rig.worker("w2")
+    rig.submit(plan_text("a | cpu | a"))
+    rig.auto()
+    rig.wait(89.0)
+    assert rig.of(ModelLoad) == []
+    rig.wait(2.0)
+    assert [(m.dst, m.model) for m in rig.of(ModelLoad)] == [("w1", "m")]
+    rig.hot("w1", "m")
+    rig.wait(120.0)
+    assert rig.of(ModelUnload) == []  # the default stays hot while the rig is idle
+    assert len(rig.of(ModelLoad)) == 1
+
+
+def test_brain_model_is_loaded_for_brain_tasks():
+    rig = Rig(BrainConfig(brain_model="big"))
+    rig.worker("brain-llm", role="brain", gpus=(0, 3))
+    rig.submit(plan_text("think | brain | think"))
+    rig.tick(0.5)
+    assert [(m.dst, m.model) for m in rig.of(ModelLoad)] == [("brain-llm", "big")]
+    rig.hot("brain-llm", "big")
+    assert [a.dst for a in rig.assigns()] == ["brain-llm"]
+
+
+def test_meta_load_llm_completes_when_the_worker_is_hot():
+    rig = Rig(BrainConfig(default_model="m"))
+    rig.worker("w1")
+    batch = rig.submit(plan_text("load | meta | load_llm", "use | cpu | x | load")).batch_id
+    assert [(m.dst, m.model) for m in rig.of(ModelLoad)] == [("w1", "m")]
+    assert rig.task(batch, "load").state == "running"
+    rig.hot("w1", "m")
+    assert rig.task(batch, "load").state == "done"
+    assert [a.task_id for a in rig.assigns()] == ["use"]
+
+
+def test_meta_unload_llm_unloads_hot_workers():
+    rig = Rig()
+    rig.worker("w1", state="hot", model="m")
+    rig.worker("w2")
+    batch = rig.submit(plan_text("unload | meta | unload_llm")).batch_id
+    assert [m.dst for m in rig.of(ModelUnload)] == ["w1"]
+    assert rig.state.batches[batch].state == "complete"
+
+
+def test_operator_load_and_unload_through_the_brain():
+    rig = Rig()
+    rig.worker("w1")
+    rig.msg(ModelLoad(model="m", worker="w1"), src="load-1")
+    assert rig.of(Ack)[-1].ok and rig.of(ModelLoad)[-1].dst == "w1"
+    rig.msg(ModelLoad(model="m", worker="w1"), src="load-1")
+    assert not rig.of(Ack)[-1].ok  # already loading
+    rig.msg(ModelUnload(worker="nobody"), src="unload-1")
+    assert not rig.of(Ack)[-1].ok
