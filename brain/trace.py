@@ -68,7 +68,8 @@ def describe_command(command: Command) -> str:
         msg = command.msg
         if isinstance(msg, BatchEvent):
             where = f"{msg.batch_id}/{msg.task_id}" if msg.task_id else msg.batch_id or msg.worker
-            return f"event {msg.event} {where}".rstrip()
+            why = msg.detail.get("reason") or msg.detail.get("error") or ""
+            return f"event {msg.event} {where} {why}".rstrip()
         text = f"send {describe_message(msg)} to {msg.dst}"
         command_text = getattr(msg, "command", "")
         return f'{text} "{command_text[:60]}"' if command_text else text

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from brain.trace import replay_lines
 from broker.service import Broker
 from proto.client import Client
 from proto.messages import PlanAccepted, PlanSubmit, SnapshotReply, SnapshotRequest
@@ -110,6 +111,9 @@ def test_brain_killed_mid_batch_finishes_after_restart(broker, tmp_path):
         events = [json.loads(line) for line in (history / "batch_events.jsonl").read_text().split()]
         succeeded = [e["task_id"] for e in events if e["event"] == "task_succeeded"]
         assert len(succeeded) == len(set(succeeded))  # recorded once each
+        trace = "\n".join(replay_lines(str(journal), quiet_ticks=True))  # llmo replay
+        assert "resumed" in trace and "send task.assign" in trace
+        assert f"event batch_completed {batch_id}" in trace
         summary = json.loads((history / "RUN_SUMMARY.json").read_text())
         assert summary["status"] == "complete"
         assert sorted(r["id"] for r in summary["tasks"] if r["state"] == "done") == sorted(

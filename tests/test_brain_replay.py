@@ -1,0 +1,116 @@
+"""Message replay: captured event streams in tests/data/brain/ give the recorded decisions.
+
+Each capture is a real journal file (``*.capture``: ``*.journal`` is
+git-ignored) and the decision trace it gave when it was recorded
+(``*.trace``, what ``llmo replay`` prints). A change
+to the core that alters any decision shows up here as a diff of readable
+lines. After an intended change, regenerate with::
+
+    LLMO_REGEN=1 .venv/bin/python -m pytest tests/test_brain_replay.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from brain.journal import Journal
+from brain.trace import replay_lines
+from cli.main import main
+from proto.codec import encode
+from proto.messages import BatchCancel, PeerDown
+from tests.brain_fixtures import Rig, plan_text
+
+pytestmark = pytest.mark.timeout(60)
+
+DATA = Path(__file__).parent / "data" / "brain"
+
+
+def scenario_mixed(rig: Rig) -> None:
+    """Retries, exit 75, a foreach, a dead worker, and a cancelled second batch."""
+    rig.worker("gpu-1", slots=2)
+    rig.worker("gpu-2", slots=1)
+    rig.manifests["each"] = [{"id": "x"}, {"id": "y"}, {"id": "z"}]
+    first = rig.submit(
+        plan_text(
+            "prep | cpu | python prep.py",
+            "each | cpu | python item.py {ITEM.id} | prep | foreach={BATCH_PATH}/m.json:items",
+            "flaky | cpu | python flaky.py | prep",
+            "total | cpu | python total.py | each, flaky",
+        )
+    ).batch_id
+    rig.now += 1
+    second = rig.submit(plan_text("slow | cpu | sleep 100"), path="/plans/q", priority="low")
+    tries: dict[str, int] = {}
+
+    def outcome(a):
+        tries[a.task_id] = tries.get(a.task_id, 0) + 1
+        if a.task_id == "flaky" and tries["flaky"] == 1:
+            return 1
+        if a.task_id == "each_y" and tries["each_y"] == 1:
+            return 75
+        if a.task_id == "each_z" and tries["each_z"] == 1:
+            rig.msg(PeerDown(peer=a.dst), src="broker")
+            return "hang"
+        if a.task_id == "slow":
+            rig.msg(BatchCancel(batch_id=second.batch_id), src="cancel-1")
+            return "hang"
+        return "done"
+
+    rig.auto(outcome, until=lambda: rig.state.batches[first].state != "running")
+
+
+SCENARIOS = {"mixed": scenario_mixed}
+
+
+def record(name: str) -> tuple[Path, Path]:
+    rig = Rig()
+    SCENARIOS[name](rig)
+    journal_path = DATA / f"{name}.capture"
+    for suffix in ("", ".snap"):
+        if Path(str(journal_path) + suffix).exists():
+            os.remove(str(journal_path) + suffix)
+    journal = Journal(str(journal_path), fsync="never")
+    journal.recover()
+    for now, event in rig.events:
+        raw = encode(event.msg) if hasattr(event, "msg") else None
+        journal.append(now, event, raw)
+    journal.close()
+    trace_path = DATA / f"{name}.trace"
+    trace_path.write_text("\n".join(replay_lines(str(journal_path))) + "\n")
+    return journal_path, trace_path
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_capture_replays_to_the_recorded_decisions(name):
+    journal_path = DATA / f"{name}.capture"
+    trace_path = DATA / f"{name}.trace"
+    if os.environ.get("LLMO_REGEN") or not journal_path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        record(name)
+    expected = trace_path.read_text().splitlines()
+    assert list(replay_lines(str(journal_path))) == expected
+
+
+def test_the_capture_covers_the_rules():
+    text = (DATA / "mixed.trace").read_text()
+    for needle in (
+        "event task_retried",  # exit 1 and exit 75
+        "exit_code=75",
+        "exit 75: retry later",
+        "event worker_down",
+        "event task_expanded",
+        "event batch_cancelled",
+        "event batch_completed",
+        "send task.cancel",
+    ):
+        assert needle in text, needle
+
+
+def test_llmo_replay_prints_the_trace(capsys):
+    assert main(["replay", str(DATA / "mixed.capture"), "--quiet-ticks"]) == 0
+    out = capsys.readouterr().out
+    assert "recv plan.submit" in out and "send task.assign" in out
+    assert "+0.000 tick" not in out
