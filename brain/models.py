@@ -53,6 +53,19 @@ def unload(cx: Ctx, worker: Worker, why: str) -> None:
     cx.publish(None, "model_unload", worker=worker.name, model=worker.model, reason=why)
 
 
+def offers(names: tuple[str, ...], model: str) -> bool:
+    """Whether a worker listing ``names`` can load ``model``.
+
+    Workers list their models by alias (the file name without ``.gguf``) and
+    accept either the alias or the path, so a plan or config naming the path
+    matches the alias too.
+    """
+    if model in names:
+        return True
+    base = model.rstrip("/").rsplit("/", 1)[-1]
+    return (base[:-5] if base.lower().endswith(".gguf") else base) in names
+
+
 def usable(worker: Worker) -> bool:
     return worker.state == "up" and worker.model_state not in ("constrained", "draining", "down")
 
@@ -66,7 +79,7 @@ def can_load(cx: Ctx, worker: Worker, model: str, *, split: bool = False) -> boo
         return False
     if not split and worker.role != "worker":
         return False
-    if worker.models and model not in worker.models:
+    if worker.models and not offers(worker.models, model):
         return False
     failed_at = worker.load_failed.get(model)
     return failed_at is None or cx.now - failed_at >= cx.cfg.load_retry_s

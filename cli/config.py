@@ -21,6 +21,7 @@ checked by their owners, which ``load`` calls so all errors surface at once.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +190,21 @@ def _worker(raw: Any, index: int, seen: set[str], problems: list[str]) -> Worker
 
 
 def _owner_checks(values: dict[str, Any]) -> list[str]:
-    """Let the brain check ``[brain]``; its error names the key."""
+    """Let the brain check ``[brain]`` and the worker ``[limits]``; errors name the key."""
     problems = []
+    limits = values.get("limits")
+    if limits:
+        try:
+            from worker.limits import LimitsConfig
+        except ImportError:
+            pass
+        else:
+            known = [f.name for f in dataclasses.fields(LimitsConfig)]
+            for key, value in limits.items():
+                if key not in known:
+                    problems.append(f"[limits] unknown key {key!r} (known: {', '.join(known)})")
+                elif isinstance(value, bool) or not isinstance(value, int | float):
+                    problems.append(f"[limits] {key}: expected a number, got {value!r}")
     brain = values.get("brain")
     if brain:
         try:

@@ -184,3 +184,32 @@ def test_operator_load_and_unload_through_the_brain():
     assert not rig.of(Ack)[-1].ok  # already loading
     rig.msg(ModelUnload(worker="nobody"), src="unload-1")
     assert not rig.of(Ack)[-1].ok
+
+
+def test_a_model_named_by_path_loads_on_a_worker_listing_its_alias():
+    from proto.messages import Register
+
+    path = "/models/gemma-3-270m-q4_k_m.gguf"
+    rig = Rig(BrainConfig(default_model=path))
+    rig.msg(
+        Register(
+            role="worker",
+            slots=1,
+            vram_budget_mb=6000,
+            gpus=(0,),
+            pid=1,
+            models=("gemma-3-270m-q4_k_m",),
+        ),
+        src="w1",
+    )
+    rig.heartbeat("w1", state="cold")
+    rig.msg(
+        Register(
+            role="worker", slots=1, vram_budget_mb=6000, gpus=(1,), pid=2, models=("qwen-7b",)
+        ),
+        src="w2",
+    )
+    rig.heartbeat("w2", state="cold")
+    rig.submit(plan_text("gen | llm | python gen.py | none"))
+    rig.tick(0.5)
+    assert [(m.dst, m.model) for m in rig.of(ModelLoad)] == [("w1", path)]

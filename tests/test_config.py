@@ -56,3 +56,13 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("[broker\n")
     with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         load(bad)
+
+
+def test_limits_are_checked_against_the_worker():
+    with pytest.raises(ConfigError) as info:
+        parse({"limits": {"gpu_warn_c": 70, "max_temp": 80, "power_w": "lots"}})
+    assert info.value.problems == [
+        "[limits] unknown key 'max_temp' (known: gpu_warn_c, cpu_warn_c, gpu_critical_c, "
+        "vram_percent, power_w, resume_margin_c, backoff_s, backoff_factor, backoff_max_s)",
+        "[limits] power_w: expected a number, got 'lots'",
+    ]

@@ -1,0 +1,187 @@
+"""``llmo up``: the whole system on this machine, as supervised child processes.
+
+Starts the broker, the brain and the workers (``--workers N`` CPU workers
+plus one worker with role ``brain``; or the workers of ``--config``) on the
+endpoints from flags, LLMO_BROKER / LLMO_PUB, the config, or the loopback
+defaults. With no model given anywhere it uses the embedded Gemma 3 270M.
+It prints where everything is, restarts a child that dies (``cli.supervisor``:
+back-off, at most 6 restarts in 5 minutes), and on Ctrl-C or SIGTERM stops
+the workers, then the brain, then the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from cli.common import add_endpoint_flags
+
+# [limits] keys of llmo.toml -> the worker's flags.
+LIMIT_FLAGS = {
+    "gpu_warn_c": "max-temp",
+    "gpu_critical_c": "critical-temp",
+    "cpu_warn_c": "max-cpu-temp",
+    "vram_percent": "max-vram-pct",
+    "power_w": "max-power",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_endpoint_flags(parser)
+    parser.add_argument("--workers", type=int, default=2, help="CPU workers to start (default 2)")
+    parser.add_argument("--model", help="GGUF model for the workers (default: embedded Gemma)")
+    parser.add_argument("--rig-dir", help="local state: journal, logs (default ./rig)")
+    parser.add_argument("--config", help="llmo.toml for endpoints, workers and limits")
+    parser.add_argument("--threads", type=int, default=1, help="model threads per worker")
+    parser.add_argument(
+        "--no-brain-worker", action="store_true", help="do not start the brain-role worker"
+    )
+    parser.add_argument(
+        "--ready-file", help="write this file (endpoints as JSON) once every child is started"
+    )
+
+
+def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[str]]]]:
+    """Where things go and the argv of each child (name, argv)."""
+    from cli.config import RigConfig, WorkerSpec, load
+    from proto.endpoints import resolve
+
+    config = load(args.config) if args.config else RigConfig()
+    endpoints = resolve(args.broker or config.broker or None, args.pub or config.pub or None)
+    rig_dir = Path(args.rig_dir or config.rig_dir or "rig").resolve()
+    model = args.model
+    if not model:
+        model = next((w.model for w in config.workers if w.model), "")
+    if not model:
+        from cli.models import default_model
+
+        model = str(default_model())
+    workers = list(config.workers)
+    if not workers:
+        workers = [
+            WorkerSpec(name=f"cpu-{i}", slots=2, threads=args.threads)
+            for i in range(1, args.workers + 1)
+        ]
+        if not args.no_brain_worker:
+            workers.append(
+                WorkerSpec(name="brain-llm", role="brain", slots=1, threads=args.threads)
+            )
+    brain_settings = dict(config.brain)
+    brain_settings.setdefault("default_model", model)
+    brain_settings.setdefault("brain_model", model)
+    rig_dir.mkdir(parents=True, exist_ok=True)
+    brain_config = rig_dir / "brain.json"
+    brain_config.write_text(json.dumps(brain_settings, indent=2) + "\n")
+    llmo = [sys.executable, "-m", "cli.main"]
+    common = ["--broker", endpoints.broker]
+    children = [
+        (
+            "broker",
+            [
+                *llmo,
+                "broker",
+                *common,
+                "--pub",
+                endpoints.pub,
+                "--interval",
+                str(config.interval_s),
+                "--liveness",
+                str(config.liveness),
+            ],
+        ),
+        (
+            "brain",
+            [
+                *llmo,
+                "brain",
+                *common,
+                "--journal",
+                str(rig_dir / "brain.journal"),
+                "--config",
+                str(brain_config),
+            ],
+        ),
+    ]
+    limit_flags = [
+        (f"--{flag}", str(config.limits[key]))
+        for key, flag in LIMIT_FLAGS.items()
+        if key in config.limits
+    ]
+    for w in workers:
+        argv = [
+            *llmo,
+            "worker",
+            *common,
+            "--name",
+            w.name,
+            "--role",
+            w.role,
+            "--gpus",
+            ",".join(str(g) for g in w.gpus),
+            "--slots",
+            str(w.slots),
+            "--model",
+            w.model or model,
+            "--interval",
+            str(config.interval_s),
+            "--ctx",
+            str(w.n_ctx),
+        ]
+        if w.vram_mb:
+            argv += ["--vram-mb", str(w.vram_mb)]
+        if w.threads:
+            argv += ["--threads", str(w.threads)]
+        for flag, value in limit_flags:
+            argv += [flag, value]
+        children.append((w.name, argv))
+    where = {
+        "broker": endpoints.broker,
+        "pub": endpoints.pub,
+        "rig_dir": str(rig_dir),
+        "logs": str(rig_dir / "logs"),
+        "model": model,
+        "workers": [w.name for w in workers],
+    }
+    return where, children
+
+
+def run(args: argparse.Namespace) -> int:
+    from cli.config import ConfigError
+    from cli.supervisor import Supervisor
+
+    try:
+        where, children = plan_children(args)
+    except (ConfigError, RuntimeError, OSError) as exc:
+        print(f"llmo up: {exc}", file=sys.stderr)
+        return 2
+    env = dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"])
+    logs = Path(where["logs"])
+    supervisor = Supervisor(say=lambda text: print(text, flush=True))
+    stopping = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.append(True))
+    for name, argv in children:
+        supervisor.add(name, argv, logs / f"{name}.log", env=env)
+        if name == "broker":
+            time.sleep(0.3)  # let it bind before the others connect
+    print(f"llmo up: broker  {where['broker']} (PUB {where['pub']})")
+    print(f"llmo up: rig     {where['rig_dir']}")
+    print(f"llmo up: logs    {where['logs']}/<name>.log")
+    print(f"llmo up: model   {where['model']}")
+    print(f"llmo up: workers {', '.join(where['workers'])}")
+    print("llmo up: running; Ctrl-C stops everything. Try: llmo status", flush=True)
+    if args.ready_file:
+        Path(args.ready_file).write_text(json.dumps(where) + "\n")
+    while not stopping:
+        supervisor.poll()
+        time.sleep(0.2)
+    print("llmo up: stopping workers, brain, broker", flush=True)
+    order = [*where["workers"], "brain", "broker"]
+    supervisor.stop(timeout=15.0, order=order)
+    print("llmo up: stopped", flush=True)
+    return 0
