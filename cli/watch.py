@@ -142,10 +142,11 @@ class Screen:
     def __init__(self, out: TextIO = sys.stdout, interval: float = 0.25) -> None:
         self.out = out
         self.tty = out.isatty()
-        self.interval = interval if self.tty else 2.0
+        self.interval = interval if self.tty else 0.5
         self.drawn = 0
         self.last = 0.0
         self.previous: list[str] = []
+        self.printed = 0.0
 
     def show(self, lines: list[str], now: float, force: bool = False) -> None:
         if not force and now - self.last < self.interval:
@@ -156,8 +157,11 @@ class Screen:
                 self.out.write(f"\x1b[{self.drawn}F\x1b[J")
             self.out.write("\n".join(lines) + "\n")
             self.drawn = len(lines)
-        elif lines != self.previous:
+        elif force or lines[1:] != self.previous[1:] or now - self.printed >= 30.0:
+            # Without a terminal, print when a group changes (the first line's
+            # clock always does), and at least every 30 s as a sign of life.
             self.out.write("\n".join(lines) + "\n")
+            self.printed = now
         self.previous = lines
         self.out.flush()
 

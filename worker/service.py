@@ -20,8 +20,8 @@ State reported to the brain, most important first: ``draining``,
 Stopping: ``WorkerDrain`` (and SIGTERM, which drains with a deadline of
 ``stop_deadline_s``) takes no new work; at the deadline what still runs is
 aborted (SIGTERM to its group, SIGKILL ``stop_grace_s`` later) and reported.
-A stopping worker exits once nothing runs and its last results have had a
-moment to draw a delivery error.
+A second stop aborts at once. A stopping worker exits once nothing runs and
+its last results have had a moment to draw a delivery error.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class Worker:
             vram_total_mb=self.vram_total_mb,
             vram_budget_mb=self.budget_mb,
             slots=c.slots,
-            models=c.aliases(),
+            models=c.model_names(),
             host=socket.gethostname(),
             pid=os.getpid(),
             version=_version(),
@@ -214,6 +214,9 @@ class Worker:
             f"{prefix}_API_BASE": self.api.base_url,
             f"{prefix}_MODEL": self.runtime.model,
             f"{prefix}_API_KEY": meter.key,
+            # The names OpenAI client libraries read, so their calls are counted too.
+            "OPENAI_BASE_URL": self.api.base_url,
+            "OPENAI_API_KEY": meter.key,
         }
 
     # --- messages in ----------------------------------------------------------------------
@@ -357,7 +360,8 @@ class Worker:
         self._next_heartbeat = self.clock()
 
     def _begin_stop(self) -> None:
-        if self.stopping:
+        if self.stopping:  # asked twice: do not wait for the deadline
+            self._abort_all("asked to stop again")
             return
         self.stopping = True
         self.draining = True

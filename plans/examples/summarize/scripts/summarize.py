@@ -42,10 +42,14 @@ def complete(base: str, model: str, prompt: str, max_tokens: int, timeout: float
     }
     if model:
         body["model"] = model
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get("LLM_API_KEY")
+    if key:  # the worker counts this attempt's tokens by its key
+        headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(
         completions_url(base),
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.load(response)
