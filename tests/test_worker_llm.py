@@ -16,6 +16,7 @@ from proto.messages import (
     ModelLoad,
     ModelStatus,
     ModelUnload,
+    Register,
     TaskAssign,
     TaskCancel,
     TaskDone,
@@ -184,6 +185,14 @@ def test_meta_tasks_load_and_unload(llm_setup, tmp_path):
     msg = brain.send(llm_task(tmp_path, "odd", "reboot_the_rig", cls="meta"))
     failed = brain.expect(TaskFailed, attempt_id=msg.attempt_id)
     assert failed.reason == "refused" and "unknown meta command" in failed.error
+
+
+def test_a_model_named_by_path_is_reported_by_that_name(llm_setup, model_path):  # noqa: F811
+    brain, _ = llm_setup()
+    register = brain.expect(Register, src="gpu-t")
+    assert register.models == ("gemma-3-270m-q4_k_m", str(model_path))
+    load(brain, model=str(model_path))
+    brain.heartbeat("gpu-t", state="hot", model=str(model_path))
 
 
 def test_bad_models_fail_cleanly_and_the_worker_stays_usable(llm_setup, tmp_path):

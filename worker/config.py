@@ -46,6 +46,16 @@ class WorkerConfig:
     def aliases(self) -> tuple[str, ...]:
         return tuple(model_alias(path) for path in self.models)
 
+    def model_names(self) -> tuple[str, ...]:
+        """What ``Register.models`` announces: each model by alias and by path,
+        since a ``ModelLoad`` may name it either way."""
+        names: list[str] = []
+        for path in self.models:
+            for name in (model_alias(path), path):
+                if name not in names:
+                    names.append(name)
+        return tuple(names)
+
     def spec_for(self, model: str, load: ModelLoad | None = None) -> LoadSpec | str:
         """The load spec for a requested model, or why there is none.
 
