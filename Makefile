@@ -14,9 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	@echo "llmo: starting the broker in the foreground (Ctrl-C stops it)."
-	@echo "llmo: the brain and workers are not part of this build yet; only the broker runs."
-	$(BIN)/llmo broker
+	$(BIN)/llmo demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

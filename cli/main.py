@@ -11,6 +11,7 @@ import sys
 # and never loads llama-cpp or NVML. Each target has configure(parser) and run(args).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("cli.up_cmd", "start broker, brain and workers here, supervised (Ctrl-C stops)"),
+    "demo": ("cli.demo_cmd", "run an example plan on a fresh local rig, then stop it"),
     "broker": ("cli.broker_cmd", "run the message broker (ROUTER + PUB)"),
     "worker": ("cli.worker_cmd", "run a GPU-pinned worker (shell and LLM tasks)"),
     "plan": ("cli.plan_cmd", "check plan folders before a run (plan check PLAN_DIR...)"),

@@ -1,0 +1,80 @@
+"""``llmo demo [PLAN_DIR]``: what ``make run`` does, in one command.
+
+Starts ``llmo up`` (broker, brain, two CPU workers and a brain-role worker,
+the embedded Gemma model), waits until every worker is registered, submits
+the plan (``plans/examples/summarize`` by default) with ``--watch``, prints
+where its results and ``RUN_SUMMARY.md`` are, and stops the rig. The rig's
+folder and logs stay behind for a look afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "plans" / "examples"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "plan_dir", nargs="?", default=str(EXAMPLES / "summarize"), help="the plan to run"
+    )
+    parser.add_argument("--rig-dir", default="rig", help="local state and logs (default ./rig)")
+    parser.add_argument("--config", help="submission configuration (JSON), passed to submit")
+    parser.add_argument("--ready-timeout", type=float, default=120.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from proto.endpoints import resolve
+
+    endpoints = resolve()
+    env = dict(os.environ, LLMO_BROKER=endpoints.broker, LLMO_PUB=endpoints.pub)
+    llmo = [sys.executable, "-m", "cli.main"]
+    rig_dir = Path(args.rig_dir).resolve()
+    print(f"llmo demo: starting the rig in {rig_dir} (broker {endpoints.broker})", flush=True)
+    up = subprocess.Popen([*llmo, "up", "--rig-dir", str(rig_dir)], env=env)
+    try:
+        ready = subprocess.run(
+            [
+                *llmo,
+                "status",
+                "--wait-ready",
+                str(args.ready_timeout),
+                "--expect",
+                "cpu-1,cpu-2,brain-llm",
+            ],
+            env=env,
+        )
+        if ready.returncode != 0 or up.poll() is not None:
+            print(f"llmo demo: the rig did not come up; see {rig_dir}/logs", file=sys.stderr)
+            return 1
+        submit = [*llmo, "submit", args.plan_dir, "--watch"]
+        if args.config:
+            submit += ["--config", args.config]
+        started = time.monotonic()
+        result = subprocess.run(submit, env=env)
+        took = time.monotonic() - started
+        history = Path(args.plan_dir).resolve() / "history"
+        runs = sorted(history.glob("*/RUN_SUMMARY.md")) if history.is_dir() else []
+        print()
+        print(f"llmo demo: the plan ran in {took:.1f} s with exit code {result.returncode}")
+        if runs:
+            latest = runs[-1].parent
+            print(f"llmo demo: results  {latest}/results/")
+            print(f"llmo demo: summary  {latest}/RUN_SUMMARY.md")
+            print(f"llmo demo: events   {latest}/batch_events.jsonl")
+        print(f"llmo demo: rig logs {rig_dir}/logs/")
+        return result.returncode
+    finally:
+        print("llmo demo: stopping the rig", flush=True)
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
