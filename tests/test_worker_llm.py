@@ -195,6 +195,19 @@ def test_a_model_named_by_path_is_reported_by_that_name(llm_setup, model_path): 
     brain.heartbeat("gpu-t", state="hot", model=str(model_path))
 
 
+def test_a_brain_role_worker_gives_its_tasks_the_brain_endpoint(llm_setup, tmp_path):
+    brain, worker = llm_setup(role="brain")
+    load(brain)
+    msg = brain.send(llm_task(tmp_path, "think", "env -0 > env.bin", cls="brain"))
+    brain.expect(TaskDone, attempt_id=msg.attempt_id)
+    pairs = (tmp_path / "env.bin").read_bytes().decode().split("\0")
+    env = dict(pair.split("=", 1) for pair in pairs if pair)
+    assert env["BRAIN_API_BASE"] == worker.worker.api.base_url
+    assert env["BRAIN_MODEL"] == "gemma-3-270m-q4_k_m"
+    assert env["BRAIN_API_KEY"].startswith("llmo-")
+    assert not any(key.startswith("LLM_") for key in env)
+
+
 def test_bad_models_fail_cleanly_and_the_worker_stays_usable(llm_setup, tmp_path):
     brain, _ = llm_setup()
     not_gguf = tmp_path / "notes.gguf"
