@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -13,6 +14,9 @@ import pytest
 
 from proto.client import Client
 from proto.messages import (
+    Ack,
+    Error,
+    Heartbeat,
     Register,
     TaskAssign,
     TaskDone,
@@ -26,6 +30,7 @@ from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     wait_until,
     worker_factory,
 )
+from worker.link import Link
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -188,3 +193,87 @@ def test_exit_when_idle(running_broker, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- the link's bookkeeping, without sockets ---------------------------------------------
+
+
+class Wire:
+    """Stands in for ``Client.send``: stamps ids and records what went out."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, msg):
+        stamped = dataclasses.replace(msg, id=f"m{len(self.sent) + 1}")
+        self.sent.append(stamped)
+        return stamped
+
+
+def result(n: int) -> TaskDone:
+    return TaskDone(dst="brain", batch_id="b", task_id=f"t{n}", attempt_id=f"b:t{n}:1")
+
+
+def unroutable(reply_to: str) -> Error:
+    return Error(code="unknown_destination", reply_to=reply_to, peer="brain", src="broker")
+
+
+def make_link(wire: Wire) -> Link:
+    return Link(wire.send, lambda: Register(dst="brain"), confirm_s=2.0, hold_s=60.0, probe_s=0.5)
+
+
+def test_a_result_is_held_until_it_is_confirmed_or_acknowledged():
+    wire = Wire()
+    link = make_link(wire)
+    link.deliver(result(1), now=0.0)
+    link.deliver(result(2), now=0.0)
+    assert [m.task_id for m in wire.sent] == ["t1", "t2"] and link.held == 2
+    link.on_ack(Ack(reply_to="m2"))
+    assert link.held == 1
+    link.tick(1.0)
+    assert link.held == 1  # not yet: an error could still come back
+    link.tick(2.5)
+    assert link.held == 0
+
+
+def test_an_undeliverable_result_waits_for_the_brain_and_goes_again():
+    wire = Wire()
+    link = make_link(wire)
+    link.deliver(result(1), now=0.0)
+    assert link.on_error(unroutable("m1"), now=0.01)
+    assert link.brain_missing
+    link.deliver(result(2), now=0.5)  # held without sending while the brain is missing
+    assert len(wire.sent) == 1
+    heartbeat = wire.send(Heartbeat(dst="brain"))
+    link.probe(heartbeat.id, now=1.0)
+    link.on_error(unroutable(heartbeat.id), now=1.01)
+    link.tick(2.0)
+    assert link.brain_missing  # the probe drew an error: still missing
+    heartbeat = wire.send(Heartbeat(dst="brain"))
+    link.probe(heartbeat.id, now=3.0)
+    link.tick(3.6)  # no error for the probe: the brain is back
+    assert not link.brain_missing
+    assert [type(m).__name__ for m in wire.sent[-3:]] == ["Register", "TaskDone", "TaskDone"]
+    assert [m.task_id for m in wire.sent[-2:]] == ["t1", "t2"]
+
+
+def test_results_are_sent_again_after_a_broker_reconnect():
+    wire = Wire()
+    link = make_link(wire)
+    link.deliver(result(1), now=0.0)
+    link.on_disconnected()
+    link.deliver(result(2), now=1.0)
+    assert len(wire.sent) == 1  # nothing is queued into a dead connection
+    link.tick(5.0)
+    assert link.held == 2  # sent before the disconnect, so not confirmed
+    link.on_connected(now=6.0)
+    assert [type(m).__name__ for m in wire.sent[1:]] == ["Register", "TaskDone", "TaskDone"]
+
+
+def test_nothing_is_held_forever():
+    wire = Wire()
+    link = make_link(wire)
+    link.on_disconnected()
+    link.deliver(result(1), now=0.0)
+    link.tick(61.0)
+    assert link.held == 0
