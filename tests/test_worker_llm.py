@@ -185,6 +185,9 @@ def test_meta_tasks_load_and_unload(llm_setup, tmp_path):
     msg = brain.send(llm_task(tmp_path, "odd", "reboot_the_rig", cls="meta"))
     failed = brain.expect(TaskFailed, attempt_id=msg.attempt_id)
     assert failed.reason == "refused" and "unknown meta command" in failed.error
+    msg = brain.send(llm_task(tmp_path, "nosuch", "load_llm no-such-model", cls="meta"))
+    failed = brain.expect(TaskFailed, attempt_id=msg.attempt_id)
+    assert failed.reason == "refused" and "unknown model 'no-such-model'" in failed.error
 
 
 def test_a_model_named_by_path_is_reported_by_that_name(llm_setup, model_path):  # noqa: F811

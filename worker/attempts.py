@@ -136,8 +136,12 @@ class Attempts:
             name = a.command.split()[0] if a.command.split() else ""
             if name not in LOAD_COMMANDS | UNLOAD_COMMANDS:
                 return f"unknown meta command {a.command!r}"
-            if name in LOAD_COMMANDS and level is not Level.OK:
-                return f"{self.config.name} is {constraint}: no model loads now"
+            if name in LOAD_COMMANDS:
+                if level is not Level.OK:
+                    return f"{self.config.name} is {constraint}: no model loads now"
+                spec = self._meta_spec(a)
+                if isinstance(spec, str):
+                    return spec
             return None
         if level is Level.CRITICAL and cls != "cpu":
             return f"{self.config.name} is {constraint}: all GPU work is stopped"
@@ -213,10 +217,8 @@ class Attempts:
         self.deliver(_started(a, attempt))
         rt = self.runtime
         if words[0] in LOAD_COMMANDS:
-            spec = self.config.spec_for(a.model or (words[1] if len(words) > 1 else ""))
-            if isinstance(spec, str):
-                self._finish_meta(attempt, error=spec)
-                return
+            spec = self._meta_spec(a)
+            assert not isinstance(spec, str)  # refusal() turned those away
             attempt.waits_for, attempt.model = "hot", spec.name
             self.load(spec)
         else:
@@ -225,6 +227,11 @@ class Attempts:
                 return
             attempt.waits_for = "cold"
             self.unload()
+
+    def _meta_spec(self, a: TaskAssign) -> LoadSpec | str:
+        """``load_llm [MODEL]``: the task's model, else the word after, else the default."""
+        words = a.command.split()
+        return self.config.spec_for(a.model or (words[1] if len(words) > 1 else ""))
 
     def load(self, spec: LoadSpec) -> None:
         self.runtime.load(spec)
@@ -252,7 +259,8 @@ class Attempts:
         self.meters.remove(a.attempt_id)
         duration = round(self.clock() - attempt.started, 3)
         if error:
-            msg: Message = _failed(a, reason, error=error, duration_s=duration, exit_code=1)
+            code = 1 if reason == "exit" else None
+            msg: Message = _failed(a, reason, error=error, duration_s=duration, exit_code=code)
         else:
             msg = TaskDone(**_ids(a), duration_s=duration)
         self._end(a, msg)
