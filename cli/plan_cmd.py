@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     config = None
     if args.config is not None:
         try:
-            config = _read_config(args.config)
+            config = read_config(args.config)
         except ValueError as exc:
             print(f"llmo plan check: --config: {exc}", file=sys.stderr)
             return 2
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 2
 
 
-def _read_config(text: str) -> dict[str, Any]:
+def read_config(text: str) -> dict[str, Any]:
     if text.startswith("@"):
         try:
             text = Path(text[1:]).read_text(encoding="utf-8")

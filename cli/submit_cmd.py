@@ -38,28 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_tool_flags(parser)
 
 
-def read_config(text: str | None) -> dict[str, Any]:
-    if text is None:
-        return {}
-    if text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"cannot read {text[1:]}: {exc}") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise ValueError("give a JSON object, e.g. '{\"TARGET_COUNT\": 10}'")
-    return config
-
-
 def run(args: argparse.Namespace) -> int:
-    from cli.plan_cmd import check_plan, format_report
+    from cli.plan_cmd import check_plan, format_report, read_config
 
     try:
-        config = read_config(args.config)
+        config = read_config(args.config) if args.config is not None else {}
     except ValueError as exc:
         return fail("submit", f"--config: {exc}", 2)
     plan_dir = str(Path(args.plan_dir).resolve())
