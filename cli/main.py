@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "drain": ("cli.control_cmd:Drain", "drain a worker: finish running work, take no more"),
     "load": ("cli.control_cmd:Load", "load a model on a worker"),
     "unload": ("cli.control_cmd:Unload", "unload a worker's model"),
+    "tui": ("cli.tui_cmd", "the terminal monitor: workers, batches, tasks, events; keys to act"),
     "brain": ("cli.brain_cmd", "run the brain: scheduling, journal and recovery, run history"),
     "replay": ("cli.replay_cmd", "print the decision trace of a brain journal (replay JOURNAL)"),
 }

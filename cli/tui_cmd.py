@@ -1,0 +1,68 @@
+"""``llmo tui``: the Textual monitor of the rig (workers, batches, tasks, events).
+
+Textual and the monitor are imported inside ``run`` so that ``llmo --help``
+and the other commands stay fast on the Pi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from cli.common import add_endpoint_flags
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_endpoint_flags(parser)
+    parser.add_argument(
+        "--path-map",
+        action="append",
+        default=[],
+        metavar="RIG=LOCAL",
+        help="read task logs under LOCAL where the rig writes RIG (the shared drive mounted "
+        "at another path here); may be given more than once (default: $LLMO_PATH_MAP, "
+        "comma-separated)",
+    )
+    parser.add_argument(
+        "--log-file",
+        help="write the monitor's own log here (a terminal UI cannot print to stderr)",
+    )
+
+
+def path_map(values: list[str]) -> list[tuple[str, str]]:
+    specs = list(values)
+    env = os.environ.get("LLMO_PATH_MAP", "")
+    if not specs and env:
+        specs = [s for s in env.split(",") if s.strip()]
+    pairs = []
+    for spec in specs:
+        rig, sep, local = spec.partition("=")
+        if not sep or not rig or not local:
+            raise SystemExit(f"llmo tui: --path-map wants RIG=LOCAL, got {spec!r}")
+        pairs.append((rig.strip(), local.strip()))
+    return pairs
+
+
+def run(args: argparse.Namespace) -> int:
+    from proto.endpoints import resolve
+    from tui.app import MonitorApp
+    from tui.feed import Feed
+
+    if args.log_file:
+        logging.basicConfig(
+            filename=args.log_file,
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        )
+    else:
+        logging.getLogger("llmo").addHandler(logging.NullHandler())
+        logging.getLogger("llmo").propagate = False
+    endpoints = resolve(args.broker, args.pub)
+    app = MonitorApp(
+        lambda post: Feed(endpoints, post),
+        endpoint=endpoints.broker,
+        path_map=path_map(args.path_map),
+    )
+    app.run()
+    return 0

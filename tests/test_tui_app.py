@@ -1,0 +1,325 @@
+"""The monitor driven by Textual's pilot, against a real broker and a scripted brain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Log
+
+from broker.service import Broker
+from proto.endpoints import Endpoints
+from proto.messages import BatchCancel, ModelLoad, ModelUnload, WorkerDrain
+from tests.test_tui_support import (
+    FakeRig,
+    batch_view,
+    gpu_telemetry,
+    no_gpu,
+    task_view,
+    worker_view,
+)
+from tui.app import MonitorApp
+from tui.feed import Feed
+from tui.render import DASH
+from tui.screens import ConfirmScreen, LogScreen, PromptScreen
+from tui.widgets import BatchesTable, EventList, StatusBar, VirtualList, WorkersTable
+
+pytestmark = pytest.mark.timeout(60)
+
+HISTORY = "/srv/plans/hello/history/B"
+
+
+def rig_state(rig: FakeRig) -> None:
+    rig.set_state(
+        workers=[worker_view("gpu-1"), worker_view("gpu-2", "cold")],
+        batches=[
+            batch_view(
+                "B", "hello", {"done": 1, "running": 1, "ready": 1}, created_at=time.time() - 30
+            )
+        ],
+        tasks=[
+            task_view("B", "a", "done"),
+            task_view("B", "b", "running", worker="gpu-1", attempt_id="B:b:1", attempts=1),
+            task_view("B", "c", "ready"),
+        ],
+        rev=10,
+    )
+
+
+class Rig:
+    """A broker and a fake rig; the broker can be dropped and brought back."""
+
+    def __init__(self, broker_factory) -> None:
+        self.broker = broker_factory(interval=0.2)
+        self.endpoints = Endpoints(self.broker.endpoint, self.broker.pub_endpoint)
+        self.fake = FakeRig(self.broker.endpoint, workers=("gpu-1", "gpu-2"))
+        rig_state(self.fake)
+        self.revived: tuple[Broker, threading.Thread] | None = None
+
+    def app(self, **kw) -> MonitorApp:
+        endpoints = self.endpoints
+
+        def feed(post):
+            return Feed(
+                endpoints,
+                post,
+                flush_s=0.05,
+                silence_s=1.0,
+                snapshot_timeout_s=0.5,
+                backoff_s=(0.2, 0.4),
+            )
+
+        return MonitorApp(feed, endpoint=endpoints.broker, tick_s=0.2, **kw)
+
+    def drop(self) -> None:
+        self.broker.stop()
+
+    def revive(self) -> None:
+        broker = Broker(self.endpoints.broker, self.endpoints.pub, interval=0.2)
+        thread = threading.Thread(target=broker.run, daemon=True)
+        thread.start()
+        self.revived = (broker, thread)
+
+    def close(self) -> None:
+        self.fake.close()
+        if self.revived is not None:
+            self.revived[0].stop()
+            self.revived[1].join(timeout=5)
+
+
+@pytest.fixture
+def rig(broker_factory):
+    made = Rig(broker_factory)
+    yield made
+    made.close()
+
+
+def run(app: MonitorApp, script: Callable[[Pilot], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.model.live, what="the first snapshot")
+            await script(pilot)
+
+    asyncio.run(main())
+
+
+async def until(pilot: Pilot, check: Callable[[], object], timeout: float = 5.0, what=""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what or check}")
+
+
+def cell(app: MonitorApp, table: type, row: str, column: str) -> str:
+    return app.query_one(table).cell(row, column).plain
+
+
+def status(app: MonitorApp) -> str:
+    return app.query_one(StatusBar).plain
+
+
+def events_text(app: MonitorApp) -> str:
+    return "\n".join(line.plain for line in app.query_one(EventList).rows)
+
+
+def task_ids(app: MonitorApp) -> list[str]:
+    return [row.id for row in app.query_one("#tasks", VirtualList).rows]
+
+
+def test_the_snapshot_fills_the_panels(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        assert "live" in status(app)
+        assert app.query_one(WorkersTable).row_count == 2
+        assert cell(app, WorkersTable, "gpu-1", "state") == "hot"
+        assert cell(app, WorkersTable, "gpu-2", "state") == "cold"
+        assert cell(app, BatchesTable, "B", "state") == "running"
+        assert cell(app, BatchesTable, "B", "progress").endswith("1/3")
+        await until(pilot, lambda: sorted(task_ids(app)) == ["a", "b", "c"], what="tasks")
+        assert task_ids(app)[0] == "b"  # live first
+        assert "tasks of hello B" in str(app.query_one("#tasks-pane").border_title)
+
+    run(app, script)
+
+
+def test_heartbeats_update_the_rows_and_the_sparkline(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        for i in range(6):
+            rig.fake.heartbeat(
+                "gpu-1", state="hot", model="qwen", tok_s=18.0 + i, telemetry=gpu_telemetry(1)
+            )
+            rig.fake.heartbeat("gpu-2", state="cold", telemetry=no_gpu())
+            await pilot.pause(0.5)
+        await until(pilot, lambda: cell(app, WorkersTable, "gpu-1", "tok_s").strip() == "23.0")
+        assert cell(app, WorkersTable, "gpu-1", "temp") == "61°C"
+        assert cell(app, WorkersTable, "gpu-1", "vram").endswith("4.1/6G")
+        spark = cell(app, WorkersTable, "gpu-1", "history").strip()
+        assert len(spark) >= 2 and spark[-1] == "█" and spark[0] != "█"
+        assert cell(app, WorkersTable, "gpu-2", "vram") == "no GPU telemetry"
+        assert "rig 23.0 tok/s" in status(app)
+
+    run(app, script)
+
+
+def test_a_worker_going_down_changes_its_row(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        rig.fake.event("", "worker_down", worker="gpu-1", detail={"reason": "silent 3.1s"})
+        await until(pilot, lambda: cell(app, WorkersTable, "gpu-1", "state") == "down")
+        assert cell(app, WorkersTable, "gpu-1", "tok_s") == DASH
+        await until(pilot, lambda: "gpu-1 worker down: silent 3.1s" in events_text(app))
+        assert "workers 1/2 up" in status(app)
+
+    run(app, script)
+
+
+def test_a_batch_finishes(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        rig.fake.event("B", "task_succeeded", "b", "done", detail={"duration_s": 12.0})
+        rig.fake.event("B", "task_started", "c", "running", worker="gpu-2", attempt_id="B:c:1")
+        rig.fake.event("B", "task_succeeded", "c", "done")
+        await until(pilot, lambda: cell(app, BatchesTable, "B", "progress").endswith("3/3"))
+        rig.fake.event("B", "batch_completed", state="complete", detail={"counts": {"done": 3}})
+        await until(pilot, lambda: cell(app, BatchesTable, "B", "state") == "complete")
+        assert cell(app, BatchesTable, "B", "eta") == DASH  # no time left to estimate
+        assert "batch B (hello) complete (done 3)" in events_text(app)
+        assert "batches 0 running" in status(app)
+        assert sorted(task_ids(app)) == ["a", "b", "c"]  # still shown: it is selected
+
+    run(app, script)
+
+
+def test_the_cancel_key_asks_then_sends_the_cancel_message(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        await pilot.pause(0.3)
+        assert not any(isinstance(m, BatchCancel) for m in rig.fake.requests)
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        sent = rig.fake.wait_for(BatchCancel)
+        assert sent.batch_id == "B" and "tui" in sent.reason
+        await until(pilot, lambda: "cancel B: ok" in events_text(app), what="the brain's answer")
+
+    run(app, script)
+
+
+def test_drain_load_and_unload_keys_name_the_selected_worker(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        app.query_one(WorkersTable).focus()
+        await pilot.press("down")  # gpu-2
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        drain = rig.fake.wait_for(WorkerDrain)
+        assert (drain.worker, drain.drain) == ("gpu-2", True)
+        await pilot.press("up", "l")
+        await until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        app.screen.query_one("#answer").value = ""
+        await pilot.press(*"gemma.gguf", "enter")
+        load = rig.fake.wait_for(ModelLoad)
+        assert (load.worker, load.model) == ("gpu-1", "gemma.gguf")
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        assert rig.fake.wait_for(ModelUnload).worker == "gpu-1"
+
+    run(app, script)
+
+
+def test_a_dropped_link_shows_disconnected_and_recovers(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        main = app.query_one("#main")
+        assert not main.has_class("-stale")
+        rig.drop()
+        await until(pilot, lambda: "disconnected since" in status(app), timeout=8)
+        assert main.has_class("-stale")
+        assert "retry" in status(app)
+        await pilot.press("c")  # refused: nothing may be queued on a dead link
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen)
+        rig.fake.event("B", "task_succeeded", "b", "done")  # missed while down
+        rig.revive()
+        await until(pilot, lambda: "live" in status(app), timeout=10, what="the link back")
+        assert not main.has_class("-stale")
+        await until(pilot, lambda: app.model.tasks["B"]["b"].state == "done")
+        assert "link back" in events_text(app)
+
+    run(app, script)
+
+
+def test_enter_on_a_task_shows_its_log_tail_and_attempts(rig, tmp_path):
+    logs = tmp_path / "hello" / "history" / "B" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "b.log").write_text("".join(f"line {i}\n" for i in range(5000)))
+    app = rig.app(path_map=[("/srv/plans", str(tmp_path))])
+
+    async def script(pilot: Pilot) -> None:
+        rig.fake.event("B", "task_retried", "b", "delayed", detail={"reason": "exit 1: oom"})
+        rig.fake.event("B", "task_started", "b", "running", worker="gpu-2", attempt_id="B:b:2")
+        await until(pilot, lambda: app.model.tasks["B"]["b"].attempts == 2)
+        tasks = app.query_one("#tasks", VirtualList)
+        tasks.focus()
+        await until(pilot, lambda: task_ids(app)[:1] == ["b"])
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen))
+        log = app.screen.query_one(Log)
+        await until(pilot, lambda: log.line_count > 0, what="the log tail")
+        assert log.lines[-1] == "line 4999" and log.line_count < 5000
+        info = str(app.screen.query_one("#task-info").render())
+        assert "attempts 2" in info and "retried: exit 1: oom" in info
+        await pilot.press("c")  # the main screen's keys do nothing here
+        assert isinstance(app.screen, LogScreen)
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, LogScreen))
+
+    run(app, script)
+
+
+def test_the_filter_narrows_the_tasks(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        await until(pilot, lambda: len(task_ids(app)) == 3)
+        await pilot.press("slash", *"state:ready")
+        await until(pilot, lambda: task_ids(app) == ["c"])
+        assert "1 of 3 match" in str(app.query_one("#tasks-pane").border_title)
+        await pilot.press("escape")
+        await until(pilot, lambda: len(task_ids(app)) == 3)
+
+    run(app, script)
+
+
+def test_help_and_quit(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        await pilot.press("question_mark")
+        await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+        await pilot.press("escape")
+        await until(pilot, lambda: type(app.screen).__name__ != "HelpScreen")
+        await pilot.press("q")
+        await until(pilot, lambda: app.feed.stopped)
+
+    run(app, script)

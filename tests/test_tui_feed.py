@@ -1,0 +1,194 @@
+"""The monitor's feed against a real broker and a scripted brain on loopback."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from broker.service import Broker
+from proto.endpoints import Endpoints
+from proto.messages import BRAIN, BatchCancel
+from tests.test_tui_support import FakeRig, batch_view, task_view, worker_view
+from tui.feed import Feed
+from tui.model import Model
+from tui.updates import Update
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Harness:
+    """A feed in a thread whose updates are folded into a model by ``until``."""
+
+    def __init__(self, endpoints: Endpoints, *, take: bool = True, **kw) -> None:
+        kw = {
+            "flush_s": 0.05,
+            "silence_s": 1.0,
+            "snapshot_timeout_s": 0.5,
+            "backoff_s": (0.2, 0.4),
+            **kw,
+        }
+        self.updates: queue.SimpleQueue[Update] = queue.SimpleQueue()
+        self.seen: list[Update] = []
+        self.take = take
+        self.feed = Feed(endpoints, self._post, **kw)
+        self.model = Model()
+        self.thread = threading.Thread(target=self.feed.run, name="feed", daemon=True)
+        self.thread.start()
+
+    def _post(self, update: Update) -> None:
+        self.updates.put(update)
+        if self.take:
+            self.feed.taken()
+
+    def until(self, check: Callable[[Model], bool], timeout: float = 5.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check(self.model):
+                return
+            try:
+                update = self.updates.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            self.seen.append(update)
+            self.model.apply(update, time.time())
+        link = self.model.link
+        raise AssertionError(f"timed out waiting for {what or check}; link {link}")
+
+    def close(self) -> None:
+        self.feed.stop()
+        self.thread.join(timeout=5)
+        assert not self.thread.is_alive(), "the feed did not stop"
+
+
+def rig_state(rig: FakeRig) -> None:
+    rig.set_state(
+        workers=[worker_view("gpu-1"), worker_view("gpu-2", "cold")],
+        batches=[batch_view("B", "hello", {"done": 1, "running": 1, "ready": 1})],
+        tasks=[
+            task_view("B", "a", "done"),
+            task_view("B", "b", "running", worker="gpu-1", attempt_id="B:b:1"),
+            task_view("B", "c", "ready"),
+        ],
+        rev=10,
+    )
+
+
+@pytest.fixture
+def setup(broker_factory):
+    made: list = []
+
+    def make(*, brain: bool = True, take: bool = True, **kw):
+        broker = broker_factory(interval=0.2)
+        endpoints = Endpoints(broker.endpoint, broker.pub_endpoint)
+        rig = None
+        if brain:
+            rig = FakeRig(broker.endpoint, workers=("gpu-1", "gpu-2"))
+            rig_state(rig)
+            made.append(rig)
+        harness = Harness(endpoints, take=take, **kw)
+        made.append(harness)
+        return broker, rig, harness
+
+    yield make
+    for thing in reversed(made):
+        thing.close()
+
+
+def test_joins_late_with_a_snapshot_then_follows_events(setup):
+    _, rig, h = setup()
+    h.until(lambda m: m.live and "B" in m.batches, what="the snapshot")
+    assert h.model.rev == 10
+    assert h.model.tasks["B"]["b"].worker == "gpu-1"
+    rig.event("B", "task_succeeded", "b", "done", worker="gpu-1")
+    rig.event("B", "task_started", "c", "running", worker="gpu-2", attempt_id="B:c:1")
+    h.until(lambda m: m.tasks["B"]["c"].state == "running", what="the events")
+    assert h.model.batches["B"].split() == (2, 1, 0, 0)
+    assert h.model.tasks["B"]["b"].state == "done"
+
+
+def test_heartbeats_are_coalesced_while_the_app_is_busy(setup):
+    _, rig, h = setup(take=False)
+    h.updates.get(timeout=5)  # the app "is busy" with this one: it never says taken
+    for i in range(200):
+        rig.heartbeat("gpu-1", state="hot", tok_s=float(i))
+    for i in range(100):
+        rig.event("B", "task_noted", f"t{i}", "ready")
+    rig.flush()
+    time.sleep(0.5)
+    assert h.updates.empty(), "a second update was posted before the app took the first"
+    h.feed.taken()
+    update = h.updates.get(timeout=5)
+    assert [hb.tok_s for hb in update.heartbeats if hb.src == "gpu-1"] == [199.0]
+    noted = [e.task_id for e in update.events if e.event == "task_noted"]
+    assert noted == [f"t{i}" for i in range(100)]
+    assert update.received >= 300
+
+
+def test_actions_come_back_with_the_brains_answer(setup):
+    _, rig, h = setup()
+    h.until(lambda m: m.live, what="the snapshot")
+    h.feed.act("cancel B", BatchCancel(dst=BRAIN, batch_id="B"))
+    assert rig.wait_for(BatchCancel).batch_id == "B"
+    h.until(lambda m: m.events and m.events[0].text == "cancel B: ok", what="the ack")
+    rig.ack = lambda msg: (False, "batch B has already ended (complete)")
+    h.feed.act("cancel B", BatchCancel(dst=BRAIN, batch_id="B"))
+    h.until(lambda m: "already ended" in m.events[0].text, what="the refusal")
+    assert h.model.events[0].level == "error"
+
+
+def test_a_broker_without_a_brain_is_said_plainly(setup):
+    _, _, h = setup(brain=False)
+    h.until(lambda m: m.link.state == "no_brain", what="no brain")
+    assert "no brain is connected" in h.model.link.detail
+    assert h.model.link.retry_at > 0
+
+
+def test_a_new_batch_and_a_selected_old_batch_bring_snapshots(setup):
+    _, rig, h = setup()
+    h.until(lambda m: m.live, what="the snapshot")
+    before = len(rig.snapshot_requests)
+    rig.set_state(
+        batches=[*rig.batches, batch_view("C", "two", {"ready": 1})],
+        tasks=[*rig.tasks, task_view("C", "x", "ready")],
+    )
+    rig.event("C", "batch_accepted", state="running", detail={"plan": "two", "tasks": 1})
+    h.until(lambda m: m.batches.get("C") is not None and m.batches["C"].history_path != "")
+    assert len(rig.snapshot_requests) > before
+    assert "x" in h.model.tasks["C"]
+    h.feed.resync("C")
+    h.until(lambda m: any(r.batch_id == "C" for r in rig.snapshot_requests), what="narrowed")
+
+
+def test_a_dropped_link_shows_since_when_and_recovers_with_a_fresh_snapshot(setup):
+    broker, rig, h = setup()
+    h.until(lambda m: m.live, what="the snapshot")
+    stopped_at = time.time()
+    broker.stop()
+    h.until(lambda m: m.link.state == "down", timeout=6, what="the link going down")
+    since = h.model.link.since
+    assert stopped_at - 1.0 <= since <= stopped_at + 0.1, "since: the last thing heard"
+    requests = len(rig.snapshot_requests)
+    rig.event("B", "task_succeeded", "b", "done")  # happens while the link is down
+    revived = Broker(broker.endpoint, broker.pub_endpoint, interval=0.2)
+    thread = threading.Thread(target=revived.run, daemon=True)
+    thread.start()
+    try:
+        h.until(lambda m: m.live, timeout=10, what="the link coming back")
+        h.until(lambda m: m.tasks["B"]["b"].state == "done", what="the missed event")
+        assert len(rig.snapshot_requests) > requests
+    finally:
+        revived.stop()
+        thread.join(timeout=5)
+
+
+def test_stopping_does_not_wait_for_an_unanswered_request(setup):
+    _, rig, h = setup(snapshot_timeout_s=5.0)
+    rig.answering = False
+    time.sleep(0.3)  # the first snapshot request is out and unanswered
+    started = time.monotonic()
+    h.close()
+    assert time.monotonic() - started < 1.0

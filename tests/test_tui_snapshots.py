@@ -1,0 +1,175 @@
+"""Screenshots of the monitor in a fixed state (pytest-textual-snapshot).
+
+The app runs with no feed, a model seeded by hand and a frozen clock, in UTC,
+so every figure on screen is the same on every run. After a deliberate change
+of the look, review the new pictures and accept them with
+``pytest tests/test_tui_snapshots.py --snapshot-update``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from proto.messages import BatchEvent, Heartbeat, PeerDown, SnapshotReply, TaskProgress
+from tests.test_tui_support import batch_view, gpu_telemetry, no_gpu, task_view, worker_view
+from tui.app import MonitorApp
+from tui.model import Model
+from tui.updates import LinkStatus
+
+pytestmark = pytest.mark.timeout(60)
+
+NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def fixed_model() -> Model:
+    model = Model()
+    workers = [
+        worker_view("brain-llm", role="brain", gpus=[0, 3], model="qwen2.5-14b-instruct-q4"),
+        worker_view("gpu-1"),
+        worker_view("gpu-2"),
+        worker_view("gpu-4", "cold"),
+        worker_view("cpu-1", "cold", gpus=[]),
+    ]
+    states = ["done"] * 40 + ["running"] * 3 + ["delayed"] + ["failed"] + ["ready"] * 15
+    tasks = [
+        task_view("b-7f3a", f"summarise_{i:03d}", s, worker="gpu-1" if s == "running" else "")
+        for i, s in enumerate(states)
+    ]
+    for t in tasks:
+        if t["state"] in ("done", "running"):
+            t.update(started_at=NOW - 40, attempt_id=f"b-7f3a:{t['id']}:1", attempts=1)
+        if t["state"] == "done":
+            t.update(finished_at=NOW - 17, exit_code=0)
+    tasks[43].update(attempts=2, error="CUDA error: out of memory")
+    tasks[44].update(attempts=3, error="exit 1: parse error in output", exit_code=1)
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s] = counts.get(s, 0) + 1
+    batches = [
+        batch_view("b-7f3a", "summarise-docs", counts, created_at=NOW - 754),
+        batch_view(
+            "b-11c0",
+            "nightly-eval",
+            {"done": 40, "failed": 2},
+            state="failed",
+            created_at=NOW - 9000,
+            finished_at=NOW - 5400,
+        ),
+    ]
+    model.seed(
+        SnapshotReply(
+            reply_to="r",
+            rev=500,
+            workers=tuple(workers),
+            batches=tuple(batches),
+            tasks=tuple(tasks),
+        ),
+        NOW - 120,
+    )
+    for i in range(40):
+        t = NOW - 40 + i
+        for k, name in enumerate(("brain-llm", "gpu-1", "gpu-2")):
+            rate = 12.4 if name == "brain-llm" else 18.0 + ((i * (k + 3)) % 9)
+            model.heartbeat(
+                Heartbeat(
+                    src=name,
+                    role="brain" if k == 0 else "worker",
+                    state="hot",
+                    model="qwen2.5-7b-instruct-q4",
+                    tok_s=rate,
+                    telemetry=gpu_telemetry(k, temp=64.0 + 5 * k, used=3900 + 600 * k),
+                ),
+                t,
+            )
+        model.heartbeat(
+            Heartbeat(
+                src="gpu-4",
+                role="worker",
+                state="cold",
+                telemetry=gpu_telemetry(4, temp=38.0, used=300),
+            ),
+            t,
+        )
+        model.heartbeat(Heartbeat(src="cpu-1", role="worker", state="cold", telemetry=no_gpu()), t)
+        model.batches["b-7f3a"].samples.append((t, 40 + i // 20))
+    for n in range(40, 43):
+        model.progress(
+            TaskProgress(
+                batch_id="b-7f3a",
+                task_id=f"summarise_{n:03d}",
+                attempt_id=f"b-7f3a:summarise_{n:03d}:1",
+                tokens=400,
+                tok_s=21.5,
+            ),
+            NOW - 1,
+        )
+    events = [
+        ("b-7f3a", "batch_accepted", "", "", {"plan": "summarise-docs", "tasks": 60}),
+        ("", "model_hot", "", "", {"model": "qwen2.5-7b-instruct-q4"}),
+        (
+            "b-7f3a",
+            "task_retried",
+            "summarise_043",
+            "delayed",
+            {"reason": "exit 1: CUDA error: out of memory"},
+        ),
+        (
+            "b-7f3a",
+            "task_abandoned",
+            "summarise_044",
+            "failed",
+            {"error": "exit 1: parse error in output"},
+        ),
+    ]
+    for i, (batch, name, task, state, detail) in enumerate(events):
+        model.apply_event(
+            BatchEvent(
+                rev=501 + i,
+                batch_id=batch,
+                event=name,
+                task_id=task,
+                state=state,
+                worker="gpu-2" if not batch else "",
+                detail=detail,
+                ts=NOW - 60 + i * 10,
+            ),
+            NOW,
+        )
+    model.peer(PeerDown(peer="gpu-3", silent_s=3.2, ts=NOW - 5), NOW)
+    model.set_link(LinkStatus("live", NOW - 120))
+    model.take_changes()
+    return model
+
+
+def fixed_app(model: Model) -> MonitorApp:
+    return MonitorApp(None, model=model, clock=lambda: NOW, endpoint="tcp://rig:5555", tick_s=3600)
+
+
+def test_main_screen(snap_compare):
+    assert snap_compare(fixed_app(fixed_model()), terminal_size=(140, 42))
+
+
+def test_main_screen_on_a_small_terminal(snap_compare):
+    assert snap_compare(fixed_app(fixed_model()), terminal_size=(100, 30))
+
+
+def test_disconnected_greys_the_panels(snap_compare):
+    model = fixed_model()
+    model.set_link(LinkStatus("down", NOW - 42, "nothing from tcp://rig:5555", retry_at=NOW + 4))
+    model.last_heard = NOW - 42
+    assert snap_compare(fixed_app(model), terminal_size=(140, 42))
+
+
+def test_help_screen(snap_compare):
+    assert snap_compare(fixed_app(fixed_model()), press=["question_mark"], terminal_size=(140, 42))

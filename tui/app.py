@@ -1,0 +1,467 @@
+"""The monitor: workers, batches, the selected batch's tasks and the events.
+
+Theory of operation
+-------------------
+The app owns a ``Model`` and, when it runs for real, a ``Feed`` in a thread
+worker. The feed posts ``FeedUpdate`` messages, at most a few a second and
+never more than one waiting; the app folds each into the model, tells the
+feed it may send the next, and redraws only the panels the update changed.
+A one-second tick samples the tok/s histories and refreshes elapsed times.
+
+The task table is a ``VirtualList``: its rows are recomputed (filter
+applied) at most ``TASK_REFRESH_S`` apart and only the visible lines are
+drawn, so a batch of 10,000 tasks stays cheap.
+
+Actions (cancel, drain, load, unload) ask first, go to the brain through the
+feed, and their answer lands in the events pane and as a notification. They
+are refused while the link is not live: a request queued on a dead link
+could reach the brain long after the operator gave up on it.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Input, Static
+
+from proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
+from tui import render
+from tui.model import Model
+from tui.rows import TaskRow
+from tui.screens import ConfirmScreen, HelpScreen, LogScreen, PromptScreen
+from tui.updates import Update
+from tui.widgets import BatchesTable, EventList, StatusBar, VirtualList, WorkersTable
+
+TICK_S = 1.0
+TASK_REFRESH_S = 0.5
+LAGS_KEPT = 100_000
+
+
+class FeedUpdate(Message):
+    """An ``Update`` from the feed thread."""
+
+    def __init__(self, update: Update) -> None:
+        super().__init__()
+        self.update = update
+
+
+@dataclass(slots=True)
+class Stats:
+    """What the benchmark reads: updates applied and their lag to the screen."""
+
+    updates: int = 0
+    messages: int = 0
+    lags: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=LAGS_KEPT)
+    )
+
+
+class MonitorApp(App[None]):
+    TITLE = "llmo"
+    CSS = """
+    #status { height: 1; background: $panel; }
+    #workers { height: auto; max-height: 14; border: round $primary-darken-2; }
+    #batches { height: auto; max-height: 10; border: round $primary-darken-2; }
+    #bottom { height: 1fr; min-height: 6; }
+    #tasks-pane { width: 2fr; border: round $primary-darken-2; }
+    #events { width: 1fr; border: round $primary-darken-2; }
+    #filter { display: none; height: 1; border: none; padding: 0 1; }
+    #filter.-shown { display: block; }
+    #task-header { height: 1; padding: 0 0 0 0; }
+    #tasks { height: 1fr; }
+    DataTable:focus, VirtualList:focus { border: round $accent; }
+    #tasks:focus { border: none; }
+    #main.-stale #workers, #main.-stale #batches, #main.-stale #tasks-pane,
+    #main.-stale #events { text-opacity: 55%; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("c", "cancel_batch", "Cancel batch"),
+        Binding("d", "drain", "Drain"),
+        Binding("l", "load", "Load model"),
+        Binding("u", "unload", "Unload"),
+        Binding("slash", "filter", "Filter"),
+        Binding("s", "sort", "Sort"),
+        Binding("r", "resync", "Refresh"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(
+        self,
+        feed_factory: Callable[[Callable[[Update], object]], Any] | None = None,
+        *,
+        model: Model | None = None,
+        clock: Callable[[], float] = time.time,
+        endpoint: str = "",
+        path_map: Sequence[tuple[str, str]] = (),
+        tick_s: float = TICK_S,
+    ) -> None:
+        super().__init__()
+        self.model = model or Model()
+        self.clock = clock
+        self.endpoint = endpoint
+        self.path_map = tuple(path_map)
+        self.tick_s = tick_s
+        self.feed_factory = feed_factory
+        self.feed: Any = None
+        self.stats = Stats()
+        self.task_filter = ""
+        self.live_first = True
+        self._task_width = render.TASK_COLUMNS[0][1]
+        self._tasks_drawn_at = 0.0
+        self._tasks_key: tuple[str, str] = ("", "")
+
+    # --- layout ------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with Vertical(id="main"):
+            workers = WorkersTable(id="workers")
+            workers.border_title = "workers"
+            yield workers
+            batches = BatchesTable(id="batches")
+            batches.border_title = "batches"
+            yield batches
+            with Horizontal(id="bottom"):
+                with Vertical(id="tasks-pane") as pane:
+                    pane.border_title = "tasks"
+                    yield Input(
+                        placeholder="filter tasks: words, state:run, class:llm", id="filter"
+                    )
+                    yield Static(render.task_header(), id="task-header")
+                    yield VirtualList(self._task_line, key=lambda row: row.id, id="tasks")
+                events = EventList(id="events")
+                events.border_title = "events (newest first)"
+                yield events
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#batches", BatchesTable).focus()
+        self.redraw(force=True)
+        self.call_after_refresh(self._fit_tasks)
+        self.set_interval(self.tick_s, self.tick)
+        if self.feed_factory is not None:
+            self.feed = self.feed_factory(self._post)
+            self.run_worker(self.feed.run, name="feed", thread=True, exit_on_error=True)
+
+    def _post(self, update: Update) -> None:
+        self.post_message(FeedUpdate(update))
+
+    def stop_feed(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+
+    def on_unmount(self) -> None:
+        self.stop_feed()
+
+    async def action_quit(self) -> None:
+        self.stop_feed()
+        self.exit()
+
+    # --- the feed ----------------------------------------------------------------------
+
+    def on_feed_update(self, message: FeedUpdate) -> None:
+        update = message.update
+        now = self.clock()
+        self.model.apply(update, now)
+        if self.feed is not None:
+            self.feed.taken()
+        self.redraw()
+        self.stats.updates += 1
+        self.stats.messages += update.received
+        if update.oldest_ts:
+            self.call_after_refresh(self._record_lag, update.oldest_ts, update.newest_ts)
+
+    def _record_lag(self, oldest: float, newest: float) -> None:
+        now = time.time()
+        self.stats.lags.append(now - oldest)
+        if newest != oldest:
+            self.stats.lags.append(now - newest)
+
+    def tick(self) -> None:
+        self.model.tick(self.clock())
+        self.redraw()
+
+    # --- drawing -----------------------------------------------------------------------
+
+    def redraw(self, force: bool = False) -> None:
+        model = self.model
+        now = self.clock()
+        changes = model.take_changes()
+        if force:
+            changes |= {"workers", "batches", "tasks", "events", "link"}
+        self.query_one(StatusBar).show(model, self.endpoint)
+        stale = model.link.state in ("down", "no_brain")
+        self.query_one("#main").set_class(stale, "-stale")
+        if "workers" in changes:
+            workers = self.query_one(WorkersTable)
+            workers.show(model, now)
+            workers.border_title = f"workers · rig {model.rig_tok_s():.1f} tok/s"
+        if "batches" in changes:
+            batches = self.query_one(BatchesTable)
+            batches.show(model, now)
+            selected = batches.selected_key or ""
+            if selected != model.selected_batch:
+                self.select_batch(selected)
+        if "events" in changes:
+            self.query_one(EventList).show(tuple(model.events))
+        if changes & {"tasks", "batches"}:
+            self.redraw_tasks(force=force)
+
+    def redraw_tasks(self, force: bool = False) -> None:
+        now = time.monotonic()
+        key = (self.model.selected_batch, self.task_filter)
+        if not force and key == self._tasks_key and now - self._tasks_drawn_at < TASK_REFRESH_S:
+            self.query_one("#tasks", VirtualList).refresh()  # figures only: redraw visible rows
+            return
+        self._tasks_key = key
+        self._tasks_drawn_at = now
+        model = self.model
+        batch_id = model.selected_batch
+        rows = model.task_rows(batch_id, self.task_filter, live_first=self.live_first)
+        self.query_one("#tasks", VirtualList).set_rows(rows)
+        pane = self.query_one("#tasks-pane")
+        if not batch_id:
+            pane.border_title = "tasks (no batch selected)"
+            return
+        batch = model.batches.get(batch_id)
+        name = f"{batch.plan} {batch_id}" if batch is not None and batch.plan else batch_id
+        known = len(model.tasks.get(batch_id, {}))
+        order = "live first" if self.live_first else "plan order"
+        if batch_id not in model.tasks:
+            pane.border_title = f"tasks of {name} (loading...)"
+        elif self.task_filter:
+            shown = f"{len(rows)} of {known} match {self.task_filter!r}"
+            pane.border_title = f"tasks of {name}: {shown}, {order}"
+        else:
+            pane.border_title = f"tasks of {name}: {known}, {order}"
+
+    def _task_line(self, row: TaskRow) -> Text:
+        return render.task_line(row, self.clock(), self._task_width)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_tasks)
+
+    def _fit_tasks(self) -> None:
+        tasks = self.query_one("#tasks", VirtualList)
+        width = render.task_width(tasks.scrollable_content_region.width)
+        if width != self._task_width:
+            self._task_width = width
+            self.query_one("#task-header", Static).update(render.task_header(width))
+            tasks.refresh()
+
+    # --- selection ---------------------------------------------------------------------
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if isinstance(event.data_table, BatchesTable):
+            key = event.row_key.value or ""
+            if key != self.model.selected_batch:
+                self.select_batch(key)
+
+    def select_batch(self, batch_id: str) -> None:
+        if self.model.select_batch(batch_id) and self.feed is not None:
+            self.feed.resync(batch_id)
+        self.redraw_tasks(force=True)
+
+    def selected_worker(self) -> str:
+        return self.query_one(WorkersTable).selected_key or ""
+
+    def on_virtual_list_selected(self, event: VirtualList.Selected) -> None:
+        if event.source.id == "tasks":
+            self.open_log(event.row)
+
+    def open_log(self, task: TaskRow) -> None:
+        batch = self.model.batches.get(self.model.selected_batch)
+        if batch is None or not batch.history_path:
+            self.notify("this batch's history folder is not known yet", severity="warning")
+            return
+        path = f"{self.map_path(batch.history_path)}/logs/{task.id}.log"
+        self.push_screen(LogScreen(batch.id, task, path, self.describe_task))
+
+    def map_path(self, path: str) -> str:
+        """A rig path as this machine sees the shared drive (``--path-map``)."""
+        for rig, local in self.path_map:
+            if path == rig or path.startswith(rig.rstrip("/") + "/"):
+                return local.rstrip("/") + path[len(rig.rstrip("/")) :]
+        return path
+
+    def describe_task(self, task: TaskRow) -> Text:
+        now = self.clock()
+        batch_id = self.model.selected_batch
+        out = Text()
+        out.append(f"{task.id}", "bold")
+        out.append(f"  ({task.task_class or '?'} task of batch {batch_id})\n", "dim")
+        out.append("state ")
+        out.append(task.state, render.TASK_STYLES.get(task.state, ""))
+        out.append(f"   worker {task.worker or render.DASH}   attempts {task.attempts}")
+        out.append(f"   attempt id {task.attempt_id or render.DASH}\n")
+        out.append(f"time {render.duration(task.duration(now))}")
+        if task.exit_code is not None:
+            out.append(f"   exit code {task.exit_code}")
+        rate = task.rate(now)
+        if rate is not None or task.tokens:
+            out.append(f"   tokens {task.tokens}   tok/s {rate or 0:.1f}")
+        out.append("\n")
+        if task.error:
+            out.append("error: " + task.error.strip() + "\n", "red")
+        for line in task.history or ():
+            out.append("· " + line + "\n", "yellow")
+        return out
+
+    # --- filter ------------------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("-shown")
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.task_filter = event.value.strip()
+            self.redraw_tasks(force=True)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            if not event.value.strip():
+                event.input.remove_class("-shown")
+            self.query_one("#tasks", VirtualList).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_class("-shown") or self.task_filter:
+            box.value = ""
+            box.remove_class("-shown")
+            self.task_filter = ""
+            self.redraw_tasks(force=True)
+            self.query_one("#tasks", VirtualList).focus()
+
+    # --- actions -----------------------------------------------------------------------
+
+    MAIN_ONLY = frozenset({"cancel_batch", "drain", "load", "unload", "filter", "sort", "resync"})
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The main screen's keys do nothing (and are not listed) over another screen."""
+        return not (action in self.MAIN_ONLY and len(self.screen_stack) > 1)
+
+    def action_sort(self) -> None:
+        self.live_first = not self.live_first
+        self.notify("tasks: live first" if self.live_first else "tasks: plan order")
+        self.redraw_tasks(force=True)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_resync(self) -> None:
+        if self.feed is not None:
+            self.feed.resync()
+            self.notify("asking the brain for a fresh snapshot")
+
+    def _can_act(self) -> bool:
+        if self.feed is None:
+            self.notify("not connected to a rig", severity="warning")
+            return False
+        if not self.model.live:
+            self.notify(
+                "the link to the rig is not live: nothing sent", severity="error", timeout=6
+            )
+            return False
+        return True
+
+    def _send(self, label: str, msg: Any) -> None:
+        self.model.note(self.clock(), "info", f"{label}: sent")
+        self.redraw()
+        self.feed.act(label, msg)
+
+    def action_cancel_batch(self) -> None:
+        batch = self.model.batches.get(self.model.selected_batch)
+        if batch is None:
+            self.notify("no batch selected", severity="warning")
+            return
+        if batch.finished:
+            self.notify(f"batch {batch.id} has already ended ({batch.state})", severity="warning")
+            return
+        if not self._can_act():
+            return
+        done, running, _, rest = batch.split()
+        question = (
+            f"Cancel batch {batch.id} ({batch.plan or 'plan'})?\n"
+            f"{running} running attempt(s) will be aborted, {rest} task(s) skipped; "
+            f"{done} done stay done."
+        )
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._send(
+                    f"cancel {batch.id}",
+                    BatchCancel(dst=BRAIN, batch_id=batch.id, reason="cancelled from llmo tui"),
+                )
+
+        self.push_screen(ConfirmScreen(question), answer)
+
+    def _worker_row(self):
+        name = self.selected_worker()
+        row = self.model.workers.get(name)
+        if row is None:
+            self.notify("no worker selected", severity="warning")
+        return row
+
+    def action_drain(self) -> None:
+        row = self._worker_row()
+        if row is None or not self._can_act():
+            return
+        drain = row.shown_state != "draining"
+        if drain:
+            question = f"Drain {row.name}? Its running attempts finish; it takes no new work."
+        else:
+            question = f"Put {row.name} back in service?"
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                label = f"{'drain' if drain else 'undrain'} {row.name}"
+                self._send(label, WorkerDrain(dst=BRAIN, worker=row.name, drain=drain))
+
+        self.push_screen(ConfirmScreen(question), answer)
+
+    def action_load(self) -> None:
+        row = self._worker_row()
+        if row is None or not self._can_act():
+            return
+        question = f"Load which model on {row.name}? (a GGUF path or a name the rig knows)"
+
+        def answer(model: str | None) -> None:
+            if model:
+                self._send(
+                    f"load {model} on {row.name}",
+                    ModelLoad(dst=BRAIN, worker=row.name, model=model),
+                )
+
+        self.push_screen(PromptScreen(question, row.model or row.loading), answer)
+
+    def action_unload(self) -> None:
+        row = self._worker_row()
+        if row is None or not self._can_act():
+            return
+        if not row.model and row.shown_state != "hot":
+            self.notify(f"{row.name} has no model loaded", severity="warning")
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._send(
+                    f"unload {row.name}",
+                    ModelUnload(dst=BRAIN, worker=row.name, reason="unloaded from llmo tui"),
+                )
+
+        self.push_screen(
+            ConfirmScreen(f"Unload {row.model or 'the model'} from {row.name}?"), answer
+        )

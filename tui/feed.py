@@ -1,0 +1,397 @@
+"""The monitor's link to the rig: one thread owns the sockets, the UI never waits.
+
+Theory of operation
+-------------------
+``Feed.run`` runs in a thread (a Textual thread worker in the app) and owns a
+SUB socket on the broker's PUB endpoint and a DEALER ``Client`` for snapshot
+requests and operator actions. It subscribes first and then asks the brain
+for a snapshot, so no event falls between the two (the Clone pattern).
+
+What it hears is gathered into one pending ``Update``: lifecycle events in
+order, the latest heartbeat per worker and the latest progress per attempt
+(a newer one replaces the queued one). The pending update is posted at most
+every ``flush_s`` seconds and only after the app has said it took the
+previous one (``taken``), so a slow screen never makes a queue grow; if
+events pile past ``MAX_PENDING_EVENTS`` they are dropped and a fresh
+snapshot replaces them.
+
+Link states (see ``tui.updates.LinkStatus``): a fresh snapshot is taken at
+start, on a sequence gap (missed publications, a restarted broker), when a
+new batch appears, when the brain comes back, and when nothing has been
+published for ``silence_s``. If that snapshot fails too, the link is
+``down`` since the last publication heard (or ``no_brain`` when the broker
+answers for an absent brain); requests are retried with growing back-off,
+and the first publication heard again brings the retry forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from cli.tools import Session, ToolError
+from proto.client import Client, tool_name
+from proto.endpoints import Endpoints
+from proto.errors import ErrorCode, ProtocolError
+from proto.messages import (
+    BRAIN,
+    BatchEvent,
+    Error,
+    Heartbeat,
+    Message,
+    PeerDown,
+    PeerUp,
+    SnapshotReply,
+    SnapshotRequest,
+    TaskProgress,
+)
+from proto.pubsub import Subscriber
+from tui.updates import ActionResult, LinkStatus, Update
+
+log = logging.getLogger("llmo.tui.feed")
+
+FLUSH_S = 0.2  # at most five updates a second reach the screen
+SILENCE_S = 3.0  # nothing published for this long: check the link with a snapshot
+SNAPSHOT_TIMEOUT_S = 3.0
+ACTION_TIMEOUT_S = 5.0
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+MAX_PENDING_EVENTS = 20_000
+DRAIN_BURST = 5_000  # publications read per pass before the loop looks at its timers
+
+
+class _Pending:
+    """What has been heard since the last posted update."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[tuple[str, SnapshotReply]] = []
+        self.events: list[BatchEvent] = []
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self.progress: dict[str, TaskProgress] = {}
+        self.peers: list[PeerUp | PeerDown] = []
+        self.results: list[ActionResult] = []
+        self.notes: list[str] = []
+        self.link: LinkStatus | None = None
+        self.received = 0
+        self.oldest_ts = 0.0
+        self.newest_ts = 0.0
+        self.dropped = 0
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.snapshots
+            or self.events
+            or self.heartbeats
+            or self.progress
+            or self.peers
+            or self.results
+            or self.notes
+            or self.link is not None
+        )
+
+    def heard(self, msg: Message) -> None:
+        self.received += 1
+        if msg.ts:
+            if not self.oldest_ts:
+                self.oldest_ts = msg.ts
+            self.newest_ts = max(self.newest_ts, msg.ts)
+
+    def update(self) -> Update:
+        full = [("", s) for b, s in self.snapshots if not b][-1:]
+        narrowed = [(b, s) for b, s in self.snapshots if b]
+        return Update(
+            snapshots=tuple(full + narrowed),
+            events=tuple(self.events),
+            heartbeats=tuple(self.heartbeats.values()),
+            progress=tuple(self.progress.values()),
+            peers=tuple(self.peers),
+            link=self.link,
+            results=tuple(self.results),
+            received=self.received,
+            oldest_ts=self.oldest_ts,
+            newest_ts=self.newest_ts,
+            dropped_events=self.dropped,
+            notes=tuple(self.notes),
+        )
+
+
+class Feed:
+    """Subscribe, snapshot, coalesce, post. Thread-safe methods: ``taken``,
+    ``act``, ``resync``, ``stop``; everything else runs in ``run``'s thread."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        post: Callable[[Update], object],
+        *,
+        name: str | None = None,
+        context: zmq.Context | None = None,
+        flush_s: float = FLUSH_S,
+        silence_s: float = SILENCE_S,
+        snapshot_timeout_s: float = SNAPSHOT_TIMEOUT_S,
+        action_timeout_s: float = ACTION_TIMEOUT_S,
+        backoff_s: tuple[float, ...] = BACKOFF_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.endpoints = endpoints
+        self.post = post
+        self.name = name or tool_name("tui")
+        self.context = context
+        self.flush_s = flush_s
+        self.silence_s = silence_s
+        self.snapshot_timeout_s = snapshot_timeout_s
+        self.action_timeout_s = action_timeout_s
+        self.backoff_s = backoff_s
+        self.clock = clock
+        self.posted = 0
+        self.malformed = 0
+        self._taken = threading.Event()
+        self._taken.set()
+        self._stop = threading.Event()
+        self._actions: queue.SimpleQueue[tuple[str, Message]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._wanted: list[str] = []  # "" = a full snapshot, else one batch's
+
+    # --- called from the UI thread -------------------------------------------------------
+
+    def taken(self) -> None:
+        """The app has applied the last update; the next may be posted."""
+        self._taken.set()
+
+    def act(self, label: str, msg: Message) -> None:
+        """Send an operator request to the brain; its ``ActionResult`` comes in an update."""
+        self._actions.put((label, msg))
+
+    def resync(self, batch_id: str = "") -> None:
+        """Take a fresh snapshot (of one batch's tasks when ``batch_id`` is given)."""
+        with self._lock:
+            if batch_id not in self._wanted:
+                self._wanted.append(batch_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    # --- the thread -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        context = self.context or zmq.Context.instance()
+        sub = Subscriber(self.endpoints.pub, context=context)
+        client = Client(self.name, self.endpoints.broker, context=context)
+        try:
+            _Loop(self, sub, client).run()
+        finally:
+            sub.close()
+            client.close()
+
+    def _take_wanted(self) -> list[str]:
+        with self._lock:
+            wanted, self._wanted = self._wanted, []
+        return wanted
+
+
+class _Requests:
+    """``Client.request`` in slices, so that quitting never waits on a dead link."""
+
+    def __init__(self, client: Client, stop: threading.Event, slice_s: float = 0.1) -> None:
+        self.client = client
+        self.stop = stop
+        self.slice_s = slice_s
+
+    def request(self, msg: Message, timeout: float) -> Message | None:
+        sent = self.client.send(msg)
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            reply = self.client.recv(timeout=min(left, self.slice_s))
+            if reply is not None and getattr(reply, "reply_to", None) == sent.id:
+                return reply
+        return None
+
+
+class _Loop:
+    """One run of the feed; its attributes are touched by the feed thread only."""
+
+    def __init__(self, feed: Feed, sub: Subscriber, client: Client) -> None:
+        self.feed = feed
+        self.sub = sub
+        self.client = client
+        self.requests = _Requests(client, feed._stop)
+        self.session = Session(feed.endpoints, self.requests, timeout=feed.action_timeout_s)  # type: ignore[arg-type]
+        self.pending = _Pending()
+        self.started = time.monotonic()
+        self.heard_at = 0.0  # monotonic time of the last publication (0: never)
+        self.heard_wall = 0.0
+        self.link = LinkStatus(state="connecting", since=feed.clock())
+        self.pending.link = self.link
+        self.need_full = True
+        self.wanted: list[str] = []
+        self.next_try = 0.0
+        self.failures = 0
+        self.last_flush = 0.0
+
+    def run(self) -> None:
+        feed = self.feed
+        while not feed.stopped:
+            now = time.monotonic()
+            wait = max(0.0, min(self.next_try - now, feed.flush_s - (now - self.last_flush)))
+            self.receive(min(max(wait, 0.01), 0.1))
+            now = time.monotonic()
+            for batch_id in feed._take_wanted():
+                if batch_id == "":
+                    self.need_full = True
+                    self.next_try = min(self.next_try, now)
+                elif batch_id not in self.wanted:
+                    self.wanted.append(batch_id)
+            if self.link.state == "live" and self.silent(now):
+                self.need_full = True  # quiet for too long: is the link still there?
+            self.do_actions()
+            if (self.need_full or self.wanted) and now >= self.next_try:
+                self.snapshot(now)
+            self.flush(time.monotonic())
+
+    # --- publications ------------------------------------------------------------------
+
+    def silent(self, now: float) -> bool:
+        last = self.heard_at or self.started
+        return now - last > self.feed.silence_s
+
+    def receive(self, timeout: float) -> None:
+        pending = self.pending
+        for n in range(DRAIN_BURST):
+            try:
+                published = self.sub.recv(timeout=timeout if n == 0 else 0)
+            except ProtocolError as exc:
+                self.feed.malformed += 1
+                log.warning("dropped a malformed publication: %s", exc)
+                continue
+            if published is None:
+                return
+            now = time.monotonic()
+            if self.link.state == "down":
+                self.need_full = True  # it is back: a fresh snapshot, now
+                self.next_try = now
+            self.heard_at = now
+            self.heard_wall = self.feed.clock()
+            if published.gap:
+                self.need_full = True
+                self.next_try = min(self.next_try, now)
+            msg = published.message
+            pending.heard(msg)
+            if isinstance(msg, BatchEvent):
+                self.event(msg, now)
+            elif isinstance(msg, Heartbeat):
+                pending.heartbeats[msg.src] = msg
+            elif isinstance(msg, TaskProgress):
+                pending.progress[msg.attempt_id] = msg
+            elif isinstance(msg, PeerDown | PeerUp):
+                pending.peers.append(msg)
+                if isinstance(msg, PeerUp) and msg.peer == BRAIN:
+                    self.need_full = True  # a restarted brain: its state, not ours
+                    self.next_try = now
+
+    def event(self, msg: BatchEvent, now: float) -> None:
+        pending = self.pending
+        if len(pending.events) >= MAX_PENDING_EVENTS:
+            pending.dropped += len(pending.events)
+            pending.events.clear()
+            self.need_full = True
+            self.next_try = min(self.next_try, now)
+        pending.events.append(msg)
+        if msg.event == "batch_accepted":
+            self.need_full = True  # its history path and first tasks come with a snapshot
+            self.next_try = min(self.next_try, now)
+
+    # --- requests ------------------------------------------------------------------------
+
+    def do_actions(self) -> None:
+        actions = self.feed._actions
+        while True:
+            try:
+                label, msg = actions.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                detail = self.session.control(msg)
+            except ToolError as exc:
+                result = ActionResult(label, False, str(exc))
+            else:
+                result = ActionResult(label, True, detail or "done")
+            self.pending.results.append(result)
+
+    def snapshot(self, now: float) -> None:
+        batch_id = "" if self.need_full else self.wanted[0]
+        request = SnapshotRequest(dst=BRAIN, batch_id=batch_id)
+        reply = self.requests.request(request, timeout=self.feed.snapshot_timeout_s)
+        if self.feed.stopped:
+            return
+        now = time.monotonic()
+        if isinstance(reply, SnapshotReply):
+            self.pending.snapshots.append((batch_id, reply))
+            if batch_id:
+                self.wanted.remove(batch_id)
+            else:
+                self.need_full = False
+                self.heard_at = now  # the link answered
+                self.heard_wall = self.feed.clock()
+            self.failures = 0
+            self.next_try = now
+            self.set_link(LinkStatus(state="live", since=self.feed.clock()))
+            return
+        self.failures += 1
+        delay = self.feed.backoff_s[min(self.failures, len(self.feed.backoff_s)) - 1]
+        self.next_try = now + delay
+        retry_at = self.feed.clock() + delay
+        if (
+            isinstance(reply, Error)
+            and reply.code == ErrorCode.UNKNOWN_DESTINATION
+            and reply.peer == BRAIN
+        ):
+            broker = self.feed.endpoints.broker
+            detail = f"the broker at {broker} answers, but no brain is connected"
+            self.set_link(self._status("no_brain", detail, retry_at))
+        elif isinstance(reply, Error):
+            self.set_link(self._status("no_brain", f"{reply.code}: {reply.detail}", retry_at))
+        elif self.heard_at == 0.0 or self.silent(now):
+            detail = f"nothing from {self.feed.endpoints.broker} / {self.feed.endpoints.pub}"
+            self.set_link(self._status("down", detail, retry_at))
+        else:
+            detail = f"the brain did not answer within {self.feed.snapshot_timeout_s:g} s"
+            self.set_link(self._status("no_brain", detail, retry_at))
+
+    def _status(self, state, detail: str, retry_at: float) -> LinkStatus:
+        if self.link.state == state:
+            since = self.link.since
+        elif state == "down":
+            since = self.heard_wall or self.link.since
+        else:
+            since = self.feed.clock()
+        return LinkStatus(state=state, since=since, detail=detail, retry_at=retry_at)
+
+    def set_link(self, status: LinkStatus) -> None:
+        if status != self.link:
+            if status.state != self.link.state:
+                log.info("link %s: %s", status.state, status.detail)
+            self.link = status
+            self.pending.link = status
+
+    # --- posting ---------------------------------------------------------------------------
+
+    def flush(self, now: float) -> None:
+        feed = self.feed
+        if not self.pending or now - self.last_flush < feed.flush_s:
+            return
+        if not feed._taken.is_set():
+            return  # the app is still on the last one: keep merging into this one
+        feed._taken.clear()
+        update = self.pending.update()
+        self.pending = _Pending()
+        self.last_flush = now
+        feed.posted += 1
+        feed.post(update)

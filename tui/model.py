@@ -1,0 +1,577 @@
+"""The monitor's state: what the brain's snapshot and the published updates say.
+
+Theory of operation
+-------------------
+``Model`` is pure: it reads no clock and no socket; every call takes ``now``
+(the monitor's wall clock). It is seeded from a ``SnapshotReply`` at revision
+R and then folds the ``BatchEvent``s with ``rev > R`` (the zguide's Clone
+pattern: an event the snapshot already holds is skipped), plus the telemetry
+that carries no revision: heartbeats and task progress, newest wins.
+
+A snapshot narrowed to one batch (taken when the operator selects a batch
+whose tasks the model does not hold) refreshes that batch and its tasks under
+a revision floor of its own, so events of the other batches that are still
+on their way are not skipped.
+
+Memory is bounded: task rows are kept for running batches and the selected
+batch only (a finished batch keeps its counts), events are a ring, and each
+worker's tok/s history is a ring of one sample a second.
+
+Batch counts move task by task (old state -1, new state +1). A task the
+model never saw (the brain truncates very large snapshots) only adds, and
+the counts carried by a batch's final event replace the lot.
+
+``changes`` names what moved since the app last drew (``workers``,
+``batches``, ``tasks``, ``events``, ``link``) so it redraws only that.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from proto.messages import BatchEvent, Heartbeat, PeerDown, PeerUp, SnapshotReply, TaskProgress
+from tui.rows import (
+    EVENT_LEVELS,
+    EVENTS_KEPT,
+    SAMPLE_S,
+    TASK_NOTABLE,
+    TASK_TERMINAL,
+    WORKER_ROLES,
+    WORKER_STALE_S,
+    BatchRow,
+    EventLine,
+    TaskRow,
+    WorkerRow,
+)
+from tui.updates import ActionResult, LinkStatus, Update
+
+
+def _num(value: Any, default: float | None = None) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value)
+
+
+class Model:
+    def __init__(self) -> None:
+        self.rev = -1
+        self.batch_rev: dict[str, int] = {}
+        self.workers: dict[str, WorkerRow] = {}
+        self.batches: dict[str, BatchRow] = {}
+        self.tasks: dict[str, dict[str, TaskRow]] = {}
+        self.events: collections.deque[EventLine] = collections.deque(maxlen=EVENTS_KEPT)
+        self.link = LinkStatus()
+        self.selected_batch = ""
+        self.snapshot_at: float = 0.0
+        self.last_heard: float = 0.0
+        self.changes: set[str] = set()
+
+    # --- the fold --------------------------------------------------------------------
+
+    def apply(self, update: Update, now: float) -> None:
+        """Fold one feed update, in its order: snapshot, events, telemetry, link."""
+        for batch_id, reply in update.snapshots:
+            self.seed(reply, now, batch_id=batch_id)
+        for event in update.events:
+            self.apply_event(event, now)
+        for peer in update.peers:
+            self.peer(peer, now)
+        for hb in update.heartbeats:
+            self.heartbeat(hb, now)
+        for msg in update.progress:
+            self.progress(msg, now)
+        for result in update.results:
+            self.result(result, now)
+        for text in update.notes:
+            self.note(now, "warning", text)
+        if update.link is not None and update.link != self.link:
+            self.set_link(update.link)
+        if update.received:
+            self.last_heard = now
+
+    def take_changes(self) -> set[str]:
+        changed, self.changes = self.changes, set()
+        return changed
+
+    # --- snapshots -------------------------------------------------------------------
+
+    def seed(self, reply: SnapshotReply, now: float, *, batch_id: str = "") -> None:
+        if batch_id:
+            self._seed_batch(reply, batch_id)
+            return
+        if not self.snapshot_at:
+            self.note(
+                now,
+                "info",
+                f"joined at revision {reply.rev}; earlier events are in "
+                "each batch's batch_events.jsonl",
+            )
+        self.rev = reply.rev
+        self.batch_rev.clear()
+        self.snapshot_at = now
+        old_workers = self.workers
+        self.workers = {}
+        for w in reply.workers:
+            row = old_workers.pop(w["name"], None) or WorkerRow(name=w["name"])
+            self._worker_from(row, w)
+            self.workers[row.name] = row
+        for name, row in old_workers.items():  # heard from, but unknown to the brain
+            if now - row.last_heartbeat <= WORKER_STALE_S:
+                self.workers[name] = row
+        old_batches = self.batches
+        self.batches = {}
+        for b in reply.batches:
+            row = old_batches.get(b["id"]) or BatchRow(id=b["id"])
+            self._batch_from(row, b)
+            self.batches[row.id] = row
+        old_tasks = self.tasks
+        self.tasks = self._tasks_from(reply.tasks)
+        selected = self.selected_batch
+        if selected and selected not in self.tasks and selected in old_tasks:
+            batch = self.batches.get(selected)
+            if batch is not None and batch.finished:
+                self.tasks[selected] = old_tasks[selected]  # a finished batch does not change
+        self.changes |= {"workers", "batches", "tasks"}
+
+    def _seed_batch(self, reply: SnapshotReply, batch_id: str) -> None:
+        for b in reply.batches:
+            if b.get("id") == batch_id:
+                row = self.batches.get(batch_id) or BatchRow(id=batch_id)
+                self._batch_from(row, b)
+                self.batches[batch_id] = row
+        tasks = self._tasks_from(t for t in reply.tasks if t.get("batch_id") == batch_id)
+        self.tasks[batch_id] = tasks.get(batch_id, {})
+        if reply.rev > self.rev:
+            self.batch_rev[batch_id] = reply.rev
+        self.changes |= {"batches", "tasks"}
+
+    @staticmethod
+    def _worker_from(row: WorkerRow, w: dict[str, Any]) -> None:
+        row.role = w.get("role", row.role) or row.role
+        state = w.get("state") or ""
+        row.presence = w.get("presence") or ("down" if state == "down" else "up")
+        if state and state != "down":
+            row.state = state
+        row.model = w.get("model", "") or ""
+        row.loading = w.get("loading", "") or ""
+        row.gpus = tuple(w.get("gpus") or row.gpus)
+        row.slots = int(w.get("slots", row.slots) or 0)
+        row.slots_free = int(w.get("slots_free", row.slots_free) or 0)
+        row.vram_budget_mb = int(w.get("vram_budget_mb", row.vram_budget_mb) or 0)
+        row.vram_used_mb = int(w.get("vram_used_mb", row.vram_used_mb) or 0)
+        if row.presence == "down":
+            row.tok_s = 0.0
+
+    @staticmethod
+    def _batch_from(row: BatchRow, b: dict[str, Any]) -> None:
+        row.plan = b.get("plan", row.plan) or row.plan
+        row.plan_path = b.get("plan_path", row.plan_path) or row.plan_path
+        row.history_path = b.get("history_path", row.history_path) or row.history_path
+        row.state = b.get("state", row.state) or row.state
+        row.priority_name = b.get("priority_name", row.priority_name) or row.priority_name
+        row.created_at = _num(b.get("created_at"), row.created_at) or 0.0
+        row.finished_at = _num(b.get("finished_at"))
+        counts = b.get("counts")
+        if isinstance(counts, dict):
+            row.counts = collections.Counter({k: int(v) for k, v in counts.items()})
+        if isinstance(b.get("goal"), dict):
+            row.goal = dict(b["goal"])
+
+    def _tasks_from(self, tasks: Any) -> dict[str, dict[str, TaskRow]]:
+        out: dict[str, dict[str, TaskRow]] = {}
+        for t in tasks:
+            batch_id = t.get("batch_id", "")
+            row = TaskRow(
+                id=t["id"],
+                state=t.get("state", ""),
+                task_class=t.get("task_class", "") or "",
+                executor=t.get("executor", "") or "",
+                worker=t.get("worker", "") or "",
+                attempts=int(t.get("attempts", 0) or 0),
+                attempt_id=t.get("attempt_id", "") or "",
+                started_at=_num(t.get("started_at")),
+                finished_at=_num(t.get("finished_at")),
+                exit_code=t.get("exit_code"),
+                error=t.get("error", "") or "",
+                template=t.get("template", "") or "",
+            )
+            row.counted = row.attempt_id if row.attempts else ""
+            out.setdefault(batch_id, {})[row.id] = row
+            if row.template and batch_id in self.batches:
+                self.batches[batch_id].templates.add(row.template)
+        return out
+
+    # --- events ----------------------------------------------------------------------
+
+    def apply_event(self, ev: BatchEvent, now: float) -> bool:
+        """Fold one lifecycle event; False when the snapshot already held it."""
+        floor = self.batch_rev.get(ev.batch_id, self.rev)
+        if ev.rev <= floor:
+            return False
+        self.rev = max(self.rev, ev.rev)
+        if self.batch_rev:
+            self.batch_rev = {k: v for k, v in self.batch_rev.items() if v > self.rev}
+        when = ev.ts or now
+        if ev.task_id:
+            self._task_event(ev, when)
+        elif ev.batch_id:
+            self._batch_event(ev, when)
+        elif ev.worker:
+            self._worker_event(ev, when)
+        level = EVENT_LEVELS.get(ev.event)
+        if level is None and not ev.task_id:
+            level = "info"  # an event this monitor does not know: show it anyway
+        if level is not None:
+            self._log(
+                EventLine(
+                    when,
+                    level,
+                    describe(ev, self._plan_of(ev.batch_id)),
+                    ev.batch_id,
+                    ev.task_id,
+                    ev.worker,
+                )
+            )
+        return True
+
+    def _plan_of(self, batch_id: str) -> str:
+        batch = self.batches.get(batch_id)
+        return batch.plan if batch is not None else ""
+
+    def _task_event(self, ev: BatchEvent, when: float) -> None:
+        batch = self.batches.get(ev.batch_id)
+        if batch is None:
+            batch = self.batches[ev.batch_id] = BatchRow(id=ev.batch_id, created_at=when)
+        rows = self.tasks.get(ev.batch_id)
+        if rows is None and not batch.finished:
+            rows = self.tasks[ev.batch_id] = {}
+        row = rows.get(ev.task_id) if rows is not None else None
+        old = row.state if row is not None else None
+        new = ev.state
+        if new and new != old:
+            if old:
+                batch.counts[old] -= 1
+            batch.counts[new] += 1
+            self.changes.add("batches")
+        if ev.event == "task_expanded":
+            batch.templates.add(ev.task_id)
+        if rows is None:
+            return
+        if row is None:
+            row = rows[ev.task_id] = TaskRow(id=ev.task_id, template=self._template(batch, ev))
+            template = rows.get(row.template) if row.template else None
+            if template is not None:
+                row.task_class, row.executor = template.task_class, template.executor
+        self._task_fields(row, ev, when)
+        if ev.batch_id == self.selected_batch:
+            self.changes.add("tasks")
+
+    @staticmethod
+    def _template(batch: BatchRow, ev: BatchEvent) -> str:
+        best = ""
+        for template in batch.templates:
+            if ev.task_id.startswith(template + "_") and len(template) > len(best):
+                best = template
+        return best
+
+    @staticmethod
+    def _task_fields(row: TaskRow, ev: BatchEvent, when: float) -> None:
+        if ev.state:
+            row.state = ev.state
+        if ev.worker:
+            row.worker = ev.worker
+        if ev.attempt_id:
+            row.attempt_id = ev.attempt_id
+        detail = ev.detail
+        if ev.event == "task_started":
+            if ev.attempt_id and ev.attempt_id != row.counted:
+                row.attempts += 1
+                row.counted = ev.attempt_id
+            row.started_at = when
+            row.finished_at = row.duration_s = None
+            row.tokens, row.tok_s = 0, 0.0
+        elif row.state in ("ready", "delayed", "pending"):
+            row.worker = ""
+            row.started_at = row.finished_at = None
+        if row.state in TASK_TERMINAL:
+            row.finished_at = when
+            duration = _num(detail.get("duration_s"))
+            if duration is not None:
+                row.duration_s = duration
+            if "exit_code" in detail:
+                row.exit_code = detail["exit_code"]
+        why = detail.get("error") or (detail.get("reason") if ev.event == "task_retried" else "")
+        if isinstance(why, str) and why:
+            row.error = why
+        if ev.event in TASK_NOTABLE:
+            row.remember(describe(ev, ""))
+
+    def _batch_event(self, ev: BatchEvent, when: float) -> None:
+        batch = self.batches.get(ev.batch_id)
+        if batch is None:
+            batch = self.batches[ev.batch_id] = BatchRow(id=ev.batch_id, created_at=when)
+        detail = ev.detail
+        if ev.event == "batch_accepted":
+            batch.plan = str(detail.get("plan", batch.plan))
+            batch.priority_name = str(detail.get("priority", batch.priority_name))
+            batch.created_at = batch.created_at or when
+            if not batch.counts and isinstance(detail.get("tasks"), int):
+                batch.counts["pending"] = detail["tasks"]
+            self.tasks.setdefault(ev.batch_id, {})
+        if ev.state:
+            batch.state = ev.state
+        if isinstance(detail.get("counts"), dict):
+            batch.counts = collections.Counter({k: int(v) for k, v in detail["counts"].items()})
+        if ev.event.startswith("goal_"):
+            goal = batch.goal if batch.goal is not None else {}
+            goal.update({k: v for k, v in detail.items() if isinstance(v, int | float | str)})
+            goal["state"] = {"goal_reached": "reached", "goal_exhausted": "exhausted"}.get(
+                ev.event, goal.get("state", "running")
+            )
+            batch.goal = goal
+        if batch.finished:
+            batch.finished_at = batch.finished_at or when
+            if ev.batch_id != self.selected_batch:
+                self.tasks.pop(ev.batch_id, None)  # keep counts only
+        self.changes.add("batches")
+
+    def _worker_event(self, ev: BatchEvent, when: float) -> None:
+        row = self.workers.get(ev.worker)
+        if row is None:
+            row = self.workers[ev.worker] = WorkerRow(name=ev.worker)
+        model = ev.detail.get("model")
+        name = ev.event
+        if name in ("worker_up", "worker_registered", "worker_undrain"):
+            row.presence = "up"
+            if isinstance(ev.detail.get("role"), str):
+                row.role = ev.detail["role"]
+        elif name == "worker_down":
+            row.presence = "down"
+            row.tok_s = 0.0
+        elif name == "worker_drain":
+            row.presence = "draining"
+        elif name == "model_load":
+            row.loading = str(model or "")
+        elif name == "model_hot":
+            row.loading = ""
+            row.model = str(model or row.model)
+            row.state = "hot"
+        elif name in ("model_cold", "model_failed"):
+            row.loading = ""
+            row.model = ""
+            row.state = "cold"
+        self.changes.add("workers")
+
+    # --- telemetry -------------------------------------------------------------------
+
+    def heartbeat(self, hb: Heartbeat, now: float) -> None:
+        if hb.role not in WORKER_ROLES:
+            return  # tools and the brain itself heartbeat as clients
+        row = self.workers.get(hb.src)
+        if row is None:
+            row = self.workers[hb.src] = WorkerRow(name=hb.src)
+        row.role = hb.role
+        if hb.state:
+            row.state = hb.state
+        row.model = hb.model
+        row.slots = hb.slots_total or row.slots
+        row.slots_free = hb.slots_free
+        row.vram_budget_mb = hb.vram_budget_mb or row.vram_budget_mb
+        row.vram_used_mb = hb.vram_used_mb
+        row.tok_s = hb.tok_s
+        row.telemetry = hb.telemetry
+        row.constraint = hb.constraint
+        if not row.gpus and hb.telemetry is not None and hb.telemetry.gpus:
+            row.gpus = tuple(g.index for g in hb.telemetry.gpus)
+        if row.presence == "down":
+            row.presence = "up"  # it speaks again; the brain's worker_up follows
+        row.last_heartbeat = now
+        if now - row.last_sample >= SAMPLE_S * 0.95:
+            row.history.append(hb.tok_s)
+            row.last_sample = now
+        self.changes.add("workers")
+
+    def progress(self, msg: TaskProgress, now: float) -> None:
+        row = self.tasks.get(msg.batch_id, {}).get(msg.task_id)
+        if row is None or (row.attempt_id and row.attempt_id != msg.attempt_id):
+            return
+        row.tokens = msg.tokens
+        row.tok_s = msg.tok_s
+        row.rate_at = now
+        if msg.batch_id == self.selected_batch:
+            self.changes.add("tasks")
+
+    def peer(self, msg: PeerUp | PeerDown, now: float) -> None:
+        row = self.workers.get(msg.peer)
+        if isinstance(msg, PeerDown):
+            if row is not None and row.presence != "down":
+                row.presence = "down"
+                row.tok_s = 0.0
+                self.changes.add("workers")
+            who = "the brain" if msg.peer == "brain" else msg.peer
+            if row is not None or msg.peer == "brain":
+                self._log(
+                    EventLine(
+                        msg.ts or now,
+                        "error",
+                        f"{who} silent for {msg.silent_s:.1f}s (broker)",
+                        worker=msg.peer,
+                    )
+                )
+        elif row is not None and row.presence == "down":
+            row.presence = "up"
+            self.changes.add("workers")
+
+    # --- time, selection, notes ---------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Once a second: history samples for silent workers, ETA samples for batches."""
+        for row in self.workers.values():
+            if now - row.last_sample >= SAMPLE_S * 0.95 and (
+                row.shown_state == "down" or now - row.last_heartbeat > 2 * SAMPLE_S
+            ):
+                row.history.append(0.0)
+                row.last_sample = now
+        for batch in self.batches.values():
+            if not batch.finished:
+                batch.samples.append((now, batch.terminal()))
+        self.changes |= {"workers", "batches"}
+
+    def select_batch(self, batch_id: str) -> bool:
+        """Show ``batch_id``'s tasks; True when the model must fetch them first."""
+        previous = self.selected_batch
+        self.selected_batch = batch_id
+        if previous and previous != batch_id:
+            batch = self.batches.get(previous)
+            if batch is not None and batch.finished:
+                self.tasks.pop(previous, None)
+        self.changes.add("tasks")
+        return bool(batch_id) and batch_id not in self.tasks
+
+    def set_link(self, status: LinkStatus) -> None:
+        old = self.link
+        self.link = status
+        self.changes.add("link")
+        if status.state != old.state:
+            if status.state == "down":
+                self._log(EventLine(status.since, "error", f"link down: {status.detail}"))
+            elif status.state == "no_brain":
+                self._log(EventLine(status.since, "error", status.detail or "no brain"))
+            elif status.state == "live" and old.state in ("down", "no_brain"):
+                self._log(EventLine(status.since, "good", "link back: fresh snapshot taken"))
+
+    def result(self, result: ActionResult, now: float) -> None:
+        level = "good" if result.ok else "error"
+        self._log(EventLine(now, level, f"{result.label}: {result.text}"))
+
+    def note(self, now: float, level: str, text: str) -> None:
+        self._log(EventLine(now, level, text))
+
+    def _log(self, line: EventLine) -> None:
+        self.events.appendleft(line)
+        self.changes.add("events")
+
+    # --- queries ------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self.link.state == "live"
+
+    def rig_tok_s(self) -> float:
+        return sum(w.tok_s for w in self.workers.values() if w.shown_state != "down")
+
+    def batch_order(self) -> list[BatchRow]:
+        """Running batches first (oldest first), then finished ones (newest first)."""
+        running = sorted(
+            (b for b in self.batches.values() if not b.finished), key=lambda b: (b.created_at, b.id)
+        )
+        ended = sorted(
+            (b for b in self.batches.values() if b.finished),
+            key=lambda b: (-(b.finished_at or b.created_at), b.id),
+        )
+        return running + ended
+
+    def task_rows(
+        self, batch_id: str, text: str = "", *, live_first: bool = False
+    ) -> list[TaskRow]:
+        """The batch's tasks matching every word of ``text``, in plan order or
+        with the live ones first (running, then waiting to retry or failed)."""
+        rows = list(self.tasks.get(batch_id, {}).values())
+        terms = text.lower().split()
+        if terms:
+            rows = [row for row in rows if all(_matches(row, term) for term in terms)]
+        if live_first:
+            rows.sort(key=lambda row: _RANK.get(row.state, 2))  # stable: plan order within
+        return rows
+
+
+_RANK = {
+    "running": 0,
+    "assigned": 0,
+    "delayed": 1,
+    "failed": 1,
+    "expanding": 2,
+    "ready": 3,
+    "pending": 4,
+    "expanded": 5,
+    "done": 6,
+    "skipped": 6,
+    "cancelled": 6,
+}
+_FIELDS = {"state": "state", "class": "task_class", "worker": "worker", "task": "id"}
+
+
+def _matches(row: TaskRow, term: str) -> bool:
+    key, sep, value = term.partition(":")
+    if sep and key in _FIELDS:
+        return str(getattr(row, _FIELDS[key])).lower().startswith(value)
+    return any(term in str(v).lower() for v in (row.id, row.state, row.task_class, row.worker))
+
+
+def describe(ev: BatchEvent, plan: str) -> str:
+    """One line for the events pane."""
+    d = ev.detail
+    where = f"{plan or ev.batch_id}" if ev.batch_id else ""
+    reason = d.get("reason") or d.get("error") or ""
+    why = f": {reason}" if reason else ""
+    name = ev.event
+    if ev.task_id:
+        subject = f"{where} {ev.task_id}".strip()
+        if name == "task_retried":
+            spent = "" if d.get("spent", True) else " (not counted)"
+            return f"{subject} retried{spent}{why}"
+        if name == "task_failed":
+            code = d.get("exit_code")
+            return (
+                f"{subject} attempt failed ({d.get('reason', '')}"
+                f"{f', exit {code}' if code is not None else ''}){_tail(d.get('error'))}"
+            )
+        if name == "task_abandoned":
+            return f"{subject} FAILED for good{why}"
+        if name == "task_expanded":
+            return f"{subject} expanded into {d.get('items', '?')} items"
+        return f"{subject} {name.removeprefix('task_')}{why}"
+    if name.startswith("batch_"):
+        counts = d.get("counts")
+        tally = ""
+        if isinstance(counts, dict) and counts:
+            tally = " (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
+        if name == "batch_accepted":
+            tasks = d.get("tasks", "?")
+            return f"batch {ev.batch_id} accepted: {d.get('plan', plan)}, {tasks} tasks"
+        return f"batch {ev.batch_id} {where and f'({where}) '}{ev.state or name[6:]}{tally}"
+    if name.startswith("goal_"):
+        return f"{where} {name.replace('_', ' ')}: {d.get('succeeded', '?')}/{d.get('tried', '?')}"
+    if name.startswith("model_"):
+        model = d.get("model") or ""
+        return f"{ev.worker} {name.replace('_', ' ')} {model}{why}".replace("  ", " ").strip()
+    subject = ev.worker or where
+    return f"{subject} {name.replace('_', ' ')}{why}".strip()
+
+
+def _tail(error: Any) -> str:
+    if not isinstance(error, str) or not error.strip():
+        return ""
+    last = error.strip().splitlines()[-1]
+    return f": {last[:120]}"

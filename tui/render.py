@@ -1,0 +1,260 @@
+"""Cells and lines as Rich ``Text``: colours, bars, sparklines, durations.
+
+Pure functions of the model's rows and ``now``, so the look is tested
+without a terminal. Colours carry meaning once: green is good or done,
+yellow is busy or a warning, red is down or failed, dim is idle or unknown.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+
+from rich.text import Text
+
+from tui.rows import BatchRow, EventLine, TaskRow, WorkerRow
+
+WORKER_STYLES = {
+    "cold": "cyan",
+    "loading": "yellow",
+    "hot": "bold green",
+    "constrained": "bold magenta",
+    "draining": "yellow italic",
+    "down": "bold red",
+    "up": "",
+}
+BATCH_STYLES = {
+    "running": "yellow",
+    "complete": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+}
+TASK_STYLES = {
+    "pending": "dim",
+    "ready": "",
+    "assigned": "yellow",
+    "running": "bold yellow",
+    "delayed": "magenta",
+    "expanding": "cyan",
+    "expanded": "cyan",
+    "done": "green",
+    "failed": "bold red",
+    "skipped": "red",
+    "cancelled": "magenta",
+}
+LEVEL_STYLES = {"info": "", "good": "green", "warning": "yellow", "error": "bold red"}
+SPARKS = "▁▂▃▄▅▆▇█"
+DASH = "\u2013"  # an en dash: a figure that is not known
+
+
+def styled(text: str, style: str = "") -> Text:
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h14m``; a dash when unknown."""
+    if seconds is None or seconds < 0 or math.isnan(seconds):
+        return DASH
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else DASH
+
+
+def sparkline(values: Iterable[float], width: int, top: float | None = None) -> str:
+    """The last ``width`` samples as block characters, scaled to ``top`` (else their maximum)."""
+    data = list(values)[-width:]
+    if not data:
+        return " " * width
+    top = max(data) if top is None else max(top, max(data))
+    if top <= 0:
+        cells = SPARKS[0] * len(data)
+    else:
+        cells = "".join(SPARKS[min(7, int(v / top * 7.999))] if v > 0 else " " for v in data)
+    return cells.rjust(width)
+
+
+def meter(used: float, total: float, width: int) -> Text:
+    """A filled bar for a share: green, yellow past 75 %, red past 90 %."""
+    share = 0.0 if total <= 0 else min(1.0, max(0.0, used / total))
+    filled = round(share * width)
+    style = "green" if share < 0.75 else "yellow" if share < 0.9 else "red"
+    bar = Text(no_wrap=True)
+    bar.append("█" * filled, style)
+    bar.append("░" * (width - filled), "dim")
+    return bar
+
+
+def progress(batch: BatchRow, width: int) -> Text:
+    """done (green) / running (yellow) / failed (red) / pending (dim) as one bar."""
+    done, running, bad, rest = batch.split()
+    total = done + running + bad + rest
+    out = Text(no_wrap=True)
+    if total == 0:
+        out.append("░" * width, "dim")
+        return out
+    cells = [done * width / total, running * width / total, bad * width / total]
+    shown = [int(c) for c in cells]
+    # Hand leftover cells to the largest remainders, but never give one to an empty part.
+    spare = min(width, round(sum(cells))) - sum(shown)
+    order = sorted(range(3), key=lambda i: cells[i] - shown[i], reverse=True)
+    for i in order:
+        if spare <= 0:
+            break
+        if cells[i] > shown[i]:
+            shown[i] += 1
+            spare -= 1
+    for n, style in zip(shown, ("green", "yellow", "red"), strict=True):
+        out.append("█" * n, style)
+    out.append("░" * max(0, width - sum(shown)), "dim")
+    return out
+
+
+# --- workers -------------------------------------------------------------------------
+
+
+def gpu_figures(worker: WorkerRow) -> tuple[str, Text, str, str] | None:
+    """(temperature, VRAM bar and figures, power, utilisation); None without NVML."""
+    tele = worker.telemetry
+    if tele is None or not tele.gpu_available or not tele.gpus:
+        return None
+    gpus = tele.gpus
+    temps = [g.temperature_c for g in gpus if g.temperature_c is not None]
+    used = sum(g.vram_used_mb or 0 for g in gpus)
+    total = sum(g.vram_total_mb or 0 for g in gpus)
+    powers = [g.power_w for g in gpus if g.power_w is not None]
+    utils = [g.util_percent for g in gpus if g.util_percent is not None]
+    temp = f"{max(temps):.0f}°C" if temps else DASH
+    vram = meter(used, total, 7)
+    vram.append(f" {used / 1024:4.1f}/{total / 1024:.0f}G" if total else " ?")
+    power = f"{sum(powers):.0f}W" if powers else DASH
+    util = f"{sum(utils) / len(utils):.0f}%" if utils else DASH
+    return temp, vram, power, util
+
+
+def worker_cells(
+    worker: WorkerRow, now: float, spark_width: int = 20, top: float | None = None
+) -> list[Text]:
+    state = worker.shown_state
+    silent = worker.silent(now) and worker.last_heartbeat > 0
+    state_text = styled(state, WORKER_STYLES.get(state, ""))
+    if silent:
+        state_text = styled(f"{state}?", "dim " + WORKER_STYLES.get(state, ""))
+    if state == "constrained" and worker.constraint:
+        state_text.append(" !", "bold magenta")
+    gpus = ",".join(str(g) for g in worker.gpus) or DASH
+    model = f"→{worker.loading}" if worker.loading else worker.model or DASH
+    model = model.rsplit("/", 1)[-1]
+    figures = gpu_figures(worker)
+    if figures is None:
+        temp = styled(DASH, "dim")
+        vram = styled("no GPU telemetry" if worker.telemetry is not None else DASH, "dim")
+        power = util = styled(DASH, "dim")
+    else:
+        temp_s, vram, power_s, util_s = figures
+        temp, power, util = styled(temp_s), styled(power_s), styled(util_s)
+        reading = max((g.temperature_c or 0 for g in worker.telemetry.gpus), default=0)
+        if reading >= 83:
+            temp.stylize("bold red")
+        elif reading >= 75:
+            temp.stylize("yellow")
+    down = state == "down"
+    rate = styled(DASH if down else f"{worker.tok_s:5.1f}", "dim" if down else "bold")
+    spark = styled(sparkline(worker.history, spark_width, top), "dim" if down else "cyan")
+    return [
+        styled(worker.name, "bold"),
+        styled(gpus),
+        styled(worker.role or DASH),
+        state_text,
+        styled(model),
+        temp,
+        vram,
+        power,
+        util,
+        rate,
+        spark,
+    ]
+
+
+# --- batches and tasks -------------------------------------------------------------------
+
+
+def batch_cells(batch: BatchRow, now: float, bar_width: int = 20) -> list[Text]:
+    done, running, bad, rest = batch.split()
+    total = done + running + bad + rest
+    state = batch.state
+    bar = progress(batch, bar_width)
+    bar.append(f" {done}/{total}")
+    eta = batch.eta(now)
+    return [
+        styled(batch.id, "bold"),
+        styled(batch.plan or DASH),
+        styled(batch.priority_name or DASH),
+        styled(state, BATCH_STYLES.get(state, "")),
+        bar,
+        styled(str(running) if running else DASH, "yellow" if running else "dim"),
+        styled(str(bad) if bad else DASH, "bold red" if bad else "dim"),
+        styled(duration(batch.elapsed(now))),
+        styled(f"~{duration(eta)}" if eta is not None else DASH, "" if eta else "dim"),
+    ]
+
+
+TASK_COLUMNS: Sequence[tuple[str, int]] = (
+    ("TASK", 24),
+    ("CLASS", 6),
+    ("STATE", 9),
+    ("WORKER", 9),
+    ("ATT", 3),
+    ("TIME", 6),
+    ("TOK/S", 5),
+)
+
+
+def task_line(row: TaskRow, now: float, task_width: int = TASK_COLUMNS[0][1]) -> Text:
+    """One row of the task table, fixed columns, then the error if any."""
+    rate = row.rate(now)
+    cells = (
+        (row.id, ""),
+        (row.task_class or DASH, "dim"),
+        (row.state, TASK_STYLES.get(row.state, "")),
+        (row.worker or DASH, ""),
+        (str(row.attempts) if row.attempts else DASH, "bold red" if row.attempts > 1 else ""),
+        (duration(row.duration(now)), ""),
+        (f"{rate:.1f}" if rate is not None else DASH, ""),
+    )
+    out = Text(no_wrap=True)
+    widths = [task_width, *(w for _, w in TASK_COLUMNS[1:])]
+    for (text, style), width in zip(cells, widths, strict=True):
+        clipped = text if len(text) <= width else text[: width - 1] + "…"
+        out.append(clipped.ljust(width), style)
+        out.append(" ")
+    if row.error and row.state in ("failed", "delayed"):
+        out.append(row.error.strip().splitlines()[-1][:80] if row.error.strip() else "", "red")
+    return out
+
+
+def task_header(task_width: int = TASK_COLUMNS[0][1]) -> Text:
+    out = Text(no_wrap=True, style="bold")
+    for i, (name, width) in enumerate(TASK_COLUMNS):
+        out.append(name.ljust(task_width if i == 0 else width) + " ")
+    return out
+
+
+def task_width(total: int) -> int:
+    """The TASK column's width when the table is ``total`` cells wide: what is left."""
+    rest = sum(w + 1 for _, w in TASK_COLUMNS[1:]) + 1
+    return max(TASK_COLUMNS[0][1] - 8, min(60, total - rest))
+
+
+def event_line(line: EventLine) -> Text:
+    out = Text(no_wrap=True)
+    out.append(clock(line.ts) + " ", "dim")
+    out.append(line.text, LEVEL_STYLES.get(line.level, ""))
+    return out

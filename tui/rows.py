@@ -1,0 +1,205 @@
+"""The rows the monitor shows: a worker, a batch, a task, an events-pane line.
+
+Plain mutable records with the few derived figures each row needs (a
+worker's shown state, a batch's progress split and ETA, a task's duration);
+``tui.model`` keeps them up to date.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+SPARK_SAMPLES = 180  # tok/s history per worker: 3 minutes at one sample a second
+SAMPLE_S = 1.0
+EVENTS_KEPT = 500
+ETA_WINDOW_S = 120.0
+WORKER_STALE_S = 5.0  # no heartbeat for this long: the row is shown as silent
+RATE_STALE_S = 5.0  # a task's tok/s older than this is not shown
+TASK_HISTORY = 8  # notable events remembered per task (retries, failures)
+
+BATCH_TERMINAL = frozenset({"complete", "failed", "cancelled"})
+TASK_TERMINAL = frozenset({"done", "failed", "skipped", "cancelled"})
+TASK_BAD = frozenset({"failed", "skipped", "cancelled"})
+TASK_ACTIVE = frozenset({"assigned", "running"})
+WORKER_ROLES = frozenset({"worker", "brain"})
+
+# Lifecycle events worth a line in the events pane, with their level. Routine
+# task steps (released, assigned, started, succeeded) show in the task table.
+EVENT_LEVELS: dict[str, str] = {
+    "task_retried": "warning",
+    "task_failed": "warning",
+    "task_aborting": "warning",
+    "task_killing": "error",
+    "task_abandoned": "error",
+    "task_expanded": "info",
+    "batch_accepted": "info",
+    "batch_completed": "good",
+    "batch_failed": "error",
+    "batch_cancelled": "warning",
+    "worker_up": "info",
+    "worker_registered": "info",
+    "worker_down": "error",
+    "worker_drain": "warning",
+    "worker_undrain": "info",
+    "model_load": "info",
+    "model_unload": "info",
+    "model_hot": "good",
+    "model_cold": "info",
+    "model_failed": "error",
+    "goal_round": "info",
+    "goal_reached": "good",
+    "goal_exhausted": "error",
+    "brain_resumed": "warning",
+}
+TASK_NOTABLE = frozenset(
+    {"task_retried", "task_failed", "task_aborting", "task_killing", "task_abandoned"}
+)
+
+
+@dataclass(slots=True)
+class WorkerRow:
+    name: str
+    role: str = ""
+    state: str = ""  # the worker's own report: cold, loading, hot, constrained, draining
+    presence: str = "up"  # the brain's (or broker's) view: up, draining, down
+    model: str = ""
+    loading: str = ""
+    gpus: tuple[int, ...] = ()
+    slots: int = 0
+    slots_free: int = 0
+    vram_budget_mb: int = 0
+    vram_used_mb: int = 0
+    tok_s: float = 0.0
+    telemetry: Any = None  # proto Telemetry from the latest heartbeat
+    constraint: str = ""
+    last_heartbeat: float = 0.0
+    last_sample: float = 0.0
+    history: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=SPARK_SAMPLES)
+    )
+
+    @property
+    def shown_state(self) -> str:
+        if self.presence == "down" or self.state == "down":
+            return "down"
+        if self.presence == "draining" and self.state != "constrained":
+            return "draining"
+        return self.state or "up"
+
+    def silent(self, now: float) -> bool:
+        """Up by the brain's account, but no heartbeat heard for a while."""
+        return self.shown_state != "down" and now - self.last_heartbeat > WORKER_STALE_S
+
+
+@dataclass(slots=True)
+class TaskRow:
+    id: str
+    state: str = ""
+    task_class: str = ""
+    executor: str = ""
+    worker: str = ""
+    attempts: int = 0
+    attempt_id: str = ""
+    counted: str = ""  # the attempt id last counted in ``attempts``
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    error: str = ""
+    template: str = ""
+    tokens: int = 0
+    tok_s: float = 0.0
+    rate_at: float = 0.0
+    history: list[str] | None = None
+
+    def duration(self, now: float) -> float | None:
+        if self.duration_s is not None and self.state in TASK_TERMINAL:
+            return self.duration_s
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else now
+        return max(0.0, end - self.started_at)
+
+    def rate(self, now: float) -> float | None:
+        if self.tok_s and (self.state in TASK_TERMINAL or now - self.rate_at <= RATE_STALE_S):
+            return self.tok_s
+        return None
+
+    def remember(self, line: str) -> None:
+        if self.history is None:
+            self.history = []
+        self.history.append(line)
+        del self.history[:-TASK_HISTORY]
+
+
+@dataclass(slots=True)
+class BatchRow:
+    id: str
+    plan: str = ""
+    plan_path: str = ""
+    history_path: str = ""
+    state: str = "running"
+    priority_name: str = ""
+    created_at: float = 0.0
+    finished_at: float | None = None
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    goal: dict[str, Any] | None = None
+    templates: set[str] = field(default_factory=set)
+    samples: collections.deque[tuple[float, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=int(ETA_WINDOW_S / SAMPLE_S) + 2)
+    )
+
+    @property
+    def finished(self) -> bool:
+        return self.state in BATCH_TERMINAL
+
+    @property
+    def total(self) -> int:
+        return sum(v for v in self.counts.values() if v > 0)
+
+    def split(self) -> tuple[int, int, int, int]:
+        """(done, running, failed or skipped or cancelled, the rest)."""
+        c = self.counts
+        done = max(0, c.get("done", 0))
+        running = sum(max(0, c.get(s, 0)) for s in TASK_ACTIVE)
+        bad = sum(max(0, c.get(s, 0)) for s in TASK_BAD)
+        return done, running, bad, max(0, self.total - done - running - bad)
+
+    def terminal(self) -> int:
+        done, _, bad, _ = self.split()
+        return done + bad
+
+    def elapsed(self, now: float) -> float:
+        end = self.finished_at if self.finished_at else now
+        return max(0.0, end - self.created_at) if self.created_at else 0.0
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left at the recent completion rate (the whole run's, early on)."""
+        if self.finished:
+            return None
+        left = self.total - self.terminal()
+        if left <= 0:
+            return None
+        rate = 0.0
+        if len(self.samples) >= 2:
+            t0, n0 = self.samples[0]
+            t1, n1 = self.samples[-1]
+            if t1 > t0 and n1 > n0:
+                rate = (n1 - n0) / (t1 - t0)
+        if rate <= 0.0:
+            elapsed = self.elapsed(now)
+            if elapsed > 0 and self.terminal() > 0:
+                rate = self.terminal() / elapsed
+        return left / rate if rate > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class EventLine:
+    ts: float
+    level: str  # info, good, warning, error
+    text: str
+    batch_id: str = ""
+    task_id: str = ""
+    worker: str = ""

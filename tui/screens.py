@@ -1,0 +1,229 @@
+"""The monitor's other screens: help, confirm, a one-line prompt, a task's log.
+
+The log screen reads the tail of ``<history_path>/logs/<task>.log`` from the
+shared drive in a thread worker (a slow NFS read must not freeze the UI),
+once a second while it is open, and only redraws when the file changed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Footer, Input, Label, Log, Static
+
+from tui import render
+from tui.rows import TaskRow
+
+TAIL_BYTES = 64 * 1024
+TAIL_LINES = 400
+
+HELP_KEYS: Sequence[tuple[str, str]] = (
+    ("tab / shift+tab", "move between workers, batches, tasks and events"),
+    ("up / down, j / k", "move the cursor; the selected batch's tasks show below"),
+    ("enter", "on a task: its log tail and attempts"),
+    ("/", "filter the tasks: words match id, state, class, worker; state:run, class:llm"),
+    ("escape", "clear the filter, close a screen"),
+    ("c", "cancel the selected batch (asks first)"),
+    ("d", "drain the selected worker, or put a draining one back in service"),
+    ("l", "load a model on the selected worker"),
+    ("u", "unload the selected worker's model"),
+    ("s", "sort the tasks: live first (running, retrying, failed) or plan order"),
+    ("r", "take a fresh snapshot from the brain"),
+    ("?", "this help"),
+    ("q", "quit"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,question_mark", "dismiss", "Close"),
+    ]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Vertical {
+        width: 96; max-width: 100%; height: auto; max-height: 100%; border: round $accent;
+        background: $surface; padding: 1 2;
+    }
+    """
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        text.append("llmo tui: keys\n\n", "bold")
+        for keys, what in HELP_KEYS:
+            text.append(f"{keys:>18}  ", "bold cyan")
+            text.append(what + "\n")
+        text.append("\nWorker states: ", "bold")
+        for state, style in render.WORKER_STYLES.items():
+            if state != "up":
+                text.append(state, style)
+                text.append(" ")
+        text.append("\nA '?' after a state: no heartbeat heard for a few seconds.", "dim")
+        text.append("\nGreyed panels: the link is down; the figures are not live.", "dim")
+        with Vertical():
+            yield Static(text)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes or no to an action; ``y`` / ``n`` / escape."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen > Grid {
+        grid-size: 2; grid-gutter: 1 2; grid-rows: auto 3; padding: 1 2;
+        width: 64; height: auto; border: thick $warning; background: $surface;
+    }
+    ConfirmScreen #question { column-span: 2; width: 1fr; }
+    ConfirmScreen Button { width: 100%; }
+    """
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Grid():
+            yield Label(self.question, id="question")
+            yield Button("Yes (y)", variant="error", id="yes")
+            yield Button("No (n)", variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class PromptScreen(ModalScreen[str | None]):
+    """One line of input; Enter sends it, escape gives up."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    PromptScreen { align: center middle; }
+    PromptScreen > Vertical {
+        width: 72; height: auto; border: thick $accent; background: $surface; padding: 1 2;
+    }
+    """
+
+    def __init__(self, question: str, value: str = "", placeholder: str = "") -> None:
+        super().__init__()
+        self.question = question
+        self.value = value
+        self.placeholder = placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question)
+            yield Input(value=self.value, placeholder=self.placeholder, id="answer")
+            yield Label("enter: send    escape: cancel", classes="hint")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def read_tail(path: str, limit: int = TAIL_BYTES) -> tuple[tuple[int, float], list[str]]:
+    """The file's (size, mtime) and its last lines; an explanation if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            start = max(0, stat.st_size - limit)
+            handle.seek(start)
+            data = handle.read(limit)
+    except FileNotFoundError:
+        return (-1, 0.0), [f"(no log yet at {path})"]
+    except OSError as exc:
+        return (-2, 0.0), [f"(cannot read {path}: {exc.strerror or exc})"]
+    lines = data.decode("utf-8", "replace").splitlines()
+    if start > 0 and lines:
+        lines = lines[1:]  # the first line was cut in the middle
+    return (stat.st_size, stat.st_mtime), lines[-TAIL_LINES:]
+
+
+class LogScreen(Screen[None]):
+    """A task's state, attempts and the tail of its log, followed while open."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q", "close", "Back"),
+        Binding("f", "toggle_follow", "Follow on/off"),
+    ]
+    DEFAULT_CSS = """
+    LogScreen #task-info { height: auto; max-height: 12; padding: 0 1; background: $panel; }
+    LogScreen Log { height: 1fr; border: round $primary-darken-1; }
+    """
+
+    class Read(Message):
+        def __init__(self, stamp: tuple[int, float], lines: list[str]) -> None:
+            super().__init__()
+            self.stamp = stamp
+            self.lines = lines
+
+    def __init__(
+        self,
+        batch_id: str,
+        task: TaskRow,
+        path: str,
+        describe: Callable[[TaskRow], Text],
+        interval: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.batch_id = batch_id
+        self.task_row = task
+        self.path = path
+        self.describe = describe
+        self.interval = interval
+        self.follow = True
+        self.stamp: tuple[int, float] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.describe(self.task_row), id="task-info")
+        log = Log(id="log", highlight=False, max_lines=TAIL_LINES * 2)
+        log.border_title = self.path
+        yield log
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.reload()
+        self.set_interval(self.interval, self.tick)
+
+    def tick(self) -> None:
+        self.query_one("#task-info", Static).update(self.describe(self.task_row))
+        if self.follow:
+            self.reload()
+
+    @work(thread=True, exclusive=True, group="log-tail")
+    def reload(self) -> None:
+        stamp, lines = read_tail(self.path)
+        self.post_message(self.Read(stamp, lines))
+
+    def on_log_screen_read(self, message: Read) -> None:
+        if message.stamp == self.stamp:
+            return
+        self.stamp = message.stamp
+        log = self.query_one("#log", Log)
+        log.clear()
+        log.write_lines(message.lines)
+
+    def action_toggle_follow(self) -> None:
+        self.follow = not self.follow
+        self.notify("following the log" if self.follow else "paused")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
