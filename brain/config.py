@@ -49,6 +49,8 @@ class BrainConfig:
     default_idle_s: float = 90.0  # no batches this long: return to the default
     summary_interval_s: float = 1.0  # RUN_SUMMARY refresh, at most this often (+n/10000 s)
     history_dir: str = "history"
+    keep_finished: int = 50  # finished batches kept in memory (and snapshots) at least ...
+    forget_after_s: float = 3600.0  # ... and any finished longer ago than this is dropped
 
     def timeout_for(self, task_class: str, task_timeout: float | None) -> float:
         if task_timeout:

@@ -241,6 +241,7 @@ def on_tick(cx: Ctx, ev: Tick) -> None:
     tasks.release_delayed(cx)
     models.plan(cx)
     tasks.refresh_summaries(cx)
+    tasks.forget_finished(cx)
     cx.state.dispatch_due = True
 
 

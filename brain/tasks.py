@@ -254,6 +254,27 @@ def end_batch(cx: Ctx, batch: Batch, *, event: str | None = None) -> None:
         cx.state.idle_since = cx.now
 
 
+def forget_finished(cx: Ctx) -> None:
+    """Drop long-finished batches from memory; their history stays on disk.
+
+    Keeps the newest ``keep_finished`` finished batches whatever their age,
+    and any batch with an attempt still out on a worker (its result must
+    still find the batch to be recognised as stale).
+    """
+    st = cx.state
+    cfg = cx.cfg
+    finished = [b for b in st.batches.values() if b.state != "running"]
+    if len(finished) <= cfg.keep_finished:
+        return
+    finished.sort(key=lambda b: (b.finished_at, b.seq))
+    out = {batch_id for w in st.workers.values() for batch_id, _, _ in w.attempts.values()}
+    for batch in finished[: len(finished) - cfg.keep_finished]:
+        if cx.now - batch.finished_at < cfg.forget_after_s or batch.id in out:
+            continue
+        del st.batches[batch.id]
+        cx.publish(None, "batch_forgotten", batch_id=batch.id, state=batch.state)
+
+
 def write_summary(cx: Ctx, batch: Batch) -> None:
     batch.summary_due = False
     batch.summary_at = cx.now

@@ -574,3 +574,22 @@ def test_result_without_start_counts_the_attempt():
     rig.msg(TaskDone(batch_id=a.batch_id, task_id="a", attempt_id=a.attempt_id), src="w")
     assert rig.task(batch, "a").attempts == 1
     assert rig.state.batches[batch].state == "complete"
+
+
+def test_long_finished_batches_are_forgotten_but_the_newest_kept():
+    rig = Rig(BrainConfig(keep_finished=2, forget_after_s=60.0))
+    rig.worker("w1", slots=4)
+    ids = []
+    for _ in range(4):
+        batch = rig.submit(plan_text("a | cpu | true")).batch_id
+        ids.append(batch)
+        for assign in rig.assigns():
+            rig.done(assign)
+        assert rig.state.batches[batch].state == "complete"
+    rig.wait(30.0)
+    assert set(rig.state.batches) == set(ids)  # finished too recently to forget
+    rig.wait(61.0)
+    assert set(rig.state.batches) == set(ids[2:])  # only the newest two stay
+    # A late result for a forgotten batch is ignored, not a crash.
+    rig.msg(TaskDone(batch_id=ids[0], task_id="a", attempt_id=f"{ids[0]}:a:1"), src="w1")
+    assert set(rig.state.batches) == set(ids[2:])
