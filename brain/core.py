@@ -95,6 +95,10 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
     if msg.vram_budget_mb:
         worker.vram_budget_mb = msg.vram_budget_mb
     worker.vram_used_mb = msg.vram_used_mb
+    worker.tok_s = msg.tok_s
+    worker.constraint = msg.constraint
+    if msg.telemetry is not None:
+        worker.gauges = view.gauges(msg.telemetry)
     worker.interval_s = msg.interval_s if msg.interval_s > 0 else worker.interval_s
     models.on_report(cx, worker, msg.state, msg.model)
     active = frozenset(msg.active)

@@ -219,6 +219,9 @@ class Worker:
     unload_sent_at: float = -1e18
     idle_since: float = 0.0
     load_task: tuple[str, str] | None = None  # meta load_llm waiting for this worker
+    tok_s: float = 0.0  # its recent generation rate, from its heartbeat
+    constraint: str = ""  # why it is constrained, from its heartbeat
+    gauges: dict[str, Any] = field(default_factory=dict)  # telemetry summary, see view.py
 
     @property
     def alive(self) -> bool:

@@ -5,7 +5,9 @@ Keys, stable for tools:
 * worker: ``name, role, state`` (the worker's own report: cold, loading, hot,
   constrained, draining, or ``down`` when the brain lost it), ``presence``
   (up, draining, down), ``model, loading, gpus, slots, slots_free,
-  vram_budget_mb, vram_used_mb, attempts`` (attempt ids), ``last_seen``;
+  vram_budget_mb, vram_used_mb, attempts`` (attempt ids), ``last_seen``,
+  ``tok_s, constraint`` and ``gpu`` (see ``gauges``: telemetry summed or
+  maxed over the worker's GPUs, ``available`` false where NVML is absent);
 * batch: ``id, plan, plan_path, history_path, state, priority`` (number),
   ``priority_name, created_at, finished_at, tasks`` (count), ``counts``
   (task state -> count), and ``goal`` when the plan has one;
@@ -41,6 +43,33 @@ def worker_view(worker: Worker) -> dict[str, Any]:
         "vram_used_mb": worker.vram_used_mb,
         "attempts": sorted(worker.attempts),
         "last_seen": worker.last_seen,
+        "tok_s": worker.tok_s,
+        "constraint": worker.constraint,
+        "gpu": worker.gauges,
+    }
+
+
+def gauges(telemetry: Any) -> dict[str, Any]:
+    """A worker's telemetry in a few figures: hottest GPU, VRAM and power summed."""
+    gpus = telemetry.gpus
+
+    def figures(name: str) -> list[Any]:
+        return [getattr(g, name) for g in gpus if getattr(g, name) is not None]
+
+    temps, utils = figures("temperature_c"), figures("util_percent")
+    used, total, power = figures("vram_used_mb"), figures("vram_total_mb"), figures("power_w")
+    return {
+        "available": telemetry.gpu_available,
+        "note": telemetry.note,
+        "temperature_c": max(temps) if temps else None,
+        "util_percent": max(utils) if utils else None,
+        "vram_used_mb": sum(used) if used else None,
+        "vram_total_mb": sum(total) if total else None,
+        "power_w": round(sum(power), 1) if power else None,
+        "cpu_percent": telemetry.cpu_percent,
+        "cpu_temperature_c": telemetry.cpu_temperature_c,
+        "mem_used_mb": telemetry.mem_used_mb,
+        "mem_total_mb": telemetry.mem_total_mb,
     }
 
 

@@ -4,7 +4,9 @@
 
     {"rev": 42, "broker": "tcp://...",
      "workers": [{"name", "role", "state", "model", "slots", "slots_free",
-                  "vram_budget_mb", "vram_used_mb", "attempts", ...}],
+                  "vram_budget_mb", "vram_used_mb", "attempts", "tok_s",
+                  "gpu": {"available", "temperature_c", "vram_used_mb",
+                          "vram_total_mb", "power_w", ...}, ...}],
      "batches": [{"id", "plan", "state", "priority_name", "tasks",
                   "counts": {"done": 3, "running": 1, ...}, ...}]}
 
@@ -77,15 +79,34 @@ def wait_ready(session: Session, expected: list[str], seconds: float) -> tuple[b
         time.sleep(0.25)
 
 
+def gpu_text(w: dict) -> tuple[str, str]:
+    """(temperature, VRAM) columns: NVML figures, or why there are none."""
+    gpu = w.get("gpu") or {}
+    if not gpu:
+        return "-", "-"
+    if not gpu.get("available"):
+        return "no GPU", "-"
+    temp = gpu.get("temperature_c")
+    used, total = gpu.get("vram_used_mb"), gpu.get("vram_total_mb")
+    vram = f"{used}/{total}" if used is not None and total else "-"
+    return (f"{temp:.0f}C" if temp is not None else "-"), vram
+
+
 def render(reply: SnapshotReply) -> str:
-    lines = [f"{'WORKER':14} {'ROLE':7} {'STATE':12} {'SLOTS':7} {'VRAM MB':>13}  MODEL"]
+    lines = [
+        f"{'WORKER':14} {'ROLE':7} {'STATE':12} {'SLOTS':6} {'TEMP':7} {'GPU MB':>11} "
+        f"{'TOK/S':>6}  MODEL"
+    ]
     for w in sorted(reply.workers, key=lambda w: w["name"]):
         slots = f"{w.get('slots', 0) - w.get('slots_free', 0)}/{w.get('slots', 0)}"
-        vram = f"{w.get('vram_used_mb', 0)}/{w.get('vram_budget_mb', 0)}"
+        temp, vram = gpu_text(w)
         model = (w.get("model") or "-").rsplit("/", 1)[-1]
+        state = w.get("state") or "-"
+        if w.get("constraint"):
+            model += f"  ({w['constraint']})"
         lines.append(
-            f"{w['name']:14} {w.get('role', ''):7} {w.get('state') or '-':12} {slots:7} "
-            f"{vram:>13}  {model}"
+            f"{w['name']:14} {w.get('role', ''):7} {state:12} {slots:6} {temp:7} {vram:>11} "
+            f"{w.get('tok_s', 0.0):6.1f}  {model}"
         )
     if not reply.workers:
         lines.append("(no workers registered)")

@@ -539,6 +539,32 @@ def test_snapshot_reply_has_the_whole_state():
     assert {t["id"]: t["state"] for t in reply.tasks} == {"a": "assigned", "b": "pending"}
 
 
+def test_snapshot_carries_each_workers_rate_and_telemetry():
+    from proto.messages import GpuReading, Telemetry
+
+    rig = Rig()
+    rig.worker("gpu-1")
+    rig.worker("cpu-1")
+    gpus = (
+        GpuReading(
+            index=0, temperature_c=61.0, vram_used_mb=3000, vram_total_mb=6144, power_w=80.25
+        ),
+        GpuReading(
+            index=3, temperature_c=67.0, vram_used_mb=2500, vram_total_mb=6144, power_w=70.0
+        ),
+    )
+    rig.heartbeat("gpu-1", tok_s=22.5, telemetry=Telemetry(gpu_available=True, gpus=gpus))
+    rig.heartbeat("cpu-1", telemetry=Telemetry(gpu_available=False, note="no NVML driver"))
+    rig.msg(SnapshotRequest(), src="tui-1")
+    workers = {w["name"]: w for w in rig.of(SnapshotReply)[-1].workers}
+    gpu = workers["gpu-1"]["gpu"]
+    assert workers["gpu-1"]["tok_s"] == 22.5
+    assert (gpu["temperature_c"], gpu["vram_used_mb"], gpu["vram_total_mb"]) == (67.0, 5500, 12288)
+    assert gpu["power_w"] == 150.2 and gpu["available"] is True
+    assert workers["cpu-1"]["gpu"]["available"] is False
+    assert workers["cpu-1"]["gpu"]["note"] == "no NVML driver"
+
+
 def test_illegal_transition_is_logged_not_raised():
     rig = Rig()
     rig.worker("w")
