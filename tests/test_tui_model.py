@@ -270,3 +270,13 @@ def test_worker_cells_say_no_gpu_telemetry_plainly():
     assert cells[6].plain.endswith("4.1/6G")
     assert cells[3].plain == "hot"
     assert render.worker_cells(model.workers["gpu-1"], NOW + 60)[3].plain == "hot?"  # silent
+
+
+def test_a_snapshot_taken_right_after_an_event_does_not_hide_its_line():
+    model = seeded()
+    accepted = ev(11, "batch_accepted", state="running", batch="C", detail={"plan": "two"})
+    later = SnapshotReply(reply_to="r", rev=11, batches=(batch_view("C", "two", {"ready": 1}),))
+    model.apply(Update(snapshots=(("", later),), events=(accepted,)), NOW)
+    assert model.events[0].text.startswith("batch C accepted")
+    model.apply(Update(snapshots=(("", later),), events=(accepted,)), NOW)  # not twice
+    assert sum("accepted" in line.text for line in model.events) == 1

@@ -17,8 +17,8 @@ snapshot replaces them.
 
 Link states (see ``tui.updates.LinkStatus``): a fresh snapshot is taken at
 start, on a sequence gap (missed publications, a restarted broker), when a
-new batch appears, when the brain comes back, and when nothing has been
-published for ``silence_s``. If that snapshot fails too, the link is
+new batch appears or a foreach expands, when the brain comes back, and when
+nothing has been published for ``silence_s``. If that snapshot fails too, the link is
 ``down`` since the last publication heard (or ``no_brain`` when the broker
 answers for an absent brain); requests are retried with growing back-off,
 and the first publication heard again brings the retry forward.
@@ -55,13 +55,17 @@ from tui.updates import ActionResult, LinkStatus, Update
 
 log = logging.getLogger("llmo.tui.feed")
 
-FLUSH_S = 0.2  # at most five updates a second reach the screen
+FLUSH_S = 0.15  # at most about seven updates a second reach the screen
 SILENCE_S = 3.0  # nothing published for this long: check the link with a snapshot
 SNAPSHOT_TIMEOUT_S = 3.0
 ACTION_TIMEOUT_S = 5.0
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_PENDING_EVENTS = 20_000
 DRAIN_BURST = 5_000  # publications read per pass before the loop looks at its timers
+# Events after which the brain's state holds more than the events tell: a new
+# batch (its history path, its first tasks) and a foreach expansion (its items
+# are released quietly, in one step).
+RESYNC_EVENTS = frozenset({"batch_accepted", "task_expanded"})
 
 
 class _Pending:
@@ -304,8 +308,8 @@ class _Loop:
             self.need_full = True
             self.next_try = min(self.next_try, now)
         pending.events.append(msg)
-        if msg.event == "batch_accepted":
-            self.need_full = True  # its history path and first tasks come with a snapshot
+        if msg.event in RESYNC_EVENTS:
+            self.need_full = True  # a new batch, or new tasks released without an event each
             self.next_try = min(self.next_try, now)
 
     # --- requests ------------------------------------------------------------------------

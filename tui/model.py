@@ -56,6 +56,7 @@ def _num(value: Any, default: float | None = None) -> float | None:
 class Model:
     def __init__(self) -> None:
         self.rev = -1
+        self.logged_rev = -1  # the newest event whose line the events pane has seen
         self.batch_rev: dict[str, int] = {}
         self.workers: dict[str, WorkerRow] = {}
         self.batches: dict[str, BatchRow] = {}
@@ -108,6 +109,7 @@ class Model:
                 "each batch's batch_events.jsonl",
             )
         self.rev = reply.rev
+        self.logged_rev = min(self.logged_rev, reply.rev) if self.snapshot_at else reply.rev
         self.batch_rev.clear()
         self.snapshot_at = now
         old_workers = self.workers
@@ -208,6 +210,10 @@ class Model:
         """Fold one lifecycle event; False when the snapshot already held it."""
         floor = self.batch_rev.get(ev.batch_id, self.rev)
         if ev.rev <= floor:
+            # The snapshot holds its effect, but a snapshot taken on the heels
+            # of the event (a new batch, a gap) must not hide it from the pane.
+            if ev.rev > self.logged_rev:
+                self._line(ev, ev.ts or now)
             return False
         self.rev = max(self.rev, ev.rev)
         if self.batch_rev:
@@ -219,6 +225,11 @@ class Model:
             self._batch_event(ev, when)
         elif ev.worker:
             self._worker_event(ev, when)
+        self._line(ev, when)
+        return True
+
+    def _line(self, ev: BatchEvent, when: float) -> None:
+        self.logged_rev = max(self.logged_rev, ev.rev)
         level = EVENT_LEVELS.get(ev.event)
         if level is None and not ev.task_id:
             level = "info"  # an event this monitor does not know: show it anyway
@@ -233,7 +244,6 @@ class Model:
                     ev.worker,
                 )
             )
-        return True
 
     def _plan_of(self, batch_id: str) -> str:
         batch = self.batches.get(batch_id)
@@ -343,7 +353,9 @@ class Model:
         model = ev.detail.get("model")
         name = ev.event
         if name in ("worker_up", "worker_registered", "worker_undrain"):
-            row.presence = "up"
+            # A restarted worker registers again but stays draining if it was.
+            if name != "worker_registered" or row.presence == "down":
+                row.presence = "up"
             if isinstance(ev.detail.get("role"), str):
                 row.role = ev.detail["role"]
         elif name == "worker_down":
@@ -543,10 +555,11 @@ def describe(ev: BatchEvent, plan: str) -> str:
             return f"{subject} retried{spent}{why}"
         if name == "task_failed":
             code = d.get("exit_code")
-            return (
-                f"{subject} attempt failed ({d.get('reason', '')}"
-                f"{f', exit {code}' if code is not None else ''}){_tail(d.get('error'))}"
-            )
+            how = f"exit {code}" if code is not None else str(d.get("reason", "?"))
+            error = _tail(d.get("error"))
+            if error == f": exit code {code}":
+                error = ""
+            return f"{subject} attempt failed ({how}){error}"
         if name == "task_abandoned":
             return f"{subject} FAILED for good{why}"
         if name == "task_expanded":
@@ -564,7 +577,7 @@ def describe(ev: BatchEvent, plan: str) -> str:
     if name.startswith("goal_"):
         return f"{where} {name.replace('_', ' ')}: {d.get('succeeded', '?')}/{d.get('tried', '?')}"
     if name.startswith("model_"):
-        model = d.get("model") or ""
+        model = str(d.get("model") or "").rsplit("/", 1)[-1]
         return f"{ev.worker} {name.replace('_', ' ')} {model}{why}".replace("  ", " ").strip()
     subject = ev.worker or where
     return f"{subject} {name.replace('_', ' ')}{why}".strip()
