@@ -137,7 +137,7 @@ def test_the_snapshot_fills_the_panels(rig):
 
     async def script(pilot: Pilot) -> None:
         assert "live" in status(app)
-        assert app.query_one(WorkersTable).row_count == 2
+        assert len(app.query_one(WorkersTable).rows) == 2
         assert cell(app, WorkersTable, "gpu-1", "state") == "hot"
         assert cell(app, WorkersTable, "gpu-2", "state") == "cold"
         assert cell(app, BatchesTable, "B", "state") == "running"

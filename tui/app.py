@@ -31,7 +31,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import Footer, Input, Static
 
 from proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
 from tui import render
@@ -56,11 +56,23 @@ class FeedUpdate(Message):
 
 @dataclass(slots=True)
 class Stats:
-    """What the benchmark reads: updates applied and their lag to the screen."""
+    """What the benchmark reads: updates applied, their cost, and their lag to the screen.
+
+    ``lags`` holds, per update, the age of its oldest publication when the
+    screen showing it was refreshed (the worst case of that update) and
+    ``fresh_lags`` that of its newest; ``work`` the seconds spent folding it
+    in and redrawing.
+    """
 
     updates: int = 0
     messages: int = 0
     lags: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=LAGS_KEPT)
+    )
+    fresh_lags: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=LAGS_KEPT)
+    )
+    work: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=LAGS_KEPT)
     )
 
@@ -78,7 +90,7 @@ class MonitorApp(App[None]):
     #filter.-shown { display: block; }
     #task-header { height: 1; padding: 0 0 0 0; }
     #tasks { height: 1fr; }
-    DataTable:focus, VirtualList:focus { border: round $accent; }
+    VirtualList:focus { border: round $accent; }
     #tasks:focus { border: none; }
     #main.-stale #workers, #main.-stale #batches, #main.-stale #tasks-pane,
     #main.-stale #events { text-opacity: 55%; }
@@ -171,22 +183,24 @@ class MonitorApp(App[None]):
     # --- the feed ----------------------------------------------------------------------
 
     def on_feed_update(self, message: FeedUpdate) -> None:
+        started = time.perf_counter()
         update = message.update
         now = self.clock()
         self.model.apply(update, now)
         if self.feed is not None:
             self.feed.taken()
         self.redraw()
-        self.stats.updates += 1
-        self.stats.messages += update.received
+        stats = self.stats
+        stats.updates += 1
+        stats.messages += update.received
+        stats.work.append(time.perf_counter() - started)
         if update.oldest_ts:
             self.call_after_refresh(self._record_lag, update.oldest_ts, update.newest_ts)
 
     def _record_lag(self, oldest: float, newest: float) -> None:
         now = time.time()
         self.stats.lags.append(now - oldest)
-        if newest != oldest:
-            self.stats.lags.append(now - newest)
+        self.stats.fresh_lags.append(now - newest)
 
     def tick(self) -> None:
         self.model.tick(self.clock())
@@ -262,9 +276,9 @@ class MonitorApp(App[None]):
 
     # --- selection ---------------------------------------------------------------------
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if isinstance(event.data_table, BatchesTable):
-            key = event.row_key.value or ""
+    def on_virtual_list_highlighted(self, event: VirtualList.Highlighted) -> None:
+        if isinstance(event.source, BatchesTable) and event.row is not None:
+            key = event.row[0]
             if key != self.model.selected_batch:
                 self.select_batch(key)
 

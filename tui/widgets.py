@@ -1,10 +1,13 @@
-"""The monitor's widgets: keyed tables that update in place, and virtual lists.
+"""The monitor's widgets: virtual lists and tables that redraw only what changed.
 
-``KeyedTable`` is a ``DataTable`` whose rows are synchronised from a list of
-``(key, cells)``: unchanged cells are left alone, so the cursor and scroll
-stay put while figures change under them. ``VirtualList`` is a Line API
-widget: it draws only the rows on screen from a plain list, so a 10,000-task
-batch costs what fits in the window, not what it holds.
+``VirtualList`` is a Line API widget: it draws only the rows on screen from a
+plain list, so a 10,000-task batch costs what fits in the window, not what it
+holds. ``RowTable`` is a ``VirtualList`` of ``(key, cells)`` rows under a
+fixed header line; each row's rendered line is kept until its cells change,
+so a heartbeat that changes one figure redraws one line. (Textual's
+``DataTable`` drops its whole cell cache on any update, which at several
+updates a second was most of the monitor's CPU time.) The cursor follows
+its row by key when rows come and go.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
-from textual.widgets import DataTable, Static
+from textual.widget import Widget
 
 from tui import render
 from tui.model import Model
@@ -53,95 +57,6 @@ SPARK_WIDTH = 14
 BAR_WIDTH = 20
 
 
-class KeyedTable(DataTable):
-    """A row-cursor table kept in step with ``(key, cells)`` lists.
-
-    Rows are given with a cell for every column; on a screen too narrow for
-    all of them, the columns not marked as kept are left out.
-    """
-
-    def __init__(self, columns: Sequence[Column], **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
-        self._columns = columns
-        self._visible = list(range(len(columns)))
-        self._rows: Sequence[tuple[str, list[Text]]] = ()
-        self._shown: dict[str, list[Text]] = {}
-        self._order: list[str] = []
-
-    @property
-    def full_width(self) -> int:
-        return sum(width + 2 * self.cell_padding for _, _, width, _ in self._columns)
-
-    def on_mount(self) -> None:
-        self._add_columns()
-
-    def _add_columns(self) -> None:
-        for i in self._visible:
-            key, label, width, _ = self._columns[i]
-            self.add_column(label, key=key, width=width)
-
-    def on_resize(self) -> None:
-        wide = self.size.width >= self.full_width
-        visible = [i for i, c in enumerate(self._columns) if wide or c[3]]
-        if visible != self._visible:
-            self._visible = visible
-            self.clear(columns=True)
-            self._add_columns()
-            self._order = []
-            self.sync(self._rows)
-
-    @property
-    def selected_key(self) -> str | None:
-        if not self._order or self.cursor_row < 0:
-            return None
-        return self._order[min(self.cursor_row, len(self._order) - 1)]
-
-    def cell(self, row: str, column: str) -> Text:
-        """The cell as last given (shown or not): for tests and tools."""
-        index = next(i for i, c in enumerate(self._columns) if c[0] == column)
-        return dict(self._rows)[row][index]
-
-    def sync(self, rows: Sequence[tuple[str, list[Text]]]) -> None:
-        self._rows = rows
-        visible = self._visible
-        keys = [key for key, _ in rows]
-        if keys != self._order:
-            selected = self.selected_key
-            self.clear()
-            for key, cells in rows:
-                self.add_row(*(cells[i] for i in visible), key=key)
-            self._order = keys
-            self._shown = {key: cells for key, cells in rows}
-            if selected in keys:
-                self.move_cursor(row=keys.index(selected), animate=False)
-            return
-        for key, cells in rows:
-            old = self._shown.get(key)
-            for i in visible:
-                if old is None or cells[i] != old[i]:
-                    self.update_cell(key, self._columns[i][0], cells[i])
-            self._shown[key] = cells
-
-
-class WorkersTable(KeyedTable):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(WORKER_COLUMNS, **kwargs)
-
-    def show(self, model: Model, now: float) -> None:
-        rows = sorted(model.workers.values(), key=lambda w: w.name)
-        # One scale for every sparkline, so a slow worker looks slow beside a fast one.
-        top = max((max(w.history, default=0.0) for w in rows), default=0.0)
-        self.sync([(w.name, render.worker_cells(w, now, SPARK_WIDTH, top)) for w in rows])
-
-
-class BatchesTable(KeyedTable):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(BATCH_COLUMNS, **kwargs)
-
-    def show(self, model: Model, now: float) -> None:
-        self.sync([(b.id, render.batch_cells(b, now, BAR_WIDTH)) for b in model.batch_order()])
-
-
 class VirtualList(ScrollView, can_focus=True):
     """Rows drawn on demand from a list; an optional cursor; Enter selects."""
 
@@ -154,14 +69,26 @@ class VirtualList(ScrollView, can_focus=True):
         Binding("end", "jump(-1)", "Last", show=False),
         Binding("enter", "select", "Open", show=False),
     ]
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"virtual-list--cursor"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"virtual-list--cursor", "virtual-list--header"}
     DEFAULT_CSS = """
     VirtualList { overflow-x: hidden; scrollbar-gutter: stable; }
     VirtualList > .virtual-list--cursor { background: $surface-lighten-2; }
     VirtualList:focus > .virtual-list--cursor { background: $accent 60%; }
+    VirtualList > .virtual-list--header { text-style: bold; color: $text-accent; }
     """
+    HEADER_LINES = 0
 
     class Selected(Message):
+        """Enter on a row."""
+
+        def __init__(self, source: VirtualList, row: Any) -> None:
+            super().__init__()
+            self.source = source
+            self.row = row
+
+    class Highlighted(Message):
+        """The operator moved the cursor to a row."""
+
         def __init__(self, source: VirtualList, row: Any) -> None:
             super().__init__()
             self.source = source
@@ -181,6 +108,8 @@ class VirtualList(ScrollView, can_focus=True):
         self.cursor = 0
         self.show_cursor = cursor
         self.key = key
+        self.base_style = Style()
+        self.cursor_rich_style = Style()
 
     def set_rows(self, rows: Sequence[Any]) -> None:
         """Show ``rows``; the cursor stays on the same row (by ``key``) if it is still there."""
@@ -191,65 +120,90 @@ class VirtualList(ScrollView, can_focus=True):
             if not (0 <= self.cursor < len(rows) and self.key(rows[self.cursor]) == wanted):
                 found = next((i for i, row in enumerate(rows) if self.key(row) == wanted), None)
                 if found is not None:
-                    self._move_to(found)
+                    self.move_cursor_to(found, quiet=True)
         if self.cursor >= len(rows):
             self.cursor = max(0, len(rows) - 1)
-        self.virtual_size = Size(0, len(rows))
+        self.virtual_size = Size(0, len(rows) + self.HEADER_LINES)
         self.refresh()
 
     @property
     def current(self) -> Any:
         return self.rows[self.cursor] if 0 <= self.cursor < len(self.rows) else None
 
+    # --- drawing -----------------------------------------------------------------------
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # Styles are looked up once per redraw, not once per line.
+        self.base_style = self.rich_style
+        self.cursor_rich_style = self.get_component_rich_style("virtual-list--cursor")
+        return super().render_lines(crop)
+
     def render_line(self, y: int) -> Strip:
-        index = self.scroll_offset.y + y
         width = self.size.width
-        base = self.rich_style
+        if y < self.HEADER_LINES:
+            return self.header_strip(width)
+        index = self.scroll_offset.y + y - self.HEADER_LINES
         if index >= len(self.rows):
-            return Strip.blank(width, base)
-        text = self.render_row(self.rows[index])
+            return Strip.blank(width, self.base_style)
+        return self.row_strip(index, width)
+
+    def row_strip(self, index: int, width: int) -> Strip:
+        return self.to_strip(self.render_row(self.rows[index]), width, self.is_cursor_row(index))
+
+    def header_strip(self, width: int) -> Strip:
+        return Strip.blank(width, self.base_style)
+
+    def is_cursor_row(self, index: int) -> bool:
+        return self.show_cursor and index == self.cursor
+
+    def to_strip(self, text: Text, width: int, cursor: bool = False) -> Strip:
         text.end = ""
-        if self.show_cursor and index == self.cursor:
-            cursor_style = self.get_component_rich_style("virtual-list--cursor")
-            text.stylize(cursor_style)
+        if cursor:  # under the cells' own colours, so a red "failed" stays red
+            text.stylize_before(self.cursor_rich_style)
             text.pad_right(max(0, width - text.cell_len))
         strip = Strip(list(text.render(self.app.console)), text.cell_len)
-        return strip.crop_extend(0, width, base).apply_style(base)
+        return strip.crop_extend(0, width, self.base_style).apply_style(self.base_style)
 
-    def _move_to(self, index: int) -> None:
+    # --- the cursor --------------------------------------------------------------------
+
+    def move_cursor_to(self, index: int, quiet: bool = False) -> None:
         if not self.rows:
-            return
-        if self.size.height == 0:  # not laid out yet
-            self.cursor = max(0, min(len(self.rows) - 1, index))
             return
         old = self.cursor
         self.cursor = max(0, min(len(self.rows) - 1, index))
         if old != self.cursor:
-            self.refresh()
-        height = max(1, self.scrollable_content_region.height)
+            self.cursor_moved(old)
+            if not quiet:
+                self.post_message(self.Highlighted(self, self.current))
+        if self.size.height == 0:  # not laid out yet
+            return
+        height = max(1, self.scrollable_content_region.height - self.HEADER_LINES)
         top = round(self.scroll_y)
         if self.cursor < top:
             self.scroll_to(y=self.cursor, animate=False)
         elif self.cursor >= top + height:
             self.scroll_to(y=self.cursor - height + 1, animate=False)
 
+    def cursor_moved(self, old: int) -> None:
+        self.refresh()
+
     def action_cursor(self, step: int) -> None:
         if self.show_cursor:
-            self._move_to(self.cursor + step)
+            self.move_cursor_to(self.cursor + step)
         else:
             self.scroll_relative(y=step, animate=False)
 
     def action_page(self, direction: int) -> None:
-        height = max(1, self.scrollable_content_region.height - 1)
+        height = max(1, self.scrollable_content_region.height - 1 - self.HEADER_LINES)
         if self.show_cursor:
-            self._move_to(self.cursor + direction * height)
+            self.move_cursor_to(self.cursor + direction * height)
         else:
             self.scroll_relative(y=direction * height, animate=False)
 
     def action_jump(self, where: int) -> None:
         target = len(self.rows) - 1 if where < 0 else where
         if self.show_cursor:
-            self._move_to(target)
+            self.move_cursor_to(target)
         else:
             self.scroll_to(y=max(0, target), animate=False)
 
@@ -258,8 +212,119 @@ class VirtualList(ScrollView, can_focus=True):
             self.post_message(self.Selected(self, self.current))
 
     def on_click(self, event: Any) -> None:
-        if self.show_cursor:
-            self._move_to(round(self.scroll_y) + event.y)
+        if self.show_cursor and event.y >= self.HEADER_LINES:
+            self.move_cursor_to(round(self.scroll_y) + event.y - self.HEADER_LINES)
+
+
+class RowTable(VirtualList):
+    """Keyed rows of cells under a header; a row's line is redrawn when its cells change.
+
+    Rows are given with a cell for every column; on a screen too narrow for
+    all of them, the columns not marked as kept are left out.
+    """
+
+    DEFAULT_CSS = "RowTable { scrollbar-gutter: auto; height: auto; }"
+    HEADER_LINES = 1
+    GAP = 2
+
+    def __init__(self, columns: Sequence[Column], **kwargs: Any) -> None:
+        super().__init__(self.line_of, key=lambda row: row[0], **kwargs)
+        self.columns = columns
+        self.shown_columns = list(range(len(columns)))
+        self.cells_by_key: dict[str, list[Text]] = {}
+        self.line_cache: dict[str, Strip] = {}
+
+    @property
+    def full_width(self) -> int:
+        return sum(width + self.GAP for _, _, width, _ in self.columns) + 1
+
+    @property
+    def selected_key(self) -> str | None:
+        row = self.current
+        return row[0] if row is not None else None
+
+    def cell(self, row: str, column: str) -> Text:
+        """The cell as last given (shown or not): for tests and tools."""
+        index = next(i for i, c in enumerate(self.columns) if c[0] == column)
+        return self.cells_by_key[row][index]
+
+    def sync(self, rows: Sequence[tuple[str, list[Text]]]) -> None:
+        cells = dict(rows)
+        for key, new in rows:
+            old = self.cells_by_key.get(key)
+            if old is None or old != new:
+                self.line_cache.pop(key, None)
+        for key in self.cells_by_key.keys() - cells.keys():
+            self.line_cache.pop(key, None)
+        self.cells_by_key = cells
+        self.set_rows(list(rows))
+
+    def on_resize(self) -> None:
+        wide = self.size.width >= self.full_width
+        visible = [i for i, c in enumerate(self.columns) if wide or c[3]]
+        if visible != self.shown_columns:
+            self.shown_columns = visible
+        self.line_cache.clear()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self.line_cache.clear()
+
+    def on_focus(self) -> None:
+        self.line_cache.clear()
+
+    def on_blur(self) -> None:
+        self.line_cache.clear()
+
+    def cursor_moved(self, old: int) -> None:
+        for index in (old, self.cursor):
+            if 0 <= index < len(self.rows):
+                self.line_cache.pop(self.rows[index][0], None)
+        self.refresh()
+
+    def join_cells(self, cells: Sequence[Text]) -> Text:
+        line = Text(" ", no_wrap=True)
+        for i in self.shown_columns:
+            cell = cells[i].copy()
+            cell.truncate(self.columns[i][2], overflow="ellipsis", pad=True)
+            line.append_text(cell)
+            line.append(" " * self.GAP)
+        return line
+
+    def line_of(self, row: tuple[str, list[Text]]) -> Text:
+        return self.join_cells(row[1])
+
+    def header_strip(self, width: int) -> Strip:
+        header = self.join_cells([Text(label) for _, label, _, _ in self.columns])
+        header.stylize(self.get_component_rich_style("virtual-list--header"))
+        return self.to_strip(header, width)
+
+    def row_strip(self, index: int, width: int) -> Strip:
+        key = self.rows[index][0]
+        strip = self.line_cache.get(key)
+        if strip is None or strip.cell_length != width:
+            strip = super().row_strip(index, width)
+            self.line_cache[key] = strip
+        return strip
+
+
+class WorkersTable(RowTable):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(WORKER_COLUMNS, **kwargs)
+
+    def show(self, model: Model, now: float) -> None:
+        rows = sorted(model.workers.values(), key=lambda w: w.name)
+        # One scale for every sparkline, so a slow worker looks slow beside a fast one.
+        top = max((max(w.history, default=0.0) for w in rows), default=0.0)
+        self.sync([(w.name, render.worker_cells(w, now, SPARK_WIDTH, top)) for w in rows])
+
+
+class BatchesTable(RowTable):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(BATCH_COLUMNS, **kwargs)
+
+    def show(self, model: Model, now: float) -> None:
+        self.sync([(b.id, render.batch_cells(b, now, BAR_WIDTH)) for b in model.batch_order()])
 
 
 class EventList(VirtualList):
@@ -270,19 +335,19 @@ class EventList(VirtualList):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(lambda line: line.copy(), cursor=False, **kwargs)
         self.items: Sequence[Any] = ()
-        self._width = 0
+        self.wrapped_width = 0
 
     def show(self, items: Sequence[Any]) -> None:
         self.items = items
-        self._wrap()
+        self.wrap_items()
 
     def on_resize(self) -> None:
-        if self.scrollable_content_region.width != self._width:
-            self._wrap()
+        if self.scrollable_content_region.width != self.wrapped_width:
+            self.wrap_items()
 
-    def _wrap(self) -> None:
+    def wrap_items(self) -> None:
         width = self.scrollable_content_region.width or 60
-        self._width = width
+        self.wrapped_width = width
         body_width = max(10, width - self.INDENT)
         lines: list[Text] = []
         console = self.app.console
@@ -296,10 +361,22 @@ class EventList(VirtualList):
         self.set_rows(lines)
 
 
-class StatusBar(Static):
-    """One line: the link (live, or disconnected since when), the rig's tok/s, counts."""
+class StatusBar(Widget):
+    """One line: the link (live, or disconnected since when), the rig's tok/s, counts.
 
-    plain = ""
+    It draws its own line (no ``Static.update``, which asks for a new layout
+    of the whole screen every time the text changes).
+    """
+
+    DEFAULT_CSS = "StatusBar { height: 1; }"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.text = Text()
+        self.plain = ""
+
+    def render(self) -> Text:
+        return self.text
 
     def show(self, model: Model, endpoint: str) -> None:
         link = model.link
@@ -326,4 +403,5 @@ class StatusBar(Static):
         out.append(f"   batches {running} running")
         if out.plain != self.plain:
             self.plain = out.plain
-            self.update(out)
+            self.text = out
+            self.refresh()
