@@ -30,11 +30,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cli.common import llmo_child, llmo_child_env
     from proto.endpoints import resolve
 
     endpoints = resolve()
-    env = dict(os.environ, LLMO_BROKER=endpoints.broker, LLMO_PUB=endpoints.pub)
-    llmo = [sys.executable, "-m", "cli.main"]
+    env = llmo_child_env(dict(os.environ, LLMO_BROKER=endpoints.broker, LLMO_PUB=endpoints.pub))
+    llmo = llmo_child()
     rig_dir = Path(args.rig_dir).resolve()
     print(f"llmo demo: starting the rig in {rig_dir} (broker {endpoints.broker})", flush=True)
     up = subprocess.Popen([*llmo, "up", "--rig-dir", str(rig_dir)], env=env)

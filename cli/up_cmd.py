@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli.common import add_endpoint_flags
+from cli.common import add_endpoint_flags, llmo_child, llmo_child_env
 
 # [limits] keys of llmo.toml -> the worker's flags.
 LIMIT_FLAGS = {
@@ -77,7 +77,7 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     rig_dir.mkdir(parents=True, exist_ok=True)
     brain_config = rig_dir / "brain.json"
     brain_config.write_text(json.dumps(brain_settings, indent=2) + "\n")
-    llmo = [sys.executable, "-m", "cli.main"]
+    llmo = llmo_child()
     common = ["--broker", endpoints.broker]
     children = [
         (
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, RuntimeError, OSError) as exc:
         print(f"llmo up: {exc}", file=sys.stderr)
         return 2
-    env = dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"])
+    env = llmo_child_env(dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"]))
     logs = Path(where["logs"])
     supervisor = Supervisor(say=lambda text: print(text, flush=True))
     stopping = []

@@ -1,0 +1,122 @@
+"""End to end: the example plans through ``llmo up`` + ``llmo submit --watch --json``,
+and a plan with undefined placeholders refused before anything is sent.
+
+One rig (two CPU workers and the brain-role worker, the embedded Gemma)
+serves the whole module; each test runs its own copy of a plan.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e_fixtures import Rig, events_of, module_rig_factory
+
+__all__ = ["module_rig_factory"]
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def rig(module_rig_factory) -> Rig:
+    return module_rig_factory()
+
+
+def test_hello_greets_every_name_and_gathers_them(rig):
+    """Also a regression: ``llmo up`` runs from a folder that holds a ``plans/``
+    folder (the plan copies), which its children once imported instead of
+    llmo's own ``plans`` package, so the brain could not parse any plan."""
+    plan = rig.plan("hello")
+    assert plan.parent == rig.root / "plans"
+
+    run = rig.submit(plan)
+
+    assert run.returncode == 0, run
+    assert run.state == "complete"
+    summary = run.summary
+    assert summary["status"] == "complete"
+    rows = run.rows()
+    items = ["greet_batch_0001_0002", "greet_batch_0003_0004", "greet_batch_0005_0005"]
+    assert set(rows) == {"make_manifest", "greet", *items, "aggregate"}
+    assert all(row["state"] == "done" for row in rows.values()), rows
+    assert summary["counts"] == {"done": 6}
+    assert all(rows[t]["attempts"] == 1 for t in ("make_manifest", *items, "aggregate"))
+    manifest = json.loads((run.history / "manifest.json").read_text())
+    greetings = json.loads((run.history / "output" / "greetings.json").read_text())
+    assert len(manifest["items"]) == 5
+    assert len(greetings["greetings"]) == 5
+    for item, greeting in zip(manifest["items"], greetings["greetings"], strict=True):
+        assert item["name"] in json.dumps(greeting)
+    assert (run.history / "RUN_SUMMARY.md").read_text().startswith("# Run summary: hello")
+    for task in ("make_manifest", *items, "aggregate"):
+        assert (run.history / "logs" / f"{task}.log").exists(), task
+    assert not list(plan.parent.parent.glob("**/ESCALATION.md"))
+
+
+@pytest.mark.slow
+def test_summarize_writes_one_summary_per_text_with_the_real_model(rig):
+    plan = rig.plan("summarize")
+    texts = json.loads((plan / "inputs" / "texts.json").read_text())["texts"]
+
+    run = rig.submit(plan)
+
+    assert run.returncode == 0, run
+    assert run.summary["status"] == "complete"
+    rows = run.rows()
+    llm_rows = [row for row in rows.values() if row.get("template") == "summarize"]
+    assert len(llm_rows) == len(texts)
+    for text in texts:
+        result = json.loads((run.history / "results" / f"{text['id']}.json").read_text())
+        assert result["summary"].strip(), result
+        assert result["completion_tokens"] > 0, result
+        row = rows[f"summarize_{text['id']}"]
+        assert row["state"] == "done"
+        assert row["tokens"] > 0, row
+        assert row["worker"].startswith("cpu-"), row
+    assert run.summary["tokens"] >= sum(row["tokens"] for row in llm_rows) > 0
+    assert run.summary["tok_s"] > 0
+    gathered = json.loads((run.history / "output" / "summaries.json").read_text())
+    assert gathered["count"] == len(texts)
+    assert (run.history / "output" / "summaries.md").read_text().startswith("# Summaries")
+
+
+def test_goal_plan_keeps_discovering_until_the_target_is_met(rig):
+    plan = rig.plan("goal_example")
+
+    run = rig.submit(plan, "--config", json.dumps({"TARGET_COUNT": 3}))
+
+    assert run.returncode == 0, run
+    summary = run.summary
+    assert summary["status"] == "complete"
+    goal = summary["goal"]
+    assert goal["target"] == 3
+    assert goal["state"] == "reached", goal
+    assert goal["succeeded"] >= 3 - goal["tolerance"]
+    report = json.loads((run.history / "output" / "report.json").read_text())
+    assert report["target"] == 3
+    assert report["accepted"] == goal["succeeded"]
+    assert all(p > 1 and all(p % d for d in range(2, p)) for p in report["primes"]), report
+    assert run.rows()["report"]["state"] == "done"
+    assert events_of(run.events(), "batch_completed")
+
+
+def test_undefined_placeholders_are_refused_with_every_name_and_nothing_is_sent(rig):
+    plan = rig.plan("undefined")
+    before = {b["id"] for b in rig.status()["batches"]}
+
+    done = rig.llmo("submit", str(plan), "--watch", "--json", "--config", '{"AUDIENCE": "x"}')
+    bare = rig.llmo("submit", str(plan))
+
+    assert done.returncode == 2, done
+    for name in ("GREETING", "OUTPUT_DIR"):
+        assert f"{{{name}}}" in done.stderr, done.stderr
+    assert "{AUDIENCE}" not in done.stderr
+    assert "not sent" in done.stderr
+    assert bare.returncode == 2, bare
+    for name in ("GREETING", "AUDIENCE", "OUTPUT_DIR"):
+        assert f"{{{name}}}" in bare.stderr, bare.stderr
+    assert not (plan / "history").exists()
+    batches = rig.status()["batches"]
+    assert {b["id"] for b in batches} == before
+    assert all(b["plan"] != "undefined" for b in batches)
