@@ -6,7 +6,8 @@ The loop is small: wait for a message or the next tick, decode, step,
 journal, then act. Every event is stepped and appended to the journal; once
 per loop iteration the journal is committed (one fsync for the whole burst)
 and only then are the collected commands carried out, so nothing is sent or
-written that the journal does not already explain. File reads the core asks
+written that the journal does not already explain; the history files of an
+iteration are written before its messages are sent. File reads the core asks
 for (``ReadPlan``, ``ReadManifest``) become events that are stepped and
 journaled in turn, in the same iteration.
 
@@ -58,6 +59,7 @@ log = logging.getLogger("llmo.brain")
 TICK_S = 0.5
 BURST = 1000
 SNAPSHOT_EVERY = 200_000  # journal records between snapshots
+FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -164,12 +166,20 @@ class BrainService:
         self.pending.extend(commands)
 
     def flush(self) -> None:
-        """Commit the journal, then carry out the commands it now explains."""
+        """Commit the journal, then carry out the commands it now explains.
+
+        The history files go first: whoever hears of an event (a batch that
+        ended) then finds its events, RUN_SUMMARY and ESCALATION on disk.
+        """
         while self.pending:
             self.journal.commit()
             commands, self.pending = self.pending, []
             for command in commands:
-                self.execute(command)
+                if type(command) in FILE_COMMANDS:
+                    self.execute(command)
+            for command in commands:
+                if type(command) not in FILE_COMMANDS:
+                    self.execute(command)
         self.journal.commit()
         if self.journal.since_snapshot >= self.snapshot_every:
             started = time.monotonic()

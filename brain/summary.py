@@ -2,7 +2,8 @@
 
 The core calls these with a batch and ``now`` and hands the text to the
 shell in ``WriteFile`` commands. The summary holds counts by state, one row
-per task (state, attempts, worker, exit code, duration, tokens and tok/s),
+per task (state, attempts, worker, exit code, duration, tokens and tok/s;
+``lost`` counts attempts whose worker died under them, which were not spent),
 wall time and the critical path: walking back from the task that finished
 last, each step goes to the dependency (or, for a foreach template, the
 item) that finished last, which is the chain that decided the wall time.
@@ -48,6 +49,8 @@ def task_row(task: TaskRun) -> dict[str, Any]:
     if spec.task_class in ("llm", "brain"):
         row["tokens"] = task.tokens
         row["tok_s"] = round(task.tok_s, 2)
+    if task.lost_workers:
+        row["lost"] = task.lost_workers
     if task.parent:
         row["template"] = task.parent
     if task.error:
@@ -174,8 +177,9 @@ def to_markdown(batch: Batch, data: dict[str, Any]) -> str:
     ]
     for row in rows[:MD_ROWS]:
         exit_code = "" if row["exit_code"] is None else row["exit_code"]
+        attempts = f"{row['attempts']} (+{row['lost']} lost)" if "lost" in row else row["attempts"]
         out.append(
-            f"| {row['id']} | {row['state']} | {row['attempts']} | {row['worker']} "
+            f"| {row['id']} | {row['state']} | {attempts} | {row['worker']} "
             f"| {exit_code} | {row['duration_s']:.1f} | {row.get('tok_s', '')} |"
         )
     if len(batch.tasks) > MD_ROWS:
