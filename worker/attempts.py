@@ -9,6 +9,12 @@ the free slots and the VRAM budget (the sum of the running attempts'
 ``vram_mb``). A refused assignment is answered at once with ``TaskFailed``
 reason ``refused`` and the reason as its error.
 
+Before that, a shell attempt must pass the worker's command policy
+(``worker.policy.check``: plan roots, refused patterns, protected paths);
+a refusal names the rule, is written to the task's log when the log is
+itself allowed, and is answered the same way. The spawned shell gets its
+class's resource limits (``Policy.rlimits``).
+
 A shell attempt is a ``ShellAttempt``; a ``meta`` attempt is a runtime
 command (``load_llm`` ..., see PLAN_FORMAT.md) that ends when the runtime
 reports the transition it asked for. Each attempt has a token ``Meter``
@@ -30,6 +36,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +52,7 @@ from proto.messages import (
     TaskProgress,
     TaskStarted,
 )
+from worker import policy
 from worker.config import WorkerConfig
 from worker.limits import Level
 from worker.llm import LoadSpec, Runtime, RuntimeEvent
@@ -175,6 +183,19 @@ class Attempts:
             log.info("attempt %s assigned again after it ended; its result again", a.attempt_id)
             self.deliver(self._recent[a.attempt_id])
             return
+        if a.task_class != "meta":
+            env = task_env(a, base=os.environ)
+            rule = policy.check(
+                a.command,
+                a.plan_path,
+                a.batch_path,
+                self.config.policy,
+                log_path=a.log_path or default_log_path(a),
+                env=env,
+            )
+            if rule is not None:
+                self._refuse_by_policy(a, rule)
+                return
         reason = self.refusal(a, level, draining, constraint)
         if reason is not None:
             log.info("refused %s: %s", a.attempt_id, reason)
@@ -199,6 +220,7 @@ class Attempts:
                 env=env,
                 log_path=log_path,
                 header=header,
+                rlimits=self.config.policy.limits_for(a.task_class),
             )
         except SpawnError as exc:
             self.meters.remove(a.attempt_id)
@@ -209,6 +231,26 @@ class Attempts:
             self._by_fd[attempt.shell.pidfd] = attempt
             self.watch(attempt.shell.pidfd)
         self.deliver(_started(a, attempt))
+
+    def _refuse_by_policy(self, a: TaskAssign, rule: str) -> None:
+        """Refuse an attempt the policy forbids: the reason in its log (when the log
+        itself is allowed) and in the ``TaskFailed`` that answers it."""
+        error = f"refused by the policy of {self.config.name}: {rule}"
+        log.warning("attempt %s %s", a.attempt_id, error)
+        log_path = a.log_path or default_log_path(a)
+        if policy.writable(log_path, self.config.policy):
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            text = (
+                f"--- llmo: {a.task_id} attempt {a.attempt_id} on {self.config.name} {stamp}\n"
+                f"llmo: {error}\n"
+            )
+            try:
+                os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+                with open(log_path, "a", encoding="utf-8", errors="replace") as f:
+                    f.write(text)
+            except OSError as exc:
+                log.warning("cannot write the refusal to %s: %s", log_path, exc)
+        self._end(a, _failed(a, "refused", error=error, log_tail=f"llmo: {error}"))
 
     def _start_meta(self, attempt: Attempt) -> None:
         a = attempt.assign
@@ -390,12 +432,22 @@ class Attempts:
                 exit_code=RETRY_LATER_EXIT,
                 **common,
             )
-        error = (
-            f"exit code {out.exit_code}"
-            if out.signal is None
-            else f"ended by signal {out.signal} that the worker did not send"
-        )
+        if out.signal is None:
+            error = f"exit code {out.exit_code}"
+        else:
+            error = self._signalled(a, out.signal)
         return _failed(a, "exit", error=error, exit_code=out.exit_code, signal=out.signal, **common)
+
+    def _signalled(self, a: TaskAssign, number: int) -> str:
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        error = f"ended by {name} ({number}), which the worker did not send"
+        limits = self.config.policy.limits_for(a.task_class)
+        if number == signal.SIGXCPU and limits is not None and limits.cpu_s:
+            error += f": over the CPU time limit of {limits.cpu_s}s for {a.task_class} tasks"
+        return error
 
     def _end(self, a: TaskAssign, msg: Message) -> None:
         self._recent[a.attempt_id] = msg

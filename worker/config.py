@@ -9,6 +9,7 @@ from typing import Literal
 from proto.messages import ModelLoad
 from worker.limits import LimitsConfig
 from worker.llm import LoadSpec, model_alias
+from worker.policy import Policy
 
 VRAM_SHARE = 0.8  # of the card's VRAM, the budget the brain may assign against
 CPU_SLOT_MB = 1024  # a GPU-less worker's budget per slot: a concurrency limit
@@ -35,6 +36,7 @@ class WorkerConfig:
     hold_s: float = 3600.0
     confirm_s: float = 2.0
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    policy: Policy = field(default_factory=Policy)  # what shell tasks may do
 
     def budget(self, vram_total_mb: int) -> int:
         if self.vram_mb is not None:

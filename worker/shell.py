@@ -20,6 +20,10 @@ still in the task's session under another group id (a job-control shell
 inside the task makes those). A process that calls ``setsid`` itself leaves
 the session and cannot be found this way.
 
+Resource limits of the task's class (``worker.policy.Rlimits``) are set in
+the child between fork and exec; without any, the spawn stays a plain
+vfork/exec.
+
 Peak memory is sampled (``session_rss``) because the kernel's ``ru_maxrss``
 for a child includes the RSS of the parent it forked from, here the worker
 with its model; a task shorter than one sampling interval reports the
@@ -37,6 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from proto.messages import TaskAssign
+from worker.policy import Rlimits, preexec
 
 # Variables a task inherits from the worker's own environment; nothing else
 # leaks in (no broker keys, no tokens, no operator's shell settings).
@@ -112,20 +117,29 @@ class ShellAttempt:
 
     @classmethod
     def spawn(
-        cls, command: str, *, cwd: str, env: Mapping[str, str], log_path: str, header: str = ""
+        cls,
+        command: str,
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        log_path: str,
+        header: str = "",
+        rlimits: Rlimits | None = None,
     ) -> ShellAttempt:
         if not os.path.isdir(cwd):
             raise SpawnError(f"batch folder {cwd} does not exist or is not a folder")
         try:
             os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
             log = open(log_path, "ab")  # noqa: SIM115  (closed by the with below)
-        except OSError as exc:
-            raise SpawnError(f"cannot open log {log_path}: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+            why = getattr(exc, "strerror", None) or exc
+            raise SpawnError(f"cannot open log {log_path}: {why}") from None
         with log:
             if header:
                 log.write(header.encode("utf-8", "replace"))
                 log.flush()
             offset = log.tell()
+            limits = preexec(rlimits.settings()) if rlimits is not None else None
             try:
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", command],
@@ -136,8 +150,10 @@ class ShellAttempt:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
+                    preexec_fn=limits,  # only setrlimit calls, and only when limits are set
                 )
-            except OSError as exc:
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                # ValueError: a NUL byte, or an environment name holding "=".
                 raise SpawnError(f"cannot start /bin/sh in {cwd}: {exc}") from None
         return cls(proc, log_path, offset)
 
