@@ -15,6 +15,10 @@ Anything malformed is answered with an ``Error`` (when there is a sender to
 answer), counted, and logged at a bounded rate; the loop never stops for it.
 ``MAXMSGSIZE`` (twice the codec's limit) makes ZeroMQ drop a connection that
 sends a frame big enough to hurt, before it is buffered.
+
+With ``keys`` both sockets speak CurveZMQ and admit only allow-listed client
+keys (``broker.auth``); without keys a non-loopback bind is refused unless
+``insecure`` (``proto.security.check_bind``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from broker.auth import CurveGuard
 from broker.liveness import INTERVAL, LIVENESS, Liveness
 from proto.codec import MAX_MESSAGE_BYTES, decode_envelope, encode
 from proto.errors import ErrorCode, ProtocolError
@@ -44,6 +49,7 @@ from proto.messages import (
     PeerUp,
 )
 from proto.pubsub import pub_frames
+from proto.security import SecurityError, ServerKeys, check_bind
 
 log = logging.getLogger("llmo.broker")
 
@@ -79,8 +85,13 @@ class Broker:
         liveness: int = LIVENESS,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        keys: ServerKeys | None = None,
+        insecure: bool = False,
     ) -> None:
+        check_bind([router_endpoint, pub_endpoint], keys, insecure=insecure)
+        self.stats = BrokerStats()
         self.context = zmq.Context()
+        self.guard: CurveGuard | None = None
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -92,15 +103,21 @@ class Broker:
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, HWM)
         try:
+            if keys is not None:
+                self.guard = CurveGuard(self.context, keys, self.stats.refused, clock)
+                self.guard.secure(self.router, "ROUTER")
+                self.guard.secure(self.pub, "PUB")
             self.router.bind(router_endpoint)
             self.pub.bind(pub_endpoint)
         except zmq.ZMQError as exc:
             self.close()
             raise OSError(f"cannot bind {router_endpoint} / {pub_endpoint}: {exc}") from exc
+        except SecurityError:
+            self.close()
+            raise
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.liveness = Liveness(interval=interval, liveness=liveness)
-        self.stats = BrokerStats()
         self._clock = clock
         self._wall_clock = wall_clock
         self._seq = 0
@@ -125,6 +142,14 @@ class Broker:
             self.liveness.liveness,
             self.liveness.interval,
         )
+        if self.guard is not None:
+            log.info(
+                "CurveZMQ on: %d client keys allowed from %s",
+                len(self.guard.allow_list.keys),
+                self.guard.allow_list.clients_dir,
+            )
+        else:
+            log.info("CurveZMQ off: plain TCP")
         # A blocking receive with a timeout costs one system call per message;
         # poll() followed by a non-blocking drain costs two and an exception.
         router = self.router
@@ -145,6 +170,8 @@ class Broker:
                 now = self._clock()
                 if now >= next_check:
                     self.check_liveness(now)
+                    if self.guard is not None:
+                        self.guard.poll()
                     next_check = now + self.liveness.interval / 2
         finally:
             log.info("broker stopping: %s", self.stats.summary())
@@ -155,6 +182,8 @@ class Broker:
         self._running = False
 
     def close(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
         self.router.close(linger=0)
         self.pub.close(linger=0)
         self.context.term()

@@ -8,6 +8,7 @@ import os
 import sys
 
 from cli.common import add_endpoint_flags, add_log_flags, setup_logging
+from cli.config import add_key_flags
 
 DEFAULT_JOURNAL = os.path.expanduser("~/.local/state/llmo/brain.journal")
 
@@ -25,6 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="brain settings: a JSON map of brain.config.BrainConfig fields, "
         "or an llmo.toml whose [brain] section is used",
     )
+    add_key_flags(parser)
     parser.add_argument(
         "--fsync",
         choices=["always", "batch", "never"],
@@ -55,14 +57,24 @@ def run(args: argparse.Namespace) -> int:
     from brain.config import BrainConfig
     from brain.journal import JournalError
     from brain.service import BrainService
-    from proto.endpoints import resolve
+    from cli.config import RigConfig, client_keys, load
+    from cli.config import endpoints as rig_endpoints
+    from proto.messages import BRAIN
+    from proto.security import SecurityError, use_keys
 
     try:
         config = BrainConfig.from_dict(load_settings(args.config))
     except (OSError, ValueError, TypeError) as exc:
         print(f"llmo brain: bad --config: {exc}", file=sys.stderr)
         return 2
-    endpoints = resolve(args.broker, args.pub)
+    # An llmo.toml also gives the endpoints and the brain's CurveZMQ keys.
+    rig = load(args.config) if args.config and args.config.endswith(".toml") else RigConfig()
+    try:
+        use_keys(client_keys(rig, BRAIN, args.keys_dir))
+    except SecurityError as exc:
+        print(f"llmo brain: {exc}", file=sys.stderr)
+        return 2
+    endpoints = rig_endpoints(rig, args.broker, args.pub)
     service = BrainService(
         endpoints.broker, args.journal, config, fsync=args.fsync, tick_s=args.tick
     )

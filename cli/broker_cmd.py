@@ -1,4 +1,10 @@
-"""``llmo broker``: run the broker in the foreground."""
+"""``llmo broker``: run the broker in the foreground.
+
+Endpoints, heartbeat settings and keys come from flags, else ``--config``
+(``[endpoints]``, ``[broker]``, ``[security]``), else the defaults. With a
+keys folder both sockets use CurveZMQ and admit only its allow-list; without
+one, binding anything but loopback needs ``--insecure``.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +12,57 @@ import argparse
 import sys
 
 from broker.liveness import INTERVAL, LIVENESS
-from broker.service import Broker
 from cli.common import add_endpoint_flags, add_log_flags, setup_logging
-from proto.endpoints import resolve
+from cli.config import add_key_flags
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_endpoint_flags(parser)
     add_log_flags(parser)
+    parser.add_argument("--config", help="llmo.toml for endpoints, heartbeat settings and keys")
+    add_key_flags(parser, insecure=True)
     parser.add_argument(
-        "--interval", type=float, default=INTERVAL, help="heartbeat interval in seconds"
+        "--interval",
+        type=float,
+        default=None,
+        help=f"heartbeat interval in seconds (default: the config's, else {INTERVAL:g})",
     )
     parser.add_argument(
         "--liveness",
         type=int,
-        default=LIVENESS,
-        help="heartbeats a peer may miss before it is declared down",
+        default=None,
+        help="heartbeats a peer may miss before it is declared down "
+        f"(default: the config's, else {LIVENESS})",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from broker.service import Broker
+    from cli.config import ConfigError, RigConfig, endpoints, load, server_keys
+    from proto.security import SecurityError
+
     setup_logging(args.log_level)
-    endpoints = resolve(args.broker, args.pub)
+    try:
+        config = load(args.config) if args.config else RigConfig()
+        keys = server_keys(config, args.keys_dir)
+    except (ConfigError, SecurityError) as exc:
+        print(f"llmo broker: {exc}", file=sys.stderr)
+        return 2
+    where = endpoints(config, args.broker, args.pub)
+    interval = args.interval if args.interval is not None else config.interval_s
+    liveness = args.liveness if args.liveness is not None else config.liveness
     try:
         broker = Broker(
-            endpoints.broker, endpoints.pub, interval=args.interval, liveness=args.liveness
+            where.broker,
+            where.pub,
+            interval=interval,
+            liveness=liveness,
+            keys=keys,
+            insecure=args.insecure,
         )
+    except SecurityError as exc:
+        print(f"llmo broker: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"llmo broker: {exc}", file=sys.stderr)
         return 1

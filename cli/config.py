@@ -15,19 +15,25 @@ checked by their owners, which ``load`` calls so all errors surface at once.
     [paths]      rig_dir, plans_dir     local state (journal, logs, model cache); plans
     [brain]      see brain.config.BrainConfig
     [limits]     see the worker's limits
+    [security]   keys_dir, require_curve
+                                        CurveZMQ keys (``llmo keys generate``; relative
+                                        to this file); refuse to run without them
     [[workers]]  name, gpus, role, model, n_gpu_layers, tensor_split, n_ctx,
                  threads, slots, vram_mb
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proto.endpoints import valid_actor_name
+from proto.endpoints import Endpoints, resolve, valid_actor_name
+from proto.security import ENV_KEYS_DIR, ClientKeys, SecurityError, ServerKeys
 
 
 class ConfigError(ValueError):
@@ -62,6 +68,8 @@ class RigConfig:
     liveness: int = 3
     rig_dir: str = ""
     plans_dir: str = ""
+    keys_dir: str = ""
+    require_curve: bool = False
     brain: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
     workers: tuple[WorkerSpec, ...] = ()
@@ -74,6 +82,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "endpoints": {"broker": str, "pub": str},
     "broker": {"interval_s": (int, float), "liveness": int},
     "paths": {"rig_dir": str, "plans_dir": str},
+    "security": {"keys_dir": str, "require_curve": bool},
 }
 _WORKER_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -90,14 +99,24 @@ _WORKER_KEYS: dict[str, type | tuple[type, ...]] = {
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", list: "an array"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        bool: "true or false",
+    }
     if isinstance(expected, tuple):
         return "a number"
     return names.get(expected, expected.__name__)
 
 
 def _check(where: str, value: Any, expected: type | tuple[type, ...], problems: list[str]) -> bool:
-    if isinstance(value, bool) or not isinstance(value, expected):
+    if expected is bool:
+        ok = isinstance(value, bool)
+    else:
+        ok = not isinstance(value, bool) and isinstance(value, expected)
+    if not ok:
         problems.append(f"{where}: expected {_type_name(expected)}, got {value!r}")
         return False
     return True
@@ -228,4 +247,63 @@ def load(path: str | Path) -> RigConfig:
         raise ConfigError(text_path, ["no such file"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(text_path, [f"not valid TOML: {exc}"]) from None
-    return parse(data, text_path)
+    config = parse(data, text_path)
+    if config.keys_dir and not Path(config.keys_dir).is_absolute():
+        keys_dir = Path(text_path).resolve().parent / config.keys_dir
+        config = dataclasses.replace(config, keys_dir=str(keys_dir))
+    return config
+
+
+# --- what a process takes from the config --------------------------------------------------
+
+
+def add_key_flags(parser: argparse.ArgumentParser, *, insecure: bool = False) -> None:
+    """``--keys-dir`` (and for what binds, ``--insecure``)."""
+    parser.add_argument(
+        "--keys-dir",
+        help="CurveZMQ keys folder made by `llmo keys generate` (default: [security] keys_dir "
+        f"of the config, else ${ENV_KEYS_DIR}; none: plain TCP)",
+    )
+    if insecure:
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            help="allow binding a non-loopback address without CurveZMQ keys (plain text)",
+        )
+
+
+def endpoints(config: RigConfig, broker: str | None = None, pub: str | None = None) -> Endpoints:
+    """Flags first, then the config's [endpoints], then LLMO_BROKER / LLMO_PUB, then loopback."""
+    return resolve(broker or config.broker or None, pub or config.pub or None)
+
+
+def keys_dir(config: RigConfig, flag: str | None = None) -> str:
+    """``--keys-dir``, else [security] keys_dir, else $LLMO_KEYS_DIR; empty: no keys."""
+    return flag or config.keys_dir or os.environ.get(ENV_KEYS_DIR, "")
+
+
+def _required(config: RigConfig, who: str) -> SecurityError:
+    return SecurityError(
+        f"{config.path or 'llmo.toml'} says [security] require_curve = true, but no keys folder "
+        f"is set for {who}: set [security] keys_dir (or --keys-dir, or ${ENV_KEYS_DIR})"
+    )
+
+
+def server_keys(config: RigConfig, flag: str | None = None) -> ServerKeys | None:
+    """The broker's keys, or None for plain TCP; raises ``SecurityError``."""
+    folder = keys_dir(config, flag)
+    if not folder:
+        if config.require_curve:
+            raise _required(config, "the broker")
+        return None
+    return ServerKeys.load(folder)
+
+
+def client_keys(config: RigConfig, name: str, flag: str | None = None) -> ClientKeys | None:
+    """The key pair ``name`` connects with, or None for plain TCP; raises ``SecurityError``."""
+    folder = keys_dir(config, flag)
+    if not folder:
+        if config.require_curve:
+            raise _required(config, repr(name))
+        return None
+    return ClientKeys.load(folder, name)

@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tui": ("cli.tui_cmd", "the terminal monitor: workers, batches, tasks, events; keys to act"),
     "brain": ("cli.brain_cmd", "run the brain: scheduling, journal and recovery, run history"),
     "replay": ("cli.replay_cmd", "print the decision trace of a brain journal (replay JOURNAL)"),
+    "keys": ("cli.keys_cmd", "CurveZMQ keys for the broker and its peers (keys generate DIR)"),
 }
 
 

@@ -7,18 +7,27 @@ each gets its own sentence, naming the endpoint that was tried:
 - the broker answers ``unknown_destination``: the broker runs, the brain is
   not connected to it;
 - the brain refuses: its ``Ack``/``Error`` detail is shown as it is.
+
+Endpoints and keys: flags first, then the llmo.toml named by ``$LLMO_CONFIG``
+(``[endpoints]``, ``[security] keys_dir``), then ``$LLMO_BROKER`` /
+``$LLMO_PUB`` / ``$LLMO_KEYS_DIR``. A tool connects with the key pair
+``--key`` (default ``$LLMO_KEY``, else ``pi``); the keys are set for the whole
+process, so a ``Subscriber`` it opens (``submit --watch``) uses them too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 
+from cli.config import add_key_flags
 from proto.client import Client, tool_name
-from proto.endpoints import Endpoints, resolve
+from proto.endpoints import Endpoints
 from proto.errors import ErrorCode
 from proto.messages import BRAIN, Ack, Error, Message
+from proto.security import DEFAULT_TOOL_KEY, ENV_KEY, ClientKeys, is_loopback
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -40,7 +49,7 @@ class Session:
             raise ToolError(
                 f"no answer from the broker at {self.endpoints.broker} within "
                 f"{self.timeout:g} s: is `llmo up` (or `llmo broker` and `llmo brain`) running, "
-                "and is LLMO_BROKER / --broker right?"
+                "and is LLMO_BROKER / --broker right?" + self._key_hint()
             )
         if isinstance(reply, Error):
             if reply.code == ErrorCode.UNKNOWN_DESTINATION and reply.peer == BRAIN:
@@ -60,6 +69,20 @@ class Session:
             return reply.detail
         raise ToolError(f"unexpected reply {reply.TYPE.value!r} from the brain")
 
+    def _key_hint(self) -> str:
+        keys = self.client.keys
+        if keys is not None:
+            return (
+                f" This tool used the CurveZMQ key {keys.name!r}: it must be in the broker's "
+                "allow-list (clients/), and broker.key here must be the rig's."
+            )
+        if not is_loopback(self.endpoints.broker):
+            return (
+                " No CurveZMQ keys were loaded, and a broker with keys ignores such clients: "
+                "see --key / --keys-dir, LLMO_KEYS_DIR or [security] keys_dir in $LLMO_CONFIG."
+            )
+        return ""
+
     def close(self) -> None:
         self.client.close()
 
@@ -71,11 +94,42 @@ def add_tool_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for the brain (default {DEFAULT_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--key",
+        default=os.environ.get(ENV_KEY) or DEFAULT_TOOL_KEY,
+        metavar="NAME",
+        help="the CurveZMQ key pair to connect with, when keys are set up "
+        f"(default: ${ENV_KEY}, else {DEFAULT_TOOL_KEY})",
+    )
+    add_key_flags(parser)
+
+
+def tool_setup(args: argparse.Namespace) -> tuple[Endpoints, ClientKeys | None]:
+    """Endpoints and keys for a tool; sets the keys for the process. Raises ``ToolError``."""
+    from cli.config import ConfigError, RigConfig, client_keys, endpoints, load
+    from proto.security import SecurityError, use_keys
+
+    path = os.environ.get("LLMO_CONFIG")
+    try:
+        config = load(path) if path else RigConfig()
+        keys = client_keys(
+            config,
+            getattr(args, "key", None) or DEFAULT_TOOL_KEY,
+            getattr(args, "keys_dir", None),
+        )
+    except (ConfigError, SecurityError) as exc:
+        raise ToolError(str(exc)) from None
+    use_keys(keys)
+    return endpoints(config, getattr(args, "broker", None), getattr(args, "pub", None)), keys
 
 
 def open_session(args: argparse.Namespace, kind: str) -> Session:
-    endpoints = resolve(getattr(args, "broker", None), getattr(args, "pub", None))
-    client = Client(tool_name(kind), endpoints.broker)
+    """A session with the brain; exits with code 2 and the reason when the keys are wrong."""
+    try:
+        endpoints, keys = tool_setup(args)
+    except ToolError as exc:
+        raise SystemExit(fail(kind, exc, 2)) from None
+    client = Client(tool_name(kind), endpoints.broker, keys=keys)
     return Session(endpoints=endpoints, client=client, timeout=args.timeout)
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from cli.common import add_endpoint_flags, llmo_child, llmo_child_env
+from cli.config import add_key_flags
 
 # [limits] keys of llmo.toml -> the worker's flags.
 LIMIT_FLAGS = {
@@ -36,7 +37,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="CPU workers to start (default 2)")
     parser.add_argument("--model", help="GGUF model for the workers (default: embedded Gemma)")
     parser.add_argument("--rig-dir", help="local state: journal, logs (default ./rig)")
-    parser.add_argument("--config", help="llmo.toml for endpoints, workers and limits")
+    parser.add_argument("--config", help="llmo.toml for endpoints, workers, limits and keys")
+    add_key_flags(parser, insecure=True)
     parser.add_argument("--threads", type=int, default=1, help="model threads per worker")
     parser.add_argument(
         "--no-brain-worker", action="store_true", help="do not start the brain-role worker"
@@ -48,11 +50,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[str]]]]:
     """Where things go and the argv of each child (name, argv)."""
-    from cli.config import RigConfig, WorkerSpec, load
+    from cli.config import RigConfig, WorkerSpec, keys_dir, load, server_keys
     from proto.endpoints import resolve
+    from proto.security import check_bind
 
     config = load(args.config) if args.config else RigConfig()
     endpoints = resolve(args.broker or config.broker or None, args.pub or config.pub or None)
+    # Refuse here what the broker would refuse, rather than restart it six times.
+    keys = server_keys(config, args.keys_dir)
+    check_bind([endpoints.broker, endpoints.pub], keys, insecure=args.insecure)
+    keys_flags = ["--keys-dir", keys_dir(config, args.keys_dir)] if keys is not None else []
     rig_dir = Path(args.rig_dir or config.rig_dir or "rig").resolve()
     model = args.model
     if not model:
@@ -78,7 +85,7 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     brain_config = rig_dir / "brain.json"
     brain_config.write_text(json.dumps(brain_settings, indent=2) + "\n")
     llmo = llmo_child()
-    common = ["--broker", endpoints.broker]
+    common = ["--broker", endpoints.broker, *keys_flags]
     children = [
         (
             "broker",
@@ -92,6 +99,7 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
                 str(config.interval_s),
                 "--liveness",
                 str(config.liveness),
+                *(["--insecure"] if args.insecure else []),
             ],
         ),
         (
@@ -153,10 +161,11 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
 def run(args: argparse.Namespace) -> int:
     from cli.config import ConfigError
     from cli.supervisor import Supervisor
+    from proto.security import SecurityError
 
     try:
         where, children = plan_children(args)
-    except (ConfigError, RuntimeError, OSError) as exc:
+    except (ConfigError, SecurityError, RuntimeError, OSError) as exc:
         print(f"llmo up: {exc}", file=sys.stderr)
         return 2
     env = llmo_child_env(dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"]))

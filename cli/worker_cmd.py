@@ -1,4 +1,12 @@
-"""``llmo worker``: run one GPU-pinned worker in the foreground."""
+"""``llmo worker``: run one GPU-pinned worker in the foreground.
+
+With ``--config llmo.toml`` the worker takes its ``[[workers]]`` entry (the
+one named ``--name``: GPUs, role, model, slots, VRAM budget, threads,
+context), the ``[limits]``, the endpoints, the heartbeat interval and its
+CurveZMQ keys from the file; a flag given as well wins. This is how the
+systemd unit ``llmo-worker@NAME`` runs it. The GPUs are pinned with
+``CUDA_VISIBLE_DEVICES`` before anything can load CUDA.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,16 @@ import os
 import sys
 
 from cli.common import add_endpoint_flags, add_log_flags, setup_logging
+from cli.config import add_key_flags
+
+# [limits] keys of llmo.toml -> the flags that override them.
+LIMIT_FLAGS = {
+    "gpu_warn_c": "max_temp",
+    "gpu_critical_c": "critical_temp",
+    "cpu_warn_c": "max_cpu_temp",
+    "vram_percent": "max_vram_pct",
+    "power_w": "max_power",
+}
 
 
 def _gpus(text: str) -> tuple[int, ...]:
@@ -23,31 +41,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_log_flags(parser)
     parser.add_argument("--name", required=True, help="actor name, e.g. gpu-1")
     parser.add_argument(
-        "--gpus", type=_gpus, default=(), help="GPU indices this worker owns, e.g. 1 or 0,3"
+        "--config",
+        help="llmo.toml: take this worker's [[workers]] entry, [limits], endpoints and keys",
     )
-    parser.add_argument("--role", choices=["worker", "brain"], default="worker")
+    add_key_flags(parser)
+    parser.add_argument(
+        "--gpus", type=_gpus, default=None, help="GPU indices this worker owns, e.g. 1 or 0,3"
+    )
+    parser.add_argument("--role", choices=["worker", "brain"], default=None)
     parser.add_argument(
         "--model",
         action="append",
         default=[],
         help="a GGUF file this worker may load (repeat for more; the first is the default)",
     )
-    parser.add_argument("--slots", type=int, default=1, help="attempts at once")
+    parser.add_argument("--slots", type=int, default=None, help="attempts at once (default 1)")
     parser.add_argument(
         "--vram-mb",
         type=int,
         default=None,
         help="VRAM budget (default: 80%% of the GPUs' VRAM, or slots x 1024 without a GPU)",
     )
-    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: its own)")
-    parser.add_argument("--ctx", type=int, default=4096, help="context size of loaded models")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="llama.cpp threads (default 0: its own)"
+    )
+    parser.add_argument(
+        "--ctx", type=int, default=None, help="context size of loaded models (default 4096)"
+    )
     parser.add_argument(
         "--extra-bufts",
         choices=["auto", "on", "off"],
         default="auto",
         help="llama.cpp CPU extra buffer types (auto: off where the CPU advertises AMX)",
     )
-    parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval (s)")
+    parser.add_argument(
+        "--interval", type=float, default=None, help="heartbeat interval (s, default 1)"
+    )
     parser.add_argument(
         "--stop-deadline",
         type=float,
@@ -62,51 +91,83 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="exit after S seconds with nothing running",
     )
     limits = parser.add_argument_group("resource limits")
-    limits.add_argument("--max-temp", type=float, default=75.0, help="GPU warning, °C")
-    limits.add_argument("--critical-temp", type=float, default=90.0, help="GPU critical, °C")
-    limits.add_argument("--max-cpu-temp", type=float, default=78.0, help="CPU warning, °C")
-    limits.add_argument("--max-vram-pct", type=float, default=95.0, help="VRAM warning, %%")
-    limits.add_argument("--max-power", type=float, default=140.0, help="power warning, W")
+    limits.add_argument("--max-temp", type=float, help="GPU warning, °C (default 75)")
+    limits.add_argument("--critical-temp", type=float, help="GPU critical, °C (default 90)")
+    limits.add_argument("--max-cpu-temp", type=float, help="CPU warning, °C (default 78)")
+    limits.add_argument("--max-vram-pct", type=float, help="VRAM warning, %% (default 95)")
+    limits.add_argument("--max-power", type=float, help="power warning, W (default 140)")
+
+
+def _pick(flag, from_config, default):
+    if flag is not None:
+        return flag
+    return from_config if from_config is not None else default
 
 
 def run(args: argparse.Namespace) -> int:
-    # Pin the GPUs before anything can load CUDA or NVML; the worker's modules
-    # import llama_cpp and pynvml lazily, so this comes first.
-    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, args.gpus))
-    setup_logging(args.log_level)
-
-    from proto.endpoints import resolve, valid_actor_name
-    from worker.config import WorkerConfig
-    from worker.limits import LimitsConfig
-    from worker.service import Worker
+    from cli.config import ConfigError, RigConfig, client_keys, endpoints, load
+    from proto.endpoints import valid_actor_name
+    from proto.security import SecurityError, use_keys
 
     if not valid_actor_name(args.name):
         print(f"llmo worker: {args.name!r} is not a valid actor name", file=sys.stderr)
         return 2
-    if args.slots < 1:
+    try:
+        rig = load(args.config) if args.config else RigConfig()
+    except ConfigError as exc:
+        print(f"llmo worker: {exc}", file=sys.stderr)
+        return 2
+    spec = rig.worker(args.name)
+    if args.config and spec is None:
+        known = ", ".join(w.name for w in rig.workers) or "none"
+        print(
+            f"llmo worker: {args.config} has no [[workers]] entry named {args.name!r} "
+            f"(it has: {known})",
+            file=sys.stderr,
+        )
+        return 2
+    gpus = _pick(args.gpus, spec and spec.gpus, ())
+    # Pin the GPUs before anything can load CUDA or NVML; the worker's modules
+    # import llama_cpp and pynvml lazily, so this comes first.
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    setup_logging(args.log_level)
+
+    from worker.config import WorkerConfig
+    from worker.limits import LimitsConfig
+    from worker.service import Worker
+
+    slots = _pick(args.slots, spec and spec.slots, 1)
+    if slots < 1:
         print("llmo worker: --slots must be at least 1", file=sys.stderr)
         return 2
+    try:
+        use_keys(client_keys(rig, args.name, args.keys_dir))
+    except SecurityError as exc:
+        print(f"llmo worker: {exc}", file=sys.stderr)
+        return 2
+    models = list(args.model)
+    if spec is not None and spec.model and spec.model not in models:
+        models.append(spec.model)
+    limits = {k: float(v) for k, v in rig.limits.items()}
+    for key, flag in LIMIT_FLAGS.items():
+        if getattr(args, flag) is not None:
+            limits[key] = getattr(args, flag)
     config = WorkerConfig(
         name=args.name,
-        role=args.role,
-        gpus=args.gpus,
-        slots=args.slots,
-        vram_mb=args.vram_mb,
-        models=tuple(args.model),
-        threads=args.threads,
-        n_ctx=args.ctx,
+        role=_pick(args.role, spec and spec.role, "worker"),
+        gpus=gpus,
+        slots=slots,
+        vram_mb=_pick(args.vram_mb, spec.vram_mb if spec and spec.vram_mb else None, None),
+        models=tuple(models),
+        threads=_pick(args.threads, spec and spec.threads, 0),
+        n_ctx=_pick(args.ctx, spec and spec.n_ctx, 4096),
+        n_gpu_layers=spec.n_gpu_layers if spec is not None else -1,
         extra_bufts=args.extra_bufts,
-        heartbeat_s=args.interval,
+        heartbeat_s=_pick(args.interval, rig.interval_s if args.config else None, 1.0),
         stop_deadline_s=args.stop_deadline,
         exit_when_idle_s=args.exit_when_idle,
-        limits=LimitsConfig(
-            gpu_warn_c=args.max_temp,
-            gpu_critical_c=args.critical_temp,
-            cpu_warn_c=args.max_cpu_temp,
-            vram_percent=args.max_vram_pct,
-            power_w=args.max_power,
-        ),
+        limits=LimitsConfig(**limits),
     )
-    worker = Worker(config, resolve(args.broker, args.pub).broker)
+    worker = Worker(config, endpoints(rig, args.broker, args.pub).broker)
     return worker.run(install_signals=True)

@@ -7,6 +7,8 @@ a fresh message id, send time); ``recv`` returns the next valid message or
 ``request`` sends and waits for the reply whose ``reply_to`` names the request.
 ``tick`` sends a heartbeat when one is due, so the broker keeps the actor
 alive; ``heartbeat_due_in`` tells a poll loop how long it may sleep.
+With ``keys`` (or the process's keys, ``proto.security.use_keys``) the
+socket speaks CurveZMQ to the broker.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import zmq
 from proto.codec import decode, encode
 from proto.errors import ProtocolError
 from proto.messages import BROKER, Heartbeat, Message
+from proto.security import ClientKeys, secure_client
 
 log = logging.getLogger("llmo.client")
 
@@ -43,6 +46,7 @@ class Client:
         heartbeat_interval: float = 1.0,
         heartbeat: Callable[[], Message] | None = None,
         clock: Callable[[], float] = time.time,
+        keys: ClientKeys | None = None,
     ) -> None:
         self.name = name
         self.endpoint = endpoint
@@ -54,6 +58,7 @@ class Client:
         self.socket.setsockopt(zmq.RCVHWM, RCVHWM)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self.keys = secure_client(self.socket, keys)
         self.socket.connect(endpoint)
         self.heartbeat_interval = heartbeat_interval
         self._heartbeat = heartbeat or (lambda: Heartbeat(dst=BROKER))

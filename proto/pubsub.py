@@ -6,7 +6,7 @@ encoded it. A subscriber filters by topic prefix (``heartbeat/`` for all
 heartbeats, ``heartbeat/gpu-1/`` for one worker) and watches the sequence:
 a gap means it missed updates (slow link, high-water mark, broker restart)
 and should take a fresh snapshot from the brain, as in the zguide's Clone
-pattern.
+pattern. With keys (given, or the process's) the SUB speaks CurveZMQ.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import zmq
 from proto.codec import decode
 from proto.errors import ErrorCode, ProtocolError
 from proto.messages import Message, MsgType
+from proto.security import ClientKeys, secure_client
 
 _SEQ = struct.Struct(">Q")
 
@@ -48,6 +49,7 @@ class Subscriber:
         endpoint: str,
         topics: tuple[bytes, ...] = (b"",),
         context: zmq.Context | None = None,
+        keys: ClientKeys | None = None,
     ) -> None:
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
@@ -55,6 +57,7 @@ class Subscriber:
         self.socket.setsockopt(zmq.RCVHWM, 10000)
         for t in topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, t)
+        self.keys = secure_client(self.socket, keys)
         self.socket.connect(endpoint)
         self.endpoint = endpoint
         self.last_seq: int | None = None

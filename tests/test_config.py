@@ -34,6 +34,12 @@ def test_the_example_describes_the_five_gpu_rig():
         ({"workers": [{"name": "a", "role": "boss"}]}, "role: expected 'worker' or 'brain'"),
         ({"workers": [{"name": "a", "gpus": [-1]}]}, "gpus: expected GPU indexes"),
         ({"workers": [{"name": "a", "slots": 0}]}, "slots: must be at least 1"),
+        ({"security": {"keys": "/etc/llmo/keys"}}, "[security] unknown key 'keys'"),
+        ({"security": {"keys_dir": 1}}, "[security] keys_dir: expected a string, got 1"),
+        (
+            {"security": {"require_curve": "yes"}},
+            "[security] require_curve: expected true or false, got 'yes'",
+        ),
     ],
 )
 def test_each_problem_is_named(data, expected):
@@ -66,3 +72,20 @@ def test_limits_are_checked_against_the_worker():
         "vram_percent, power_w, resume_margin_c, backoff_s, backoff_factor, backoff_max_s)",
         "[limits] power_w: expected a number, got 'lots'",
     ]
+
+
+def test_security_keys_dir_is_relative_to_the_file(tmp_path):
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    path = config_dir / "llmo.toml"
+    path.write_text('[security]\nkeys_dir = "keys"\nrequire_curve = true\n')
+    config = load(path)
+    assert config.keys_dir == str(config_dir / "keys") and config.require_curve is True
+    path.write_text('[security]\nkeys_dir = "/etc/llmo/keys"\n')
+    assert load(path).keys_dir == "/etc/llmo/keys" and load(path).require_curve is False
+    assert parse({}).keys_dir == "" and parse({}).require_curve is False
+
+
+def test_the_example_uses_curve_keys():
+    config = load(EXAMPLE)
+    assert config.keys_dir == "/etc/llmo/keys" and config.require_curve is True
