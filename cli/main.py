@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "brain": ("cli.brain_cmd", "run the brain: scheduling, journal and recovery, run history"),
     "replay": ("cli.replay_cmd", "print the decision trace of a brain journal (replay JOURNAL)"),
     "keys": ("cli.keys_cmd", "CurveZMQ keys for the broker and its peers (keys generate DIR)"),
+    "systemd": ("cli.systemd_cmd", "the rig's systemd units from llmo.toml (systemd install)"),
 }
 
 
