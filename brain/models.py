@@ -228,6 +228,7 @@ def on_report(cx: Ctx, worker: Worker, state: str, model: str) -> None:
 def on_status(cx: Ctx, msg: ModelStatus) -> None:
     worker = cx.state.workers.get(msg.src)
     if worker is None:
+        cx.log("warning", f"ignored a model status ({msg.state}) from unknown worker {msg.src}")
         return
     if msg.state == "hot":
         worker.model_state = "hot"
