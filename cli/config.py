@@ -18,6 +18,10 @@ checked by their owners, which ``load`` calls so all errors surface at once.
     [security]   keys_dir, require_curve
                                         CurveZMQ keys (``llmo keys generate``; relative
                                         to this file); refuse to run without them
+    [policy]     plan_roots, protected_paths, refused_patterns, [policy.rlimits.CLASS]
+                                        what shell tasks may do (``worker.policy``);
+                                        ``worker_policy`` adds this file, the keys and
+                                        the rig folder to the protected paths
     [[workers]]  name, gpus, role, model, n_gpu_layers, tensor_split, n_ctx,
                  threads, slots, vram_mb
 """
@@ -30,10 +34,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proto.endpoints import Endpoints, resolve, valid_actor_name
 from proto.security import ENV_KEYS_DIR, ClientKeys, SecurityError, ServerKeys
+
+if TYPE_CHECKING:
+    from worker.policy import Policy
 
 
 class ConfigError(ValueError):
@@ -72,6 +79,7 @@ class RigConfig:
     require_curve: bool = False
     brain: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
     workers: tuple[WorkerSpec, ...] = ()
 
     def worker(self, name: str) -> WorkerSpec | None:
@@ -125,7 +133,7 @@ def _check(where: str, value: Any, expected: type | tuple[type, ...], problems: 
 def parse(data: dict[str, Any], path: str = "llmo.toml") -> RigConfig:
     """A checked ``RigConfig`` from parsed TOML; raises ``ConfigError`` listing every problem."""
     problems: list[str] = []
-    known = {*_SECTIONS, "brain", "limits", "workers"}
+    known = {*_SECTIONS, "brain", "limits", "policy", "workers"}
     for key in data:
         if key not in known:
             problems.append(f"unknown section [{key}] (known: {', '.join(sorted(known))})")
@@ -140,7 +148,7 @@ def parse(data: dict[str, Any], path: str = "llmo.toml") -> RigConfig:
                 problems.append(f"[{section}] unknown key {key!r} (known: {', '.join(keys)})")
             elif _check(f"[{section}] {key}", value, keys[key], problems):
                 values[key] = float(value) if key == "interval_s" else value
-    for section in ("brain", "limits"):
+    for section in ("brain", "limits", "policy"):
         table = data.get(section, {})
         if not isinstance(table, dict):
             problems.append(f"[{section}] must be a table")
@@ -224,6 +232,14 @@ def _owner_checks(values: dict[str, Any]) -> list[str]:
                     problems.append(f"[limits] unknown key {key!r} (known: {', '.join(known)})")
                 elif isinstance(value, bool) or not isinstance(value, int | float):
                     problems.append(f"[limits] {key}: expected a number, got {value!r}")
+    policy = values.get("policy")
+    if policy:
+        from worker.policy import Policy, PolicyError
+
+        try:
+            Policy.from_dict(policy)
+        except PolicyError as exc:
+            problems.extend(exc.problems)
     brain = values.get("brain")
     if brain:
         try:
@@ -280,6 +296,32 @@ def endpoints(config: RigConfig, broker: str | None = None, pub: str | None = No
 def keys_dir(config: RigConfig, flag: str | None = None) -> str:
     """``--keys-dir``, else [security] keys_dir, else $LLMO_KEYS_DIR; empty: no keys."""
     return flag or config.keys_dir or os.environ.get(ENV_KEYS_DIR, "")
+
+
+def worker_policy(config: RigConfig, keys_flag: str | None = None) -> Policy:
+    """The workers' command policy: ``[policy]`` (paths relative to this file), with the
+    config file, the keys folder and the rig folder always protected, and the plans
+    folder as the plan root unless ``plan_roots`` says otherwise."""
+    from worker.policy import Policy
+
+    base = os.path.dirname(os.path.abspath(config.path)) if config.path else os.getcwd()
+    protect = [os.path.abspath(config.path)] if config.path else []
+    keys = keys_dir(config, keys_flag)
+    if keys:
+        protect.append(os.path.abspath(keys))
+    roots = [os.path.abspath(config.plans_dir)] if config.plans_dir else []
+    given_roots = config.policy.get("plan_roots")
+    all_roots = roots if given_roots is None else [os.path.join(base, r) for r in given_roots]
+    if config.rig_dir:
+        rig = os.path.abspath(config.rig_dir)
+        # The journal and the model cache, unless plans live inside the rig folder.
+        inside = [r for r in map(os.path.normpath, all_roots) if f"{r}/".startswith(f"{rig}/")]
+        if not inside:
+            protect.append(rig)
+    try:
+        return Policy.from_dict(config.policy, base_dir=base, protect=protect, default_roots=roots)
+    except ValueError as exc:
+        raise ConfigError(config.path or "llmo.toml", [str(exc)]) from None
 
 
 def _required(config: RigConfig, who: str) -> SecurityError:

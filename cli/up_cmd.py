@@ -12,6 +12,7 @@ the workers, then the brain, then the broker.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -50,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[str]]]]:
     """Where things go and the argv of each child (name, argv)."""
-    from cli.config import RigConfig, WorkerSpec, keys_dir, load, server_keys
+    from cli.config import RigConfig, WorkerSpec, keys_dir, load, server_keys, worker_policy
     from proto.endpoints import resolve
     from proto.security import check_bind
 
@@ -120,6 +121,12 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
         for key, flag in LIMIT_FLAGS.items()
         if key in config.limits
     ]
+    if args.config:  # the [policy], with the config, keys and rig folder it protects
+        policy_file = rig_dir / "policy.json"
+        in_use = dataclasses.replace(config, rig_dir=str(rig_dir))
+        policy = worker_policy(in_use, args.keys_dir).to_dict()
+        policy_file.write_text(json.dumps(policy, indent=2) + "\n")
+        limit_flags.append(("--policy", str(policy_file)))
     for w in workers:
         argv = [
             *llmo,

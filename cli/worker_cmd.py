@@ -90,6 +90,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="exit after S seconds with nothing running",
     )
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="command policy for shell tasks as JSON, the keys of llmo.toml's [policy] "
+        "(default: [policy] of --config, with the config and keys protected)",
+    )
     limits = parser.add_argument_group("resource limits")
     limits.add_argument("--max-temp", type=float, help="GPU warning, °C (default 75)")
     limits.add_argument("--critical-temp", type=float, help="GPU critical, °C (default 90)")
@@ -105,7 +111,7 @@ def _pick(flag, from_config, default):
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli.config import ConfigError, RigConfig, client_keys, endpoints, load
+    from cli.config import ConfigError, RigConfig, client_keys, endpoints, load, worker_policy
     from proto.endpoints import valid_actor_name
     from proto.security import SecurityError, use_keys
 
@@ -153,6 +159,12 @@ def run(args: argparse.Namespace) -> int:
     for key, flag in LIMIT_FLAGS.items():
         if getattr(args, flag) is not None:
             limits[key] = getattr(args, flag)
+    try:
+        policy = read_policy(args.policy) if args.policy else worker_policy(rig, args.keys_dir)
+    except (ConfigError, ValueError) as exc:
+        where = f"--policy {args.policy}: " if args.policy else ""
+        print(f"llmo worker: {where}{exc}", file=sys.stderr)
+        return 2
     config = WorkerConfig(
         name=args.name,
         role=_pick(args.role, spec and spec.role, "worker"),
@@ -168,6 +180,25 @@ def run(args: argparse.Namespace) -> int:
         stop_deadline_s=args.stop_deadline,
         exit_when_idle_s=args.exit_when_idle,
         limits=LimitsConfig(**limits),
+        policy=policy,
     )
     worker = Worker(config, endpoints(rig, args.broker, args.pub).broker)
     return worker.run(install_signals=True)
+
+
+def read_policy(path: str):
+    """The policy in a JSON file (``Policy.to_dict`` form); ``ValueError`` says what is wrong."""
+    import json
+
+    from worker.policy import Policy
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object with the keys of [policy]")
+    return Policy.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)))

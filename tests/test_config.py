@@ -89,3 +89,106 @@ def test_security_keys_dir_is_relative_to_the_file(tmp_path):
 def test_the_example_uses_curve_keys():
     config = load(EXAMPLE)
     assert config.keys_dir == "/etc/llmo/keys" and config.require_curve is True
+
+
+# --- [policy] ---------------------------------------------------------------------------------
+
+
+def test_policy_problems_are_named_with_the_rest():
+    with pytest.raises(ConfigError) as info:
+        parse(
+            {
+                "broker": {"liveness": "x"},
+                "policy": {"plan_root": ["/x"], "rlimits": {"cpu": {"cpu_s": "1h"}}},
+            }
+        )
+    problems = info.value.problems
+    assert "[policy] unknown key 'plan_root'" in problems[1]
+    assert problems[2].startswith("[policy.rlimits.cpu] cpu_s: expected a whole number")
+    assert len(problems) == 3
+
+
+def test_worker_policy_protects_the_config_keys_and_rig(tmp_path):
+    from cli.config import worker_policy
+
+    path = tmp_path / "etc" / "llmo.toml"
+    path.parent.mkdir()
+    path.write_text(
+        '[security]\nkeys_dir = "keys"\n'
+        f'[paths]\nrig_dir = "{tmp_path}/rig"\nplans_dir = "{tmp_path}/plans"\n'
+        '[policy]\nprotected_paths = ["secrets"]\n'
+        "[policy.rlimits.cpu]\ncpu_s = 60\n"
+    )
+    policy = worker_policy(load(path))
+    assert policy.plan_roots == (str(tmp_path / "plans"),)
+    assert set(policy.protected_paths) == {
+        str(tmp_path / "etc" / "secrets"),  # relative to the file
+        str(path),
+        str(tmp_path / "etc" / "keys"),
+        str(tmp_path / "rig"),
+    }
+    assert policy.limits_for("cpu").cpu_s == 60 and policy.limits_for("llm") is None
+
+
+def test_the_rig_folder_is_not_protected_when_plans_live_in_it(tmp_path):
+    from cli.config import worker_policy
+
+    config = parse({"paths": {"rig_dir": str(tmp_path), "plans_dir": str(tmp_path / "plans")}})
+    policy = worker_policy(config)
+    assert str(tmp_path) not in policy.protected_paths
+    assert policy.plan_roots == (str(tmp_path / "plans"),)
+
+
+def test_the_example_policy():
+    from cli.config import worker_policy
+
+    policy = worker_policy(load(EXAMPLE))
+    assert policy.plan_roots == ("/mnt/shared/plans",)
+    assert {"/etc/llmo", "/etc/llmo/keys", "/var/lib/llmo", str(EXAMPLE)} <= set(
+        policy.protected_paths
+    )
+    assert policy.limits_for("cpu").cpu_s == 3600
+    assert r"\bsudo\b" in policy.refused_patterns
+
+
+def test_up_hands_the_policy_to_every_worker(tmp_path):
+    import argparse
+    import json
+
+    from cli import up_cmd
+
+    path = tmp_path / "llmo.toml"
+    path.write_text(
+        f'[paths]\nplans_dir = "{tmp_path}/plans"\n'
+        '[[workers]]\nname = "gpu-1"\n[[workers]]\nname = "gpu-2"\n'
+    )
+    parser = argparse.ArgumentParser()
+    up_cmd.configure(parser)
+    args = parser.parse_args(
+        ["--config", str(path), "--rig-dir", str(tmp_path / "rig"), "--model", "m.gguf"]
+    )
+    _, children = up_cmd.plan_children(args)
+    workers = [argv for name, argv in children if name.startswith("gpu-")]
+    assert len(workers) == 2
+    for argv in workers:
+        policy_file = argv[argv.index("--policy") + 1]
+        data = json.loads(Path(policy_file).read_text())
+        assert data["plan_roots"] == [str(tmp_path / "plans")]
+        assert str(path) in data["protected_paths"]
+        assert str(tmp_path / "rig") in data["protected_paths"]
+
+
+def test_llmo_worker_refuses_a_broken_policy_file(tmp_path):
+    from cli import worker_cmd
+
+    bad = tmp_path / "policy.json"
+    bad.write_text('{"rlimits": {"gpu": {}}}')
+    with pytest.raises(ValueError, match=r"\[policy.rlimits.gpu\] unknown task class"):
+        worker_cmd.read_policy(str(bad))
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        worker_cmd.read_policy(str(bad))
+    good = tmp_path / "good.json"
+    good.write_text('{"plan_roots": ["plans"], "protected_paths": []}')
+    policy = worker_cmd.read_policy(str(good))
+    assert policy.plan_roots == (str(tmp_path / "plans"),) and policy.protected_paths == ()
