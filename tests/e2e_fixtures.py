@@ -217,10 +217,19 @@ class Rig:
                 pass
         return left
 
-    def logs(self) -> str:
-        parts = [f"==== {self.up_log}", _read(self.up_log)]
-        for log in sorted((self.rig_dir / "logs").glob("*.log")):
-            parts += [f"==== {log}", _read(log)[-6000:]]
+    def log_files(self) -> list[Path]:
+        return [self.up_log, *sorted((self.rig_dir / "logs").glob("*.log"))]
+
+    def log_marks(self) -> dict[Path, int]:
+        """How long each log is now, for ``logs(since=...)``."""
+        return {log: log.stat().st_size for log in self.log_files() if log.exists()}
+
+    def logs(self, since: dict[Path, int] | None = None) -> str:
+        """The rig's logs (the end of each), or what was written to them after ``since``."""
+        parts = []
+        for log in self.log_files():
+            text = _read(log, (since or {}).get(log, 0))
+            parts += [f"==== {log}", text if since is not None else text[-6000:]]
         return "\n".join(parts)
 
 
@@ -260,9 +269,11 @@ class Submitted:
         return f"exit {self.returncode}, state {self.state!r}\n{self.stderr}\n{self.stdout[-3000:]}"
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, offset: int = 0) -> str:
     try:
-        return path.read_text(errors="replace")
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
     except OSError as exc:
         return f"({exc})"
 
@@ -326,5 +337,13 @@ def rig_factory(tmp_path_factory) -> Iterator[Callable[..., Rig]]:
 
 @pytest.fixture(scope="module")
 def module_rig_factory(tmp_path_factory) -> Iterator[Callable[..., Rig]]:
-    """The same, for a rig that several tests of a module share."""
+    """The same, for a rig that several tests of a module share (see ``one_test``)."""
     yield from _factory(lambda: tmp_path_factory.mktemp("rig"))
+
+
+def one_test(rig: Rig) -> Iterator[Rig]:
+    """Lend a shared rig to one test; print what its logs got meanwhile, which
+    pytest shows if that test fails."""
+    marks = rig.log_marks()
+    yield rig
+    print(rig.logs(since=marks))

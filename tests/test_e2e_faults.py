@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,6 +21,7 @@ from tests.e2e_fixtures import (
     Submitted,
     events_of,
     module_rig_factory,
+    one_test,
     rig_factory,
     running_attempt,
     wait_for,
@@ -33,8 +35,13 @@ FAST_RETRIES = {"backoff_base_s": 0.5, "grace_s": 2.0}
 
 
 @pytest.fixture(scope="module")
-def rig(module_rig_factory) -> Rig:
+def shared_rig(module_rig_factory) -> Rig:
     return module_rig_factory(brain=FAST_RETRIES)
+
+
+@pytest.fixture
+def rig(shared_rig) -> Iterator[Rig]:
+    yield from one_test(shared_rig)
 
 
 def finish(rig: Rig, submit, timeout: float = 120.0) -> Submitted:

@@ -8,10 +8,11 @@ serves the whole module; each test runs its own copy of a plan.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e_fixtures import Rig, events_of, module_rig_factory
+from tests.e2e_fixtures import Rig, events_of, module_rig_factory, one_test
 
 __all__ = ["module_rig_factory"]
 
@@ -19,8 +20,13 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def rig(module_rig_factory) -> Rig:
+def shared_rig(module_rig_factory) -> Rig:
     return module_rig_factory()
+
+
+@pytest.fixture
+def rig(shared_rig) -> Iterator[Rig]:
+    yield from one_test(shared_rig)
 
 
 def test_hello_greets_every_name_and_gathers_them(rig):
