@@ -23,6 +23,7 @@ per socket), with the count of the ones not logged.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import threading
 import time
@@ -191,6 +192,13 @@ class CurveGuard:
         where = endpoint.decode("utf-8", "replace")
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self._refused["curve_unknown_key"] += 1  # the allow-list logged the key
+            return
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # The peer went away or went quiet mid-handshake (value: an errno), as
+            # a refused client does when it gives up: worth a count, not a warning.
+            self._refused["curve_handshake_dropped"] += 1
+            reason = errno.errorcode.get(value, str(value))
+            log.debug("a CurveZMQ handshake on %s %s ended early (%s)", label, where, reason)
             return
         counter, text = _PROTOCOL_REASONS.get(
             value, ("curve_handshake_failed", f"a CurveZMQ handshake failed (code {value:#x})")
