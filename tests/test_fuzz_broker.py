@@ -1,0 +1,303 @@
+"""Fuzzing the broker over real sockets on loopback.
+
+A raw DEALER named ``fuzzer`` sends what hypothesis makes: random bytes,
+msgpack values that are not maps, envelopes with each field right or wrong
+(types, versions, unknown message types, names at and over the length cap,
+unknown destinations, sources that claim another actor's name, the broker as
+destination), whole messages of every type, trailing garbage, nesting
+bombs, empty and extra frames. An oracle computes what the broker must do
+with each input from the protocol's own envelope check; the test then holds
+the broker to it: every input refused is counted and, where there is a
+sender to answer, answered with an ``Error`` of the expected code; every
+valid one is routed to its destination; and afterwards an ordinary client's
+message still goes through.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+
+import msgpack
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zmq.utils.monitor import recv_monitor_message
+
+from proto.client import Client
+from proto.codec import MAX_MESSAGE_BYTES, MAX_NAME_LEN, ProtocolError, decode_envelope, encode
+from proto.errors import ErrorCode
+from proto.messages import (
+    BROKER,
+    PROTOCOL_VERSION,
+    PUBLISHED_TYPES,
+    Heartbeat,
+    MsgType,
+    TaskStarted,
+)
+from tests.conftest import RunningBroker
+from tests.strategies import json_values, messages
+from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+FUZZER = "fuzzer"
+SENDER = "gpu-a"
+RECEIVER = "gpu-b"
+CONNECTED = (FUZZER, SENDER, RECEIVER)
+DESTINATIONS = [*CONNECTED, BROKER, "brain", "nobody", "x" * MAX_NAME_LEN]
+
+
+class Link:
+    """The broker, the fuzzer's raw socket, a receiver, and an honest sender."""
+
+    def __init__(self) -> None:
+        self.running = RunningBroker()
+        self.context = zmq.Context()
+        self.fuzzer = self._dealer(FUZZER)
+        self.receiver = self._dealer(RECEIVER)
+        self.sender = Client(SENDER, self.running.endpoint, context=self.context)
+        for sock in (self.fuzzer, self.receiver):
+            sock.send(encode(Heartbeat(src=sock.identity.decode(), dst=BROKER, id="hello")))
+        self.sender.send(Heartbeat(dst=BROKER))
+        self.settle(lambda: self.running.stats.published >= 3)
+
+    def _dealer(self, name: str) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, name.encode())
+        sock.connect(self.running.endpoint)
+        return sock
+
+    @property
+    def stats(self):
+        return self.running.stats
+
+    def settle(self, done, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if done():
+                return True
+            time.sleep(0.002)
+        return done()
+
+    def drain(self, sock: zmq.Socket, expected: int = 0, timeout: float = 10.0) -> list[bytes]:
+        """What ``sock`` received: at least ``expected`` messages (waiting up to
+        ``timeout`` for them), and whatever else arrives within a few milliseconds."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            out.append(sock.recv())
+        while sock.poll(5):
+            out.append(sock.recv())
+        return out
+
+    def still_routes(self) -> None:
+        sent = self.sender.send(
+            TaskStarted(dst=RECEIVER, batch_id="b", task_id="after", attempt_id="a")
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.receiver.poll(100):
+                body = self.receiver.recv()
+                try:
+                    if decode_envelope(body).id == sent.id:
+                        return
+                except ProtocolError:
+                    continue
+        raise AssertionError("the broker no longer routes a valid message")
+
+    def close(self) -> None:
+        self.sender.close()
+        for sock in (self.fuzzer, self.receiver):
+            sock.close(linger=0)
+        self.context.term()
+        self.running.stop()
+
+
+@pytest.fixture(scope="module")
+def link():
+    running = Link()
+    yield running
+    running.close()
+
+
+# --- what the broker must do with each input -----------------------------------------------
+
+
+def oracle(frames: list[bytes]) -> tuple[str, str]:
+    """``(outcome, code)``: ``refused`` with an error reply, ``dropped`` (an undeliverable
+    error: counted, not answered), ``routed`` to a connected actor, or ``accepted`` by
+    the broker itself (heartbeats and telemetry addressed to it)."""
+    if len(frames) != 1:
+        return "refused", ErrorCode.BAD_FRAMES
+    try:
+        env = decode_envelope(frames[0])
+    except ProtocolError as exc:
+        return "refused", exc.code
+    if env.src != FUZZER:
+        return "refused", ErrorCode.SPOOFED_SOURCE
+    if env.dst == BROKER:
+        if env.type is MsgType.HEARTBEAT or env.type in PUBLISHED_TYPES:
+            return "accepted", ""
+        return "refused", ErrorCode.UNEXPECTED
+    if env.dst in CONNECTED:
+        return "routed", env.dst
+    if env.type is MsgType.ERROR:
+        return "dropped", "undeliverable_error"
+    return "refused", ErrorCode.UNKNOWN_DESTINATION
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+MISSING = object()
+names = st.sampled_from(DESTINATIONS) | st.text(max_size=12)
+bad_scalars = st.sampled_from([None, True, 0, -1, 2**64 - 1, 1.5, b"bytes", [], {}, "x" * 129])
+GOOD = {
+    "v": st.just(PROTOCOL_VERSION),
+    "type": st.sampled_from([t.value for t in MsgType]),
+    "id": st.text(min_size=1, max_size=MAX_NAME_LEN),
+    "src": st.sampled_from([FUZZER, FUZZER, FUZZER, SENDER, "brain", BROKER]),
+    "dst": names,
+    "ts": st.floats(allow_nan=True) | st.integers(0, 2**40),
+}
+BAD = {
+    "v": st.sampled_from([0, 2, "1", 1.0, None, True]),
+    "type": st.text(max_size=8) | bad_scalars,
+    "ts": st.text(max_size=4) | bad_scalars,
+}
+
+
+@st.composite
+def envelopes(draw) -> bytes:
+    """A right envelope with one field (or none) made wrong or left out, and extra keys."""
+    data = {key: draw(good) for key, good in GOOD.items()}
+    broken = draw(st.sampled_from([None, *GOOD]))
+    if broken is not None:
+        data[broken] = draw(st.just(MISSING) | BAD.get(broken, bad_scalars))
+    data = {k: v for k, v in data.items() if v is not MISSING}
+    data.update(draw(st.dictionaries(st.text(max_size=8), json_values, max_size=3)))
+    return msgpack.packb(data, use_bin_type=True)
+
+
+@st.composite
+def whole_messages(draw) -> bytes:
+    msg = dataclasses.replace(draw(messages), src=FUZZER, dst=draw(st.sampled_from(DESTINATIONS)))
+    body = encode(msg)
+    if draw(st.integers(0, 5)) == 0:
+        body += draw(st.binary(min_size=1, max_size=8))  # trailing garbage
+    return body
+
+
+frames_one = st.one_of(
+    st.binary(max_size=80),
+    json_values.map(lambda v: msgpack.packb(v, use_bin_type=True)),
+    envelopes(),
+    envelopes(),
+    whole_messages(),
+    st.sampled_from(
+        [
+            b"",
+            b"\x91" * 5000 + b"\xc0",  # arrays nested 5000 deep
+            b"\xdd\xff\xff\xff\xff",  # an array claiming 4 billion items
+            b"\xdb\xff\xff\xff\xf0abc",  # a string claiming 4 GB
+            b"\xc1",  # a byte msgpack never uses
+        ]
+    ),
+)
+inputs = st.one_of(
+    frames_one.map(lambda f: [f]),
+    st.lists(frames_one, min_size=2, max_size=3),
+)
+
+
+def expect_and_check(link: Link, batch: list[list[bytes]], tally) -> None:
+    stats = link.stats
+    routed0 = stats.routed
+    refused0 = collections.Counter(stats.refused)
+    outcomes = [oracle(frames) for frames in batch]
+    for frames in batch:
+        link.fuzzer.send_multipart(frames)
+    want_refused = collections.Counter(code for kind, code in outcomes if kind == "refused")
+    want_refused.update(code for kind, code in outcomes if kind == "dropped")
+    want_routed = collections.Counter(code for kind, code in outcomes if kind == "routed")
+
+    def refused_now() -> collections.Counter:
+        return collections.Counter(stats.refused) - refused0
+
+    settled = link.settle(
+        lambda: (
+            refused_now() == want_refused and stats.routed - routed0 == sum(want_routed.values())
+        )
+    )
+    assert settled, (outcomes, refused_now(), stats.routed - routed0)
+    expected_errors = collections.Counter(c for k, c in outcomes if k == "refused")
+    replies = link.drain(link.fuzzer, sum(expected_errors.values()) + want_routed[FUZZER])
+    errors = collections.Counter()
+    echoed = 0
+    for body in replies:
+        env = decode_envelope(body)
+        if env.src == BROKER and env.type is MsgType.ERROR:
+            errors[msgpack.unpackb(body)["code"]] += 1
+        else:
+            echoed += 1  # a message the fuzzer addressed to itself
+    assert errors == expected_errors, replies
+    assert echoed == want_routed[FUZZER]
+    assert len(link.drain(link.receiver, want_routed[RECEIVER])) == want_routed[RECEIVER]
+    assert len(link.drain(link.sender.socket, want_routed[SENDER])) == want_routed[SENDER]
+    tally.add("broker", len(batch))
+
+
+@given(batch=st.lists(inputs, min_size=1, max_size=12))
+@settings(
+    max_examples=examples(120),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+def test_every_bad_input_is_refused_and_counted(link, batch, fuzz_tally):  # noqa: F811
+    expect_and_check(link, batch, fuzz_tally)
+
+
+def test_the_broker_still_routes_after_the_fuzzing(link):
+    link.still_routes()
+    assert link.stats.refused["internal_error"] == 0
+
+
+def test_fields_at_and_near_the_size_cap(link, fuzz_tally):  # noqa: F811
+    base = {"v": PROTOCOL_VERSION, "type": "task.started", "ts": 1.0, "src": FUZZER}
+    near = MAX_MESSAGE_BYTES - 200
+    batch = [
+        [msgpack.packb({**base, "id": "n" * MAX_NAME_LEN, "dst": RECEIVER})],
+        [msgpack.packb({**base, "id": "n" * (MAX_NAME_LEN + 1), "dst": RECEIVER})],
+        [msgpack.packb({**base, "id": "big", "dst": "d" * (MAX_NAME_LEN + 1)})],
+        # A body just under the cap is routed whole; one just over is refused.
+        [msgpack.packb({**base, "id": "near", "dst": RECEIVER, "pad": "x" * near})],
+        [msgpack.packb({**base, "id": "over", "dst": RECEIVER, "pad": "x" * MAX_MESSAGE_BYTES})],
+    ]
+    assert len(batch[3][0]) <= MAX_MESSAGE_BYTES < len(batch[4][0])
+    expect_and_check(link, batch, fuzz_tally)
+    link.still_routes()
+
+
+def test_a_frame_over_the_socket_cap_costs_only_that_connection(link, fuzz_tally):  # noqa: F811
+    """ZeroMQ drops a peer that sends more than MAXMSGSIZE before the broker
+    sees a byte of it: nothing is counted or answered, and routing goes on."""
+    bully = link.context.socket(zmq.DEALER)
+    bully.setsockopt(zmq.LINGER, 0)
+    bully.setsockopt(zmq.IDENTITY, b"bully")
+    monitor = bully.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    bully.connect(link.running.endpoint)
+    try:
+        refused = sum(link.stats.refused.values())
+        bully.send(b"\x00" * (2 * MAX_MESSAGE_BYTES + 1))
+        assert monitor.poll(20_000), "the broker kept a peer that sent a frame over its cap"
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+        link.still_routes()
+        assert sum(link.stats.refused.values()) == refused
+        fuzz_tally.add("broker")
+    finally:
+        bully.disable_monitor()
+        monitor.close(linger=0)
+        bully.close(linger=0)
