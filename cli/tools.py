@@ -8,8 +8,9 @@ each gets its own sentence, naming the endpoint that was tried:
   not connected to it;
 - the brain refuses: its ``Ack``/``Error`` detail is shown as it is.
 
-Endpoints and keys: flags first, then the llmo.toml named by ``$LLMO_CONFIG``
-(``[endpoints]``, ``[security] keys_dir``), then ``$LLMO_BROKER`` /
+Endpoints and keys: flags first, then the llmo.toml named by ``--config``
+(where a tool takes one) or ``$LLMO_CONFIG`` (its ``[endpoints]`` and
+``[security] keys_dir``), then ``$LLMO_BROKER`` /
 ``$LLMO_PUB`` / ``$LLMO_KEYS_DIR``. A tool connects with the key pair
 ``--key`` (default ``$LLMO_KEY``, else ``pi``); the keys are set for the whole
 process, so a ``Subscriber`` it opens (``submit --watch``) uses them too.
@@ -109,7 +110,10 @@ def tool_setup(args: argparse.Namespace) -> tuple[Endpoints, ClientKeys | None]:
     from cli.config import ConfigError, RigConfig, client_keys, endpoints, load
     from proto.security import SecurityError, use_keys
 
-    path = os.environ.get("LLMO_CONFIG")
+    # ``status --config`` names an llmo.toml; ``submit --config`` is plan settings.
+    given = getattr(args, "config", None)
+    path = given if isinstance(given, str) and given.endswith(".toml") else None
+    path = path or os.environ.get("LLMO_CONFIG")
     try:
         config = load(path) if path else RigConfig()
         keys = client_keys(

@@ -258,6 +258,14 @@ def test_tools_read_keys_and_endpoints_from_the_config(keys_dir, no_process_keys
     assert endpoints.broker == "tcp://127.0.0.1:9" and keys.name == "gpu-1"
     with pytest.raises(ToolError, match="no key pair for 'nobody'"):
         tool_setup(_tool_args("--key", "nobody"))
+    # A tool's own --config (llmo status) wins over $LLMO_CONFIG.
+    monkeypatch.setenv("LLMO_CONFIG", str(keys_dir.parent / "missing.toml"))
+    args = _tool_args()
+    args.config = str(config)
+    assert tool_setup(args)[0].broker == "tcp://10.9.9.9:5555"
+    args.config = '{"plan": "settings"}'  # llmo submit --config: not an llmo.toml
+    with pytest.raises(ToolError, match=r"missing\.toml: no such file"):
+        tool_setup(args)
 
 
 def test_a_tool_with_bad_keys_exits_with_the_reason(keys_dir, no_process_keys, capsys):
