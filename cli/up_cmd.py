@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -165,6 +167,31 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     return where, children
 
 
+def in_use(endpoints: list[str]) -> list[str]:
+    """The tcp endpoints that something on this machine already listens on.
+
+    Checked before anything starts: a broker that cannot bind would only
+    crash and restart, while the brain and workers started beside it joined
+    the rig that does listen there, under the same names as its own.
+    """
+    busy = []
+    for endpoint in endpoints:
+        scheme, _, rest = endpoint.partition("://")
+        host, _, port = rest.rpartition(":")
+        if scheme != "tcp" or not port.isdigit():
+            continue
+        host = "0.0.0.0" if host in ("", "*") else host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
+            try:
+                probe.bind((host, int(port)))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    busy.append(endpoint)
+    return busy
+
+
 def run(args: argparse.Namespace) -> int:
     from cli.config import ConfigError
     from cli.supervisor import Supervisor
@@ -174,6 +201,14 @@ def run(args: argparse.Namespace) -> int:
         where, children = plan_children(args)
     except (ConfigError, SecurityError, RuntimeError, OSError) as exc:
         print(f"llmo up: {exc}", file=sys.stderr)
+        return 2
+    busy = in_use([where["broker"], where["pub"]])
+    if busy:
+        print(
+            f"llmo up: {', '.join(busy)} already in use: another rig (or program) listens "
+            "there. Give this rig its own endpoints with --broker/--pub or LLMO_BROKER/LLMO_PUB.",
+            file=sys.stderr,
+        )
         return 2
     env = llmo_child_env(dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"]))
     logs = Path(where["logs"])

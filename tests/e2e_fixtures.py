@@ -138,6 +138,10 @@ class Rig:
         """A fresh copy of a test plan (tests/data/e2e) or an example plan."""
         source = E2E_PLANS / name if (E2E_PLANS / name).is_dir() else EXAMPLE_PLANS / name
         target = self.plans_dir / name
+        copies = 1
+        while target.exists():
+            copies += 1
+            target = self.plans_dir / f"{name}-{copies}"
         shutil.copytree(source, target, ignore=shutil.ignore_patterns("history", "__pycache__"))
         return target
 

@@ -8,11 +8,13 @@ serves the whole module; each test runs its own copy of a plan.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e_fixtures import Rig, events_of, module_rig_factory, one_test
+from tests.e2e_fixtures import Rig, events_of, llmo_argv, module_rig_factory, one_test
 
 __all__ = ["module_rig_factory"]
 
@@ -126,3 +128,30 @@ def test_undefined_placeholders_are_refused_with_every_name_and_nothing_is_sent(
     batches = rig.status()["batches"]
     assert {b["id"] for b in batches} == before
     assert all(b["plan"] != "undefined" for b in batches)
+
+
+def test_a_second_llmo_up_on_the_same_endpoints_refuses_and_leaves_the_first_alone(rig, tmp_path):
+    before = rig.children()
+    second = subprocess.Popen(
+        [*llmo_argv(), "up", "--rig-dir", str(tmp_path / "rig")],
+        cwd=tmp_path,
+        env=rig.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = second.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        second.send_signal(signal.SIGTERM)
+        out, err = second.communicate(timeout=30)
+        pytest.fail(f"a second llmo up on {rig.broker} kept running:\n{out}\n{err}")
+
+    assert second.returncode == 2, (out, err)
+    assert rig.broker in err and rig.pub in err
+    assert not (tmp_path / "rig" / "logs").exists()  # nothing was started
+    assert rig.children() == before
+    rig.wait_ready(10)
+    run = rig.submit(rig.plan("hello"))
+    assert run.returncode == 0, run
