@@ -17,6 +17,10 @@ on both alike:
 * submit-to-first-task: from sending ``PlanSubmit`` to hearing the first
   ``task_started`` on the PUB stream.
 
+For the fan-out it also prints the CPU time each process of the rig spent
+per task (from /proc), which says where the orchestration's cost goes on a
+machine whose cores the tasks themselves need.
+
 llmo's time for a batch runs from sending ``PlanSubmit`` (from this process,
 so no CLI start-up is counted) to hearing ``batch_completed``. Each side
 reports its median over the rounds.
@@ -159,6 +163,28 @@ class Rig:
                 total = time.monotonic() - sent
                 return {"total": total, "first": first or 0.0, "history": reply.history_path}
 
+    def cpu(self) -> dict[str, tuple[float, float]]:
+        """Seconds of CPU by child of ``llmo up``: (its own, its reaped children's)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if int(fields[1]) != self.process.pid or "cli.main" not in argv:
+                continue
+            rest = argv[argv.index("cli.main") + 1 :]
+            name = rest[rest.index("--name") + 1] if "--name" in rest else rest[0]
+            own = (int(fields[11]) + int(fields[12])) / tick
+            found[name] = (own, (int(fields[13]) + int(fields[14])) / tick)
+        return found
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -223,8 +249,16 @@ def main() -> int:
             list(pool.map(run_true, range(4)))  # start the pool's processes
             fan_llmo, fan_floor, chain_llmo, chain_floor, firsts = [], [], [], [], []
             between, running = [], []
+            cpu: dict[str, tuple[list[float], list[float]]] = {}
             for n in range(1, args.rounds + 1):
+                before = rig.cpu()
                 fan = rig.run(write_fanout(root / f"fanout-{n}", args.tasks))
+                after = rig.cpu()
+                for name, (own, kids) in after.items():
+                    was = before.get(name, (0.0, 0.0))
+                    spent = cpu.setdefault(name, ([], []))
+                    spent[0].append(own - was[0])
+                    spent[1].append(kids - was[1])
                 fan_llmo.append(fan["total"])
                 firsts.append(fan["first"])
                 fan_floor.append(floor_fanout(pool, args.tasks))
@@ -255,6 +289,11 @@ def main() -> int:
     print(f"    llmo:  {args.tasks / fl:8.1f} tasks/s ({fl:.2f} s, submit to batch_completed)")
     print(f"    floor: {args.tasks / ff:8.1f} tasks/s ({ff:.2f} s, ProcessPoolExecutor(2))")
     print(f"    ratio: {ff / fl:.3f} (aim >= 0.85)")
+    print("    CPU per task by process (median ms; tasks are counted under their worker):")
+    for name, (own, kids) in sorted(cpu.items()):
+        own_ms = statistics.median(own) / args.tasks * 1000
+        kids_ms = statistics.median(kids) / args.tasks * 1000
+        print(f"      {name:8} {own_ms:5.2f} ms itself, {kids_ms:5.2f} ms in its tasks")
     print(f"(b) chain of {args.chain} dependent `true` tasks")
     print(f"    llmo:  {cl / args.chain * 1000:6.2f} ms per task ({cl:.2f} s)")
     print(f"    floor: {cf / args.chain * 1000:6.2f} ms per task ({cf:.2f} s, plain loop)")
