@@ -301,3 +301,23 @@ def test_require_curve_refuses_to_run_without_keys(no_process_keys):
         client_keys(config, "gpu-1")
     assert client_keys(parse({}), "gpu-1") is None
     assert os.environ.get("LLMO_KEYS_DIR") is None
+
+
+def test_llmo_up_refuses_a_plain_non_loopback_rig_before_starting_anything(
+    tmp_path, keys_dir, no_process_keys
+):
+    import argparse
+
+    from cli import up_cmd
+
+    parser = argparse.ArgumentParser()
+    up_cmd.configure(parser)
+    exposed = ["--broker", "tcp://0.0.0.0:5555", "--rig-dir", str(tmp_path / "rig")]
+    with pytest.raises(SecurityError, match="--insecure"):
+        up_cmd.plan_children(parser.parse_args(exposed))
+    assert not (tmp_path / "rig").exists()
+    _, children = up_cmd.plan_children(
+        parser.parse_args([*exposed, "--keys-dir", str(keys_dir), "--model", "m.gguf"])
+    )
+    for name, argv in children:
+        assert argv[argv.index("--keys-dir") + 1] == str(keys_dir), name
