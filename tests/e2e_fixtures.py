@@ -125,9 +125,16 @@ class Rig:
         )
 
     def wait_ready(self, seconds: float = READY_S) -> None:
+        """Wait for ``llmo status --wait-ready``; fail at once if ``llmo up`` exits."""
         expect = ",".join(self.expected)
-        done = self.llmo("status", "--wait-ready", str(seconds), "--expect", expect)
-        assert done.returncode == 0, f"rig not ready: {done.stderr}\n{self.logs()}"
+        deadline = time.monotonic() + seconds
+        while True:
+            done = self.llmo("status", "--wait-ready", "3", "--expect", expect)
+            if done.returncode == 0:
+                return
+            exited = self.process.poll()
+            assert exited is None, f"llmo up exited with {exited}\n{self.logs()}"
+            assert time.monotonic() < deadline, f"rig not ready: {done.stderr}\n{self.logs()}"
 
     def status(self) -> dict[str, Any]:
         done = self.llmo("status", "--json")
