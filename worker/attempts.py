@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import signal
 import time
@@ -138,6 +139,9 @@ class Attempts:
 
     def refusal(self, a: TaskAssign, level: Level, draining: bool, constraint: str) -> str | None:
         cls = a.task_class
+        absurd = _absurd(a)
+        if absurd:
+            return absurd
         if draining:
             return f"{self.config.name} is draining: it takes no new work"
         if cls == "meta":
@@ -454,6 +458,17 @@ class Attempts:
         while len(self._recent) > REMEMBERED:
             self._recent.popitem(last=False)
         self.deliver(msg)
+
+
+def _absurd(a: TaskAssign) -> str:
+    """Figures no brain sends: they would corrupt the budget or disarm the timers."""
+    if a.vram_mb < 0:
+        return f"vram_mb must not be negative, got {a.vram_mb}"
+    for name in ("timeout_s", "grace_s"):
+        value = getattr(a, name)
+        if not math.isfinite(value) or value < 0:
+            return f"{name} must be a finite number of seconds, at least 0, got {value}"
+    return ""
 
 
 def _ids(a: TaskAssign) -> dict[str, str]:
