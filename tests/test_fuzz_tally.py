@@ -54,12 +54,15 @@ def fuzz_tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
     cache = getattr(request.config, "cache", None)
     if cache is not None:
         cache.set("llmo/fuzz_inputs", {"total": tally.total, **tally.counts})
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():  # shown without -s too
         reporter.write_line("")
         reporter.write_line(line)
-    else:
-        print(line)
 
 
 def test_examples_grow_with_the_environment(monkeypatch):
