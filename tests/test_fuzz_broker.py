@@ -252,7 +252,7 @@ def expect_and_check(link: Link, batch: list[list[bytes]], tally) -> None:
 
 @given(batch=st.lists(inputs, min_size=1, max_size=12))
 @settings(
-    max_examples=examples(120),
+    max_examples=examples(250),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -1,7 +1,7 @@
 """The fuzz suite's shared pieces: how many examples to run, and the tally of inputs.
 
-Every ``test_fuzz_*`` module imports ``fuzz_tally`` (one per session) and
-adds the inputs it threw at the system. At the end of the session the tally
+Every fuzz module imports ``fuzz_tally`` and adds the inputs it threw at
+the system; all of them count into one tally per session. At the end of the session the tally
 prints one line, ``llmo fuzz: N inputs tried (broker a, brain b, ...)``, on
 the terminal and stores the counts in the pytest cache under
 ``llmo/fuzz_inputs`` (``.pytest_cache/v/llmo/fuzz_inputs``).
@@ -46,14 +46,24 @@ class Tally:
         return f"llmo fuzz: {self.total} inputs tried ({parts or 'none'})"
 
 
+TALLY = Tally()  # one per session, however many modules import the fixture
+_holders = 0
+
+
 @pytest.fixture(scope="session")
 def fuzz_tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
-    tally = Tally()
-    yield tally
-    line = tally.line()
+    """The session's tally. Each module that imports this gets its own fixture
+    instance; they share ``TALLY``, and the last one torn down reports it."""
+    global _holders
+    _holders += 1
+    yield TALLY
+    _holders -= 1
+    if _holders:
+        return
+    line = TALLY.line()
     cache = getattr(request.config, "cache", None)
     if cache is not None:
-        cache.set("llmo/fuzz_inputs", {"total": tally.total, **tally.counts})
+        cache.set("llmo/fuzz_inputs", {"total": TALLY.total, **TALLY.counts})
     plugins = request.config.pluginmanager
     reporter = plugins.get_plugin("terminalreporter")
     capture = plugins.get_plugin("capturemanager")

@@ -217,7 +217,7 @@ counter = itertools.count()
 
 @given(data=st.data())
 @settings(
-    max_examples=examples(150),
+    max_examples=examples(250),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

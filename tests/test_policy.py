@@ -3,13 +3,13 @@ itself, and lets ordinary commands through."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
 from worker.policy import (
     DEFAULT_REFUSED_PATTERNS,
     MAX_COMMAND_BYTES,
@@ -278,17 +278,19 @@ SHELLISH = st.text(alphabet="abcdefxyz0123 ./-=$;|&()<>\n\t*?[]{}~", max_size=60
 
 
 @given(prefix=SHELLISH)
-@settings(max_examples=int(os.environ.get("LLMO_FUZZ_EXAMPLES", "300")), deadline=None)
-def test_a_protected_write_after_any_command_is_refused(prefix):
+@settings(max_examples=examples(300), deadline=None)
+def test_a_protected_write_after_any_command_is_refused(prefix, fuzz_tally):  # noqa: F811
     """Whatever comes first (quotes and backslashes aside), a later line that
     writes to a protected path is refused, by that rule or another."""
+    fuzz_tally.add("policy")
     command = f"{prefix}\necho pwned > {CONFIG}"
     assert refused(command) is not None
 
 
 @given(command=st.text(max_size=200))
-@settings(max_examples=int(os.environ.get("LLMO_FUZZ_EXAMPLES", "300")), deadline=None)
-def test_check_never_raises(command):
+@settings(max_examples=examples(300), deadline=None)
+def test_check_never_raises(command, fuzz_tally):  # noqa: F811
+    fuzz_tally.add("policy")
     reason = refused(command)
     assert reason is None or reason.split(":", 1)[0] in (
         "plan_roots",
