@@ -5,7 +5,8 @@ Run: ``.venv/bin/python bench/tui.py [--seconds 30] [--tasks 10000] [--events 10
 A broker runs in this process with a scripted brain that answers snapshot
 requests (5 workers, one running batch of ``--tasks`` tasks) and publishes
 ``--events`` task events a second, while 5 workers heartbeat at ``--hz``
-(with GPU telemetry) and report token progress at the same rate. The monitor
+(with GPU telemetry) and report token progress at the same rate. About one
+task in fifty is retried instead of finishing, so the events pane scrolls too. The monitor
 runs as its own process on a pseudo-terminal of 120 x 40 cells, so it draws
 for real. Once it has taken its snapshot, the load runs for ``--seconds``;
 the monitor's CPU time over that window (all its threads, from /proc), its
@@ -82,7 +83,7 @@ def child(args: argparse.Namespace) -> int:
 class Load:
     """The broker, a scripted brain and five workers, in threads of this process."""
 
-    def __init__(self, tasks: int, workers: int) -> None:
+    def __init__(self, tasks: int, workers: int, retry_every: int = 101) -> None:
         import zmq
 
         from broker.service import Broker
@@ -92,6 +93,7 @@ class Load:
         self.broker_thread = threading.Thread(target=self.broker.run, daemon=True)
         self.broker_thread.start()
         self.n_tasks = tasks
+        self.retry_every = retry_every  # one finish in so many is a retry (an events-pane line)
         self.names = [f"gpu-{i}" for i in range(1, workers + 1)]
         self.batch_id = "20261129_120000"
         self.rev = 100
@@ -190,16 +192,24 @@ class Load:
                         w = self.names[i % len(self.names)]
                         self.rev += 1
                         started = k % 2 == 0
+                        event, state = (
+                            ("task_started", "running") if started else ("task_succeeded", "done")
+                        )
+                        detail = {}
+                        if not started and k % self.retry_every == 1:
+                            event, state = "task_retried", "delayed"
+                            detail = {"reason": "exit 1: CUDA error: out of memory"}
                         brain.send(
                             BatchEvent(
                                 dst=BROKER,
                                 rev=self.rev,
                                 batch_id=self.batch_id,
-                                event="task_started" if started else "task_succeeded",
+                                event=event,
                                 task_id=f"item_{i:05d}",
-                                state="running" if started else "done",
+                                state=state,
                                 worker=w,
                                 attempt_id=f"{self.batch_id}:item_{i:05d}:{k}",
+                                detail=detail,
                             )
                         )
                         k += 1

@@ -71,6 +71,7 @@ class Rig:
                 silence_s=1.0,
                 snapshot_timeout_s=0.5,
                 backoff_s=(0.2, 0.4),
+                resync_min_s=0.2,
             )
 
         return MonitorApp(feed, endpoint=endpoints.broker, tick_s=0.2, **kw)
@@ -153,9 +154,9 @@ def test_heartbeats_update_the_rows_and_the_sparkline(rig):
     app = rig.app()
 
     async def script(pilot: Pilot) -> None:
-        for i in range(6):
+        for rate in (1.0, 1.0, 10.0, 10.0, 23.0, 23.0):  # sampled once a second
             rig.fake.heartbeat(
-                "gpu-1", state="hot", model="qwen", tok_s=18.0 + i, telemetry=gpu_telemetry(1)
+                "gpu-1", state="hot", model="qwen", tok_s=rate, telemetry=gpu_telemetry(1)
             )
             rig.fake.heartbeat("gpu-2", state="cold", telemetry=no_gpu())
             await pilot.pause(0.5)
@@ -321,5 +322,26 @@ def test_help_and_quit(rig):
         await until(pilot, lambda: type(app.screen).__name__ != "HelpScreen")
         await pilot.press("q")
         await until(pilot, lambda: app.feed.stopped)
+
+    run(app, script)
+
+
+def test_selecting_a_finished_batch_fetches_its_tasks(rig):
+    old = batch_view("A", "older", {"done": 2}, state="complete", created_at=time.time() - 900)
+    rig.fake.set_state(
+        batches=[*rig.fake.batches, old],
+        tasks=[*rig.fake.tasks, task_view("A", "x", "done"), task_view("A", "y", "done")],
+    )
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        assert "A" not in app.model.tasks  # a full snapshot lists running batches' tasks
+        app.query_one(BatchesTable).focus()
+        await pilot.press("down")  # running batches first: B, then A
+        await until(pilot, lambda: sorted(task_ids(app)) == ["x", "y"], what="A's tasks")
+        assert any(r.batch_id == "A" for r in rig.fake.snapshot_requests)
+        await pilot.press("up")
+        await until(pilot, lambda: sorted(task_ids(app)) == ["a", "b", "c"])
+        assert "A" not in app.model.tasks  # a finished batch's tasks are dropped once left
 
     run(app, script)

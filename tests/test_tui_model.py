@@ -232,7 +232,8 @@ def test_describe_events():
 
 
 def test_sparkline_scales_to_the_maximum_and_pads():
-    assert render.sparkline([0, 5, 10], 5) == "  " + " ▄█"
+    assert render.sparkline([0, 5, 10], 5) == "  ▁▄█"
+    assert render.sparkline([0, 5], 2, top=10.0) == "▁▄"
     assert render.sparkline([], 3) == "   "
     assert render.sparkline([0.0, 0.0], 2) == "▁▁"
 
@@ -280,3 +281,56 @@ def test_a_snapshot_taken_right_after_an_event_does_not_hide_its_line():
     assert model.events[0].text.startswith("batch C accepted")
     model.apply(Update(snapshots=(("", later),), events=(accepted,)), NOW)  # not twice
     assert sum("accepted" in line.text for line in model.events) == 1
+
+
+def test_the_snapshot_gives_worker_figures_until_the_first_heartbeat():
+    gauges = {
+        "available": True,
+        "temperature_c": 71.0,
+        "vram_used_mb": 4096,
+        "vram_total_mb": 6144,
+        "power_w": 90.5,
+        "util_percent": 80.0,
+    }
+    workers = (
+        worker_view("gpu-1", tok_s=22.5, gpu=gauges),
+        worker_view("cpu-1", "cold", gpu={"available": False, "note": "no NVML"}),
+    )
+    model = Model()
+    model.seed(snapshot(workers=workers), NOW)
+    cells = render.worker_cells(model.workers["gpu-1"], NOW)
+    assert (cells[5].plain, cells[6].plain[-6:], cells[9].plain.strip()) == (
+        "71°C",
+        "4.0/6G",
+        "22.5",
+    )
+    assert render.worker_cells(model.workers["cpu-1"], NOW)[6].plain == "no GPU telemetry"
+
+
+def test_a_worker_becoming_constrained_says_why_in_the_events():
+    model = seeded()
+    model.heartbeat(Heartbeat(src="gpu-1", role="worker", state="hot"), NOW)
+    why = "GPU 1 at 86°C, over the 83°C limit"
+    model.heartbeat(Heartbeat(src="gpu-1", role="worker", state="constrained", constraint=why), NOW)
+    assert model.events[0].text == f"gpu-1 constrained: {why}"
+    assert model.workers["gpu-1"].shown_state == "constrained"
+    model.heartbeat(Heartbeat(src="gpu-1", role="worker", state="constrained", constraint=why), NOW)
+    model.heartbeat(Heartbeat(src="gpu-1", role="worker", state="hot"), NOW)
+    assert [e.text for e in list(model.events)[:2]] == [
+        "gpu-1 within its limits again",
+        f"gpu-1 constrained: {why}",
+    ]
+
+
+def test_malformed_snapshot_entries_are_skipped():
+    reply = SnapshotReply(
+        reply_to="r",
+        rev=3,
+        workers=("nonsense", {"role": "worker"}, worker_view("gpu-1")),
+        batches=(7, batch_view("B", "p", {"ready": 1})),
+        tasks=({"batch_id": "B"}, task_view("B", "t", "ready"), None),
+    )
+    model = Model()
+    model.seed(reply, NOW)
+    assert list(model.workers) == ["gpu-1"] and list(model.batches) == ["B"]
+    assert list(model.tasks["B"]) == ["t"]

@@ -21,6 +21,7 @@ could reach the brain long after the operator gave up on it.
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +42,11 @@ from tui.screens import ConfirmScreen, HelpScreen, LogScreen, PromptScreen
 from tui.updates import Update
 from tui.widgets import BatchesTable, EventList, StatusBar, VirtualList, WorkersTable
 
+log = logging.getLogger("llmo.tui")
+
 TICK_S = 1.0
 TASK_REFRESH_S = 0.5
-LAGS_KEPT = 100_000
+LAGS_KEPT = 20_000
 
 
 class FeedUpdate(Message):
@@ -136,29 +139,37 @@ class MonitorApp(App[None]):
     # --- layout ------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield StatusBar(id="status")
-        with Vertical(id="main"):
-            workers = WorkersTable(id="workers")
-            workers.border_title = "workers"
-            yield workers
-            batches = BatchesTable(id="batches")
-            batches.border_title = "batches"
-            yield batches
+        # The panels are kept by reference: the app draws them from message
+        # handlers that may still run while it shuts down, when queries fail.
+        self.status_bar = StatusBar(id="status")
+        self.workers_table = WorkersTable(id="workers")
+        self.workers_table.border_title = "workers"
+        self.batches_table = BatchesTable(id="batches")
+        self.batches_table.border_title = "batches"
+        self.filter_box = Input(
+            placeholder="filter tasks: words, state:run, class:llm", id="filter"
+        )
+        self.task_header = Static(render.task_header(), id="task-header")
+        self.task_list = VirtualList(self._task_line, key=lambda row: row.id, id="tasks")
+        self.event_list = EventList(id="events")
+        self.event_list.border_title = "events (newest first)"
+        self.main_panel = Vertical(id="main")
+        self.tasks_pane = Vertical(id="tasks-pane")
+        self.tasks_pane.border_title = "tasks"
+        yield self.status_bar
+        with self.main_panel:
+            yield self.workers_table
+            yield self.batches_table
             with Horizontal(id="bottom"):
-                with Vertical(id="tasks-pane") as pane:
-                    pane.border_title = "tasks"
-                    yield Input(
-                        placeholder="filter tasks: words, state:run, class:llm", id="filter"
-                    )
-                    yield Static(render.task_header(), id="task-header")
-                    yield VirtualList(self._task_line, key=lambda row: row.id, id="tasks")
-                events = EventList(id="events")
-                events.border_title = "events (newest first)"
-                yield events
+                with self.tasks_pane:
+                    yield self.filter_box
+                    yield self.task_header
+                    yield self.task_list
+                yield self.event_list
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#batches", BatchesTable).focus()
+        self.batches_table.focus()
         self.redraw(force=True)
         self.call_after_refresh(self._fit_tasks)
         self.set_interval(self.tick_s, self.tick)
@@ -186,7 +197,13 @@ class MonitorApp(App[None]):
         started = time.perf_counter()
         update = message.update
         now = self.clock()
-        self.model.apply(update, now)
+        try:
+            self.model.apply(update, now)
+        except Exception as exc:  # bad input from the rig must not take the monitor down
+            log.exception("could not apply an update")
+            self.model.note(now, "error", f"could not apply an update ({exc!r}); resyncing")
+            if self.feed is not None:
+                self.feed.resync()
         if self.feed is not None:
             self.feed.taken()
         self.redraw()
@@ -209,42 +226,46 @@ class MonitorApp(App[None]):
     # --- drawing -----------------------------------------------------------------------
 
     def redraw(self, force: bool = False) -> None:
+        if not self.status_bar.is_attached:
+            return  # shutting down
         model = self.model
         now = self.clock()
         changes = model.take_changes()
         if force:
             changes |= {"workers", "batches", "tasks", "events", "link"}
-        self.query_one(StatusBar).show(model, self.endpoint)
+        self.status_bar.show(model, self.endpoint)
         stale = model.link.state in ("down", "no_brain")
-        self.query_one("#main").set_class(stale, "-stale")
+        self.main_panel.set_class(stale, "-stale")
         if "workers" in changes:
-            workers = self.query_one(WorkersTable)
+            workers = self.workers_table
             workers.show(model, now)
             workers.border_title = f"workers · rig {model.rig_tok_s():.1f} tok/s"
         if "batches" in changes:
-            batches = self.query_one(BatchesTable)
+            batches = self.batches_table
             batches.show(model, now)
             selected = batches.selected_key or ""
             if selected != model.selected_batch:
                 self.select_batch(selected)
         if "events" in changes:
-            self.query_one(EventList).show(tuple(model.events))
+            self.event_list.show(tuple(model.events))
         if changes & {"tasks", "batches"}:
             self.redraw_tasks(force=force)
 
     def redraw_tasks(self, force: bool = False) -> None:
+        if not self.task_list.is_attached:
+            return
         now = time.monotonic()
         key = (self.model.selected_batch, self.task_filter)
         if not force and key == self._tasks_key and now - self._tasks_drawn_at < TASK_REFRESH_S:
-            self.query_one("#tasks", VirtualList).refresh()  # figures only: redraw visible rows
+            self.task_list.refresh()  # figures only: redraw visible rows
             return
         self._tasks_key = key
         self._tasks_drawn_at = now
         model = self.model
         batch_id = model.selected_batch
         rows = model.task_rows(batch_id, self.task_filter, live_first=self.live_first)
-        self.query_one("#tasks", VirtualList).set_rows(rows)
-        pane = self.query_one("#tasks-pane")
+        self.task_list.set_rows(rows)
+        pane = self.tasks_pane
         if not batch_id:
             pane.border_title = "tasks (no batch selected)"
             return
@@ -267,11 +288,13 @@ class MonitorApp(App[None]):
         self.call_after_refresh(self._fit_tasks)
 
     def _fit_tasks(self) -> None:
-        tasks = self.query_one("#tasks", VirtualList)
+        if not self.task_list.is_attached:
+            return
+        tasks = self.task_list
         width = render.task_width(tasks.scrollable_content_region.width)
         if width != self._task_width:
             self._task_width = width
-            self.query_one("#task-header", Static).update(render.task_header(width))
+            self.task_header.update(render.task_header(width))
             tasks.refresh()
 
     # --- selection ---------------------------------------------------------------------
@@ -288,7 +311,7 @@ class MonitorApp(App[None]):
         self.redraw_tasks(force=True)
 
     def selected_worker(self) -> str:
-        return self.query_one(WorkersTable).selected_key or ""
+        return self.workers_table.selected_key or ""
 
     def on_virtual_list_selected(self, event: VirtualList.Selected) -> None:
         if event.source.id == "tasks":
@@ -335,7 +358,7 @@ class MonitorApp(App[None]):
     # --- filter ------------------------------------------------------------------------
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.filter_box
         box.add_class("-shown")
         box.focus()
 
@@ -348,16 +371,16 @@ class MonitorApp(App[None]):
         if event.input.id == "filter":
             if not event.value.strip():
                 event.input.remove_class("-shown")
-            self.query_one("#tasks", VirtualList).focus()
+            self.task_list.focus()
 
     def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.filter_box
         if box.has_class("-shown") or self.task_filter:
             box.value = ""
             box.remove_class("-shown")
             self.task_filter = ""
             self.redraw_tasks(force=True)
-            self.query_one("#tasks", VirtualList).focus()
+            self.task_list.focus()
 
     # --- actions -----------------------------------------------------------------------
 

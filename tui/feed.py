@@ -31,6 +31,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -60,6 +61,9 @@ SILENCE_S = 3.0  # nothing published for this long: check the link with a snapsh
 SNAPSHOT_TIMEOUT_S = 3.0
 ACTION_TIMEOUT_S = 5.0
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+# Full snapshots of a live link at most this often: on a slow link a snapshot
+# of 10,000 tasks that itself causes the next gap must not become a loop.
+RESYNC_MIN_S = 2.0
 MAX_PENDING_EVENTS = 20_000
 DRAIN_BURST = 5_000  # publications read per pass before the loop looks at its timers
 # Events after which the brain's state holds more than the events tell: a new
@@ -139,6 +143,7 @@ class Feed:
         snapshot_timeout_s: float = SNAPSHOT_TIMEOUT_S,
         action_timeout_s: float = ACTION_TIMEOUT_S,
         backoff_s: tuple[float, ...] = BACKOFF_S,
+        resync_min_s: float = RESYNC_MIN_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoints = endpoints
@@ -150,6 +155,7 @@ class Feed:
         self.snapshot_timeout_s = snapshot_timeout_s
         self.action_timeout_s = action_timeout_s
         self.backoff_s = backoff_s
+        self.resync_min_s = resync_min_s
         self.clock = clock
         self.posted = 0
         self.malformed = 0
@@ -227,7 +233,8 @@ class _Loop:
         self.sub = sub
         self.client = client
         self.requests = _Requests(client, feed._stop)
-        self.session = Session(feed.endpoints, self.requests, timeout=feed.action_timeout_s)  # type: ignore[arg-type]
+        requests: Any = self.requests  # Session only calls request(), which this one stops
+        self.session = Session(feed.endpoints, requests, timeout=feed.action_timeout_s)
         self.pending = _Pending()
         self.started = time.monotonic()
         self.heard_at = 0.0  # monotonic time of the last publication (0: never)
@@ -239,26 +246,42 @@ class _Loop:
         self.next_try = 0.0
         self.failures = 0
         self.last_flush = 0.0
+        self.last_full = -1e9  # monotonic time of the last full snapshot
 
     def run(self) -> None:
+        while not self.feed.stopped:
+            try:
+                self.step()
+            except Exception as exc:  # a bug here must not leave the screen frozen as "live"
+                if self.feed.stopped:
+                    return
+                log.exception("monitor feed: unexpected error; going on")
+                self.pending.notes.append(f"monitor feed error: {exc!r} (see --log-file)")
+                self.need_full = True
+                time.sleep(0.2)
+
+    def step(self) -> None:
         feed = self.feed
-        while not feed.stopped:
-            now = time.monotonic()
-            wait = max(0.0, min(self.next_try - now, feed.flush_s - (now - self.last_flush)))
-            self.receive(min(max(wait, 0.01), 0.1))
-            now = time.monotonic()
-            for batch_id in feed._take_wanted():
-                if batch_id == "":
-                    self.need_full = True
-                    self.next_try = min(self.next_try, now)
-                elif batch_id not in self.wanted:
-                    self.wanted.append(batch_id)
-            if self.link.state == "live" and self.silent(now):
-                self.need_full = True  # quiet for too long: is the link still there?
-            self.do_actions()
-            if (self.need_full or self.wanted) and now >= self.next_try:
-                self.snapshot(now)
-            self.flush(time.monotonic())
+        now = time.monotonic()
+        wait = max(0.0, min(self.next_try - now, feed.flush_s - (now - self.last_flush)))
+        self.receive(min(max(wait, 0.01), 0.1))
+        now = time.monotonic()
+        for batch_id in feed._take_wanted():
+            if batch_id == "":
+                self.need_full = True
+                self.next_try = min(self.next_try, now)
+            elif batch_id not in self.wanted:
+                self.wanted.append(batch_id)
+        if self.link.state == "live" and self.silent(now):
+            self.need_full = True  # quiet for too long: is the link still there?
+        self.do_actions()
+        if now >= self.next_try:
+            spaced = now - self.last_full >= feed.resync_min_s or self.link.state != "live"
+            if self.need_full and spaced:
+                self.snapshot("")
+            elif self.wanted:
+                self.snapshot(self.wanted[0])
+        self.flush(time.monotonic())
 
     # --- publications ------------------------------------------------------------------
 
@@ -304,6 +327,10 @@ class _Loop:
         pending = self.pending
         if len(pending.events) >= MAX_PENDING_EVENTS:
             pending.dropped += len(pending.events)
+            pending.notes.append(
+                f"{len(pending.events)} events skipped while the screen was busy; "
+                "a fresh snapshot replaces them"
+            )
             pending.events.clear()
             self.need_full = True
             self.next_try = min(self.next_try, now)
@@ -329,8 +356,7 @@ class _Loop:
                 result = ActionResult(label, True, detail or "done")
             self.pending.results.append(result)
 
-    def snapshot(self, now: float) -> None:
-        batch_id = "" if self.need_full else self.wanted[0]
+    def snapshot(self, batch_id: str) -> None:
         request = SnapshotRequest(dst=BRAIN, batch_id=batch_id)
         reply = self.requests.request(request, timeout=self.feed.snapshot_timeout_s)
         if self.feed.stopped:
@@ -342,6 +368,7 @@ class _Loop:
                 self.wanted.remove(batch_id)
             else:
                 self.need_full = False
+                self.last_full = now
                 self.heard_at = now  # the link answered
                 self.heard_wall = self.feed.clock()
             self.failures = 0

@@ -30,7 +30,16 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from proto.messages import BatchEvent, Heartbeat, PeerDown, PeerUp, SnapshotReply, TaskProgress
+from proto.messages import (
+    BatchEvent,
+    GpuReading,
+    Heartbeat,
+    PeerDown,
+    PeerUp,
+    SnapshotReply,
+    TaskProgress,
+    Telemetry,
+)
 from tui.rows import (
     EVENT_LEVELS,
     EVENTS_KEPT,
@@ -51,6 +60,27 @@ def _num(value: Any, default: float | None = None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
     return float(value)
+
+
+def _records(items: Any, key: str) -> list[dict[str, Any]]:
+    """The snapshot entries that are maps with a string ``key``; others are skipped."""
+    return [i for i in items if isinstance(i, dict) and isinstance(i.get(key), str)]
+
+
+def _telemetry_from(gauges: dict[str, Any], gpus: tuple[int, ...]) -> Telemetry:
+    """The brain's summary of a worker's telemetry, shaped like a heartbeat's,
+    until the worker's own heartbeat arrives."""
+    if not gauges.get("available"):
+        return Telemetry(gpu_available=False, note=str(gauges.get("note", "")))
+    reading = GpuReading(
+        index=gpus[0] if gpus else 0,
+        temperature_c=_num(gauges.get("temperature_c")),
+        vram_used_mb=int(gauges["vram_used_mb"]) if gauges.get("vram_used_mb") else None,
+        vram_total_mb=int(gauges["vram_total_mb"]) if gauges.get("vram_total_mb") else None,
+        power_w=_num(gauges.get("power_w")),
+        util_percent=_num(gauges.get("util_percent")),
+    )
+    return Telemetry(gpu_available=True, gpus=(reading,))
 
 
 class Model:
@@ -114,7 +144,7 @@ class Model:
         self.snapshot_at = now
         old_workers = self.workers
         self.workers = {}
-        for w in reply.workers:
+        for w in _records(reply.workers, "name"):
             row = old_workers.pop(w["name"], None) or WorkerRow(name=w["name"])
             self._worker_from(row, w)
             self.workers[row.name] = row
@@ -123,12 +153,12 @@ class Model:
                 self.workers[name] = row
         old_batches = self.batches
         self.batches = {}
-        for b in reply.batches:
+        for b in _records(reply.batches, "id"):
             row = old_batches.get(b["id"]) or BatchRow(id=b["id"])
             self._batch_from(row, b)
             self.batches[row.id] = row
         old_tasks = self.tasks
-        self.tasks = self._tasks_from(reply.tasks)
+        self.tasks = self._tasks_from(_records(reply.tasks, "id"))
         selected = self.selected_batch
         if selected and selected not in self.tasks and selected in old_tasks:
             batch = self.batches.get(selected)
@@ -137,12 +167,13 @@ class Model:
         self.changes |= {"workers", "batches", "tasks"}
 
     def _seed_batch(self, reply: SnapshotReply, batch_id: str) -> None:
-        for b in reply.batches:
-            if b.get("id") == batch_id:
+        for b in _records(reply.batches, "id"):
+            if b["id"] == batch_id:
                 row = self.batches.get(batch_id) or BatchRow(id=batch_id)
                 self._batch_from(row, b)
                 self.batches[batch_id] = row
-        tasks = self._tasks_from(t for t in reply.tasks if t.get("batch_id") == batch_id)
+        mine = (t for t in _records(reply.tasks, "id") if t.get("batch_id") == batch_id)
+        tasks = self._tasks_from(mine)
         self.tasks[batch_id] = tasks.get(batch_id, {})
         if reply.rev > self.rev:
             self.batch_rev[batch_id] = reply.rev
@@ -162,6 +193,11 @@ class Model:
         row.slots_free = int(w.get("slots_free", row.slots_free) or 0)
         row.vram_budget_mb = int(w.get("vram_budget_mb", row.vram_budget_mb) or 0)
         row.vram_used_mb = int(w.get("vram_used_mb", row.vram_used_mb) or 0)
+        if isinstance(w.get("tok_s"), int | float):
+            row.tok_s = float(w["tok_s"])
+        row.constraint = w.get("constraint", row.constraint) or ""
+        if row.telemetry is None and isinstance(w.get("gpu"), dict):
+            row.telemetry = _telemetry_from(w["gpu"], row.gpus)
         if row.presence == "down":
             row.tok_s = 0.0
 
@@ -393,6 +429,17 @@ class Model:
         row.vram_used_mb = hb.vram_used_mb
         row.tok_s = hb.tok_s
         row.telemetry = hb.telemetry
+        if hb.constraint != row.constraint and row.last_heartbeat:
+            if hb.constraint:
+                self._log(
+                    EventLine(
+                        now, "warning", f"{hb.src} constrained: {hb.constraint}", worker=hb.src
+                    )
+                )
+            else:
+                self._log(
+                    EventLine(now, "good", f"{hb.src} within its limits again", worker=hb.src)
+                )
         row.constraint = hb.constraint
         if not row.gpus and hb.telemetry is not None and hb.telemetry.gpus:
             row.gpus = tuple(g.index for g in hb.telemetry.gpus)

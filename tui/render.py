@@ -77,7 +77,7 @@ def sparkline(values: Iterable[float], width: int, top: float | None = None) -> 
     if top <= 0:
         cells = SPARKS[0] * len(data)
     else:
-        cells = "".join(SPARKS[min(7, int(v / top * 7.999))] if v > 0 else " " for v in data)
+        cells = "".join(SPARKS[min(7, max(0, int(v / top * 7.999)))] for v in data)
     return cells.rjust(width)
 
 

@@ -55,6 +55,7 @@ BATCH_COLUMNS: Sequence[Column] = (
 )
 SPARK_WIDTH = 14
 BAR_WIDTH = 20
+HEIGHT_STEP = 64  # a virtual list's scrollable height grows in steps of this many lines
 
 
 class VirtualList(ScrollView, can_focus=True):
@@ -77,6 +78,7 @@ class VirtualList(ScrollView, can_focus=True):
     VirtualList > .virtual-list--header { text-style: bold; color: $text-accent; }
     """
     HEADER_LINES = 0
+    EXACT_HEIGHT = False  # True where the widget's height follows its rows
 
     class Selected(Message):
         """Enter on a row."""
@@ -123,7 +125,14 @@ class VirtualList(ScrollView, can_focus=True):
                     self.move_cursor_to(found, quiet=True)
         if self.cursor >= len(rows):
             self.cursor = max(0, len(rows) - 1)
-        self.virtual_size = Size(0, len(rows) + self.HEADER_LINES)
+        lines = len(rows) + self.HEADER_LINES
+        if not self.EXACT_HEIGHT and lines > self.size.height:
+            # A new virtual size means a new layout of the whole screen (tens of
+            # milliseconds); growing in steps keeps that rare while rows come in.
+            # (Rows that fit the window are counted exactly: no idle scrollbar.)
+            lines = -(-lines // HEIGHT_STEP) * HEIGHT_STEP
+        if self.virtual_size.height != lines:
+            self.virtual_size = Size(0, lines)
         self.refresh()
 
     @property
@@ -225,6 +234,7 @@ class RowTable(VirtualList):
 
     DEFAULT_CSS = "RowTable { scrollbar-gutter: auto; height: auto; }"
     HEADER_LINES = 1
+    EXACT_HEIGHT = True
     GAP = 2
 
     def __init__(self, columns: Sequence[Column], **kwargs: Any) -> None:
@@ -328,7 +338,11 @@ class BatchesTable(RowTable):
 
 
 class EventList(VirtualList):
-    """The events pane: newest first, long lines wrapped under their text."""
+    """The events pane: newest first, long lines wrapped under their text.
+
+    Each event is wrapped once for the pane's width and kept, so a new event
+    costs its own lines, not a rewrap of the whole ring.
+    """
 
     INDENT = 9  # "HH:MM:SS "
 
@@ -336,6 +350,7 @@ class EventList(VirtualList):
         super().__init__(lambda line: line.copy(), cursor=False, **kwargs)
         self.items: Sequence[Any] = ()
         self.wrapped_width = 0
+        self.wrapped: dict[Any, list[Text]] = {}
 
     def show(self, items: Sequence[Any]) -> None:
         self.items = items
@@ -347,18 +362,29 @@ class EventList(VirtualList):
 
     def wrap_items(self) -> None:
         width = self.scrollable_content_region.width or 60
-        self.wrapped_width = width
-        body_width = max(10, width - self.INDENT)
+        if width != self.wrapped_width:
+            self.wrapped_width = width
+            self.wrapped = {}
+        cache, self.wrapped = self.wrapped, {}
         lines: list[Text] = []
-        console = self.app.console
         for item in self.items:
-            body = Text(item.text, style=render.LEVEL_STYLES.get(item.level, ""))
-            for i, part in enumerate(body.wrap(console, body_width, overflow="fold")):
-                line = Text(no_wrap=True)
-                line.append(render.clock(item.ts) + " " if i == 0 else " " * self.INDENT, "dim")
-                line.append_text(part)
-                lines.append(line)
+            item_lines = cache.get(item)
+            if item_lines is None:
+                item_lines = self.wrap_one(item, width)
+            self.wrapped[item] = item_lines
+            lines.extend(item_lines)
         self.set_rows(lines)
+
+    def wrap_one(self, item: Any, width: int) -> list[Text]:
+        body = Text(item.text, style=render.LEVEL_STYLES.get(item.level, ""))
+        out = []
+        parts = body.wrap(self.app.console, max(10, width - self.INDENT), overflow="fold")
+        for i, part in enumerate(parts):
+            line = Text(no_wrap=True)
+            line.append(render.clock(item.ts) + " " if i == 0 else " " * self.INDENT, "dim")
+            line.append_text(part)
+            out.append(line)
+        return out
 
 
 class StatusBar(Widget):
