@@ -55,6 +55,7 @@ from proto.messages import (
 )
 from worker import policy
 from worker.config import WorkerConfig
+from worker.leftovers import GroupLedger
 from worker.limits import Level
 from worker.llm import LoadSpec, Runtime, RuntimeEvent
 from worker.meter import Meter, Meters
@@ -122,6 +123,7 @@ class Attempts:
         self.clock = clock
         self.running: dict[str, Attempt] = {}
         self._by_fd: dict[int, Attempt] = {}
+        self.ledger: GroupLedger | None = None  # running groups, for a successor to end
         self._recent: collections.OrderedDict[str, Message] = collections.OrderedDict()
 
     # --- capacity ---------------------------------------------------------------------
@@ -231,6 +233,8 @@ class Attempts:
             self._end(a, _failed(a, "spawn_error", error=str(exc)))
             return
         self.running[a.attempt_id] = attempt
+        if self.ledger is not None:
+            self.ledger.add(attempt.shell.pid)
         if attempt.shell.pidfd >= 0:
             self._by_fd[attempt.shell.pidfd] = attempt
             self.watch(attempt.shell.pidfd)
@@ -404,6 +408,8 @@ class Attempts:
             self.unwatch(fd)
             self._by_fd.pop(fd, None)
         outcome = attempt.shell.reap()
+        if self.ledger is not None:
+            self.ledger.remove(attempt.shell.pid)
         self.running.pop(attempt.id, None)
         self.meters.remove(attempt.id)
         self._end(attempt.assign, self._result(attempt, outcome))

@@ -58,6 +58,7 @@ from worker.api import ApiServer
 from worker.attempts import GPU_CLASSES, Attempts
 from worker.config import WorkerConfig
 from worker.inbox import Inbox
+from worker.leftovers import GroupLedger, default_path
 from worker.limits import Level, Limits
 from worker.link import Link
 from worker.llm import Runtime, RuntimeEvent
@@ -125,6 +126,10 @@ class Worker:
             unwatch=self.poller.unregister,
             clock=clock,
         )
+        self.attempts.ledger = GroupLedger(
+            os.environ.get("LLMO_WORKER_LEDGER") or default_path(config.name, endpoint)
+        )
+        self.attempts.ledger.reap_previous()
         self.handlers: dict[type[Message], Callable[[Any], None]] = {
             TaskAssign: self.attempts_assign,
             TaskCancel: self.attempts.cancel,
