@@ -32,6 +32,7 @@ from brain.config import BrainConfig
 from brain.ctx import Ctx
 from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
 from brain.state import BrainState, Worker, advance
+from proto.errors import ErrorCode
 from proto.messages import (
     Ack,
     BatchCancel,
@@ -285,6 +286,7 @@ def step(state: BrainState, event: Event, now: float) -> tuple[BrainState, list[
     """Fold one event into the state; the commands to carry out, in order."""
     state.events += 1
     cx = Ctx(state, now)
+    requester = _requester(state, event)
     try:
         EVENT_HANDLERS[type(event)](cx, event)
         if state.dispatch_due:
@@ -293,4 +295,35 @@ def step(state: BrainState, event: Event, now: float) -> tuple[BrainState, list[
         detail = "".join(traceback.format_exception_only(exc)).strip()
         cx.out.append(Log("error", f"event {type(event).__name__} failed: {detail}"))
         state.dispatch_due = False
+        if requester is not None:  # whoever waits for an answer gets one
+            cx.send(
+                Error(
+                    dst=requester.src,
+                    code=ErrorCode.INTERNAL.value,
+                    reply_to=requester.id,
+                    detail=f"the brain failed on this {requester.TYPE.value}: {detail[:300]}",
+                )
+            )
     return state, cx.finish()
+
+
+# Requests a tool waits on: if handling one fails, the tool is told so.
+REQUEST_TYPES = frozenset(
+    {
+        MsgType.PLAN_SUBMIT,
+        MsgType.SNAPSHOT_REQUEST,
+        MsgType.BATCH_CANCEL,
+        MsgType.WORKER_DRAIN,
+        MsgType.MODEL_LOAD,
+        MsgType.MODEL_UNLOAD,
+    }
+)
+
+
+def _requester(state: BrainState, event: Event) -> Message | None:
+    if isinstance(event, Received):
+        msg = event.msg
+        return msg if msg.TYPE in REQUEST_TYPES and msg.src and msg.id else None
+    if isinstance(event, PlanLoaded):
+        return state.pending_plans.get(event.request_id)
+    return None

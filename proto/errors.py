@@ -31,6 +31,7 @@ class ErrorCode(enum.StrEnum):
     # Problems an actor reports about a well-formed message it cannot act on.
     UNEXPECTED = "unexpected"
     REFUSED = "refused"
+    INTERNAL = "internal"  # the receiver failed on a well-formed request (a bug)
 
 
 class ProtocolError(Exception):

@@ -619,3 +619,19 @@ def test_long_finished_batches_are_forgotten_but_the_newest_kept():
     # A late result for a forgotten batch is ignored, not a crash.
     rig.msg(TaskDone(batch_id=ids[0], task_id="a", attempt_id=f"{ids[0]}:a:1"), src="w1")
     assert set(rig.state.batches) == set(ids[2:])
+
+
+def test_a_request_the_brain_fails_on_is_answered_not_left_hanging(monkeypatch):
+    import brain.submit
+
+    rig = Rig()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(brain.submit.plans, "parse_plan", broken)
+    reply = rig.submit(plan_text("a | cpu | true"))
+    assert reply.TYPE.value == "error" and reply.code == "internal" and reply.dst == "submit-1"
+    assert "plan.submit" in reply.detail and "boom" in reply.detail
+    monkeypatch.undo()
+    assert rig.submit(plan_text("a | cpu | true")).TYPE.value == "plan.accepted"
