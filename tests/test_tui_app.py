@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -274,6 +275,38 @@ def test_enter_on_a_task_shows_its_log_tail_and_attempts(rig, tmp_path):
     logs = tmp_path / "hello" / "history" / "B" / "logs"
     logs.mkdir(parents=True)
     (logs / "b.log").write_text("".join(f"line {i}\n" for i in range(5000)))
+    events = [
+        {
+            "ts": 100.0,
+            "event": "task_started",
+            "task_id": "b",
+            "attempt": 1,
+            "attempt_id": "B:b:1",
+            "worker": "gpu-1",
+        },
+        {
+            "ts": 104.0,
+            "event": "task_failed",
+            "task_id": "b",
+            "attempt": 1,
+            "attempt_id": "B:b:1",
+            "worker": "gpu-1",
+            "reason": "exit",
+            "exit_code": 1,
+        },
+        {"ts": 104.0, "event": "task_retried", "task_id": "b", "reason": "exit 1: oom"},
+        {
+            "ts": 110.0,
+            "event": "task_started",
+            "task_id": "b",
+            "attempt": 2,
+            "attempt_id": "B:b:2",
+            "worker": "gpu-2",
+        },
+    ]
+    (logs.parent / "batch_events.jsonl").write_text(
+        "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+    )
     app = rig.app(path_map=[("/srv/plans", str(tmp_path))])
 
     async def script(pilot: Pilot) -> None:
@@ -290,6 +323,9 @@ def test_enter_on_a_task_shows_its_log_tail_and_attempts(rig, tmp_path):
         assert log.lines[-1] == "line 4999" and log.line_count < 5000
         info = str(app.screen.query_one("#task-info").render())
         assert "attempts 2" in info and "retried: exit 1: oom" in info
+        tried = app.screen.query_one("#attempts")
+        await until(pilot, lambda: "#2" in str(tried.render()), what="the attempts")
+        assert "#1  gpu-1" in str(tried.render()) and "failed, retried" in str(tried.render())
         await pilot.press("c")  # the main screen's keys do nothing here
         assert isinstance(app.screen, LogScreen)
         await pilot.press("escape")

@@ -322,8 +322,10 @@ class MonitorApp(App[None]):
         if batch is None or not batch.history_path:
             self.notify("this batch's history folder is not known yet", severity="warning")
             return
-        path = f"{self.map_path(batch.history_path)}/logs/{task.id}.log"
-        self.push_screen(LogScreen(batch.id, task, path, self.describe_task))
+        history = self.map_path(batch.history_path)
+        path = f"{history}/logs/{task.id}.log"
+        events = f"{history}/batch_events.jsonl"
+        self.push_screen(LogScreen(batch.id, task, path, self.describe_task, events))
 
     def map_path(self, path: str) -> str:
         """A rig path as this machine sees the shared drive (``--path-map``)."""

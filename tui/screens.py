@@ -21,10 +21,12 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Input, Label, Log, Static
 
 from tui import render
+from tui.history import Attempt, read_attempts
 from tui.rows import TaskRow
 
 TAIL_BYTES = 64 * 1024
 TAIL_LINES = 400
+ATTEMPTS_EVERY = 5  # log-screen ticks between reads of batch_events.jsonl
 
 HELP_KEYS: Sequence[tuple[str, str]] = (
     ("tab / shift+tab", "move between workers, batches, tasks and events"),
@@ -157,6 +159,27 @@ def read_tail(path: str, limit: int = TAIL_BYTES) -> tuple[tuple[int, float], li
     return (stat.st_size, stat.st_mtime), lines[-TAIL_LINES:]
 
 
+def attempts_text(found: Sequence[Attempt], note: str = "") -> Text:
+    """One line per attempt: number, worker, start, outcome and why."""
+    out = Text()
+    if not found:
+        out.append(f"attempts: {note or 'none recorded yet'}", "dim")
+        return out
+    out.append("attempts (from batch_events.jsonl):\n", "bold")
+    for a in found:
+        took = f" after {render.duration(a.ended - a.started)}" if a.ended and a.started else ""
+        style = {"done": "green", "running": "yellow"}.get(a.outcome, "red")
+        out.append(
+            f"  #{a.number:<2} {a.worker or render.DASH:10} {render.clock(a.started or 0)}  "
+        )
+        out.append(a.outcome + took, style)
+        if a.why:
+            out.append(f": {a.why.strip().splitlines()[-1][:120]}", "dim")
+        out.append("\n")
+    out.rstrip()
+    return out
+
+
 class LogScreen(Screen[None]):
     """A task's state, attempts and the tail of its log, followed while open."""
 
@@ -166,6 +189,7 @@ class LogScreen(Screen[None]):
     ]
     DEFAULT_CSS = """
     LogScreen #task-info { height: auto; max-height: 12; padding: 0 1; background: $panel; }
+    LogScreen #attempts { height: auto; max-height: 10; padding: 0 1; background: $panel; }
     LogScreen Log { height: 1fr; border: round $primary-darken-1; }
     """
 
@@ -175,25 +199,35 @@ class LogScreen(Screen[None]):
             self.stamp = stamp
             self.lines = lines
 
+    class AttemptsRead(Message):
+        def __init__(self, attempts: list[Attempt], note: str) -> None:
+            super().__init__()
+            self.attempts = attempts
+            self.note = note
+
     def __init__(
         self,
         batch_id: str,
         task: TaskRow,
         path: str,
         describe: Callable[[TaskRow], Text],
+        events_path: str = "",
         interval: float = 1.0,
     ) -> None:
         super().__init__()
         self.batch_id = batch_id
         self.task_row = task
         self.path = path
+        self.events_path = events_path
         self.describe = describe
         self.interval = interval
         self.follow = True
         self.stamp: tuple[int, float] | None = None
+        self.ticks = 0
 
     def compose(self) -> ComposeResult:
         yield Static(self.describe(self.task_row), id="task-info")
+        yield Static("", id="attempts")
         log = Log(id="log", highlight=False, max_lines=TAIL_LINES * 2)
         log.border_title = self.path
         yield log
@@ -201,12 +235,25 @@ class LogScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.reload()
+        self.reload_attempts()
         self.set_interval(self.interval, self.tick)
 
     def tick(self) -> None:
         self.query_one("#task-info", Static).update(self.describe(self.task_row))
+        self.ticks += 1
         if self.follow:
             self.reload()
+            if self.ticks % ATTEMPTS_EVERY == 0:
+                self.reload_attempts()
+
+    @work(thread=True, exclusive=True, group="attempts")
+    def reload_attempts(self) -> None:
+        if self.events_path:
+            found, note = read_attempts(self.events_path, self.task_row.id)
+            self.post_message(self.AttemptsRead(found, note))
+
+    def on_log_screen_attempts_read(self, message: AttemptsRead) -> None:
+        self.query_one("#attempts", Static).update(attempts_text(message.attempts, message.note))
 
     @work(thread=True, exclusive=True, group="log-tail")
     def reload(self) -> None:
@@ -220,6 +267,8 @@ class LogScreen(Screen[None]):
         log = self.query_one("#log", Log)
         log.clear()
         log.write_lines(message.lines)
+        if self.follow:
+            self.call_after_refresh(log.scroll_end, animate=False)
 
     def action_toggle_follow(self) -> None:
         self.follow = not self.follow
