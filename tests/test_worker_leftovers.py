@@ -87,23 +87,44 @@ def test_successor_kills_the_tasks_a_killed_worker_left(running_broker, brain_fa
 def test_ledger_never_touches_a_live_owner_or_a_recycled_pid(tmp_path):
     path = str(tmp_path / "w.groups")
     sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    started = start_time(sleeper.pid)
     try:
         mine = GroupLedger(path)
+        mine.reap_previous()  # no file yet: starts one
         mine.add(sleeper.pid)
+        mine.add(other.pid)
+        mine.remove(other.pid)  # finished normally: not to be killed later
         # The owner (this process) is alive: a second ledger must not reap.
         assert GroupLedger(path).reap_previous() == 0
         assert sleeper.poll() is None
-        # A recorded start time that does not match (a recycled pid) is left alone.
-        mine.groups[sleeper.pid] = (start_time(sleeper.pid) or 0) + 1
-        mine.me = (999_999_999, 1)  # an owner that no longer exists
-        mine._save()
+        mine.close()
+        # An owner that is gone, but a start time that does not match (a recycled pid).
+        with open(path, "w") as f:
+            f.write(f"owner 999999999 1\n+ {sleeper.pid} {started + 1}\n")
         assert GroupLedger(path).reap_previous() == 0
         assert sleeper.poll() is None
-        mine.groups[sleeper.pid] = start_time(sleeper.pid)
-        mine._save()
+        with open(path, "w") as f:
+            f.write(
+                f"owner 999999999 1\n+ {sleeper.pid} {started}\n+ {other.pid} 5\n- {other.pid}\n"
+            )
         assert GroupLedger(path).reap_previous() == 1
         assert sleeper.wait(timeout=5) == -signal.SIGKILL
+        assert other.poll() is None
     finally:
-        if sleeper.poll() is None:
-            sleeper.kill()
-            sleeper.wait()
+        for proc in (sleeper, other):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_ledger_file_stays_small(tmp_path):
+    ledger = GroupLedger(str(tmp_path / "w.groups"))
+    ledger.reap_previous()
+    me = os.getpid()
+    for _ in range(1000):
+        ledger.add(me)
+        ledger.remove(me)
+    ledger.close()
+    assert len((tmp_path / "w.groups").read_text().splitlines()) < 250
+    assert GroupLedger.read(str(tmp_path / "w.groups"))[1] == {}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -49,20 +48,45 @@ def default_path(name: str, broker: str) -> str:
 
 
 class GroupLedger:
+    """The ledger file: an owner line, then ``+ pgid start`` / ``- pgid`` lines.
+
+    Appending a line per change costs a few microseconds on an open file; the
+    file is rewritten whole only when it has grown well past what it records.
+    """
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.groups: dict[int, int] = {}
         self.me = (os.getpid(), start_time(os.getpid()) or 0)
+        self._fd = -1
+        self._lines = 0
+
+    @staticmethod
+    def read(path: str) -> tuple[tuple[int, int], dict[int, int]] | None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            kind, pid, started = lines[0].split()
+            if kind != "owner":
+                return None
+            groups: dict[int, int] = {}
+            for line in lines[1:]:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == "+":
+                    groups[int(parts[1])] = int(parts[2])
+                elif len(parts) == 2 and parts[0] == "-":
+                    groups.pop(int(parts[1]), None)
+            return (int(pid), int(started)), groups
+        except (OSError, ValueError, IndexError):
+            return None
 
     def reap_previous(self) -> int:
         """Kill the groups an earlier, now dead, worker left running; how many."""
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-            owner = tuple(data["owner"])
-            groups = {int(k): int(v) for k, v in data["groups"].items()}
-        except (OSError, ValueError, KeyError, TypeError):
+        found = self.read(self.path)
+        if found is None:
+            self._rewrite()
             return 0
+        owner, groups = found
         if start_time(owner[0]) == owner[1]:
             log.warning("ledger %s belongs to worker pid %d, still running", self.path, owner[0])
             return 0
@@ -74,26 +98,46 @@ class GroupLedger:
                     killed += 1
         if killed:
             log.warning("killed %d task process group(s) left running by an earlier worker", killed)
-        self._save()
+        self._rewrite()
         return killed
 
     def add(self, pgid: int) -> None:
         started = start_time(pgid)
         if started is not None:
             self.groups[pgid] = started
-            self._save()
+            self._append(f"+ {pgid} {started}\n")
 
     def remove(self, pgid: int) -> None:
         if self.groups.pop(pgid, None) is not None:
-            self._save()
+            self._append(f"- {pgid}\n")
 
-    def _save(self) -> None:
-        data = {"owner": list(self.me), "groups": {str(k): v for k, v in self.groups.items()}}
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _append(self, line: str) -> None:
+        if self._fd < 0 or self._lines > 4 * len(self.groups) + 200:
+            self._rewrite()
+            return
+        try:
+            os.write(self._fd, line.encode())
+            self._lines += 1
+        except OSError as exc:
+            log.warning("cannot write the task ledger %s: %s", self.path, exc)
+
+    def _rewrite(self) -> None:
+        self.close()
+        text = f"owner {self.me[0]} {self.me[1]}\n" + "".join(
+            f"+ {pgid} {started}\n" for pgid, started in self.groups.items()
+        )
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             partial = f"{self.path}.{os.getpid()}"
             with open(partial, "w", encoding="utf-8") as f:
-                json.dump(data, f)
+                f.write(text)
             os.replace(partial, self.path)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            self._lines = 1 + len(self.groups)
         except OSError as exc:
             log.warning("cannot write the task ledger %s: %s", self.path, exc)

@@ -408,6 +408,8 @@ class Worker:
             if attempt.shell is not None:  # no orphans, even when the loop dies
                 attempt.shell.kill()
                 attempt.shell.reap()
+                self.attempts.ledger.remove(attempt.shell.pid)
+        self.attempts.ledger.close()
         self.runtime.shutdown()
         self.api.stop()
         close = getattr(self.telemetry, "close", None)
