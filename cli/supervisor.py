@@ -16,16 +16,34 @@ SIGKILL to what is left, so no child outlives ``llmo up``.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("llmo.up")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, however it dies.
+
+    Children run in their own sessions (so a Ctrl-C reaches only ``llmo up``,
+    which stops them in order), which also means nothing else would stop them
+    if ``llmo up`` were killed with SIGKILL.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +108,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 env=child.env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         child.restart_at = None
 

@@ -12,6 +12,7 @@ the workers, then the brain, then the broker.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
@@ -212,27 +213,40 @@ def run(args: argparse.Namespace) -> int:
         return 2
     env = llmo_child_env(dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"]))
     logs = Path(where["logs"])
-    supervisor = Supervisor(say=lambda text: print(text, flush=True))
+    supervisor = Supervisor(say=say)
     stopping = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.append(True))
-    for name, argv in children:
-        supervisor.add(name, argv, logs / f"{name}.log", env=env)
-        if name == "broker":
-            time.sleep(0.3)  # let it bind before the others connect
-    print(f"llmo up: broker  {where['broker']} (PUB {where['pub']})")
-    print(f"llmo up: rig     {where['rig_dir']}")
-    print(f"llmo up: logs    {where['logs']}/<name>.log")
-    print(f"llmo up: model   {where['model']}")
-    print(f"llmo up: workers {', '.join(where['workers'])}")
-    print("llmo up: running; Ctrl-C stops everything. Try: llmo status", flush=True)
-    if args.ready_file:
-        Path(args.ready_file).write_text(json.dumps(where) + "\n")
-    while not stopping:
-        supervisor.poll()
-        time.sleep(0.2)
-    print("llmo up: stopping workers, brain, broker", flush=True)
-    order = [*where["workers"], "brain", "broker"]
-    supervisor.stop(timeout=15.0, order=order)
-    print("llmo up: stopped", flush=True)
+    # Whatever happens from here (a closed stdout pipe, a bug), the children
+    # are stopped: they run in their own sessions and would outlive us.
+    try:
+        for name, argv in children:
+            supervisor.add(name, argv, logs / f"{name}.log", env=env)
+            if name == "broker":
+                time.sleep(0.3)  # let it bind before the others connect
+        say(f"llmo up: broker  {where['broker']} (PUB {where['pub']})")
+        say(f"llmo up: rig     {where['rig_dir']}")
+        say(f"llmo up: logs    {where['logs']}/<name>.log")
+        say(f"llmo up: model   {where['model']}")
+        say(f"llmo up: workers {', '.join(where['workers'])}")
+        say("llmo up: running; Ctrl-C stops everything. Try: llmo status")
+        if args.ready_file:
+            Path(args.ready_file).write_text(json.dumps(where) + "\n")
+        while not stopping:
+            supervisor.poll()
+            time.sleep(0.2)
+    finally:
+        say("llmo up: stopping workers, brain, broker")
+        order = [*where["workers"], "brain", "broker"]
+        supervisor.stop(timeout=15.0, order=order)
+        say("llmo up: stopped")
     return 0
+
+
+def say(text: str) -> None:
+    """Print for the operator; a closed pipe (``llmo up | tee`` after Ctrl-C) is ignored."""
+    try:
+        print(text, flush=True)
+    except (BrokenPipeError, OSError):
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silence further prints)

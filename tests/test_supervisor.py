@@ -69,3 +69,29 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_children_stop_when_the_supervisor_is_killed(tmp_path):
+    """A SIGKILLed ``llmo up`` leaves no child behind (they run in their own sessions)."""
+    import signal as sig
+    import subprocess
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from cli.supervisor import Supervisor\n"
+        "sup = Supervisor()\n"
+        "child = sup.add('sleeper', [sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+        f"              Path({str(tmp_path)!r}) / 'sleeper.log')\n"
+        "print(child.process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as up:
+        child = int(up.stdout.readline())
+        assert _alive(child)
+        up.send_signal(sig.SIGKILL)
+        up.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
