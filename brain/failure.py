@@ -127,7 +127,7 @@ def on_failed(cx: Ctx, msg: TaskFailed) -> None:
             why = f"refused by {msg.src}: {cut(msg.error, 100)}"
             tasks.requeue(cx, batch, task, why, delay=cx.cfg.backoff(task.refusals))
             return
-    else:
+    elif reason != "policy":  # a policy refusal is final: no attempt ran, none is retried
         start(cx, batch, task)  # counts the attempt if its start was never heard
     error = msg.error or (f"exit code {msg.exit_code}" if msg.exit_code is not None else reason)
     if task.cancel_why:
@@ -171,7 +171,7 @@ def attempt_failed(
     task.exit_code = exit_code
     task.error = cut(error)
     task.duration_s = duration_s or (cx.now - task.started_at if task.started_at else 0.0)
-    if task.attempts >= cx.cfg.max_attempts or reason == "refused":
+    if task.attempts >= cx.cfg.max_attempts or reason in ("refused", "policy"):
         tasks.fail(cx, batch, task, error, attempts=task.attempts, exit_code=exit_code)
         return
     worker = task.worker

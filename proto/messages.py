@@ -245,7 +245,8 @@ class TaskFailed(Message):
 
     ``reason``: ``exit`` (non-zero exit code), ``retry_later`` (exit code 75:
     requeue without spending an attempt), ``aborted`` / ``killed`` (after a
-    cancel), ``refused`` (policy or capacity), ``spawn_error`` (could not
+    cancel), ``refused`` (no capacity now: worth trying again), ``policy`` (the
+    command policy forbids it: final), ``spawn_error`` (could not
     start), ``lost`` (the worker no longer knows the attempt).
     """
 
@@ -253,7 +254,9 @@ class TaskFailed(Message):
     batch_id: str
     task_id: str
     attempt_id: str
-    reason: Literal["exit", "retry_later", "aborted", "killed", "refused", "spawn_error", "lost"]
+    reason: Literal[
+        "exit", "retry_later", "aborted", "killed", "refused", "policy", "spawn_error", "lost"
+    ]
     exit_code: int | None = None
     signal: int | None = None
     duration_s: float = 0.0

@@ -635,3 +635,20 @@ def test_a_request_the_brain_fails_on_is_answered_not_left_hanging(monkeypatch):
     assert "plan.submit" in reply.detail and "boom" in reply.detail
     monkeypatch.undo()
     assert rig.submit(plan_text("a | cpu | true")).TYPE.value == "plan.accepted"
+
+
+def test_a_policy_refusal_fails_the_task_at_once_and_a_capacity_refusal_does_not():
+    rig = Rig()
+    rig.worker("w", slots=2)
+    batch = rig.submit(plan_text("a | cpu | sudo rm -rf /", "b | cpu | true")).batch_id
+    first = {a.task_id: a for a in rig.assigns()}
+    rig.failed(
+        first["a"],
+        reason="policy",
+        exit_code=None,
+        error="refused by the policy of w: refused_patterns: sudo",
+    )
+    task = rig.task(batch, "a")
+    assert task.state == "failed" and task.attempts == 0 and "refused_patterns" in task.error
+    rig.failed(first["b"], reason="refused", exit_code=None, error="no free slot")
+    assert rig.task(batch, "b").state in ("delayed", "ready", "assigned")

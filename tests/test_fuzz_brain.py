@@ -175,7 +175,8 @@ class Game:
             if data.draw(st.booleans()):
                 rig.done(a)
             else:
-                rig.failed(a, reason=data.draw(st.sampled_from(["exit", "lost", "refused"])))
+                reasons = st.sampled_from(["exit", "lost", "refused", "policy"])
+                rig.failed(a, reason=data.draw(reasons))
             self.named(mark, a.attempt_id, what=f"duplicate result for {a.attempt_id}")
         elif kind == "unknown_attempt":
             batch_id = data.draw(st.sampled_from([*self.batches, "no-such-batch"]))

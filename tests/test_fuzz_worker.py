@@ -282,10 +282,10 @@ def assign(bench: Bench, attempt: str, **fields) -> TaskAssign:
 @pytest.mark.parametrize(
     ("attempt", "fields", "reason", "words"),
     [
-        ("nul-cmd", {"command": "echo a\x00b"}, "refused", "unusable_text"),
+        ("nul-cmd", {"command": "echo a\x00b"}, "policy", "unusable_text"),
         ("nul-env", {"env": {"NUL": "a\x00b"}}, "spawn_error", "null byte"),
         ("eq-env", {"env": {"A=B": "1"}}, "spawn_error", "environment variable"),
-        ("nul-log", {"log_path": "/tmp/x\x00.log"}, "refused", "unusable_text"),
+        ("nul-log", {"log_path": "/tmp/x\x00.log"}, "policy", "unusable_text"),
     ],
 )
 def test_text_that_no_system_call_takes_is_answered_not_fatal(

@@ -95,7 +95,7 @@ def run(brain, msg: TaskAssign, cls=(TaskDone, TaskFailed)):
 def refused(brain, msg: TaskAssign, rule: str) -> TaskFailed:
     result = run(brain, msg)
     assert isinstance(result, TaskFailed), result
-    assert result.reason == "refused", result
+    assert result.reason == "policy", result
     assert f": {rule}: " in result.error, result.error
     assert result.error.startswith("refused by the policy of gpu-t: ")
     return result

@@ -258,7 +258,7 @@ class Attempts:
                     f.write(text)
             except OSError as exc:
                 log.warning("cannot write the refusal to %s: %s", log_path, exc)
-        self._end(a, _failed(a, "refused", error=error, log_tail=f"llmo: {error}"))
+        self._end(a, _failed(a, "policy", error=error, log_tail=f"llmo: {error}"))
 
     def _start_meta(self, attempt: Attempt) -> None:
         a = attempt.assign
