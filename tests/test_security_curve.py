@@ -148,8 +148,10 @@ def test_a_client_without_keys_gets_nothing_through_and_is_logged(
     assert intruder.keys is None
     nothing_arrives(intruder, brain)
     assert curve_broker.stats.routed == routed
-    assert wait_for(lambda: curve_broker.stats.refused["curve_no_key"] >= 1)
-    assert wait_for(lambda: any("without CurveZMQ keys" in r.getMessage() for r in caplog.records))
+    assert wait_for(lambda: curve_broker.stats.refused["curve_no_key"] >= 1, timeout=20)
+    assert wait_for(
+        lambda: any("without CurveZMQ keys" in r.getMessage() for r in caplog.records), timeout=20
+    )
 
 
 def test_a_client_with_the_wrong_broker_key_is_refused(
