@@ -95,6 +95,8 @@ class AllowList:
         self._stamp = self._folder_stamp()
         self.keys = allowed_keys(clients_dir)  # a broken allow-list stops the broker here
         self.address = ""  # the peer of the request being answered (set by the authenticator)
+        self._names_of: dict[bytes, str] | None = None
+        self._names: frozenset[str] = frozenset()
 
     def _folder_stamp(self) -> int:
         try:
@@ -118,6 +120,14 @@ class AllowList:
 
     def name_of(self, key: bytes) -> str | None:
         return self._current().get(key)
+
+    def names(self) -> frozenset[str]:
+        """The names of the allowed keys (checked per message: keep it cheap)."""
+        keys = self.keys
+        if keys is not self._names_of:
+            self._names_of = keys
+            self._names = frozenset(keys.values())
+        return self._names
 
     def callback(self, domain: str, key: bytes) -> bool:
         name = self.name_of(key)

@@ -153,17 +153,24 @@ class Broker:
         # A blocking receive with a timeout costs one system call per message;
         # poll() followed by a non-blocking drain costs two and an exception.
         router = self.router
+        guard = self.guard
         router.setsockopt(zmq.RCVTIMEO, max(10, int(self.liveness.interval * 1000 / 4)))
         next_check = self._clock() + self.liveness.interval / 2
         try:
             while self._running:
                 try:
-                    frames = router.recv_multipart()
+                    if guard is None:
+                        frames = router.recv_multipart()
+                        key_name = None
+                    else:  # the frames carry the name of the key their peer connected with
+                        parts = router.recv_multipart(copy=False)
+                        key_name = parts[-1].get("User-Id")
+                        frames = [part.bytes for part in parts]
                 except zmq.Again:
                     pass
                 else:
                     try:
-                        self.handle(frames)
+                        self.handle(frames, key_name)
                     except Exception:  # a bug here must not stop all routing
                         self.stats.refused["internal_error"] += 1
                         log.exception("broker: internal error handling a message; still routing")
@@ -190,7 +197,8 @@ class Broker:
 
     # --- one inbound message ---------------------------------------------------------
 
-    def handle(self, frames: list[bytes]) -> None:
+    def handle(self, frames: list[bytes], key_name: str | None = None) -> None:
+        """Route one message; ``key_name`` names the CurveZMQ key its peer used."""
         identity = frames[0]
         if len(frames) != 2:
             self._refuse(identity, ErrorCode.BAD_FRAMES, f"expected 1 frame, got {len(frames) - 1}")
@@ -210,6 +218,15 @@ class Broker:
                 reply_to=env.id,
             )
             return
+        if key_name is not None and key_name != sender and self._name_of_another_key(sender):
+            self._refuse(
+                identity,
+                ErrorCode.SPOOFED_SOURCE,
+                f"{sender!r} is the name of another CurveZMQ key; this peer connected with "
+                f"the key of {key_name!r}",
+                reply_to=env.id,
+            )
+            return
         is_heartbeat = env.type is MsgType.HEARTBEAT
         if self.liveness.seen(sender, self._clock(), heartbeat=is_heartbeat):
             self._peer_event(PeerUp(peer=sender))
@@ -225,6 +242,13 @@ class Broker:
                 )
             return
         self._route(identity, env.dst, body, env.id, env.type)
+
+    def _name_of_another_key(self, name: str) -> bool:
+        """Whether ``name`` belongs to a key on the allow-list: actor names with a key
+        of their own (brain, each worker) may be used only by that key; other names
+        (tools such as ``submit-…``) by any allowed key."""
+        assert self.guard is not None
+        return name in self.guard.allow_list.names()
 
     def _route(self, identity: bytes, dst: str, body: bytes, msg_id: str, kind: MsgType) -> None:
         try:

@@ -273,3 +273,22 @@ def test_the_wire_shows_no_plaintext_with_curve(curve, broker_factory, client_fa
         assert (MARKER.encode() in wire) is not curve
     finally:
         proxy.close()
+
+
+def test_an_allowed_key_cannot_speak_as_an_actor_with_a_key_of_its_own(
+    curve_broker, brain, client_factory, keys_dir
+):
+    pi_keys = client_keys(keys_dir, "pi")
+    # The Pi's key connecting under the brain's worker's name: refused, named.
+    impostor = client_factory("gpu-1", curve_broker.endpoint, keys=pi_keys)
+    reply = impostor.request(started(), timeout=5)
+    assert reply is not None and reply.code == "spoofed_source", reply
+    assert "'gpu-1' is the name of another CurveZMQ key" in reply.detail
+    assert "'pi'" in reply.detail
+    # The same key under a tool's name, which no key owns: routed.
+    tool = client_factory("submit-1234", curve_broker.endpoint, keys=pi_keys)
+    sent = tool.send(started())
+    got = brain.recv(timeout=5)
+    while got is not None and got.src != "submit-1234":
+        got = brain.recv(timeout=5)
+    assert got is not None and got.id == sent.id
