@@ -51,7 +51,12 @@ def current(
         or (task.worker and msg.src and task.worker != msg.src)
     ):
         if not isinstance(msg, TaskStarted | TaskProgress):
-            tasks.free_attempt(cx, msg.src, msg.attempt_id)
+            # Free the slot only when the worker holds that attempt for that very
+            # task: a result naming another task must not release a live attempt.
+            worker = cx.state.workers.get(msg.src)
+            held = worker.attempts.get(msg.attempt_id) if worker is not None else None
+            if held is not None and held[:2] == (msg.batch_id, msg.task_id):
+                tasks.free_attempt(cx, msg.src, msg.attempt_id)
             cx.log("info", f"ignored a stale {msg.TYPE.value} for attempt {msg.attempt_id}")
         return None
     return batch, task

@@ -652,3 +652,18 @@ def test_a_policy_refusal_fails_the_task_at_once_and_a_capacity_refusal_does_not
     assert task.state == "failed" and task.attempts == 0 and "refused_patterns" in task.error
     rig.failed(first["b"], reason="refused", exit_code=None, error="no free slot")
     assert rig.task(batch, "b").state in ("delayed", "ready", "assigned")
+
+
+def test_a_result_naming_another_task_does_not_free_a_live_attempts_slot():
+    rig = Rig()
+    rig.worker("w", slots=1)
+    batch = rig.submit(plan_text("a | cpu | sleep 9", "b | cpu | true")).batch_id
+    (first,) = rig.assigns()
+    other = "b" if first.task_id == "a" else "a"
+    mark = len(rig.sent)
+    rig.msg(TaskDone(batch_id=batch, task_id=other, attempt_id=first.attempt_id), src="w")
+    assert rig.assigns(mark) == []  # the worker's only slot is still taken
+    assert first.attempt_id in rig.state.workers["w"].attempts
+    mark = len(rig.sent)
+    rig.done(first)
+    assert [a.task_id for a in rig.assigns(mark)] == [other]
