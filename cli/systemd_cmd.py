@@ -182,7 +182,9 @@ def render(config, llmo: str, config_path: str, user: str = DEFAULT_USER) -> dic
             exec_start=run.format("worker") + " --name %i",
             user=user,
             identifier="llmo-worker@%i",
-            writable=[rig_dir, *plans],
+            # Not the rig folder: the brain's journal lives there, and tasks run
+            # as the worker. A worker writes only task history (plans folder).
+            writable=plans or [rig_dir],
             private_devices=False,
             # SIGTERM lets running attempts finish (30 s), then aborts them (5 s
             # grace); only the worker gets it, so it can do that to its tasks.

@@ -63,7 +63,7 @@ def test_services_are_sandboxed_and_write_only_to_the_rig_and_plans(units):
     writable = {
         "llmo-broker.service": None,
         "llmo-brain.service": "/var/lib/llmo /mnt/shared/plans",
-        "llmo-worker@.service": "/var/lib/llmo /mnt/shared/plans",
+        "llmo-worker@.service": "/mnt/shared/plans",  # not the brain's journal
     }
     for name, paths in writable.items():
         service = parsed(units[name])["Service"]
