@@ -13,9 +13,15 @@ The journal is a stream of msgpack records, one per event the core folds:
     ["f", now, batch, task, items, error] ManifestRead
 
 The shell steps an event, appends its record, commits the journal, and only
-then carries out the commands. ``commit`` flushes and, with the default
-``batch`` policy, fsyncs once per loop iteration (group commit); ``always``
-fsyncs every record; ``never`` leaves it to the OS. A crash can cut the last
+then carries out the commands. ``commit`` always hands the records to the
+operating system first (``flush``), which is all that surviving a killed
+brain (``kill -9``) needs: the page cache outlives the process. The fsync
+policy decides what a power cut may take: ``always`` fsyncs every record,
+``batch`` once per loop iteration, ``interval`` (the default) at most every
+``FSYNC_INTERVAL_S`` (so under load one fsync covers many iterations, and
+``sync_due`` catches up once the loop is idle), ``never`` leaves it to the
+OS. What a power cut takes is at most the last interval of events: the rig's
+workers go down with it, and the tasks of those events run again. A crash can cut the last
 record short: reading stops at the first incomplete record and recovery
 truncates the file there.
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -44,7 +51,8 @@ from brain.state import BrainState
 from proto.codec import decode, encode
 
 SNAPSHOT_VERSION = 1
-FSYNC_POLICIES = ("always", "batch", "never")
+FSYNC_POLICIES = ("always", "batch", "interval", "never")
+FSYNC_INTERVAL_S = 0.1  # the "interval" policy: at most this long between fsyncs
 
 
 class JournalError(Exception):
@@ -122,7 +130,7 @@ def events(path: str) -> Iterator[tuple[float, Event]]:
 
 
 class Journal:
-    def __init__(self, path: str, *, fsync: str = "batch") -> None:
+    def __init__(self, path: str, *, fsync: str = "interval") -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy {fsync!r}: use one of {', '.join(FSYNC_POLICIES)}")
         self.path = path
@@ -131,6 +139,8 @@ class Journal:
         self.handle: BinaryIO | None = None
         self.since_snapshot = 0
         self._dirty = False
+        self._unsynced = False  # flushed to the OS, not yet fsynced
+        self._synced_at = time.monotonic()
 
     # --- recovery ---------------------------------------------------------------
 
@@ -185,9 +195,25 @@ class Journal:
         if not self._dirty or self.handle is None:
             return
         self.handle.flush()
-        if self.fsync != "never":
-            os.fsync(self.handle.fileno())
         self._dirty = False
+        if self.fsync == "interval":
+            self._unsynced = True
+            self.sync_due()
+        elif self.fsync != "never":
+            os.fsync(self.handle.fileno())
+
+    @property
+    def unsynced(self) -> bool:
+        return self._unsynced
+
+    def sync_due(self) -> None:
+        """Under the ``interval`` policy, fsync if the last one is old enough."""
+        if self._unsynced and self.handle is not None:
+            now = time.monotonic()
+            if now - self._synced_at >= FSYNC_INTERVAL_S:
+                os.fsync(self.handle.fileno())
+                self._unsynced = False
+                self._synced_at = now
 
     # --- compaction ---------------------------------------------------------------------
 
@@ -217,5 +243,8 @@ class Journal:
     def close(self) -> None:
         self.commit()
         if self.handle is not None:
+            if self._unsynced:
+                os.fsync(self.handle.fileno())
+                self._unsynced = False
             self.handle.close()
             self.handle = None

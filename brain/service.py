@@ -47,7 +47,7 @@ from brain.commands import (
 from brain.config import BrainConfig
 from brain.core import step
 from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
-from brain.journal import Journal
+from brain.journal import FSYNC_INTERVAL_S, Journal
 from brain.state import BrainState
 from proto.client import Client
 from proto.codec import decode
@@ -70,7 +70,7 @@ class BrainService:
         journal_path: str,
         config: BrainConfig | None = None,
         *,
-        fsync: str = "batch",
+        fsync: str = "interval",
         tick_s: float = TICK_S,
         snapshot_every: int = SNAPSHOT_EVERY,
         clock: Callable[[], float] = time.time,
@@ -121,6 +121,8 @@ class BrainService:
         try:
             while self._running:
                 wait_ms = max(0, int((next_tick - self.clock()) * 1000))
+                if self.journal.unsynced:
+                    wait_ms = min(wait_ms, int(FSYNC_INTERVAL_S * 1000))
                 if socket.poll(min(wait_ms, int(self.client.heartbeat_due_in() * 1000) + 1)):
                     for _ in range(BURST):
                         try:
@@ -133,6 +135,7 @@ class BrainService:
                     next_tick = self.clock() + self.tick_s
                 self.client.tick()
                 self.flush()
+                self.journal.sync_due()
         finally:
             self.close()
         return 0

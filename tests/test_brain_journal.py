@@ -148,3 +148,31 @@ def test_received_messages_keep_their_wire_bytes(tmp_path):
     journal.append(now, event, encode(event.msg))
     journal.close()
     assert list(events(path)) == [(now, event)]
+
+
+def test_interval_policy_hands_every_commit_to_the_os_and_fsyncs_at_most_per_interval(
+    tmp_path, monkeypatch
+):
+    import brain.journal as journal_module
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    rig = recorded_run()
+    path = str(tmp_path / "brain.journal")
+    journal = Journal(path)  # the default policy
+    assert journal.fsync == "interval"
+    journal.recover()
+    synced.clear()
+    journal._synced_at = float("inf")  # as if it had just synced: none due for a while
+    for now, event in rig.events:
+        journal.append(now, event)
+        journal.commit()
+        # What a kill -9 would leave: every committed record is readable already.
+        assert len(read_records(path)[1]) == journal.since_snapshot
+    assert synced == [] and journal.unsynced  # many commits, no fsync yet
+    journal._synced_at = 0.0  # the interval has passed
+    journal.sync_due()
+    assert len(synced) == 1 and not journal.unsynced
+    journal.close()
+    assert summary(recover(path)) == summary(fold(rig.events))
