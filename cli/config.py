@@ -201,8 +201,16 @@ def _worker(raw: Any, index: int, seen: set[str], problems: list[str]) -> Worker
         problems.append(f"{label} gpus: expected GPU indexes such as [0, 3], got {gpus!r}")
         ok = False
     split = raw.get("tensor_split", [])
-    if isinstance(split, list) and not all(isinstance(v, int | float) for v in split):
+    if isinstance(split, list) and not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in split
+    ):
         problems.append(f"{label} tensor_split: expected numbers, got {split!r}")
+        ok = False
+    elif isinstance(split, list) and isinstance(gpus, list) and split and len(split) != len(gpus):
+        problems.append(
+            f"{label} tensor_split: {len(split)} shares for {len(gpus)} GPUs {gpus!r}; "
+            "give one share per GPU"
+        )
         ok = False
     for key in ("slots", "n_ctx"):
         if isinstance(raw.get(key), int) and raw[key] < 1:

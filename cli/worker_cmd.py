@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         threads=_pick(args.threads, spec and spec.threads, 0),
         n_ctx=_pick(args.ctx, spec and spec.n_ctx, 4096),
         n_gpu_layers=spec.n_gpu_layers if spec is not None else -1,
+        tensor_split=spec.tensor_split if spec is not None else (),
         extra_bufts=args.extra_bufts,
         heartbeat_s=_pick(args.interval, rig.interval_s if args.config else None, 1.0),
         stop_deadline_s=args.stop_deadline,

@@ -192,3 +192,9 @@ def test_llmo_worker_refuses_a_broken_policy_file(tmp_path):
     good.write_text('{"plan_roots": ["plans"], "protected_paths": []}')
     policy = worker_cmd.read_policy(str(good))
     assert policy.plan_roots == (str(tmp_path / "plans"),) and policy.protected_paths == ()
+
+
+def test_tensor_split_needs_one_share_per_gpu():
+    with pytest.raises(ConfigError) as info:
+        parse({"workers": [{"name": "brain-llm", "gpus": [0, 3], "tensor_split": [1, 1, 1]}]})
+    assert "3 shares for 2 GPUs [0, 3]" in info.value.problems[0]

@@ -26,6 +26,7 @@ class WorkerConfig:
     threads: int = 0
     n_ctx: int = 4096
     n_gpu_layers: int = -1
+    tensor_split: tuple[float, ...] = ()  # shares of a split model per GPU; () = even
     extra_bufts: Literal["auto", "on", "off"] = "auto"
     heartbeat_s: float = 1.0
     progress_s: float = 0.25  # at most this often per attempt
@@ -76,7 +77,8 @@ class WorkerConfig:
             if path == model and not os.path.isabs(path) and not os.path.exists(path):
                 known = ", ".join(by_alias) or "none"
                 return f"unknown model {model!r} (this worker can load: {known})"
-        split: tuple[float, ...] = (1.0,) * len(self.gpus) if len(self.gpus) > 1 else ()
+        even = (1.0,) * len(self.gpus) if len(self.gpus) > 1 else ()
+        split: tuple[float, ...] = self.tensor_split or even
         return LoadSpec(
             path=path,
             alias=(load.alias if load is not None and load.alias else name),
