@@ -156,6 +156,9 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
             argv += ["--threads", str(w.threads)]
         for flag, value in limit_flags:
             argv += [flag, value]
+        if args.config and config.worker(w.name) is not None:
+            # the rest of its entry (layers, tensor split); the flags win
+            argv += ["--config", str(Path(args.config).resolve())]
         children.append((w.name, argv))
     where = {
         "broker": endpoints.broker,

@@ -176,6 +176,7 @@ def test_up_hands_the_policy_to_every_worker(tmp_path):
         assert data["plan_roots"] == [str(tmp_path / "plans")]
         assert str(path) in data["protected_paths"]
         assert str(tmp_path / "rig") in data["protected_paths"]
+        assert argv[argv.index("--config") + 1] == str(path.resolve())  # its own entry too
 
 
 def test_llmo_worker_refuses_a_broken_policy_file(tmp_path):
