@@ -75,6 +75,7 @@ def test_successor_kills_the_tasks_a_killed_worker_left(running_broker, brain_fa
             finally:
                 second.terminate()
                 second.wait(timeout=20)
+            assert not ledger.exists()  # a clean stop with nothing running leaves none
         finally:
             if first.poll() is None:
                 first.kill()

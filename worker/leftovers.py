@@ -116,6 +116,13 @@ class GroupLedger:
             os.close(self._fd)
             self._fd = -1
 
+    def discard(self) -> None:
+        """On a clean stop with nothing left running: no ledger is needed."""
+        self.close()
+        if not self.groups:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
     def _append(self, line: str) -> None:
         if self._fd < 0 or self._lines > 4 * len(self.groups) + 200:
             self._rewrite()

@@ -409,7 +409,7 @@ class Worker:
                 attempt.shell.kill()
                 attempt.shell.reap()
                 self.attempts.ledger.remove(attempt.shell.pid)
-        self.attempts.ledger.close()
+        self.attempts.ledger.discard()
         self.runtime.shutdown()
         self.api.stop()
         close = getattr(self.telemetry, "close", None)
