@@ -24,8 +24,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every benchmark prints its figures against a floor measured in the same run.
 bench: $(STAMP)
 	$(BIN)/python bench/broker.py
+	$(BIN)/python bench/plans.py
+	$(BIN)/python bench/brain_core.py
+	$(BIN)/python bench/llm_overhead.py
+	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/tui.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .hypothesis
