@@ -49,6 +49,11 @@ from proto.messages import (
     WorkerDrain,
 )
 
+# Beyond these a heartbeat figure is a broken or hostile peer, not a worker.
+MAX_SLOTS = 4096
+MAX_VRAM_MB = 16 * 1024 * 1024  # 16 TiB
+MAX_INTERVAL_S = 60.0  # a longer heartbeat interval would hide a dead worker for minutes
+
 
 def new_state(config: BrainConfig | None = None) -> BrainState:
     return BrainState(config=config or BrainConfig())
@@ -91,16 +96,32 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
     worker = worker_for(cx, msg.src)
     if msg.role in ("worker", "brain"):
         worker.role = msg.role
-    if msg.slots_total:
+    absurd = [
+        name
+        for name, value, low, high in (
+            ("slots_total", msg.slots_total, 0, MAX_SLOTS),
+            ("vram_budget_mb", msg.vram_budget_mb, 0, MAX_VRAM_MB),
+            ("vram_used_mb", msg.vram_used_mb, 0, MAX_VRAM_MB),
+            ("tok_s", msg.tok_s, 0.0, 1e7),
+            ("interval_s", msg.interval_s, 0.0, MAX_INTERVAL_S),
+        )
+        if not low <= value <= high  # NaN fails every comparison
+    ]
+    if absurd:  # a broken or hostile peer: keep what is known, say what was refused
+        cx.log("warning", f"heartbeat from {msg.src}: ignored absurd {', '.join(absurd)}")
+    if msg.slots_total and "slots_total" not in absurd:
         worker.slots = msg.slots_total
-    if msg.vram_budget_mb:
+    if msg.vram_budget_mb and "vram_budget_mb" not in absurd:
         worker.vram_budget_mb = msg.vram_budget_mb
-    worker.vram_used_mb = msg.vram_used_mb
-    worker.tok_s = msg.tok_s
+    if "vram_used_mb" not in absurd:
+        worker.vram_used_mb = msg.vram_used_mb
+    if "tok_s" not in absurd:
+        worker.tok_s = msg.tok_s
     worker.constraint = msg.constraint
     if msg.telemetry is not None:
         worker.gauges = view.gauges(msg.telemetry)
-    worker.interval_s = msg.interval_s if msg.interval_s > 0 else worker.interval_s
+    if msg.interval_s > 0 and "interval_s" not in absurd:
+        worker.interval_s = msg.interval_s
     models.on_report(cx, worker, msg.state, msg.model)
     active = frozenset(msg.active)
     if active:

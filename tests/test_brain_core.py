@@ -667,3 +667,14 @@ def test_a_result_naming_another_task_does_not_free_a_live_attempts_slot():
     mark = len(rig.sent)
     rig.done(first)
     assert [a.task_id for a in rig.assigns(mark)] == [other]
+
+
+def test_absurd_heartbeat_figures_are_ignored_and_named():
+    rig = Rig()
+    rig.worker("w", slots=2)
+    rig.heartbeat("w", slots_total=-5, vram_used_mb=-1, tok_s=float("nan"), interval_s=1e9)
+    worker = rig.state.workers["w"]
+    assert worker.slots == 2 and worker.vram_used_mb == 0 and worker.tok_s == 0.0
+    assert worker.interval_s == 1.0  # a dead worker is still noticed in seconds
+    logs = [c.text for c in rig.commands if isinstance(c, Log)]
+    assert any("slots_total, vram_used_mb, tok_s, interval_s" in text for text in logs), logs
