@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/brain_core.py [--items 100000] [--workers 8] [--slots 4]
 
-Three figures, against the aims of issue 4:
+Three figures, against the brain's targets:
 
 * completions/s: every item assigned, started and done through ``step``
   (workers answer at once, in memory; no sockets, no journal): aim 20,000/s;

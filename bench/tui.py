@@ -11,7 +11,7 @@ runs as its own process on a pseudo-terminal of 120 x 40 cells, so it draws
 for real. Once it has taken its snapshot, the load runs for ``--seconds``;
 the monitor's CPU time over that window (all its threads, from /proc), its
 peak resident memory (VmHWM) and the lag from a publication's send time to
-the screen refresh that shows it are printed, with the issue's aims beside
+the screen refresh that shows it are printed, with the monitor's targets beside
 them: under 25 % of one core, under 150 MB, lag under 250 ms.
 """
 
