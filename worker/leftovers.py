@@ -25,18 +25,15 @@ import os
 import signal
 import tempfile
 
+from worker.shell import stat_fields
+
 log = logging.getLogger("llmo.worker")
 
 
 def start_time(pid: int) -> int | None:
     """The kernel's start time of ``pid`` in clock ticks, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    if fields[0] == b"Z":
+    fields = stat_fields(str(pid))
+    if fields is None or fields[0] == "Z":
         return None
     return int(fields[19])
 

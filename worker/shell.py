@@ -243,7 +243,8 @@ def read_tail(path: str, offset: int = 0) -> str:
 # --- /proc ------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: str, proc: str) -> list[str] | None:
+def stat_fields(pid: str, proc: str = "/proc") -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first)."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
             data = f.read()
@@ -261,7 +262,7 @@ def session_rss(sessions: Iterable[int], proc: str = "/proc") -> dict[int, int]:
     for pid in os.listdir(proc):
         if not pid.isdigit():
             continue
-        fields = _stat_fields(pid, proc)
+        fields = stat_fields(pid, proc)
         if fields is None or len(fields) < 22:
             continue
         sid = int(fields[3])
@@ -274,7 +275,7 @@ def session_members(sid: int, proc: str = "/proc") -> list[int]:
     members = []
     for pid in os.listdir(proc):
         if pid.isdigit():
-            fields = _stat_fields(pid, proc)
+            fields = stat_fields(pid, proc)
             if fields is not None and len(fields) > 3 and int(fields[3]) == sid:
                 members.append(int(pid))
     return members
