@@ -249,16 +249,25 @@ def on_status(cx: Ctx, msg: ModelStatus) -> None:
     cx.state.dispatch_due = True
 
 
+def take_load_task(cx: Ctx, worker: Worker) -> tuple[Batch, TaskRun] | None:
+    """The meta load task waiting on ``worker`` (now no longer waiting), if it still runs."""
+    if worker.load_task is None:
+        return None
+    batch_id, task_id = worker.load_task
+    worker.load_task = None
+    batch = cx.state.batches.get(batch_id)
+    task = batch.tasks.get(task_id) if batch is not None else None
+    if task is None or task.state != "running":
+        return None
+    return batch, task
+
+
 def loaded(cx: Ctx, worker: Worker, model: str) -> None:
     worker.loading = ""
     cx.state.load_failures.pop(model, None)
-    if worker.load_task is not None:
-        batch_id, task_id = worker.load_task
-        worker.load_task = None
-        batch = cx.state.batches.get(batch_id)
-        task = batch.tasks.get(task_id) if batch is not None else None
-        if task is not None and task.state == "running":
-            tasks.succeed(cx, batch, task, model=model)
+    found = take_load_task(cx, worker)
+    if found is not None:
+        tasks.succeed(cx, *found, model=model)
 
 
 def load_failed(cx: Ctx, worker: Worker, model: str, error: str) -> None:
@@ -267,16 +276,13 @@ def load_failed(cx: Ctx, worker: Worker, model: str, error: str) -> None:
     worker.load_failed[model] = cx.now
     st.load_failures[model] = st.load_failures.get(model, 0) + 1
     cx.log("warning", f"worker {worker.name} failed to load {model}: {error}")
-    if worker.load_task is not None:
-        batch_id, task_id = worker.load_task
-        worker.load_task = None
-        batch = st.batches.get(batch_id)
-        task = batch.tasks.get(task_id) if batch is not None else None
-        if task is not None and task.state == "running":
-            from brain import failure
+    found = take_load_task(cx, worker)
+    if found is not None:
+        from brain import failure
 
-            task.attempts += 1
-            failure.attempt_failed(cx, batch, task, reason="exit", error=f"load failed: {error}")
+        batch, task = found
+        task.attempts += 1
+        failure.attempt_failed(cx, batch, task, reason="exit", error=f"load failed: {error}")
     if st.load_failures[model] >= cx.cfg.max_load_failures:
         fail_waiting(cx, model, f"model {model} failed to load {st.load_failures[model]} times")
 
@@ -297,13 +303,9 @@ def worker_gone(cx: Ctx, worker: Worker) -> None:
     worker.loading = ""
     worker.model_state = "cold"
     worker.model = ""
-    if worker.load_task is not None:
-        batch_id, task_id = worker.load_task
-        worker.load_task = None
-        batch = cx.state.batches.get(batch_id)
-        task = batch.tasks.get(task_id) if batch is not None else None
-        if task is not None and task.state == "running":
-            tasks.requeue(cx, batch, task, f"worker {worker.name} went down while loading")
+    found = take_load_task(cx, worker)
+    if found is not None:
+        tasks.requeue(cx, *found, f"worker {worker.name} went down while loading")
 
 
 # --- meta tasks ---------------------------------------------------------------------
