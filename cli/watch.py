@@ -22,10 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from brain.state import BATCH_TERMINAL
 from proto.messages import BatchEvent, SnapshotReply, TaskProgress
 
-BATCH_TERMINAL = frozenset({"complete", "failed", "cancelled"})
-TASK_TERMINAL = frozenset({"done", "failed", "skipped", "cancelled"})
 RATE_WINDOW_S = 5.0
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from brain.state import TASK_TERMINAL
 from proto.messages import (
     BatchEvent,
     GpuReading,
@@ -45,7 +46,6 @@ from tui.rows import (
     EVENTS_KEPT,
     SAMPLE_S,
     TASK_NOTABLE,
-    TASK_TERMINAL,
     WORKER_ROLES,
     WORKER_STALE_S,
     BatchRow,

@@ -11,6 +11,8 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+from brain.state import BATCH_TERMINAL, TASK_TERMINAL
+
 SPARK_SAMPLES = 180  # tok/s history per worker: 3 minutes at one sample a second
 SAMPLE_S = 1.0
 EVENTS_KEPT = 500
@@ -19,8 +21,6 @@ WORKER_STALE_S = 5.0  # no heartbeat for this long: the row is shown as silent
 RATE_STALE_S = 5.0  # a task's tok/s older than this is not shown
 TASK_HISTORY = 8  # notable events remembered per task (retries, failures)
 
-BATCH_TERMINAL = frozenset({"complete", "failed", "cancelled"})
-TASK_TERMINAL = frozenset({"done", "failed", "skipped", "cancelled"})
 TASK_BAD = frozenset({"failed", "skipped", "cancelled"})
 TASK_ACTIVE = frozenset({"assigned", "running"})
 WORKER_ROLES = frozenset({"worker", "brain"})
