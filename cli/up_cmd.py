@@ -25,15 +25,7 @@ from pathlib import Path
 
 from cli.common import add_endpoint_flags, llmo_child, llmo_child_env
 from cli.config import add_key_flags
-
-# [limits] keys of llmo.toml -> the worker's flags.
-LIMIT_FLAGS = {
-    "gpu_warn_c": "max-temp",
-    "gpu_critical_c": "critical-temp",
-    "cpu_warn_c": "max-cpu-temp",
-    "vram_percent": "max-vram-pct",
-    "power_w": "max-power",
-}
+from cli.worker_cmd import LIMIT_FLAGS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -119,9 +111,9 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
             ],
         ),
     ]
-    limit_flags = [
-        (f"--{flag}", str(config.limits[key]))
-        for key, flag in LIMIT_FLAGS.items()
+    limit_flags = [  # [limits] keys as the worker's own flags
+        ("--" + dest.replace("_", "-"), str(config.limits[key]))
+        for key, dest in LIMIT_FLAGS.items()
         if key in config.limits
     ]
     if args.config:  # the [policy], with the config, keys and rig folder it protects

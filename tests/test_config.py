@@ -199,3 +199,26 @@ def test_tensor_split_needs_one_share_per_gpu():
     with pytest.raises(ConfigError) as info:
         parse({"workers": [{"name": "brain-llm", "gpus": [0, 3], "tensor_split": [1, 1, 1]}]})
     assert "3 shares for 2 GPUs [0, 3]" in info.value.problems[0]
+
+
+def test_up_passes_limits_as_the_workers_own_flags(tmp_path):
+    import argparse
+
+    from cli import up_cmd, worker_cmd
+
+    path = tmp_path / "llmo.toml"
+    path.write_text("[limits]\ngpu_warn_c = 70.0\npower_w = 120.0\n")
+    parser = argparse.ArgumentParser()
+    up_cmd.configure(parser)
+    args = parser.parse_args(
+        ["--config", str(path), "--rig-dir", str(tmp_path / "rig"), "--model", "m.gguf"]
+    )
+    _, children = up_cmd.plan_children(args)
+    argv = dict(children)["cpu-1"]
+    assert argv[argv.index("--max-temp") + 1] == "70.0"
+    assert argv[argv.index("--max-power") + 1] == "120.0"
+    # and the worker understands them
+    worker_parser = argparse.ArgumentParser()
+    worker_cmd.configure(worker_parser)
+    parsed = worker_parser.parse_args(["--name", "cpu-1", "--max-temp", "70", "--max-power", "120"])
+    assert (parsed.max_temp, parsed.max_power) == (70.0, 120.0)
