@@ -182,10 +182,11 @@ def test_peer_down_within_liveness_then_up_again(broker_factory, client_factory)
         msg = brain.recv(timeout=0.05)
         if isinstance(msg, PeerDown) and msg.peer == "gpu-1":
             down = msg
+    # The loop's 5 s is only a guard against a hang; when exactly a peer counts
+    # as down (expiry, then the next check) is asserted with a fake clock in
+    # tests/test_liveness.py. Here: it is reported, and never before its expiry.
     assert down is not None
-    noticed = time.monotonic() - went_silent
-    assert 0.3 <= down.silent_s <= 0.3 + 0.3  # expiry plus at most one check period
-    assert noticed < 2.0  # generous: well under a second in practice
+    assert down.silent_s >= 0.3
     worker.send(Heartbeat(dst=BROKER))
     msgs = drain(brain, timeout=0.3)
     assert any(isinstance(m, PeerUp) and m.peer == "gpu-1" for m in msgs)

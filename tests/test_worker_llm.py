@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 
@@ -164,13 +163,13 @@ def test_a_cancelled_attempt_stops_its_generation(llm_setup, tmp_path):
     brain.send(TaskCancel(dst="gpu-t", batch_id="b", task_id="long", attempt_id=msg.attempt_id))
     failed = brain.expect(TaskFailed, attempt_id=msg.attempt_id)
     assert failed.reason == "aborted" and 0 < failed.tokens < 1500
-    # The model is free again at once, not after 1500 tokens.
+    # The model is free again at once, not after 1500 tokens: had the cancelled
+    # generation gone on, the short request would queue behind about a minute
+    # of it on one thread, past the generous timeout that guards this wait.
     (tmp_path / "short.py").write_text(long.replace("1500", "4"))
-    started = time.monotonic()
     short = brain.send(llm_task(tmp_path, "short", f"{sys.executable} short.py"))
     done = brain.expect(TaskDone, attempt_id=short.attempt_id, timeout=30)
     assert done.tokens == 4
-    assert time.monotonic() - started < 10
 
 
 def test_meta_tasks_load_and_unload(llm_setup, tmp_path):

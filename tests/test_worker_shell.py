@@ -259,11 +259,15 @@ def test_assignments_beyond_slots_or_vram_are_refused(setup, tmp_path):
 
 def test_slots_run_attempts_at_the_same_time(setup, tmp_path):
     brain, _ = setup(slots=3)
-    msgs = [brain.send(assign(tmp_path, f"par{i}", "sleep 1")) for i in range(3)]
-    started = time.monotonic()
+    # Each attempt notes when it began and ended; with three slots every one
+    # begins before any ends, whatever the machine's speed.
+    command = "date +%s.%N > {i}.began; sleep 1; date +%s.%N > {i}.ended"
+    msgs = [brain.send(assign(tmp_path, f"par{i}", command.format(i=i))) for i in range(3)]
     for msg in msgs:
         brain.expect(TaskDone, attempt_id=msg.attempt_id)
-    assert time.monotonic() - started < 2.5
+    began = [float((tmp_path / f"{i}.began").read_text()) for i in range(3)]
+    ended = [float((tmp_path / f"{i}.ended").read_text()) for i in range(3)]
+    assert max(began) < min(ended)
 
 
 def test_heartbeats_carry_state_and_telemetry(setup, tmp_path):
