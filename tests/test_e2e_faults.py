@@ -10,7 +10,6 @@ between abort and kill, so retries and kills happen within seconds.
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -220,9 +219,7 @@ def test_the_brain_writes_the_history_files_before_it_sends_what_happened(tmp_pa
 def test_a_task_that_hangs_past_its_timeout_is_aborted_killed_and_retried(rig):
     plan = rig.plan("hang")
 
-    started = time.monotonic()
     run = rig.submit(plan)
-    took = time.monotonic() - started
 
     assert run.returncode == 0, run
     assert run.state == "complete"
@@ -240,7 +237,6 @@ def test_a_task_that_hangs_past_its_timeout_is_aborted_killed_and_retried(rig):
     assert failed[0]["ts"] - aborting[0]["ts"] >= FAST_RETRIES["grace_s"] - 1.0
     assert len(events_of(events, "task_killing", "hang")) <= 1
     assert run.rows()["hang"]["attempts"] == 2
-    assert took < 60, took
     log = (run.history / "logs" / "hang.log").read_text()
     assert "hanging, deaf to SIGTERM" in log and "run 2: ok" in log
 

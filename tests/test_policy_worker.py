@@ -187,7 +187,6 @@ def test_a_cpu_bound_task_is_stopped_by_its_cpu_limit(start, rig):
     assert result.reason == "exit"
     assert result.signal == signal.SIGXCPU
     assert "SIGXCPU" in result.error and "CPU time limit of 1s for cpu tasks" in result.error
-    assert result.duration_s < 30
 
 
 def test_other_classes_are_not_limited_by_a_class_limit(start, rig):
