@@ -26,12 +26,12 @@ import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from brain.commands import ReadManifest, ReadPlan, Send
-from brain.config import BrainConfig
-from brain.core import new_state, step
-from brain.events import Configure, ManifestRead, PlanLoaded, Received
-from brain.journal import Journal
-from proto.messages import (
+from llmo.brain.commands import ReadManifest, ReadPlan, Send
+from llmo.brain.config import BrainConfig
+from llmo.brain.core import new_state, step
+from llmo.brain.events import Configure, ManifestRead, PlanLoaded, Received
+from llmo.brain.journal import Journal
+from llmo.proto.messages import (
     Heartbeat,
     PlanSubmit,
     Register,

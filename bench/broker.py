@@ -22,8 +22,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import zmq  # noqa: E402
 
-from broker.service import Broker  # noqa: E402
-from proto import BROKER, Heartbeat, TaskProgress, encode  # noqa: E402
+from llmo.broker.service import Broker  # noqa: E402
+from llmo.proto import BROKER, Heartbeat, TaskProgress, encode  # noqa: E402
 
 
 def message(src: str, dst: str, n: int = 0) -> bytes:

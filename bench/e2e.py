@@ -44,9 +44,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from proto.client import Client, tool_name
-from proto.messages import BRAIN, BatchEvent, PlanAccepted, PlanSubmit
-from proto.pubsub import Subscriber, topic
+from llmo.proto.client import Client, tool_name
+from llmo.proto.messages import BRAIN, BatchEvent, PlanAccepted, PlanSubmit
+from llmo.proto.pubsub import Subscriber, topic
 
 TASK = """
 ### {id}
@@ -104,7 +104,7 @@ class Rig:
                 sys.executable,
                 "-P",
                 "-m",
-                "cli.main",
+                "llmo.cli.main",
                 "up",
                 "--rig-dir",
                 str(root / "rig"),
@@ -123,7 +123,7 @@ class Rig:
                 sys.executable,
                 "-P",
                 "-m",
-                "cli.main",
+                "llmo.cli.main",
                 "status",
                 "--wait-ready",
                 "60",
@@ -177,9 +177,9 @@ class Rig:
                     argv = f.read().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if int(fields[1]) != self.process.pid or "cli.main" not in argv:
+            if int(fields[1]) != self.process.pid or "llmo.cli.main" not in argv:
                 continue
-            rest = argv[argv.index("cli.main") + 1 :]
+            rest = argv[argv.index("llmo.cli.main") + 1 :]
             name = rest[rest.index("--name") + 1] if "--name" in rest else rest[0]
             own = (int(fields[11]) + int(fields[12])) / tick
             found[name] = (own, (int(fields[13]) + int(fields[14])) / tick)

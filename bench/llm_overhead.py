@@ -35,9 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from broker.service import Broker
-from proto.client import Client
-from proto.messages import (
+from llmo.broker.service import Broker
+from llmo.proto.client import Client
+from llmo.proto.messages import (
     BROKER,
     Heartbeat,
     Message,
@@ -48,7 +48,8 @@ from proto.messages import (
     TaskDone,
     TaskFailed,
 )
-from worker.llm import LoadSpec, model_alias, open_llama
+from llmo.proto.vocab import model_alias
+from llmo.worker.llm import LoadSpec, open_llama
 
 PROMPT = (
     "The following is a long, detailed chapter from a history of the printing press, "
@@ -129,7 +130,7 @@ def main() -> int:
     if args.model:
         model = Path(args.model)
     else:
-        from cli.models import default_model
+        from llmo.cli.models import default_model
 
         model = default_model()
     alias = model_alias(str(model))
@@ -151,7 +152,7 @@ def main() -> int:
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "llmo.cli.main",
             "worker",
             "--name",
             "bench-worker",

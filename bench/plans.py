@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
-from plans import (  # noqa: E402
+from llmo.plans import (  # noqa: E402
     expand_foreach,
     parse_plan,
     read_foreach_items,

@@ -42,9 +42,9 @@ COLUMNS, ROWS = 120, 40
 
 
 def child(args: argparse.Namespace) -> int:
-    from proto.endpoints import Endpoints
-    from tui.app import MonitorApp
-    from tui.feed import Feed
+    from llmo.proto.endpoints import Endpoints
+    from llmo.tui.app import MonitorApp
+    from llmo.tui.feed import Feed
 
     endpoints = Endpoints(args.broker, args.pub)
     app = MonitorApp(lambda post: Feed(endpoints, post), endpoint=endpoints.broker)
@@ -86,7 +86,7 @@ class Load:
     def __init__(self, tasks: int, workers: int, retry_every: int = 101) -> None:
         import zmq
 
-        from broker.service import Broker
+        from llmo.broker.service import Broker
 
         self.context = zmq.Context()
         self.broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
@@ -103,7 +103,7 @@ class Load:
         self.loaded = threading.Event()
 
     def snapshot_reply(self, request):
-        from proto.messages import SnapshotReply
+        from llmo.proto.messages import SnapshotReply
 
         tasks = tuple(
             {
@@ -156,8 +156,8 @@ class Load:
         )
 
     def run(self, events_per_s: int, hz: float) -> None:
-        from proto.client import Client
-        from proto.messages import (
+        from llmo.proto.client import Client
+        from llmo.proto.messages import (
             BRAIN,
             BROKER,
             BatchEvent,

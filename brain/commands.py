@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proto.messages import Message
+from llmo.proto.messages import Message
 
 
 @dataclass(frozen=True, slots=True)

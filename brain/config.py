@@ -11,14 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-# Liveness: a worker heartbeats every INTERVAL seconds (it says its own in each
-# heartbeat); after LIVENESS missed heartbeats it is declared down.
-HEARTBEAT_INTERVAL = 1.0
-HEARTBEAT_LIVENESS = 3
-HEARTBEAT_EXPIRY = HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
-
 DEFAULT_TIMEOUT_S = 1800.0
-EXIT_RETRY_LATER = 75
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -26,14 +26,14 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from brain import dispatch, failure, models, submit, tasks, view
-from brain.commands import Command, Log, ReadManifest, ReadPlan
-from brain.config import BrainConfig
-from brain.ctx import Ctx
-from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
-from brain.state import BrainState, Worker, advance
-from proto.errors import ErrorCode
-from proto.messages import (
+from llmo.brain import dispatch, failure, models, submit, tasks, view
+from llmo.brain.commands import Command, Log, ReadManifest, ReadPlan
+from llmo.brain.config import BrainConfig
+from llmo.brain.ctx import Ctx
+from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from llmo.brain.state import BrainState, Worker, advance
+from llmo.proto.errors import ErrorCode
+from llmo.proto.messages import (
     Ack,
     BatchCancel,
     Error,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from brain.commands import AppendLines, Command, Log, Send
-from brain.state import Batch, BrainState, TaskRun
-from proto.messages import BROKER, BatchEvent, Message
+from llmo.brain.commands import AppendLines, Command, Log, Send
+from llmo.brain.state import Batch, BrainState, TaskRun
+from llmo.proto.messages import BROKER, BatchEvent, Message
 
 ERROR_CHARS = 300  # error text kept in events and summaries
 _line = json.JSONEncoder(separators=(",", ":"), default=str).encode

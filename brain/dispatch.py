@@ -26,10 +26,10 @@ order workers first appeared), which spreads work without randomness.
 
 from __future__ import annotations
 
-from brain import models, tasks
-from brain.ctx import Ctx
-from brain.state import Batch, TaskRun, Worker
-from proto.messages import TaskAssign
+from llmo.brain import models, tasks
+from llmo.brain.ctx import Ctx
+from llmo.brain.state import Batch, TaskRun, Worker
+from llmo.proto.messages import TaskAssign
 
 WORKER_BUSY_STATES = frozenset({"draining", "down"})
 

@@ -29,11 +29,11 @@ once, without spending them; a task that has taken down
 
 from __future__ import annotations
 
-from brain import models, tasks
-from brain.config import EXIT_RETRY_LATER, HEARTBEAT_LIVENESS
-from brain.ctx import Ctx, cut
-from brain.state import TASK_ACTIVE, Batch, TaskRun, Worker, advance
-from proto.messages import TaskCancel, TaskDone, TaskFailed, TaskProgress, TaskStarted
+from llmo.brain import models, tasks
+from llmo.brain.ctx import Ctx, cut
+from llmo.brain.state import TASK_ACTIVE, Batch, TaskRun, Worker, advance
+from llmo.proto.messages import TaskCancel, TaskDone, TaskFailed, TaskProgress, TaskStarted
+from llmo.proto.vocab import EXIT_RETRY_LATER, HEARTBEAT_LIVENESS
 
 SPENDING_REASONS = frozenset({"exit", "aborted", "killed", "spawn_error"})
 

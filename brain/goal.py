@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import plans
-from brain import tasks
-from brain.ctx import Ctx
-from brain.state import TASK_TERMINAL, Batch, GoalRun, TaskRun
+from llmo import plans
+from llmo.brain import tasks
+from llmo.brain.ctx import Ctx
+from llmo.brain.state import TASK_TERMINAL, Batch, GoalRun, TaskRun
 
 GOAL_KEY = "#goal"
 
@@ -143,7 +143,7 @@ def reached(cx: Ctx, batch: Batch, g: GoalRun) -> None:
     cx.publish(batch, "goal_reached", succeeded=g.succeeded, tried=g.tried, rounds=g.round)
     for dep_id in batch.dependents.pop(GOAL_KEY, ()):
         tasks.satisfied(cx, batch, batch.tasks[dep_id])
-    from brain import failure
+    from llmo.brain import failure
 
     for task in list(batch.tasks.values()):  # candidates still out are not needed any more
         if in_round(g, task) and task.state in tasks.LIVE_STATES:
@@ -152,7 +152,7 @@ def reached(cx: Ctx, batch: Batch, g: GoalRun) -> None:
 
 
 def next_round(cx: Ctx, batch: Batch, g: GoalRun) -> None:
-    from brain import submit
+    from llmo.brain import submit
 
     g.round += 1
     suffix = f".r{g.round}"

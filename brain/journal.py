@@ -45,10 +45,10 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from brain.core import new_state, step
-from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
-from brain.state import BrainState
-from proto.codec import decode, encode
+from llmo.brain.core import new_state, step
+from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from llmo.brain.state import BrainState
+from llmo.proto.codec import decode, encode
 
 SNAPSHOT_VERSION = 1
 FSYNC_POLICIES = ("always", "batch", "interval", "never")

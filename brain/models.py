@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import collections
 
-from brain import tasks
-from brain.ctx import Ctx
-from brain.state import Batch, TaskRun, Worker
-from proto.messages import ModelLoad, ModelStatus, ModelUnload
+from llmo.brain import tasks
+from llmo.brain.ctx import Ctx
+from llmo.brain.state import Batch, TaskRun, Worker
+from llmo.proto.messages import ModelLoad, ModelStatus, ModelUnload
+from llmo.proto.vocab import META_LOADS, META_UNLOADS
 
 UNLOAD_RESEND_S = 30.0
 SWAP_MIN_HOT_S = 30.0
@@ -56,14 +57,12 @@ def unload(cx: Ctx, worker: Worker, why: str) -> None:
 def offers(names: tuple[str, ...], model: str) -> bool:
     """Whether a worker listing ``names`` can load ``model``.
 
-    Workers list their models by alias (the file name without ``.gguf``) and
-    accept either the alias or the path, so a plan or config naming the path
-    matches the alias too.
+    A worker lists each configured model by every name it answers to
+    (``proto.vocab.model_names``: alias and path), so a name is offered
+    exactly when the worker would load it; another path to a file of the
+    same name is not.
     """
-    if model in names:
-        return True
-    base = model.rstrip("/").rsplit("/", 1)[-1]
-    return (base[:-5] if base.lower().endswith(".gguf") else base) in names
+    return model in names
 
 
 def usable(worker: Worker) -> bool:
@@ -278,7 +277,7 @@ def load_failed(cx: Ctx, worker: Worker, model: str, error: str) -> None:
     cx.log("warning", f"worker {worker.name} failed to load {model}: {error}")
     found = take_load_task(cx, worker)
     if found is not None:
-        from brain import failure
+        from llmo.brain import failure
 
         batch, task = found
         task.attempts += 1
@@ -310,23 +309,14 @@ def worker_gone(cx: Ctx, worker: Worker) -> None:
 
 # --- meta tasks ---------------------------------------------------------------------
 
-LOADS = {"load_llm": False, "load_split_llm": True}
-UNLOADS = {
-    "unload_llm": False,
-    "reset_gpu_runtime": False,
-    "unload_split_llm": True,
-    "cleanup_split_runtime": True,
-    "reset_split_runtime": True,
-}
-
 
 def run_meta(cx: Ctx, batch: Batch, task: TaskRun) -> bool:
     """Turn a ready meta task into control messages. False: not now, keep it queued."""
     spec = task.spec
     command = spec.command.split(maxsplit=1)[0] if spec.command.strip() else ""
     workers = list(cx.state.workers.values())
-    if command in LOADS:
-        split = LOADS[command]
+    if command in META_LOADS:
+        split = META_LOADS[command]
         model = spec.llm_model or (cx.cfg.brain_model if split else cx.cfg.default_model)
         if not model:
             tasks.fail(cx, batch, task, f"{command}: no model named and no default configured")
@@ -351,8 +341,8 @@ def run_meta(cx: Ctx, batch: Batch, task: TaskRun) -> bool:
         load(cx, target, model, f"meta task {task.id}")
         cx.publish(batch, "task_started", task, worker=target.name)
         return True
-    if command in UNLOADS:
-        split = UNLOADS[command]
+    if command in META_UNLOADS:
+        split = META_UNLOADS[command]
         names = []
         for worker in workers:
             if not worker.alive or split != (len(worker.gpus) >= 2 or worker.role == "brain"):

@@ -33,8 +33,8 @@ from typing import Any
 
 import zmq
 
-import plans
-from brain.commands import (
+from llmo import plans
+from llmo.brain.commands import (
     AppendLines,
     Command,
     Log,
@@ -44,15 +44,15 @@ from brain.commands import (
     Send,
     WriteFile,
 )
-from brain.config import BrainConfig
-from brain.core import step
-from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
-from brain.journal import FSYNC_INTERVAL_S, Journal
-from brain.state import BrainState
-from proto.client import Client
-from proto.codec import decode
-from proto.errors import ProtocolError
-from proto.messages import BRAIN
+from llmo.brain.config import BrainConfig
+from llmo.brain.core import step
+from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from llmo.brain.journal import FSYNC_INTERVAL_S, Journal
+from llmo.brain.state import BrainState
+from llmo.proto.client import Client
+from llmo.proto.codec import decode
+from llmo.proto.errors import ProtocolError
+from llmo.proto.messages import BRAIN
 
 log = logging.getLogger("llmo.brain")
 

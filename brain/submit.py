@@ -25,14 +25,14 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 
-import plans
-from brain import goal, tasks
-from brain.commands import MakeDirs, ReadPlan
-from brain.ctx import Ctx
-from brain.events import ManifestRead, PlanLoaded
-from brain.state import Batch, TaskRun
-from plans.graph import item_entry_template
-from proto.messages import PlanAccepted, PlanRejected, PlanSubmit
+from llmo import plans
+from llmo.brain import goal, tasks
+from llmo.brain.commands import MakeDirs, ReadPlan
+from llmo.brain.ctx import Ctx
+from llmo.brain.events import ManifestRead, PlanLoaded
+from llmo.brain.state import Batch, TaskRun
+from llmo.plans.graph import item_entry_template
+from llmo.proto.messages import PlanAccepted, PlanRejected, PlanSubmit
 
 
 def on_submit(cx: Ctx, msg: PlanSubmit) -> None:

@@ -15,7 +15,7 @@ import itertools
 import json
 from typing import Any
 
-from brain.state import Batch, TaskRun
+from llmo.brain.state import Batch, TaskRun
 
 MD_ROWS = 200  # task rows in RUN_SUMMARY.md; the JSON has all of them
 LOG_LINES = 20  # lines of a failed task's log in ESCALATION.md

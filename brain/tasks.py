@@ -19,10 +19,10 @@ from __future__ import annotations
 import collections
 import heapq
 
-from brain import goal, summary
-from brain.commands import ReadManifest, WriteFile
-from brain.ctx import Ctx, cut
-from brain.state import TASK_TERMINAL, Batch, TaskRun, Worker, advance
+from llmo.brain import goal, summary
+from llmo.brain.commands import ReadManifest, WriteFile
+from llmo.brain.ctx import Ctx, cut
+from llmo.brain.state import TASK_TERMINAL, Batch, TaskRun, Worker, advance
 
 LIVE_STATES = ("pending", "ready", "assigned", "running", "delayed", "expanding", "expanded")
 

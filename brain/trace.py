@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from brain.commands import (
+from llmo.brain.commands import (
     AppendLines,
     Command,
     Log,
@@ -24,11 +24,11 @@ from brain.commands import (
     Send,
     WriteFile,
 )
-from brain.core import new_state, step
-from brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
-from brain.journal import Journal, event_of, read_records
-from brain.state import BrainState
-from proto.messages import BatchEvent, Message
+from llmo.brain.core import new_state, step
+from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from llmo.brain.journal import Journal, event_of, read_records
+from llmo.brain.state import BrainState
+from llmo.proto.messages import BatchEvent, Message
 
 
 def describe_message(msg: Message) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from brain.state import TASK_TERMINAL, Batch, BrainState, TaskRun, Worker
+from llmo.brain.state import TASK_TERMINAL, Batch, BrainState, TaskRun, Worker
 
 MAX_TASKS = 20_000
 

@@ -35,7 +35,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from proto.security import SecurityError, ServerKeys, allowed_keys
+from llmo.proto.security import SecurityError, ServerKeys, allowed_keys
 
 log = logging.getLogger("llmo.broker")
 

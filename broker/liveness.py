@@ -2,7 +2,7 @@
 
 A peer is tracked from its first heartbeat on (short-lived tools that never
 heartbeat are routed but not watched). After that, any message from it counts
-as a sign of life. A tracked peer silent for ``INTERVAL x LIVENESS`` seconds
+as a sign of life. A tracked peer silent for ``INTERVAL x LIVENESS`` seconds (``proto.vocab``)
 is declared down; when it speaks again it is up again.
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-INTERVAL = 1.0  # seconds between heartbeats that peers are expected to keep
-LIVENESS = 3  # heartbeats a peer may miss before it is declared down
-EXPIRY = INTERVAL * LIVENESS
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S as INTERVAL
+from llmo.proto.vocab import HEARTBEAT_LIVENESS as LIVENESS
 
 
 @dataclass(slots=True)

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from broker.auth import CurveGuard
-from broker.liveness import INTERVAL, LIVENESS, Liveness
-from proto.codec import MAX_MESSAGE_BYTES, decode_envelope, encode
-from proto.errors import ErrorCode, ProtocolError
-from proto.messages import (
+from llmo.broker.auth import CurveGuard
+from llmo.broker.liveness import INTERVAL, LIVENESS, Liveness
+from llmo.proto.codec import MAX_MESSAGE_BYTES, decode_envelope, encode
+from llmo.proto.errors import ErrorCode, ProtocolError
+from llmo.proto.messages import (
     BRAIN,
     BROKER,
     PUBLISHED_TYPES,
@@ -48,8 +48,8 @@ from proto.messages import (
     PeerDown,
     PeerUp,
 )
-from proto.pubsub import pub_frames
-from proto.security import SecurityError, ServerKeys, check_bind
+from llmo.proto.pubsub import pub_frames
+from llmo.proto.security import SecurityError, ServerKeys, check_bind
 
 log = logging.getLogger("llmo.broker")
 

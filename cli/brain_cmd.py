@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-from cli.common import add_endpoint_flags, add_log_flags, setup_logging
-from cli.config import add_key_flags
+from llmo.cli.common import add_endpoint_flags, add_log_flags, setup_logging
+from llmo.cli.config import add_key_flags
 
 DEFAULT_JOURNAL = os.path.expanduser("~/.local/state/llmo/brain.journal")
 
@@ -43,7 +43,7 @@ def load_settings(path: str | None) -> dict:
     if not path:
         return {}
     if path.endswith(".toml"):
-        from cli.config import load
+        from llmo.cli.config import load
 
         return dict(load(path).brain)
     with open(path, encoding="utf-8") as handle:
@@ -55,13 +55,13 @@ def load_settings(path: str | None) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
-    from brain.config import BrainConfig
-    from brain.journal import JournalError
-    from brain.service import BrainService
-    from cli.config import RigConfig, client_keys, load
-    from cli.config import endpoints as rig_endpoints
-    from proto.messages import BRAIN
-    from proto.security import SecurityError, use_keys
+    from llmo.brain.config import BrainConfig
+    from llmo.brain.journal import JournalError
+    from llmo.brain.service import BrainService
+    from llmo.cli.config import RigConfig, client_keys, load
+    from llmo.cli.config import endpoints as rig_endpoints
+    from llmo.proto.messages import BRAIN
+    from llmo.proto.security import SecurityError, use_keys
 
     try:
         config = BrainConfig.from_dict(load_settings(args.config))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from broker.liveness import INTERVAL, LIVENESS
-from cli.common import add_endpoint_flags, add_log_flags, setup_logging
-from cli.config import add_key_flags
+from llmo.cli.common import add_endpoint_flags, add_log_flags, setup_logging
+from llmo.cli.config import add_key_flags
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S as INTERVAL
+from llmo.proto.vocab import HEARTBEAT_LIVENESS as LIVENESS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from broker.service import Broker
-    from cli.config import ConfigError, RigConfig, endpoints, load, server_keys
-    from proto.security import SecurityError
+    from llmo.broker.service import Broker
+    from llmo.cli.config import ConfigError, RigConfig, endpoints, load, server_keys
+    from llmo.proto.security import SecurityError
 
     setup_logging(args.log_level)
     try:

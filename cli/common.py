@@ -6,10 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
-
-# The folder that holds the ``cli`` package (and ``plans``, ``brain``, ...).
-CODE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def add_endpoint_flags(parser: argparse.ArgumentParser) -> None:
@@ -43,15 +39,8 @@ def setup_logging(level: str) -> None:
 def llmo_child() -> list[str]:
     """The argv prefix that starts another ``llmo`` process with this interpreter.
 
-    ``-P`` keeps the current folder off ``sys.path``: run as ``python -m`` a
-    child would otherwise import a ``plans/`` (or ``brain/``, ...) folder of
-    the operator's working folder instead of llmo's own package.
+    The child imports the same installed ``llmo`` package as this process;
+    ``-P`` keeps the operator's current folder off its ``sys.path``, so a
+    stray ``llmo/`` folder there cannot stand in for it.
     """
-    return [sys.executable, "-P", "-m", "cli.main"]
-
-
-def llmo_child_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with llmo's own code first on PYTHONPATH, so a child finds the
-    same packages as this process even when llmo is not installed."""
-    paths = [CODE_ROOT, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
-    return dict(env, PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)))
+    return [sys.executable, "-P", "-m", "llmo.cli.main"]

@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from proto.endpoints import Endpoints, resolve, valid_actor_name
-from proto.security import ENV_KEYS_DIR, ClientKeys, SecurityError, ServerKeys
+from llmo.proto.endpoints import Endpoints, resolve, valid_actor_name
+from llmo.proto.security import ENV_KEYS_DIR, ClientKeys, SecurityError, ServerKeys
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
 if TYPE_CHECKING:
-    from worker.policy import Policy
+    from llmo.worker.policy import Policy
 
 
 class ConfigError(ValueError):
@@ -71,8 +72,8 @@ class RigConfig:
     path: str = ""
     broker: str = ""
     pub: str = ""
-    interval_s: float = 1.0
-    liveness: int = 3
+    interval_s: float = HEARTBEAT_INTERVAL_S
+    liveness: int = HEARTBEAT_LIVENESS
     rig_dir: str = ""
     plans_dir: str = ""
     keys_dir: str = ""
@@ -230,7 +231,7 @@ def _owner_checks(values: dict[str, Any]) -> list[str]:
     limits = values.get("limits")
     if limits:
         try:
-            from worker.limits import LimitsConfig
+            from llmo.worker.limits import LimitsConfig
         except ImportError:
             pass
         else:
@@ -242,7 +243,7 @@ def _owner_checks(values: dict[str, Any]) -> list[str]:
                     problems.append(f"[limits] {key}: expected a number, got {value!r}")
     policy = values.get("policy")
     if policy:
-        from worker.policy import Policy, PolicyError
+        from llmo.worker.policy import Policy, PolicyError
 
         try:
             Policy.from_dict(policy)
@@ -251,7 +252,7 @@ def _owner_checks(values: dict[str, Any]) -> list[str]:
     brain = values.get("brain")
     if brain:
         try:
-            from brain.config import BrainConfig
+            from llmo.brain.config import BrainConfig
 
             BrainConfig.from_dict(brain)
         except ImportError:
@@ -310,7 +311,7 @@ def worker_policy(config: RigConfig, keys_flag: str | None = None) -> Policy:
     """The workers' command policy: ``[policy]`` (paths relative to this file), with the
     config file, the keys folder and the rig folder always protected, and the plans
     folder as the plan root unless ``plan_roots`` says otherwise."""
-    from worker.policy import Policy
+    from llmo.worker.policy import Policy
 
     base = os.path.dirname(os.path.abspath(config.path)) if config.path else os.getcwd()
     protect = [os.path.abspath(config.path)] if config.path else []

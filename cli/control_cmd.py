@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import add_endpoint_flags
-from cli.tools import ToolError, add_tool_flags, fail, open_session
-from proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
+from llmo.cli.common import add_endpoint_flags
+from llmo.cli.tools import ToolError, add_tool_flags, fail, open_session
+from llmo.proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

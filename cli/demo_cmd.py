@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "plans" / "examples"
+from llmo import plans
+
+EXAMPLES = Path(plans.__file__).resolve().parent / "examples"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,11 +32,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli.common import llmo_child, llmo_child_env
-    from proto.endpoints import resolve
+    from llmo.cli.common import llmo_child
+    from llmo.proto.endpoints import resolve
 
     endpoints = resolve()
-    env = llmo_child_env(dict(os.environ, LLMO_BROKER=endpoints.broker, LLMO_PUB=endpoints.pub))
+    env = dict(os.environ, LLMO_BROKER=endpoints.broker, LLMO_PUB=endpoints.pub)
     llmo = llmo_child()
     rig_dir = Path(args.rig_dir).resolve()
     print(f"llmo demo: starting the rig in {rig_dir} (broker {endpoints.broker})", flush=True)

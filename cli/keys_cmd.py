@@ -14,8 +14,8 @@ import argparse
 import os
 import sys
 
-from proto.messages import BRAIN
-from proto.security import (
+from llmo.proto.messages import BRAIN
+from llmo.proto.security import (
     BROKER_KEY,
     CLIENTS_DIR,
     DEFAULT_TOOL_KEY,
@@ -55,8 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli.config import ConfigError, load
-    from proto.endpoints import valid_actor_name
+    from llmo.cli.config import ConfigError, load
+    from llmo.proto.endpoints import valid_actor_name
 
     names = [BRAIN]
     if args.config:

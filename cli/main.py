@@ -10,22 +10,28 @@ import sys
 # subcommand's module is imported, so ``llmo submit`` on the Pi starts fast
 # and never loads llama-cpp or NVML. Each target has configure(parser) and run(args).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("cli.up_cmd", "start broker, brain and workers here, supervised (Ctrl-C stops)"),
-    "demo": ("cli.demo_cmd", "run an example plan on a fresh local rig, then stop it"),
-    "broker": ("cli.broker_cmd", "run the message broker (ROUTER + PUB)"),
-    "worker": ("cli.worker_cmd", "run a GPU-pinned worker (shell and LLM tasks)"),
-    "plan": ("cli.plan_cmd", "check plan folders before a run (plan check PLAN_DIR...)"),
-    "submit": ("cli.submit_cmd", "send a plan to the brain; --watch follows the batch"),
-    "status": ("cli.status_cmd", "workers and batches at a glance (--json, --wait-ready)"),
-    "cancel": ("cli.control_cmd:Cancel", "cancel a batch"),
-    "drain": ("cli.control_cmd:Drain", "drain a worker: finish running work, take no more"),
-    "load": ("cli.control_cmd:Load", "load a model on a worker"),
-    "unload": ("cli.control_cmd:Unload", "unload a worker's model"),
-    "tui": ("cli.tui_cmd", "the terminal monitor: workers, batches, tasks, events; keys to act"),
-    "brain": ("cli.brain_cmd", "run the brain: scheduling, journal and recovery, run history"),
-    "replay": ("cli.replay_cmd", "print the decision trace of a brain journal (replay JOURNAL)"),
-    "keys": ("cli.keys_cmd", "CurveZMQ keys for the broker and its peers (keys generate DIR)"),
-    "systemd": ("cli.systemd_cmd", "the rig's systemd units from llmo.toml (systemd install)"),
+    "up": ("llmo.cli.up_cmd", "start broker, brain and workers here, supervised (Ctrl-C stops)"),
+    "demo": ("llmo.cli.demo_cmd", "run an example plan on a fresh local rig, then stop it"),
+    "broker": ("llmo.cli.broker_cmd", "run the message broker (ROUTER + PUB)"),
+    "worker": ("llmo.cli.worker_cmd", "run a GPU-pinned worker (shell and LLM tasks)"),
+    "plan": ("llmo.cli.plan_cmd", "check plan folders before a run (plan check PLAN_DIR...)"),
+    "submit": ("llmo.cli.submit_cmd", "send a plan to the brain; --watch follows the batch"),
+    "status": ("llmo.cli.status_cmd", "workers and batches at a glance (--json, --wait-ready)"),
+    "cancel": ("llmo.cli.control_cmd:Cancel", "cancel a batch"),
+    "drain": ("llmo.cli.control_cmd:Drain", "drain a worker: finish running work, take no more"),
+    "load": ("llmo.cli.control_cmd:Load", "load a model on a worker"),
+    "unload": ("llmo.cli.control_cmd:Unload", "unload a worker's model"),
+    "tui": (
+        "llmo.cli.tui_cmd",
+        "the terminal monitor: workers, batches, tasks, events; keys to act",
+    ),
+    "brain": ("llmo.cli.brain_cmd", "run the brain: scheduling, journal and recovery, run history"),
+    "replay": (
+        "llmo.cli.replay_cmd",
+        "print the decision trace of a brain journal (replay JOURNAL)",
+    ),
+    "keys": ("llmo.cli.keys_cmd", "CurveZMQ keys for the broker and its peers (keys generate DIR)"),
+    "systemd": ("llmo.cli.systemd_cmd", "the rig's systemd units from llmo.toml (systemd install)"),
 }
 
 

@@ -71,7 +71,7 @@ def read_config(text: str) -> dict[str, Any]:
 
 def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
     """Everything ``plan check`` says about one plan, as JSON-ready data."""
-    from plans import (
+    from llmo.plans import (
         BUILTIN_VARIABLES,
         PlanError,
         dependency_levels,
@@ -80,7 +80,7 @@ def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
         split_problems,
         undefined_placeholders,
     )
-    from plans.variables import is_item_name
+    from llmo.plans.variables import is_item_name
 
     plan, problems = load_plan(plan_dir)
     report: dict[str, Any] = {"plan_dir": plan_dir, "name": None, "file": None}

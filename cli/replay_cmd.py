@@ -23,8 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brain.journal import JournalError
-    from brain.trace import replay_lines
+    from llmo.brain.journal import JournalError
+    from llmo.brain.trace import replay_lines
 
     try:
         for line in replay_lines(

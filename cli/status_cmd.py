@@ -23,9 +23,9 @@ import json
 import sys
 import time
 
-from cli.common import add_endpoint_flags
-from cli.tools import Session, ToolError, add_tool_flags, fail, open_session
-from proto.messages import BRAIN, SnapshotReply, SnapshotRequest
+from llmo.cli.common import add_endpoint_flags
+from llmo.cli.tools import Session, ToolError, add_tool_flags, fail, open_session
+from llmo.proto.messages import BRAIN, SnapshotReply, SnapshotRequest
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def snapshot(session: Session) -> SnapshotReply:
 def expected_workers(args: argparse.Namespace) -> list[str]:
     names = [n.strip() for n in args.expect.split(",") if n.strip()]
     if args.config:
-        from cli.config import load
+        from llmo.cli.config import load
 
         names += [w.name for w in load(args.config).workers]
     return names

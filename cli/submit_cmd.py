@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.common import add_endpoint_flags
-from cli.tools import ToolError, add_tool_flags, fail, open_session
+from llmo.cli.common import add_endpoint_flags
+from llmo.cli.tools import ToolError, add_tool_flags, fail, open_session
 
 PRIORITY_CHOICES = ("low", "normal", "high", "urgent")
 
@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli.plan_cmd import check_plan, format_report, read_config
+    from llmo.cli.plan_cmd import check_plan, format_report, read_config
 
     try:
         config = read_config(args.config) if args.config is not None else {}
@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> int:
-    from cli.watch import BatchView, Screen, follow
-    from proto.messages import BRAIN, PlanAccepted, PlanRejected, PlanSubmit, SnapshotRequest
-    from proto.pubsub import Subscriber, topic
+    from llmo.cli.watch import BatchView, Screen, follow
+    from llmo.proto.messages import BRAIN, PlanAccepted, PlanRejected, PlanSubmit, SnapshotRequest
+    from llmo.proto.pubsub import Subscriber, topic
 
     session = open_session(args, "submit")
     subscriber = None

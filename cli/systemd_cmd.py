@@ -258,7 +258,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli.config import ConfigError, load
+    from llmo.cli.config import ConfigError, load
 
     config_path = str(Path(args.config).absolute())
     try:

@@ -23,12 +23,12 @@ import os
 import sys
 from dataclasses import dataclass
 
-from cli.config import add_key_flags
-from proto.client import Client, tool_name
-from proto.endpoints import Endpoints
-from proto.errors import ErrorCode
-from proto.messages import BRAIN, Ack, Error, Message
-from proto.security import DEFAULT_TOOL_KEY, ENV_KEY, ClientKeys, is_loopback
+from llmo.cli.config import add_key_flags
+from llmo.proto.client import Client, tool_name
+from llmo.proto.endpoints import Endpoints
+from llmo.proto.errors import ErrorCode
+from llmo.proto.messages import BRAIN, Ack, Error, Message
+from llmo.proto.security import DEFAULT_TOOL_KEY, ENV_KEY, ClientKeys, is_loopback
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -107,8 +107,8 @@ def add_tool_flags(parser: argparse.ArgumentParser) -> None:
 
 def tool_setup(args: argparse.Namespace) -> tuple[Endpoints, ClientKeys | None]:
     """Endpoints and keys for a tool; sets the keys for the process. Raises ``ToolError``."""
-    from cli.config import ConfigError, RigConfig, client_keys, endpoints, load
-    from proto.security import SecurityError, use_keys
+    from llmo.cli.config import ConfigError, RigConfig, client_keys, endpoints, load
+    from llmo.proto.security import SecurityError, use_keys
 
     # ``status --config`` names an llmo.toml; ``submit --config`` is plan settings.
     given = getattr(args, "config", None)

@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 
-from cli.common import add_endpoint_flags
+from llmo.cli.common import add_endpoint_flags
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,9 +45,9 @@ def path_map(values: list[str]) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proto.endpoints import resolve
-    from tui.app import MonitorApp
-    from tui.feed import Feed
+    from llmo.proto.endpoints import resolve
+    from llmo.tui.app import MonitorApp
+    from llmo.tui.feed import Feed
 
     if args.log_file:
         logging.basicConfig(

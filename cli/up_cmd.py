@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from cli.common import add_endpoint_flags, llmo_child, llmo_child_env
-from cli.config import add_key_flags
-from cli.worker_cmd import LIMIT_FLAGS
+from llmo.cli.common import add_endpoint_flags, llmo_child
+from llmo.cli.config import add_key_flags
+from llmo.cli.worker_cmd import LIMIT_FLAGS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[str]]]]:
     """Where things go and the argv of each child (name, argv)."""
-    from cli.config import RigConfig, WorkerSpec, keys_dir, load, server_keys, worker_policy
-    from proto.endpoints import resolve
-    from proto.security import check_bind
+    from llmo.cli.config import RigConfig, WorkerSpec, keys_dir, load, server_keys, worker_policy
+    from llmo.proto.endpoints import resolve
+    from llmo.proto.security import check_bind
 
     config = load(args.config) if args.config else RigConfig()
     endpoints = resolve(args.broker or config.broker or None, args.pub or config.pub or None)
@@ -61,7 +61,7 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     if not model:
         model = next((w.model for w in config.workers if w.model), "")
     if not model:
-        from cli.models import default_model
+        from llmo.cli.models import default_model
 
         model = str(default_model())
     workers = list(config.workers)
@@ -189,9 +189,9 @@ def in_use(endpoints: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli.config import ConfigError
-    from cli.supervisor import Supervisor
-    from proto.security import SecurityError
+    from llmo.cli.config import ConfigError
+    from llmo.cli.supervisor import Supervisor
+    from llmo.proto.security import SecurityError
 
     try:
         where, children = plan_children(args)
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    env = llmo_child_env(dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"]))
+    env = dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"])
     logs = Path(where["logs"])
     supervisor = Supervisor(say=say)
     stopping = []

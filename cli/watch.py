@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from brain.state import BATCH_TERMINAL
-from proto.messages import BatchEvent, SnapshotReply, TaskProgress
+from llmo.brain.state import BATCH_TERMINAL
+from llmo.proto.messages import BatchEvent, SnapshotReply, TaskProgress
 
 RATE_WINDOW_S = 5.0
 

@@ -14,8 +14,9 @@ import argparse
 import os
 import sys
 
-from cli.common import add_endpoint_flags, add_log_flags, setup_logging
-from cli.config import add_key_flags
+from llmo.cli.common import add_endpoint_flags, add_log_flags, setup_logging
+from llmo.cli.config import add_key_flags
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S
 
 # [limits] keys of llmo.toml -> the flags that override them.
 LIMIT_FLAGS = {
@@ -75,7 +76,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="llama.cpp CPU extra buffer types (auto: off where the CPU advertises AMX)",
     )
     parser.add_argument(
-        "--interval", type=float, default=None, help="heartbeat interval (s, default 1)"
+        "--interval",
+        type=float,
+        default=None,
+        help=f"heartbeat interval (s, default {HEARTBEAT_INTERVAL_S:g})",
     )
     parser.add_argument(
         "--stop-deadline",
@@ -111,9 +115,9 @@ def _pick(flag, from_config, default):
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli.config import ConfigError, RigConfig, client_keys, endpoints, load, worker_policy
-    from proto.endpoints import valid_actor_name
-    from proto.security import SecurityError, use_keys
+    from llmo.cli.config import ConfigError, RigConfig, client_keys, endpoints, load, worker_policy
+    from llmo.proto.endpoints import valid_actor_name
+    from llmo.proto.security import SecurityError, use_keys
 
     if not valid_actor_name(args.name):
         print(f"llmo worker: {args.name!r} is not a valid actor name", file=sys.stderr)
@@ -139,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
     setup_logging(args.log_level)
 
-    from worker.config import WorkerConfig
-    from worker.limits import LimitsConfig
-    from worker.service import Worker
+    from llmo.worker.config import WorkerConfig
+    from llmo.worker.limits import LimitsConfig
+    from llmo.worker.service import Worker
 
     slots = _pick(args.slots, spec and spec.slots, 1)
     if slots < 1:
@@ -177,7 +181,9 @@ def run(args: argparse.Namespace) -> int:
         n_gpu_layers=spec.n_gpu_layers if spec is not None else -1,
         tensor_split=spec.tensor_split if spec is not None else (),
         extra_bufts=args.extra_bufts,
-        heartbeat_s=_pick(args.interval, rig.interval_s if args.config else None, 1.0),
+        heartbeat_s=_pick(
+            args.interval, rig.interval_s if args.config else None, HEARTBEAT_INTERVAL_S
+        ),
         stop_deadline_s=args.stop_deadline,
         exit_when_idle_s=args.exit_when_idle,
         limits=LimitsConfig(**limits),
@@ -191,7 +197,7 @@ def read_policy(path: str):
     """The policy in a JSON file (``Policy.to_dict`` form); ``ValueError`` says what is wrong."""
     import json
 
-    from worker.policy import Policy
+    from llmo.worker.policy import Policy
 
     try:
         with open(path, encoding="utf-8") as f:

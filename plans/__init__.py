@@ -6,7 +6,7 @@ The format is described in PLAN_FORMAT.md; this package is its reference
 implementation.
 """
 
-from plans.expand import (
+from llmo.plans.expand import (
     batch_name,
     chain_commands,
     expand_foreach,
@@ -16,10 +16,10 @@ from plans.expand import (
     resolve_task,
     safe_name,
 )
-from plans.files import load_plan, read_foreach_items, split_foreach
-from plans.goal import resolve_goal
-from plans.graph import dependency_levels, dependents_of, task_edges
-from plans.model import (
+from llmo.plans.files import load_plan, read_foreach_items, split_foreach
+from llmo.plans.goal import resolve_goal
+from llmo.plans.graph import dependency_levels, dependents_of, task_edges
+from llmo.plans.model import (
     BUILTIN_VARIABLES,
     DEFAULT_VRAM_MB,
     EXECUTORS,
@@ -35,8 +35,8 @@ from plans.model import (
     has_errors,
     split_problems,
 )
-from plans.validate import parse_plan
-from plans.variables import (
+from llmo.plans.validate import parse_plan
+from llmo.plans.variables import (
     builtin_variables,
     config_placeholders,
     config_priority,

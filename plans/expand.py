@@ -36,8 +36,8 @@ import dataclasses
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from plans.model import ForeachError, PlanError, Task
-from plans.variables import Template, substitute, substitute_known
+from llmo.plans.model import ForeachError, PlanError, Task
+from llmo.plans.variables import Template, substitute, substitute_known
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 

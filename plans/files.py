@@ -12,10 +12,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from plans.expand import items_from_json
-from plans.model import ForeachError, Plan, PlanError, Problem
-from plans.validate import parse_plan
-from plans.variables import substitute
+from llmo.plans.expand import items_from_json
+from llmo.plans.model import ForeachError, Plan, PlanError, Problem
+from llmo.plans.validate import parse_plan
+from llmo.plans.variables import substitute
 
 PLAN_FILE = "plan.md"
 

@@ -15,10 +15,10 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 
-from plans import fields as F
-from plans.model import GOAL_TYPES, Goal, PlanError, ProblemSink, Task
-from plans.parser import RawBlock
-from plans.variables import PLACEHOLDER, substitute
+from llmo.plans import fields as F
+from llmo.plans.model import GOAL_TYPES, Goal, PlanError, ProblemSink, Task
+from llmo.plans.parser import RawBlock
+from llmo.plans.variables import PLACEHOLDER, substitute
 
 GOAL_FIELDS = (
     "type",

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
-from plans.model import Plan, PlanError, Task
+from llmo.plans.model import Plan, PlanError, Task
 
 ITEM_MARK = "{ITEM"
 

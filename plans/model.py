@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llmo.proto import vocab
+
 Severity = Literal["error", "warning"]
 Executor = Literal["worker", "brain"]
 TaskClass = Literal["cpu", "script", "llm", "brain", "meta"]
@@ -24,17 +26,7 @@ VRAM_POLICIES: tuple[str, ...] = ("default", "infer", "fixed")
 GOAL_TYPES: tuple[str, ...] = ("target_count",)
 
 # Runtime-control commands a ``meta`` task may name (its command's first word).
-META_COMMANDS: frozenset[str] = frozenset(
-    {
-        "load_llm",
-        "unload_llm",
-        "load_split_llm",
-        "unload_split_llm",
-        "cleanup_split_runtime",
-        "reset_gpu_runtime",
-        "reset_split_runtime",
-    }
-)
+META_COMMANDS = vocab.META_COMMANDS
 
 # Batch priority by name, as in the original system; the config key PRIORITY
 # sets it when the submit tool's flag does not.

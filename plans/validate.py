@@ -19,10 +19,10 @@ from __future__ import annotations
 import re
 from pathlib import PurePath
 
-from plans import fields as F
-from plans.goal import build_goal
-from plans.graph import ITEM_MARK, find_cycles, item_entry_template, task_edges
-from plans.model import (
+from llmo.plans import fields as F
+from llmo.plans.goal import build_goal
+from llmo.plans.graph import ITEM_MARK, find_cycles, item_entry_template, task_edges
+from llmo.plans.model import (
     EXECUTORS,
     LLM_PLACEMENTS,
     META_COMMANDS,
@@ -33,7 +33,7 @@ from plans.model import (
     ProblemSink,
     Task,
 )
-from plans.parser import RawBlock, RawField, parse_markdown
+from llmo.plans.parser import RawBlock, RawField, parse_markdown
 
 KNOWN_FIELDS: tuple[str, ...] = (
     "executor",

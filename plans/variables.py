@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 
-from plans.model import BUILTIN_VARIABLES, GOAL_USER, PRIORITIES, Plan, PlanError, Problem
+from llmo.plans.model import BUILTIN_VARIABLES, GOAL_USER, PRIORITIES, Plan, PlanError, Problem
 
 PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\}")
 

@@ -25,10 +25,10 @@ from collections.abc import Callable
 
 import zmq
 
-from proto.codec import decode, encode
-from proto.errors import ProtocolError
-from proto.messages import BROKER, Heartbeat, Message
-from proto.security import ClientKeys, secure_client
+from llmo.proto.codec import decode, encode
+from llmo.proto.errors import ProtocolError
+from llmo.proto.messages import BROKER, Heartbeat, Message
+from llmo.proto.security import ClientKeys, secure_client
 
 log = logging.getLogger("llmo.client")
 

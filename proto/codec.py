@@ -27,8 +27,8 @@ from typing import Any
 
 import msgpack
 
-from proto.errors import ErrorCode, ProtocolError
-from proto.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, Message, MsgType
+from llmo.proto.errors import ErrorCode, ProtocolError
+from llmo.proto.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, Message, MsgType
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """Largest message ``decode`` accepts; the broker's MAXMSGSIZE is above it so

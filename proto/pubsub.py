@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import zmq
 
-from proto.codec import decode
-from proto.errors import ErrorCode, ProtocolError
-from proto.messages import Message, MsgType
-from proto.security import ClientKeys, secure_client
+from llmo.proto.codec import decode
+from llmo.proto.errors import ErrorCode, ProtocolError
+from llmo.proto.messages import Message, MsgType
+from llmo.proto.security import ClientKeys, secure_client
 
 _SEQ = struct.Struct(">Q")
 

@@ -16,11 +16,11 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from brain.commands import ReadManifest, ReadPlan, Send
-from brain.config import BrainConfig
-from brain.core import new_state, step
-from brain.events import Configure, ManifestRead, PlanLoaded, Received, Tick
-from proto.messages import (
+from llmo.brain.commands import ReadManifest, ReadPlan, Send
+from llmo.brain.config import BrainConfig
+from llmo.brain.core import new_state, step
+from llmo.brain.events import Configure, ManifestRead, PlanLoaded, Received, Tick
+from llmo.proto.messages import (
     Heartbeat,
     Message,
     ModelStatus,
@@ -275,8 +275,8 @@ class FakeWorker:
     def _loop(self) -> None:
         import time as clock
 
-        from proto.client import Client
-        from proto.messages import Error, TaskCancel
+        from llmo.proto.client import Client
+        from llmo.proto.messages import Error, TaskCancel
 
         running: dict[str, tuple[float, TaskAssign]] = {}
         sent: dict[str, Message] = {}  # message id -> result, until no error came back

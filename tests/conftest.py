@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from broker.service import Broker
-from proto.client import Client
+from llmo.broker.service import Broker
+from llmo.proto.client import Client
 
 
 class RunningBroker:

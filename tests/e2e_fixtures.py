@@ -42,7 +42,7 @@ def llmo_argv() -> list[str]:
     script = Path(sys.executable).parent / "llmo"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-P", "-m", "cli.main"]
+    return [sys.executable, "-P", "-m", "llmo.cli.main"]
 
 
 def free_port() -> int:
@@ -70,10 +70,10 @@ def _proc_table() -> dict[int, tuple[int, str, list[str]]]:
 
 
 def _child_name(argv: list[str]) -> str | None:
-    """The name ``llmo up`` gave a child, from its argv (``-m cli.main <role> ...``)."""
-    if "cli.main" not in argv:
+    """The name ``llmo up`` gave a child, from its argv (``-m llmo.cli.main <role> ...``)."""
+    if "llmo.cli.main" not in argv:
         return None
-    rest = argv[argv.index("cli.main") + 1 :]
+    rest = argv[argv.index("llmo.cli.main") + 1 :]
     if not rest:
         return None
     if rest[0] == "worker" and "--name" in rest:

@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from proto.messages import MESSAGE_CLASSES, Message
+from llmo.proto.messages import MESSAGE_CLASSES, Message
 
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=20)
 json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from brain.commands import AppendLines, Log, MakeDirs, WriteFile
-from brain.config import BrainConfig
-from brain.events import Received, Tick
-from brain.state import TASK_TRANSITIONS, mermaid
-from proto.messages import (
+from llmo.brain.commands import AppendLines, Log, MakeDirs, WriteFile
+from llmo.brain.config import BrainConfig
+from llmo.brain.events import Received, Tick
+from llmo.brain.state import TASK_TRANSITIONS, mermaid
+from llmo.proto.messages import (
     Ack,
     BatchCancel,
     BatchEvent,
@@ -66,7 +66,7 @@ def test_unreadable_plan_is_refused():
     rig.plans.clear()
     rig.feed(
         Received(
-            __import__("proto.messages", fromlist=["PlanSubmit"]).PlanSubmit(
+            __import__("llmo.proto.messages", fromlist=["PlanSubmit"]).PlanSubmit(
                 src="submit-1", dst="brain", id="r1", plan_path="/nowhere"
             )
         )
@@ -278,7 +278,7 @@ def test_llm_stall_is_caught_before_the_timeout():
     rig.submit(plan_text("gen | llm | gen | none | llm_model=m"))
     a = rig.assigns()[0]
     rig.start(a)
-    from proto.messages import TaskProgress
+    from llmo.proto.messages import TaskProgress
 
     for tokens in (10, 20, 30):
         rig.wait(60.0)
@@ -367,7 +367,7 @@ def test_worker_restart_loses_its_attempts():
     rig.worker("w")
     batch = rig.submit(plan_text("a | cpu | a")).batch_id
     rig.start(rig.assigns()[0])
-    from proto.messages import Register
+    from llmo.proto.messages import Register
 
     rig.msg(Register(role="worker", slots=1, vram_budget_mb=6000, pid=2), src="w")
     assert rig.task(batch, "a").lost_workers == 1
@@ -540,7 +540,7 @@ def test_snapshot_reply_has_the_whole_state():
 
 
 def test_snapshot_carries_each_workers_rate_and_telemetry():
-    from proto.messages import GpuReading, Telemetry
+    from llmo.proto.messages import GpuReading, Telemetry
 
     rig = Rig()
     rig.worker("gpu-1")
@@ -569,8 +569,8 @@ def test_illegal_transition_is_logged_not_raised():
     rig = Rig()
     rig.worker("w")
     batch = rig.submit(plan_text("a | cpu | a")).batch_id
-    from brain import tasks
-    from brain.ctx import Ctx
+    from llmo.brain import tasks
+    from llmo.brain.ctx import Ctx
 
     cx = Ctx(rig.state, rig.now)
     task = rig.task(batch, "a")
@@ -622,14 +622,14 @@ def test_long_finished_batches_are_forgotten_but_the_newest_kept():
 
 
 def test_a_request_the_brain_fails_on_is_answered_not_left_hanging(monkeypatch):
-    import brain.submit
+    from llmo.brain import submit as brain_submit
 
     rig = Rig()
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(brain.submit.plans, "parse_plan", broken)
+    monkeypatch.setattr(brain_submit.plans, "parse_plan", broken)
     reply = rig.submit(plan_text("a | cpu | true"))
     assert reply.TYPE.value == "error" and reply.code == "internal" and reply.dst == "submit-1"
     assert "plan.submit" in reply.detail and "boom" in reply.detail

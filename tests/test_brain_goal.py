@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from brain.commands import WriteFile
+from llmo.brain.commands import WriteFile
 from tests.brain_fixtures import Rig, plan_text
 
 pytestmark = pytest.mark.timeout(30)

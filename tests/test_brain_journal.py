@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from brain.core import new_state, step
-from brain.events import Received
-from brain.journal import Journal, JournalError, events, read_records
-from brain.trace import replay_lines
+from llmo.brain.core import new_state, step
+from llmo.brain.events import Received
+from llmo.brain.journal import Journal, JournalError, events, read_records
+from llmo.brain.trace import replay_lines
 from tests.brain_fixtures import Rig, plan_text
 
 pytestmark = pytest.mark.timeout(60)
@@ -143,7 +143,7 @@ def test_received_messages_keep_their_wire_bytes(tmp_path):
     journal = Journal(path)
     journal.recover()
     now, event = next((n, e) for n, e in rig.events if isinstance(e, Received))
-    from proto.codec import encode
+    from llmo.proto.codec import encode
 
     journal.append(now, event, encode(event.msg))
     journal.close()
@@ -153,7 +153,7 @@ def test_received_messages_keep_their_wire_bytes(tmp_path):
 def test_interval_policy_hands_every_commit_to_the_os_and_fsyncs_at_most_per_interval(
     tmp_path, monkeypatch
 ):
-    import brain.journal as journal_module
+    from llmo.brain import journal as journal_module
 
     synced = []
     real_fsync = os.fsync

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from brain.config import BrainConfig
-from proto.messages import Ack, BatchCancel, ModelLoad, ModelStatus, ModelUnload
+from llmo.brain.config import BrainConfig
+from llmo.proto.messages import Ack, BatchCancel, ModelLoad, ModelStatus, ModelUnload
+from llmo.proto.vocab import model_names
 from tests.brain_fixtures import Rig, plan_text
 
 pytestmark = pytest.mark.timeout(30)
@@ -186,30 +187,42 @@ def test_operator_load_and_unload_through_the_brain():
     assert not rig.of(Ack)[-1].ok
 
 
-def test_a_model_named_by_path_loads_on_a_worker_listing_its_alias():
-    from proto.messages import Register
+def _two_workers(rig, w1_model: str) -> None:
+    """w1 configured with ``w1_model`` (listed as a real worker lists it), w2 with another."""
+    from llmo.proto.messages import Register
 
+    for name, gpu, models in (("w1", 0, model_names(w1_model)), ("w2", 1, ("qwen-7b",))):
+        rig.msg(
+            Register(
+                role="worker", slots=1, vram_budget_mb=6000, gpus=(gpu,), pid=gpu + 1, models=models
+            ),
+            src=name,
+        )
+        rig.heartbeat(name, state="cold")
+
+
+def test_a_model_named_by_path_loads_on_the_worker_configured_with_that_path():
     path = "/models/gemma-3-270m-q4_k_m.gguf"
     rig = Rig(BrainConfig(default_model=path))
-    rig.msg(
-        Register(
-            role="worker",
-            slots=1,
-            vram_budget_mb=6000,
-            gpus=(0,),
-            pid=1,
-            models=("gemma-3-270m-q4_k_m",),
-        ),
-        src="w1",
-    )
-    rig.heartbeat("w1", state="cold")
-    rig.msg(
-        Register(
-            role="worker", slots=1, vram_budget_mb=6000, gpus=(1,), pid=2, models=("qwen-7b",)
-        ),
-        src="w2",
-    )
-    rig.heartbeat("w2", state="cold")
+    _two_workers(rig, path)
     rig.submit(plan_text("gen | llm | python gen.py | none"))
     rig.tick(0.5)
     assert [(m.dst, m.model) for m in rig.of(ModelLoad)] == [("w1", path)]
+
+
+def test_a_model_named_by_alias_loads_on_the_worker_configured_with_its_path():
+    rig = Rig(BrainConfig(default_model="gemma-3-270m-q4_k_m"))
+    _two_workers(rig, "/models/gemma-3-270m-q4_k_m.gguf")
+    rig.submit(plan_text("gen | llm | python gen.py | none"))
+    rig.tick(0.5)
+    assert [(m.dst, m.model) for m in rig.of(ModelLoad)] == [("w1", "gemma-3-270m-q4_k_m")]
+
+
+def test_another_path_to_a_file_of_the_same_name_is_not_offered():
+    # The worker would refuse to load /other/... (not configured): the brain
+    # must not send it there in the first place.
+    rig = Rig(BrainConfig(default_model="/other/gemma-3-270m-q4_k_m.gguf"))
+    _two_workers(rig, "/models/gemma-3-270m-q4_k_m.gguf")
+    rig.submit(plan_text("gen | llm | python gen.py | none"))
+    rig.tick(0.5)
+    assert rig.of(ModelLoad) == []

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brain.config import BrainConfig
-from brain.core import new_state, step
-from proto.messages import BatchEvent, PeerDown, TaskAssign
+from llmo.brain.config import BrainConfig
+from llmo.brain.core import new_state, step
+from llmo.proto.messages import BatchEvent, PeerDown, TaskAssign
 from tests.brain_fixtures import Rig, plan_text
 
 pytestmark = pytest.mark.timeout(120)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from brain.trace import replay_lines
-from broker.service import Broker
-from proto.client import Client
-from proto.messages import PlanAccepted, PlanSubmit, SnapshotReply, SnapshotRequest
+from llmo.brain.trace import replay_lines
+from llmo.broker.service import Broker
+from llmo.proto.client import Client
+from llmo.proto.messages import PlanAccepted, PlanSubmit, SnapshotReply, SnapshotRequest
 from tests.brain_fixtures import FakeWorker, plan_text
 
 pytestmark = pytest.mark.timeout(90)
@@ -46,7 +46,7 @@ def start_brain(endpoint: str, journal: Path, log: Path) -> subprocess.Popen:
             [
                 sys.executable,
                 "-m",
-                "cli.main",
+                "llmo.cli.main",
                 "brain",
                 "--broker",
                 endpoint,

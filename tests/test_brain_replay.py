@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from brain.journal import Journal
-from brain.trace import replay_lines
-from cli.main import main
-from proto.codec import encode
-from proto.messages import BatchCancel, PeerDown
+from llmo.brain.journal import Journal
+from llmo.brain.trace import replay_lines
+from llmo.cli.main import main
+from llmo.proto.codec import encode
+from llmo.proto.messages import BatchCancel, PeerDown
 from tests.brain_fixtures import Rig, plan_text
 
 pytestmark = pytest.mark.timeout(60)

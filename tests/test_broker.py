@@ -12,7 +12,7 @@ import msgpack
 import pytest
 import zmq
 
-from proto import (
+from llmo.proto import (
     BRAIN,
     BROKER,
     MAX_MESSAGE_BYTES,
@@ -24,8 +24,8 @@ from proto import (
     TaskStarted,
     encode,
 )
-from proto.messages import Error
-from proto.pubsub import Subscriber, topic
+from llmo.proto.messages import Error
+from llmo.proto.pubsub import Subscriber, topic
 
 
 def started(task: str = "t1") -> TaskStarted:
@@ -261,7 +261,7 @@ def test_sigterm_exits_zero():
     command = [
         sys.executable,
         "-m",
-        "cli.main",
+        "llmo.cli.main",
         "broker",
         "--broker",
         "tcp://127.0.0.1:*",

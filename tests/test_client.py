@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from proto import BROKER, Ack, Heartbeat, SnapshotRequest, encode
-from proto.client import tool_name
-from proto.endpoints import DEFAULT_BROKER, DEFAULT_PUB, resolve, valid_actor_name
+from llmo.proto import BROKER, Ack, Heartbeat, SnapshotRequest, encode
+from llmo.proto.client import tool_name
+from llmo.proto.endpoints import DEFAULT_BROKER, DEFAULT_PUB, resolve, valid_actor_name
 
 
 def test_endpoints_flag_then_env_then_default(monkeypatch):

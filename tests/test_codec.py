@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proto import (
+from llmo.proto import (
     MAX_MESSAGE_BYTES,
     MESSAGE_CLASSES,
     PROTOCOL_VERSION,
@@ -21,7 +21,7 @@ from proto import (
     encode,
     to_dict,
 )
-from proto.messages import GpuReading, Telemetry
+from llmo.proto.messages import GpuReading, Telemetry
 from tests.strategies import messages, record
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.config import ConfigError, load, parse
+from llmo.cli.config import ConfigError, load, parse
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "llmo.example.toml"
 
@@ -109,7 +109,7 @@ def test_policy_problems_are_named_with_the_rest():
 
 
 def test_worker_policy_protects_the_config_keys_and_rig(tmp_path):
-    from cli.config import worker_policy
+    from llmo.cli.config import worker_policy
 
     path = tmp_path / "etc" / "llmo.toml"
     path.parent.mkdir()
@@ -131,7 +131,7 @@ def test_worker_policy_protects_the_config_keys_and_rig(tmp_path):
 
 
 def test_the_rig_folder_is_not_protected_when_plans_live_in_it(tmp_path):
-    from cli.config import worker_policy
+    from llmo.cli.config import worker_policy
 
     config = parse({"paths": {"rig_dir": str(tmp_path), "plans_dir": str(tmp_path / "plans")}})
     policy = worker_policy(config)
@@ -140,7 +140,7 @@ def test_the_rig_folder_is_not_protected_when_plans_live_in_it(tmp_path):
 
 
 def test_the_example_policy():
-    from cli.config import worker_policy
+    from llmo.cli.config import worker_policy
 
     policy = worker_policy(load(EXAMPLE))
     assert policy.plan_roots == ("/mnt/shared/plans",)
@@ -155,7 +155,7 @@ def test_up_hands_the_policy_to_every_worker(tmp_path):
     import argparse
     import json
 
-    from cli import up_cmd
+    from llmo.cli import up_cmd
 
     path = tmp_path / "llmo.toml"
     path.write_text(
@@ -180,7 +180,7 @@ def test_up_hands_the_policy_to_every_worker(tmp_path):
 
 
 def test_llmo_worker_refuses_a_broken_policy_file(tmp_path):
-    from cli import worker_cmd
+    from llmo.cli import worker_cmd
 
     bad = tmp_path / "policy.json"
     bad.write_text('{"rlimits": {"gpu": {}}}')
@@ -204,7 +204,7 @@ def test_tensor_split_needs_one_share_per_gpu():
 def test_up_passes_limits_as_the_workers_own_flags(tmp_path):
     import argparse
 
-    from cli import up_cmd, worker_cmd
+    from llmo.cli import up_cmd, worker_cmd
 
     path = tmp_path / "llmo.toml"
     path.write_text("[limits]\ngpu_warn_c = 70.0\npower_w = 120.0\n")

@@ -27,7 +27,15 @@ def test_demo_runs_the_example_and_says_where_its_results_are(tmp_path):
         LLMO_PUB=f"tcp://127.0.0.1:{free_port()}",
     )
     run = subprocess.run(
-        [sys.executable, "-m", "cli.main", "demo", str(plan), "--rig-dir", str(tmp_path / "rig")],
+        [
+            sys.executable,
+            "-m",
+            "llmo.cli.main",
+            "demo",
+            str(plan),
+            "--rig-dir",
+            str(tmp_path / "rig"),
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -196,9 +196,9 @@ def test_a_task_that_always_fails_fails_the_batch_skips_its_dependents_and_escal
 def test_the_brain_writes_the_history_files_before_it_sends_what_happened(tmp_path):
     """Why the test above finds the final RUN_SUMMARY and ESCALATION.md as soon as
     submit returns: the brain writes them before it publishes the batch's end."""
-    from brain.commands import AppendLines, Send, WriteFile
-    from brain.service import BrainService
-    from proto.messages import BROKER, BatchEvent
+    from llmo.brain.commands import AppendLines, Send, WriteFile
+    from llmo.brain.service import BrainService
+    from llmo.proto.messages import BROKER, BatchEvent
 
     service = BrainService("tcp://127.0.0.1:9", str(tmp_path / "brain.journal"))
     done = []
@@ -284,8 +284,8 @@ def task_pids(plan) -> list[int]:
 def test_a_summary_row_counts_the_attempts_lost_with_their_worker():
     from types import SimpleNamespace
 
-    from brain.state import TaskRun
-    from brain.summary import task_row
+    from llmo.brain.state import TaskRun
+    from llmo.brain.summary import task_row
 
     spec = SimpleNamespace(task_class="cpu", executor="worker")
     lost = TaskRun(id="t", spec=spec, command="true", state="done", attempts=1, lost_workers=1)

@@ -67,8 +67,8 @@ def test_atheris_finds_nothing(target, tmp_path, fuzz_tally):  # noqa: F811
 
 
 def _codec(data: bytes) -> None:
-    from proto.codec import decode
-    from proto.errors import ProtocolError
+    from llmo.proto.codec import decode
+    from llmo.proto.errors import ProtocolError
 
     try:
         decode(data)
@@ -77,7 +77,7 @@ def _codec(data: bytes) -> None:
 
 
 def _plans(data: bytes) -> None:
-    from plans import parse_plan, split_problems
+    from llmo.plans import parse_plan, split_problems
 
     text = data.decode("utf-8", "replace")
     plan, problems = parse_plan(text, "fuzz/plan.md")
@@ -87,7 +87,7 @@ def _plans(data: bytes) -> None:
 
 
 def _policy(data: bytes) -> None:
-    from worker.policy import Policy, check
+    from llmo.worker.policy import Policy, check
 
     policy = Policy(plan_roots=("/srv/plans",), protected_paths=("/etc/llmo/llmo.toml",))
     command = data.decode("utf-8", "surrogateescape")
@@ -104,9 +104,9 @@ def main() -> None:
 
     target = TARGETS[sys.argv.pop(1)]
     with atheris.instrument_imports():
-        import plans  # noqa: F401
-        import proto.codec  # noqa: F401
-        import worker.policy  # noqa: F401
+        import llmo.proto.codec
+        import llmo.worker.policy  # noqa: F401
+        from llmo import plans  # noqa: F401
     atheris.Setup(sys.argv, target)
     atheris.Fuzz()
 

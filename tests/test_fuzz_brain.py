@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from brain.commands import Log
-from brain.config import BrainConfig
-from proto.messages import (
+from llmo.brain.commands import Log
+from llmo.brain.config import BrainConfig
+from llmo.proto.messages import (
     Ack,
     BatchCancel,
     BatchEvent,

@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from proto.client import Client
-from proto.codec import MAX_MESSAGE_BYTES, MAX_NAME_LEN, ProtocolError, decode_envelope, encode
-from proto.errors import ErrorCode
-from proto.messages import (
+from llmo.proto.client import Client
+from llmo.proto.codec import MAX_MESSAGE_BYTES, MAX_NAME_LEN, ProtocolError, decode_envelope, encode
+from llmo.proto.errors import ErrorCode
+from llmo.proto.messages import (
     BROKER,
     PROTOCOL_VERSION,
     PUBLISHED_TYPES,

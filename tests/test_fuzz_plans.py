@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from plans import (
+from llmo.plans import (
     dependency_levels,
     has_errors,
     parse_plan,
@@ -33,8 +33,8 @@ from plans import (
     split_problems,
     undefined_placeholders,
 )
-from plans.model import PlanError
-from plans.validate import KNOWN_FIELDS
+from llmo.plans.model import PlanError
+from llmo.plans.validate import KNOWN_FIELDS
 from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(180)
@@ -217,7 +217,7 @@ CONFIGS = st.one_of(
 
 
 def dry_run(plan_dir: Path, config: str | None) -> tuple[int, str, str]:
-    from cli.main import main
+    from llmo.cli.main import main
 
     argv = ["submit", str(plan_dir), "--dry-run"]
     if config is not None:
@@ -246,7 +246,7 @@ def test_submit_dry_run_answers_every_plan(plan_folder, text, config, as_json, f
     else:
         assert "dry run: nothing was sent" in out
     if as_json and code == 0:
-        from cli.main import main
+        from llmo.cli.main import main
 
         buffer = io.StringIO()
         argv = ["submit", str(plan_folder), "--dry-run", "--json"]
@@ -271,7 +271,7 @@ def test_the_real_command_line_never_shows_a_traceback(tmp_path, fuzz_tally):  #
         folder.mkdir()
         (folder / "plan.md").write_text(text, encoding="utf-8")
         done = subprocess.run(
-            [sys.executable, "-m", "cli.main", "submit", str(folder), "--dry-run"],
+            [sys.executable, "-m", "llmo.cli.main", "submit", str(folder), "--dry-run"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -283,7 +283,7 @@ def test_the_real_command_line_never_shows_a_traceback(tmp_path, fuzz_tally):  #
     bad.mkdir()
     (bad / "plan.md").write_bytes(b"# Plan: x\n\xff\xfe\n## Tasks\n")
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "submit", str(bad), "--dry-run"],
+        [sys.executable, "-m", "llmo.cli.main", "submit", str(bad), "--dry-run"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -28,7 +28,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proto.messages import (
+from llmo.proto.messages import (
     MESSAGE_CLASSES,
     Message,
     TaskAssign,
@@ -37,13 +37,13 @@ from proto.messages import (
     TaskFailed,
     WorkerDrain,
 )
+from llmo.worker.config import WorkerConfig
+from llmo.worker.policy import MAX_COMMAND_BYTES, Policy
+from llmo.worker.service import Worker
 from tests.conftest import RunningBroker
 from tests.strategies import record
 from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
 from tests.worker_fixtures import FakeBrain, FakeTelemetry, RunningWorker
-from worker.config import WorkerConfig
-from worker.policy import MAX_COMMAND_BYTES, Policy
-from worker.service import Worker
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from broker.liveness import EXPIRY, INTERVAL, LIVENESS, Liveness
+from llmo.broker.liveness import INTERVAL, LIVENESS, Liveness
+from llmo.proto.vocab import HEARTBEAT_EXPIRY_S as EXPIRY
 
 
 def test_expiry_is_interval_times_liveness():

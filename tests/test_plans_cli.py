@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from llmo.cli.main import main
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted(str(p) for p in (ROOT / "plans" / "examples").iterdir() if p.is_dir())

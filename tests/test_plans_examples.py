@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from plans import (
+from llmo.plans import (
     Plan,
     dependency_levels,
     expand_foreach,

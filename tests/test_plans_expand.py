@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plans import (
+from llmo.plans import (
     ForeachError,
     PlanError,
     Task,
@@ -20,8 +20,8 @@ from plans import (
     read_foreach_items,
     resolve_task,
 )
-from plans.expand import chain_commands, safe_name
-from plans.files import split_foreach
+from llmo.plans.expand import chain_commands, safe_name
+from llmo.plans.files import split_foreach
 
 VARS = {"BATCH_PATH": "/b", "PLAN_PATH": "/p", "BATCH_ID": "B1"}
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plans import PlanError, Task, dependents_of, parse_plan, task_edges
-from plans.graph import find_cycles, item_entry_template, levels_of
+from llmo.plans import PlanError, Task, dependents_of, parse_plan, task_edges
+from llmo.plans.graph import find_cycles, item_entry_template, levels_of
 
 
 def task(id: str, *deps: str, foreach: str | None = None) -> Task:

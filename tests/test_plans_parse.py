@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plans import (
+from llmo.plans import (
     Goal,
     Plan,
     Problem,

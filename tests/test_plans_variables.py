@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plans import (
+from llmo.plans import (
     PlanError,
     builtin_variables,
     config_priority,
@@ -21,7 +21,7 @@ from plans import (
     substitute,
     undefined_placeholders,
 )
-from plans.variables import config_placeholders, names_in, substitute_known
+from llmo.plans.variables import config_placeholders, names_in, substitute_known
 
 DATA = Path(__file__).parent / "data" / "plans"
 VARS = {"BATCH_PATH": "/h/b1", "NAME": "x y", "N": "3"}

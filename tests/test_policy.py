@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
-from worker.policy import (
+from llmo.worker.policy import (
     DEFAULT_REFUSED_PATTERNS,
     MAX_COMMAND_BYTES,
     Policy,
@@ -20,6 +19,7 @@ from worker.policy import (
     default_protected,
     writable,
 )
+from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
 
 ROOT = "/srv/plans"
 PLAN = "/srv/plans/p1"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from proto.messages import TaskAssign, TaskDone, TaskFailed
+from llmo.proto.messages import TaskAssign, TaskDone, TaskFailed
+from llmo.worker.policy import Policy, Rlimits
+from llmo.worker.shell import KEEP_ENV, task_env
 from tests.worker_fixtures import brain_factory, worker_factory  # noqa: F401  (fixtures)
-from worker.policy import Policy, Rlimits
-from worker.shell import KEEP_ENV, task_env
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from proto import BROKER, Heartbeat, TaskStarted, encode
-from proto.messages import BRAIN
-from proto.pubsub import Subscriber, topic
-from proto.security import ClientKeys, ServerKeys, curve_available, generate
+from llmo.proto import BROKER, Heartbeat, TaskStarted, encode
+from llmo.proto.messages import BRAIN
+from llmo.proto.pubsub import Subscriber, topic
+from llmo.proto.security import ClientKeys, ServerKeys, curve_available, generate
 
 pytestmark = pytest.mark.skipif(not curve_available(), reason="libzmq built without CURVE")
 

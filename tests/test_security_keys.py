@@ -13,13 +13,13 @@ import pytest
 import zmq
 import zmq.auth
 
-from broker.service import Broker
-from cli.main import main
-from cli.tools import Session, ToolError, add_tool_flags, open_session, tool_setup
-from proto.client import Client
-from proto.endpoints import Endpoints
-from proto.messages import BRAIN, SnapshotRequest
-from proto.security import (
+from llmo.broker.service import Broker
+from llmo.cli.main import main
+from llmo.cli.tools import Session, ToolError, add_tool_flags, open_session, tool_setup
+from llmo.proto.client import Client
+from llmo.proto.endpoints import Endpoints
+from llmo.proto.messages import BRAIN, SnapshotRequest
+from llmo.proto.security import (
     ClientKeys,
     SecurityError,
     ServerKeys,
@@ -187,7 +187,7 @@ def test_llmo_broker_refuses_a_plain_non_loopback_bind_unless_insecure(no_proces
         "--pub",
         f"tcp://0.0.0.0:{_free_port()}",
     ]
-    command = [sys.executable, "-m", "cli.main", "broker", *endpoints]
+    command = [sys.executable, "-m", "llmo.cli.main", "broker", *endpoints]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert refused.returncode == 2
     assert "refusing to bind" in refused.stderr and "--insecure" in refused.stderr
@@ -292,7 +292,7 @@ def test_a_silent_broker_gets_a_hint_about_keys(keys_dir, no_process_keys, zmq_c
 
 
 def test_require_curve_refuses_to_run_without_keys(no_process_keys):
-    from cli.config import client_keys, parse, server_keys
+    from llmo.cli.config import client_keys, parse, server_keys
 
     config = parse({"security": {"require_curve": True}}, "/etc/llmo/llmo.toml")
     with pytest.raises(SecurityError, match="require_curve"):
@@ -308,7 +308,7 @@ def test_llmo_up_refuses_a_plain_non_loopback_rig_before_starting_anything(
 ):
     import argparse
 
-    from cli import up_cmd
+    from llmo.cli import up_cmd
 
     parser = argparse.ArgumentParser()
     up_cmd.configure(parser)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cli.status_cmd import render
-from proto.messages import SnapshotReply
+from llmo.cli.status_cmd import render
+from llmo.proto.messages import SnapshotReply
 
 
 def test_render_shows_state_temperature_rate_and_progress():

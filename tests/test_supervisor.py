@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cli.supervisor import RestartPolicy, Supervisor
+from llmo.cli.supervisor import RestartPolicy, Supervisor
 
 
 def test_policy_backs_off_and_gives_up_after_six_in_five_minutes():

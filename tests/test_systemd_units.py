@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.config import load
-from cli.main import main
-from cli.systemd_cmd import render
+from llmo.cli.config import load
+from llmo.cli.main import main
+from llmo.cli.systemd_cmd import render
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "llmo.example.toml"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from proto.messages import Register, TaskAssign, TaskDone
-from proto.security import ClientKeys, ServerKeys, curve_available, generate, use_keys
+from llmo.proto.messages import Register, TaskAssign, TaskDone
+from llmo.proto.security import ClientKeys, ServerKeys, curve_available, generate, use_keys
 from tests.worker_fixtures import FakeBrain
 
 pytestmark = [
@@ -61,7 +61,7 @@ def worker_command(config: Path, name: str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "cli.main",
+        "llmo.cli.main",
         "worker",
         "--config",
         str(config),

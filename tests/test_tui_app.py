@@ -12,9 +12,14 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Log
 
-from broker.service import Broker
-from proto.endpoints import Endpoints
-from proto.messages import BatchCancel, ModelLoad, ModelUnload, WorkerDrain
+from llmo.broker.service import Broker
+from llmo.proto.endpoints import Endpoints
+from llmo.proto.messages import BatchCancel, ModelLoad, ModelUnload, WorkerDrain
+from llmo.tui.app import MonitorApp
+from llmo.tui.feed import Feed
+from llmo.tui.render import DASH
+from llmo.tui.screens import ConfirmScreen, LogScreen, PromptScreen
+from llmo.tui.widgets import BatchesTable, EventList, StatusBar, VirtualList, WorkersTable
 from tests.test_tui_support import (
     FakeRig,
     batch_view,
@@ -23,11 +28,6 @@ from tests.test_tui_support import (
     task_view,
     worker_view,
 )
-from tui.app import MonitorApp
-from tui.feed import Feed
-from tui.render import DASH
-from tui.screens import ConfirmScreen, LogScreen, PromptScreen
-from tui.widgets import BatchesTable, EventList, StatusBar, VirtualList, WorkersTable
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,13 +9,13 @@ from collections.abc import Callable
 
 import pytest
 
-from broker.service import Broker
-from proto.endpoints import Endpoints
-from proto.messages import BRAIN, BatchCancel
+from llmo.broker.service import Broker
+from llmo.proto.endpoints import Endpoints
+from llmo.proto.messages import BRAIN, BatchCancel
+from llmo.tui.feed import Feed
+from llmo.tui.model import Model
+from llmo.tui.updates import Update
 from tests.test_tui_support import FakeRig, batch_view, task_view, worker_view
-from tui.feed import Feed
-from tui.model import Model
-from tui.updates import Update
 
 pytestmark = pytest.mark.timeout(60)
 

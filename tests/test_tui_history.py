@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tui.history import attempts, read_attempts
-from tui.screens import attempts_text
+from llmo.tui.history import attempts, read_attempts
+from llmo.tui.screens import attempts_text
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from proto.messages import BatchEvent, Heartbeat, PeerDown, PeerUp, SnapshotReply, TaskProgress
+from llmo.proto.messages import BatchEvent, Heartbeat, PeerDown, PeerUp, SnapshotReply, TaskProgress
+from llmo.tui import render
+from llmo.tui.model import Model
+from llmo.tui.rows import EVENTS_KEPT, SPARK_SAMPLES, BatchRow
+from llmo.tui.updates import ActionResult, LinkStatus, Update
+from llmo.tui.wording import describe
 from tests.test_tui_support import batch_view, gpu_telemetry, no_gpu, task_view, worker_view
-from tui import render
-from tui.model import Model
-from tui.rows import EVENTS_KEPT, SPARK_SAMPLES, BatchRow
-from tui.updates import ActionResult, LinkStatus, Update
-from tui.wording import describe
 
 pytestmark = pytest.mark.timeout(30)
 

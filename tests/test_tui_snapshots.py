@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from proto.messages import BatchEvent, Heartbeat, PeerDown, SnapshotReply, TaskProgress
+from llmo.proto.messages import BatchEvent, Heartbeat, PeerDown, SnapshotReply, TaskProgress
+from llmo.tui.app import MonitorApp
+from llmo.tui.model import Model
+from llmo.tui.updates import LinkStatus
 from tests.test_tui_support import batch_view, gpu_telemetry, no_gpu, task_view, worker_view
-from tui.app import MonitorApp
-from tui.model import Model
-from tui.updates import LinkStatus
 
 pytestmark = pytest.mark.timeout(60)
 

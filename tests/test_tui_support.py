@@ -20,8 +20,8 @@ from typing import Any
 
 import zmq
 
-from proto.client import Client
-from proto.messages import (
+from llmo.proto.client import Client
+from llmo.proto.messages import (
     BRAIN,
     BROKER,
     Ack,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
-from cli.watch import BatchView, Screen, bar, follow, render
-from proto.messages import BatchEvent, SnapshotReply, TaskProgress
-from proto.pubsub import Published
+from llmo.cli.watch import BatchView, Screen, bar, follow, render
+from llmo.proto.messages import BatchEvent, SnapshotReply, TaskProgress
+from llmo.proto.pubsub import Published
 
 
 def snapshot(rev: int, state: str = "running") -> SnapshotReply:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proto.messages import ModelLoad
-from worker.config import WorkerConfig
+from llmo.proto.messages import ModelLoad
+from llmo.worker.config import WorkerConfig
 
 
 def test_a_split_model_uses_the_configured_shares_else_even_ones():

@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from proto.messages import Register, TaskAssign, TaskStarted
+from llmo.proto.messages import Register, TaskAssign, TaskStarted
+from llmo.worker.leftovers import GroupLedger, start_time
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     alive,
     brain_factory,
     read_pid,
     wait_until,
 )
-from worker.leftovers import GroupLedger, start_time
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,7 +28,7 @@ def start_worker(endpoint: str, ledger, log) -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "llmo.cli.main",
             "worker",
             "--name",
             "gpu-7",

@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proto.messages import GpuReading, TaskAssign, TaskDone, TaskFailed, TaskStarted, Telemetry
+from llmo.proto.messages import GpuReading, TaskAssign, TaskDone, TaskFailed, TaskStarted, Telemetry
+from llmo.worker.limits import Level, Limits, LimitsConfig, assess
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     FakeTelemetry,
     brain_factory,
     worker_factory,
 )
-from worker.limits import Level, Limits, LimitsConfig, assess
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from proto.client import Client
-from proto.messages import (
+from llmo.proto.client import Client
+from llmo.proto.messages import (
     Ack,
     Error,
     Heartbeat,
@@ -24,13 +24,13 @@ from proto.messages import (
     TaskStarted,
     WorkerDrain,
 )
+from llmo.worker.link import Link
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     brain_factory,
     fixed_broker,
     wait_until,
     worker_factory,
 )
-from worker.link import Link
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -134,7 +134,7 @@ def test_sigterm_drains_then_aborts_what_is_left_and_exits(
     command = [
         sys.executable,
         "-m",
-        "cli.main",
+        "llmo.cli.main",
         "worker",
         "--name",
         "gpu-cli",
@@ -175,7 +175,7 @@ def test_exit_when_idle(running_broker, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "cli.main",
+        "llmo.cli.main",
         "worker",
         "--name",
         "gpu-idle",

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from proto.messages import (
+from llmo.proto.messages import (
     Heartbeat,
     ModelLoad,
     ModelStatus,

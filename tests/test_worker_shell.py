@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from proto.messages import (
+from llmo.proto.messages import (
     Heartbeat,
     TaskAssign,
     TaskCancel,
@@ -17,6 +17,7 @@ from proto.messages import (
     TaskFailed,
     TaskStarted,
 )
+from llmo.worker.shell import KEEP_ENV
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     alive,
     brain_factory,
@@ -24,7 +25,6 @@ from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     wait_until,
     worker_factory,
 )
-from worker.shell import KEEP_ENV
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from worker.telemetry import SystemTelemetry, throttle_names
+from llmo.worker.telemetry import SystemTelemetry, throttle_names
 
 pytestmark = pytest.mark.timeout(30)
 

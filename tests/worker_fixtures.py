@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import zmq
 
-from broker.service import Broker
-from proto.client import Client
-from proto.messages import BROKER, Heartbeat, Message, Telemetry
-from worker.config import WorkerConfig
-from worker.service import Worker
+from llmo.broker.service import Broker
+from llmo.proto.client import Client
+from llmo.proto.messages import BROKER, Heartbeat, Message, Telemetry
+from llmo.worker.config import WorkerConfig
+from llmo.worker.service import Worker
 
 WAIT_S = 15.0
 
@@ -142,7 +142,7 @@ class FixedPortBroker:
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     """The Gemma 3 270M GGUF, assembled once into the llmo model cache."""
-    from cli.models import default_model
+    from llmo.cli.models import default_model
 
     return default_model()
 

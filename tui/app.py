@@ -34,13 +34,13 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer, Input, Static
 
-from proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
-from tui import render
-from tui.model import Model
-from tui.rows import TaskRow
-from tui.screens import ConfirmScreen, HelpScreen, LogScreen, PromptScreen
-from tui.updates import Update
-from tui.widgets import BatchesTable, EventList, StatusBar, VirtualList, WorkersTable
+from llmo.proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
+from llmo.tui import render
+from llmo.tui.model import Model
+from llmo.tui.rows import TaskRow
+from llmo.tui.screens import ConfirmScreen, HelpScreen, LogScreen, PromptScreen
+from llmo.tui.updates import Update
+from llmo.tui.widgets import BatchesTable, EventList, StatusBar, VirtualList, WorkersTable
 
 log = logging.getLogger("llmo.tui")
 

@@ -35,11 +35,11 @@ from typing import Any
 
 import zmq
 
-from cli.tools import Session, ToolError
-from proto.client import Client, tool_name
-from proto.endpoints import Endpoints
-from proto.errors import ErrorCode, ProtocolError
-from proto.messages import (
+from llmo.cli.tools import Session, ToolError
+from llmo.proto.client import Client, tool_name
+from llmo.proto.endpoints import Endpoints
+from llmo.proto.errors import ErrorCode, ProtocolError
+from llmo.proto.messages import (
     BRAIN,
     BatchEvent,
     Error,
@@ -51,8 +51,8 @@ from proto.messages import (
     SnapshotRequest,
     TaskProgress,
 )
-from proto.pubsub import Subscriber
-from tui.updates import ActionResult, LinkStatus, Update
+from llmo.proto.pubsub import Subscriber
+from llmo.tui.updates import ActionResult, LinkStatus, Update
 
 log = logging.getLogger("llmo.tui.feed")
 

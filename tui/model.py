@@ -30,8 +30,8 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from brain.state import TASK_TERMINAL
-from proto.messages import (
+from llmo.brain.state import TASK_TERMINAL
+from llmo.proto.messages import (
     BatchEvent,
     GpuReading,
     Heartbeat,
@@ -41,7 +41,7 @@ from proto.messages import (
     TaskProgress,
     Telemetry,
 )
-from tui.rows import (
+from llmo.tui.rows import (
     EVENT_LEVELS,
     EVENTS_KEPT,
     SAMPLE_S,
@@ -53,8 +53,8 @@ from tui.rows import (
     TaskRow,
     WorkerRow,
 )
-from tui.updates import ActionResult, LinkStatus, Update
-from tui.wording import describe
+from llmo.tui.updates import ActionResult, LinkStatus, Update
+from llmo.tui.wording import describe
 
 
 def _num(value: Any, default: float | None = None) -> float | None:

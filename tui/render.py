@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from rich.text import Text
 
-from tui.rows import BatchRow, EventLine, TaskRow, WorkerRow
+from llmo.tui.rows import BatchRow, EventLine, TaskRow, WorkerRow
 
 WORKER_STYLES = {
     "cold": "cyan",

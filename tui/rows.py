@@ -11,7 +11,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from brain.state import BATCH_TERMINAL, TASK_TERMINAL
+from llmo.brain.state import BATCH_TERMINAL, TASK_TERMINAL
 
 SPARK_SAMPLES = 180  # tok/s history per worker: 3 minutes at one sample a second
 SAMPLE_S = 1.0

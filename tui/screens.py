@@ -20,9 +20,9 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Input, Label, Log, Static
 
-from tui import render
-from tui.history import Attempt, read_attempts
-from tui.rows import TaskRow
+from llmo.tui import render
+from llmo.tui.history import Attempt, read_attempts
+from llmo.tui.rows import TaskRow
 
 TAIL_BYTES = 64 * 1024
 TAIL_LINES = 400

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from proto.messages import BatchEvent, Heartbeat, PeerDown, PeerUp, SnapshotReply, TaskProgress
+from llmo.proto.messages import BatchEvent, Heartbeat, PeerDown, PeerUp, SnapshotReply, TaskProgress
 
 LinkState = Literal["connecting", "live", "no_brain", "down"]
 

@@ -24,8 +24,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tui import render
-from tui.model import Model
+from llmo.tui import render
+from llmo.tui.model import Model
 
 # (key, label, width, kept on a narrow screen)
 Column = tuple[str, str, int, bool]

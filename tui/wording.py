@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proto.messages import BatchEvent
+from llmo.proto.messages import BatchEvent
 
 
 def describe(ev: BatchEvent, plan: str) -> str:

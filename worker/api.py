@@ -28,8 +28,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from worker.llm import Cancelled, NotHot, Runtime, model_alias
-from worker.meter import Meters
+from llmo.proto.vocab import names_model
+from llmo.worker.llm import Cancelled, NotHot, Runtime
+from llmo.worker.meter import Meters
 
 log = logging.getLogger("llmo.worker.api")
 
@@ -110,7 +111,7 @@ class ApiServer:
         spec = self.runtime.spec
         if spec is None or self.runtime.state != "hot":
             return False
-        return requested in (spec.name, spec.path, model_alias(spec.path))
+        return requested == spec.name or names_model(requested, spec.path)
 
 
 class _Handler(BaseHTTPRequestHandler):

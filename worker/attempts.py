@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proto.messages import (
+from llmo.proto.messages import (
     BRAIN,
     Message,
     ModelStatus,
@@ -53,29 +53,21 @@ from proto.messages import (
     TaskProgress,
     TaskStarted,
 )
-from worker import policy
-from worker.config import WorkerConfig
-from worker.leftovers import GroupLedger
-from worker.limits import Level
-from worker.llm import LoadSpec, Runtime, RuntimeEvent
-from worker.meter import Meter, Meters
-from worker.shell import Outcome, ShellAttempt, SpawnError, default_log_path, task_env
+from llmo.proto.vocab import EXIT_RETRY_LATER, META_LOADS, META_UNLOADS
+from llmo.worker import policy
+from llmo.worker.config import WorkerConfig
+from llmo.worker.leftovers import GroupLedger
+from llmo.worker.limits import Level
+from llmo.worker.llm import LoadSpec, Runtime, RuntimeEvent
+from llmo.worker.meter import Meter, Meters
+from llmo.worker.shell import Outcome, ShellAttempt, SpawnError, default_log_path, task_env
 
 log = logging.getLogger("llmo.worker.attempts")
 
 GPU_CLASSES = frozenset({"script", "llm", "brain"})
 LLM_CLASSES = frozenset({"llm", "brain"})
-LOAD_COMMANDS = frozenset({"load_llm", "load_split_llm"})
-UNLOAD_COMMANDS = frozenset(
-    {
-        "unload_llm",
-        "unload_split_llm",
-        "cleanup_split_runtime",
-        "reset_gpu_runtime",
-        "reset_split_runtime",
-    }
-)
-RETRY_LATER_EXIT = 75
+LOAD_COMMANDS = frozenset(META_LOADS)
+UNLOAD_COMMANDS = frozenset(META_UNLOADS)
 REMEMBERED = 1000
 
 
@@ -434,12 +426,12 @@ class Attempts:
             )
         if out.exit_code == 0:
             return TaskDone(**_ids(a), exit_code=0, tok_s=meter.tok_s(), **common)
-        if out.exit_code == RETRY_LATER_EXIT:
+        if out.exit_code == EXIT_RETRY_LATER:
             return _failed(
                 a,
                 "retry_later",
                 error="exit code 75: the task asks to be tried again later",
-                exit_code=RETRY_LATER_EXIT,
+                exit_code=EXIT_RETRY_LATER,
                 **common,
             )
         if out.signal is None:

@@ -6,10 +6,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proto.messages import ModelLoad
-from worker.limits import LimitsConfig
-from worker.llm import LoadSpec, model_alias
-from worker.policy import Policy
+from llmo.proto.messages import ModelLoad
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, model_alias, model_names
+from llmo.worker.limits import LimitsConfig
+from llmo.worker.llm import LoadSpec
+from llmo.worker.policy import Policy
 
 VRAM_SHARE = 0.8  # of the card's VRAM, the budget the brain may assign against
 CPU_SLOT_MB = 1024  # a GPU-less worker's budget per slot: a concurrency limit
@@ -28,7 +29,7 @@ class WorkerConfig:
     n_gpu_layers: int = -1
     tensor_split: tuple[float, ...] = ()  # shares of a split model per GPU; () = even
     extra_bufts: Literal["auto", "on", "off"] = "auto"
-    heartbeat_s: float = 1.0
+    heartbeat_s: float = HEARTBEAT_INTERVAL_S
     progress_s: float = 0.25  # at most this often per attempt
     sample_s: float = 0.5  # memory sampling of running attempts
     stop_deadline_s: float = 30.0  # SIGTERM: drain this long, then abort what is left
@@ -54,7 +55,7 @@ class WorkerConfig:
         since a ``ModelLoad`` may name it either way."""
         names: list[str] = []
         for path in self.models:
-            for name in (model_alias(path), path):
+            for name in model_names(path):
                 if name not in names:
                     names.append(name)
         return tuple(names)

@@ -25,7 +25,7 @@ import os
 import signal
 import tempfile
 
-from worker.shell import stat_fields
+from llmo.worker.shell import stat_fields
 
 log = logging.getLogger("llmo.worker")
 

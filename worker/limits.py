@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from proto.messages import Telemetry
+from llmo.proto.messages import Telemetry
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

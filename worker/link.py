@@ -36,8 +36,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proto.errors import ErrorCode
-from proto.messages import Ack, Error, Message
+from llmo.proto.errors import ErrorCode
+from llmo.proto.messages import Ack, Error, Message
 
 log = logging.getLogger("llmo.worker.link")
 

@@ -43,7 +43,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from worker.meter import Meter
+from llmo.proto.vocab import model_alias
+from llmo.worker.meter import Meter
 
 log = logging.getLogger("llmo.worker.llm")
 
@@ -82,12 +83,6 @@ class RuntimeEvent:
     model: str
     error: str = ""
     load_s: float = 0.0
-
-
-def model_alias(path: str) -> str:
-    """The name a model file is known by: its file name without ``.gguf``."""
-    base = os.path.basename(path.rstrip("/"))
-    return base[:-5] if base.lower().endswith(".gguf") else base
 
 
 def check_gguf(path: str) -> str | None:

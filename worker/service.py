@@ -39,8 +39,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from proto.client import Client
-from proto.messages import (
+from llmo.proto.client import Client
+from llmo.proto.messages import (
     BRAIN,
     Ack,
     Error,
@@ -54,17 +54,17 @@ from proto.messages import (
     TaskCancel,
     WorkerDrain,
 )
-from worker.api import ApiServer
-from worker.attempts import GPU_CLASSES, Attempts
-from worker.config import WorkerConfig
-from worker.inbox import Inbox
-from worker.leftovers import GroupLedger, default_path
-from worker.limits import Level, Limits
-from worker.link import Link
-from worker.llm import Runtime, RuntimeEvent
-from worker.meter import Meter, Meters, Rate
-from worker.shell import session_rss
-from worker.telemetry import SystemTelemetry
+from llmo.worker.api import ApiServer
+from llmo.worker.attempts import GPU_CLASSES, Attempts
+from llmo.worker.config import WorkerConfig
+from llmo.worker.inbox import Inbox
+from llmo.worker.leftovers import GroupLedger, default_path
+from llmo.worker.limits import Level, Limits
+from llmo.worker.link import Link
+from llmo.worker.llm import Runtime, RuntimeEvent
+from llmo.worker.meter import Meter, Meters, Rate
+from llmo.worker.shell import session_rss
+from llmo.worker.telemetry import SystemTelemetry
 
 log = logging.getLogger("llmo.worker")
 

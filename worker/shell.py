@@ -40,8 +40,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from proto.messages import TaskAssign
-from worker.policy import Rlimits, preexec
+from llmo.proto.messages import TaskAssign
+from llmo.worker.policy import Rlimits, preexec
 
 # Variables a task inherits from the worker's own environment; nothing else
 # leaks in (no broker keys, no tokens, no operator's shell settings).

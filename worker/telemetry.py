@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from proto.messages import GpuReading, ProcessVram, Telemetry
+from llmo.proto.messages import GpuReading, ProcessVram, Telemetry
 
 log = logging.getLogger("llmo.worker.telemetry")
 
