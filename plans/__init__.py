@@ -35,7 +35,7 @@ from llmo.plans.model import (
     has_errors,
     split_problems,
 )
-from llmo.plans.validate import parse_plan
+from llmo.plans.parser import parse_plan
 from llmo.plans.variables import (
     builtin_variables,
     config_placeholders,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from difflib import get_close_matches
 
-from llmo.plans.parser import RawField
+from llmo.plans.markdown import RawField
 
 _WHOLE = re.compile(r"\+?\d+")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)[ \t]*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)?")

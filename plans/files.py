@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llmo.plans.expand import items_from_json
 from llmo.plans.model import ForeachError, Plan, PlanError, Problem
-from llmo.plans.validate import parse_plan
+from llmo.plans.parser import parse_plan
 from llmo.plans.variables import substitute
 
 PLAN_FILE = "plan.md"

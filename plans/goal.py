@@ -16,8 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 
 from llmo.plans import fields as F
+from llmo.plans.markdown import RawBlock
 from llmo.plans.model import GOAL_TYPES, Goal, PlanError, ProblemSink, Task
-from llmo.plans.parser import RawBlock
 from llmo.plans.variables import PLACEHOLDER, substitute
 
 GOAL_FIELDS = (

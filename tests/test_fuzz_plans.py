@@ -34,7 +34,7 @@ from llmo.plans import (
     undefined_placeholders,
 )
 from llmo.plans.model import PlanError
-from llmo.plans.validate import KNOWN_FIELDS
+from llmo.plans.parser import KNOWN_FIELDS
 from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(180)
