@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("llmo needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -23,6 +23,16 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy reads the installed names (llmo.brain, ...) through a tree of links to
+# the repository's folders, rebuilt each run so a new folder is never missed.
+TYPECHECK := $(VENV)/typecheck
+PACKAGES := proto broker brain worker plans tui cli
+
+typecheck: $(STAMP)
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/llmo
+	@for p in $(PACKAGES); do ln -s ../../../$$p $(TYPECHECK)/llmo/$$p; done
+	MYPYPATH=$(TYPECHECK) $(BIN)/mypy
 
 # Every benchmark prints its figures against a floor measured in the same run.
 bench: $(STAMP)

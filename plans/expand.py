@@ -59,9 +59,9 @@ def _scalar_id(item: object) -> str | None:
 
 def item_names(template_id: str, items: Sequence[object]) -> list[str]:
     """The task name for each item (``batch_size`` 1); ``ForeachError`` on a clash."""
-    ids = [_scalar_id(item) for item in items]
-    if ids and all(i is not None for i in ids):
-        names = [f"{template_id}_{safe_name(i)}" for i in ids]  # type: ignore[arg-type]
+    ids = [i for i in (_scalar_id(item) for item in items) if i is not None]
+    if ids and len(ids) == len(items):
+        names = [f"{template_id}_{safe_name(i)}" for i in ids]
     else:
         names = [f"{template_id}_{n}" for n in range(1, len(items) + 1)]
     if len(set(names)) != len(names):
@@ -126,7 +126,7 @@ def expand_foreach(
         task.line,
     )
 
-    def make(name: str, text: str, deps: tuple[str, ...], group: tuple) -> Task:
+    def make(name: str, text: str, deps: tuple[str, ...], group: tuple[object, ...]) -> Task:
         return Task(
             name,
             executor,
@@ -211,7 +211,7 @@ def resolve_task(task: Task, variables: Mapping[str, object]) -> Task:
     )
 
 
-def items_from_json(data: object, path: str) -> list:
+def items_from_json(data: object, path: str) -> list[object]:
     """The array at dotted ``path`` in parsed JSON ``data`` (``""`` = the document).
 
     A number steps into an array (``runs.0.items``). ``ForeachError`` says

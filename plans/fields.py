@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import re
 from difflib import get_close_matches
+from typing import TypeVar
 
 from llmo.plans.markdown import RawField
+
+Word = TypeVar("Word", bound=str)  # one of a field's allowed words (often a Literal)
 
 _WHOLE = re.compile(r"\+?\d+")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)[ \t]*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)?")
@@ -80,10 +83,12 @@ def duration_seconds(value: str, name: str) -> float:
     return seconds
 
 
-def choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
+def choice(value: str, name: str, allowed: tuple[Word, ...]) -> Word:
+    """The one of ``allowed`` that ``value`` names (any case); ValueError if none."""
     text = plain(value)
-    if text.lower() in allowed:
-        return text.lower()
+    for option in allowed:
+        if option == text.lower():
+            return option
     options = " or ".join(", ".join(allowed).rsplit(", ", 1))
     hint = suggest(text.lower(), allowed)
     shown = f"'{text}'" if text else "empty"

@@ -45,7 +45,7 @@ def split_foreach(spec: str) -> tuple[str, str]:
 
 def read_foreach_items(
     spec: str, variables: Mapping[str, object], *, base_dir: str | None = None
-) -> list:
+) -> list[object]:
     """The items named by a ``foreach`` value such as ``{BATCH_PATH}/manifest.json:items``.
 
     Placeholders are substituted first; a relative file is read from

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from llmo.plans import fields as F
 from llmo.plans.markdown import RawBlock
@@ -30,6 +31,8 @@ GOAL_FIELDS = (
 )
 DEFAULT_MULTIPLIER = 5
 _WHOLE = re.compile(r"\+?\d+")
+
+T = TypeVar("T")
 
 
 def build_goal(block: RawBlock, tasks: Sequence[Task], sink: ProblemSink) -> Goal | None:
@@ -51,7 +54,7 @@ def build_goal(block: RawBlock, tasks: Sequence[Task], sink: ProblemSink) -> Goa
             sink.error(block.line, "", f"the goal has no {name}; add '- **{name}**: {example}'")
             ok = False
 
-    def read(name, reader, *args):
+    def read(name: str, reader: Callable[..., T], *args: object) -> T | None:
         nonlocal ok
         if name not in raw:
             return None

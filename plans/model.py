@@ -19,8 +19,8 @@ Severity = Literal["error", "warning"]
 Executor = Literal["worker", "brain"]
 TaskClass = Literal["cpu", "script", "llm", "brain", "meta"]
 
-EXECUTORS: tuple[str, ...] = ("worker", "brain")
-TASK_CLASSES: tuple[str, ...] = ("cpu", "script", "llm", "brain", "meta")
+EXECUTORS: tuple[Executor, ...] = ("worker", "brain")
+TASK_CLASSES: tuple[TaskClass, ...] = ("cpu", "script", "llm", "brain", "meta")
 LLM_PLACEMENTS: tuple[str, ...] = ("single_gpu", "split_gpu")
 VRAM_POLICIES: tuple[str, ...] = ("default", "infer", "fixed")
 GOAL_TYPES: tuple[str, ...] = ("target_count",)
@@ -126,7 +126,7 @@ class Task:
     timeout_s: float | None = None
     line: int = 0
     template: str | None = None
-    items: tuple = ()
+    items: tuple[object, ...] = ()
 
     @property
     def is_template(self) -> bool:

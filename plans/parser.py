@@ -19,7 +19,9 @@ they point at.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import PurePath
+from typing import TypeVar
 
 from llmo.plans import fields as F
 from llmo.plans.goal import build_goal
@@ -62,6 +64,8 @@ REQUIRED_FIELDS: dict[str, str] = {
 LLM_FIELDS = ("llm_model", "llm_min_tier", "llm_placement")
 SCRIPT_FIELDS = ("vram_policy", "vram_estimate_mb")
 TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+T = TypeVar("T")
 
 
 def parse_plan(text: str, file: str = "plan.md") -> tuple[Plan | None, list[Problem]]:
@@ -154,7 +158,7 @@ def _build_task(block: RawBlock, sink: ProblemSink) -> Task | None:
         if name not in raw:
             sink.error(block.line, task_id, f"no {name} field; {how}")
 
-    def read(name, reader, *args):
+    def read(name: str, reader: Callable[..., T], *args: object) -> T | None:
         f = raw.get(name)
         if f is None:
             return None

@@ -29,7 +29,15 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 
-from llmo.plans.model import BUILTIN_VARIABLES, GOAL_USER, PRIORITIES, Plan, PlanError, Problem
+from llmo.plans.model import (
+    BUILTIN_VARIABLES,
+    GOAL_USER,
+    PRIORITIES,
+    Plan,
+    PlanError,
+    Problem,
+    Task,
+)
 
 PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\}")
 
@@ -212,7 +220,7 @@ def config_priority(config: Mapping[str, object]) -> str | None:
 # -- what a plan uses ------------------------------------------------------------------
 
 
-def _task_uses(task) -> list[tuple[str, str]]:
+def _task_uses(task: Task) -> list[tuple[str, str]]:
     """``(name, field)`` for every placeholder a task's executable fields use."""
     uses: list[tuple[str, str]] = [(n, "command") for n in names_in(task.command)]
     if task.foreach:
