@@ -143,11 +143,11 @@ def reached(cx: Ctx, batch: Batch, g: GoalRun) -> None:
     cx.publish(batch, "goal_reached", succeeded=g.succeeded, tried=g.tried, rounds=g.round)
     for dep_id in batch.dependents.pop(GOAL_KEY, ()):
         tasks.satisfied(cx, batch, batch.tasks[dep_id])
-    from llmo.brain import failure
+    from llmo.brain import stopping
 
     for task in list(batch.tasks.values()):  # candidates still out are not needed any more
         if in_round(g, task) and task.state in tasks.LIVE_STATES:
-            failure.cancel_task(cx, batch, task, "goal reached")
+            stopping.cancel_task(cx, batch, task, "goal reached")
             tasks.on_terminal(cx, batch, task)
 
 

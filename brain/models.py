@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import collections
 
-from llmo.brain import tasks
+from llmo.brain import retry, tasks
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import Batch, TaskRun, Worker
 from llmo.proto.messages import ModelLoad, ModelStatus, ModelUnload
@@ -277,11 +277,9 @@ def load_failed(cx: Ctx, worker: Worker, model: str, error: str) -> None:
     cx.log("warning", f"worker {worker.name} failed to load {model}: {error}")
     found = take_load_task(cx, worker)
     if found is not None:
-        from llmo.brain import failure
-
         batch, task = found
         task.attempts += 1
-        failure.attempt_failed(cx, batch, task, reason="exit", error=f"load failed: {error}")
+        retry.attempt_failed(cx, batch, task, reason="exit", error=f"load failed: {error}")
     if st.load_failures[model] >= cx.cfg.max_load_failures:
         fail_waiting(cx, model, f"model {model} failed to load {st.load_failures[model]} times")
 

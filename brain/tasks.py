@@ -1,4 +1,4 @@
-"""Task and batch lifecycle operations: release, finish, skip, requeue, end a batch.
+"""Task and batch lifecycle operations: release, start, finish, skip, requeue, end a batch.
 
 Theory of operation
 -------------------
@@ -136,6 +136,18 @@ def release_delayed(cx: Ctx) -> None:
             continue
         move(cx, batch, task, "due")
         enqueue(cx, batch, task)
+
+
+def start(cx: Ctx, batch: Batch, task: TaskRun) -> None:
+    """The assigned attempt runs: it is spent from now on."""
+    if task.state != "assigned":
+        return
+    move(cx, batch, task, "start")
+    task.started_at = task.last_progress_at = cx.now
+    if not task.first_started_at:
+        task.first_started_at = cx.now
+    task.attempts += 1
+    cx.publish(batch, "task_started", task)
 
 
 def succeed(cx: Ctx, batch: Batch, task: TaskRun, **detail: object) -> None:
