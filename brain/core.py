@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from llmo.brain import dispatch, liveness, models, results, stopping, submit, tasks, view
+from llmo.brain import dispatch, goal, liveness, models, results, stopping, submit, tasks, view
 from llmo.brain.commands import Command, Log, ReadManifest, ReadPlan
 from llmo.brain.config import BrainConfig
 from llmo.brain.ctx import Ctx
@@ -304,10 +304,15 @@ EVENT_HANDLERS: dict[type, Callable[[Ctx, Any], None]] = {
 }
 
 
+def new_ctx(state: BrainState, now: float) -> Ctx:
+    """The context of one step, with the goal policy wired into the task lifecycle."""
+    return Ctx(state, now, goal_policy=goal.on_terminal)
+
+
 def step(state: BrainState, event: Event, now: float) -> tuple[BrainState, list[Command]]:
     """Fold one event into the state; the commands to carry out, in order."""
     state.events += 1
-    cx = Ctx(state, now)
+    cx = new_ctx(state, now)
     requester = _requester(state, event)
     try:
         EVENT_HANDLERS[type(event)](cx, event)

@@ -176,7 +176,7 @@ def add_tasks(cx: Ctx, batch: Batch, runs: list[TaskRun], *, quiet: bool = False
     for run in runs:
         waiting = 0
         for dep in run.deps:
-            if dep == goal.GOAL_KEY:
+            if dep == tasks.GOAL_KEY:
                 if batch.goal is not None and batch.goal.state == "reached":
                     continue
             elif dep.endswith("#expanded"):

@@ -19,12 +19,13 @@ from __future__ import annotations
 import collections
 import heapq
 
-from llmo.brain import goal, summary
+from llmo.brain import summary
 from llmo.brain.commands import ReadManifest, WriteFile
 from llmo.brain.ctx import Ctx, cut
 from llmo.brain.state import TASK_TERMINAL, Batch, TaskRun, Worker, advance
 
 LIVE_STATES = ("pending", "ready", "assigned", "running", "delayed", "expanding", "expanded")
+GOAL_KEY = "#goal"  # the dependency of tasks that wait for a goal, not for its candidates
 
 
 def move(cx: Ctx, batch: Batch, task: TaskRun, event: str) -> bool:
@@ -183,7 +184,7 @@ def on_terminal(cx: Ctx, batch: Batch, task: TaskRun) -> None:
     elif task.state in ("failed", "skipped"):
         skip_dependents(cx, batch, task.id)
     if batch.goal is not None:  # before the template closes, so the round counts this task
-        goal.on_terminal(cx, batch, task)
+        cx.goal_policy(cx, batch, task)
     if task.parent:
         parent = tasks[task.parent]
         parent.children_left -= 1
@@ -212,7 +213,16 @@ def notify_expanded(cx: Ctx, batch: Batch, task: TaskRun) -> None:
 
 
 def expansion_key(task_id: str) -> str:
+    """The dependency of tasks that wait for a template's expansion, not its completion."""
     return task_id + "#expanded"
+
+
+def in_pipeline(batch: Batch, task: TaskRun) -> bool:
+    """Whether ``task`` is a candidate of the batch's goal (a failure there is a rejection)."""
+    g = batch.goal
+    if g is None:
+        return False
+    return (task.parent or task.id) in g.members
 
 
 def skip_dependents(cx: Ctx, batch: Batch, task_id: str) -> None:
@@ -247,7 +257,7 @@ def end_batch(cx: Ctx, batch: Batch, *, event: str | None = None) -> None:
             failed = batch.counts["failed"] > 0
         else:  # failures inside a goal's pipeline are rejected candidates
             failed = batch.goal.state != "reached" or any(
-                t.state == "failed" and not goal.in_pipeline(batch, t) for t in batch.tasks.values()
+                t.state == "failed" and not in_pipeline(batch, t) for t in batch.tasks.values()
             )
         event = "fail" if failed else "complete"
     if advance("batch", batch, event) is None:
