@@ -26,7 +26,18 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from llmo.brain import dispatch, goal, liveness, models, results, stopping, submit, tasks, view
+from llmo.brain import (
+    dispatch,
+    foreach,
+    goal,
+    liveness,
+    models,
+    results,
+    stopping,
+    submit,
+    tasks,
+    view,
+)
 from llmo.brain.commands import Command, Log, ReadManifest, ReadPlan
 from llmo.brain.config import BrainConfig
 from llmo.brain.ctx import Ctx
@@ -299,7 +310,7 @@ EVENT_HANDLERS: dict[type, Callable[[Ctx, Any], None]] = {
     Received: on_received,
     Tick: on_tick,
     PlanLoaded: submit.on_plan_loaded,
-    ManifestRead: submit.on_manifest,
+    ManifestRead: foreach.on_manifest,
     Configure: on_configure,
 }
 

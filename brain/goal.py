@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 
 from llmo import plans
-from llmo.brain import stopping, tasks
+from llmo.brain import graph, stopping, tasks
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import TASK_TERMINAL, Batch, GoalRun, TaskRun
 
@@ -145,8 +145,6 @@ def reached(cx: Ctx, batch: Batch, g: GoalRun) -> None:
 
 
 def next_round(cx: Ctx, batch: Batch, g: GoalRun) -> None:
-    from llmo.brain import submit
-
     g.round += 1
     suffix = f".r{g.round}"
     new_ids = {p: p + suffix for p in g.pipeline}
@@ -167,5 +165,5 @@ def next_round(cx: Ctx, batch: Batch, g: GoalRun) -> None:
             deps.append(entry)
         specs.append(dataclasses.replace(spec, id=new_ids[plan_id], depends_on=tuple(deps)))
     cx.publish(batch, "goal_round", round=g.round, succeeded=g.succeeded, tried=g.tried)
-    runs = submit.build_tasks(specs, batch.variables)
-    submit.add_tasks(cx, batch, runs)
+    runs = graph.build_tasks(specs, batch.variables)
+    graph.add_tasks(cx, batch, runs)
