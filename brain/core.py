@@ -150,7 +150,7 @@ def on_peer_down(cx: Ctx, msg: PeerDown) -> None:
 
 
 def on_error(cx: Ctx, msg: Error) -> None:
-    if msg.code == "unknown_destination" and msg.peer in cx.state.workers:
+    if msg.code == ErrorCode.UNKNOWN_DESTINATION and msg.peer in cx.state.workers:
         worker = cx.state.workers[msg.peer]
         if worker.alive:
             liveness.worker_down(cx, worker, "the broker does not know it")
@@ -264,7 +264,7 @@ def on_received(cx: Ctx, ev: Received) -> None:
             cx.send(
                 Error(
                     dst=ev.msg.src,
-                    code="unexpected",
+                    code=ErrorCode.UNEXPECTED,
                     reply_to=ev.msg.id,
                     detail=f"the brain does not take {ev.msg.TYPE.value}",
                 )
@@ -337,7 +337,7 @@ def step(state: BrainState, event: Event, now: float) -> tuple[BrainState, list[
             cx.send(
                 Error(
                     dst=requester.src,
-                    code=ErrorCode.INTERNAL.value,
+                    code=ErrorCode.INTERNAL,
                     reply_to=requester.id,
                     detail=f"the brain failed on this {requester.TYPE.value}: {detail[:300]}",
                 )
