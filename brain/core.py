@@ -26,7 +26,18 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from llmo.brain import dispatch, failure, models, submit, tasks, view
+from llmo.brain import (
+    dispatch,
+    foreach,
+    goal,
+    liveness,
+    models,
+    results,
+    stopping,
+    submit,
+    tasks,
+    view,
+)
 from llmo.brain.commands import Command, Log, ReadManifest, ReadPlan
 from llmo.brain.config import BrainConfig
 from llmo.brain.ctx import Ctx
@@ -78,7 +89,7 @@ def worker_for(cx: Ctx, name: str) -> Worker:
 def on_register(cx: Ctx, msg: Register) -> None:
     known = cx.state.workers.get(msg.src)
     if known is not None and known.pid and msg.pid and known.pid != msg.pid:
-        failure.lose_attempts(cx, known, f"worker {msg.src} restarted")
+        liveness.lose_attempts(cx, known, f"worker {msg.src} restarted")
         models.worker_gone(cx, known)
         advance("worker", known, "restart")
     worker = worker_for(cx, msg.src)
@@ -127,7 +138,7 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
     if active:
         worker.reports_active = True
     if worker.reports_active:
-        failure.check_heartbeat_active(cx, worker, active)
+        liveness.check_heartbeat_active(cx, worker, active)
     worker.last_active = active
     cx.state.dispatch_due = True
 
@@ -135,14 +146,14 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
 def on_peer_down(cx: Ctx, msg: PeerDown) -> None:
     worker = cx.state.workers.get(msg.peer)
     if worker is not None and worker.alive:
-        failure.worker_down(cx, worker, f"broker: silent {msg.silent_s:.1f}s")
+        liveness.worker_down(cx, worker, f"broker: silent {msg.silent_s:.1f}s")
 
 
 def on_error(cx: Ctx, msg: Error) -> None:
-    if msg.code == "unknown_destination" and msg.peer in cx.state.workers:
+    if msg.code == ErrorCode.UNKNOWN_DESTINATION and msg.peer in cx.state.workers:
         worker = cx.state.workers[msg.peer]
         if worker.alive:
-            failure.worker_down(cx, worker, "the broker does not know it")
+            liveness.worker_down(cx, worker, "the broker does not know it")
         return
     cx.log("warning", f"error from {msg.src}: {msg.code}: {msg.detail}")
 
@@ -162,7 +173,7 @@ def on_batch_cancel(cx: Ctx, msg: BatchCancel) -> None:
     if batch.state != "running":
         ack(cx, msg, False, f"batch {msg.batch_id} has already ended ({batch.state})")
         return
-    failure.cancel_batch(cx, batch, msg.reason or f"cancelled by {msg.src}")
+    stopping.cancel_batch(cx, batch, msg.reason or f"cancelled by {msg.src}")
     ack(cx, msg, True, f"batch {msg.batch_id} cancelled")
 
 
@@ -225,10 +236,10 @@ def on_snapshot(cx: Ctx, msg: SnapshotRequest) -> None:
 MESSAGE_HANDLERS: dict[MsgType, Callable[[Ctx, Any], None]] = {
     MsgType.REGISTER: on_register,
     MsgType.HEARTBEAT: on_heartbeat,
-    MsgType.TASK_STARTED: failure.on_started,
-    MsgType.TASK_PROGRESS: failure.on_progress,
-    MsgType.TASK_DONE: failure.on_done,
-    MsgType.TASK_FAILED: failure.on_failed,
+    MsgType.TASK_STARTED: results.on_started,
+    MsgType.TASK_PROGRESS: results.on_progress,
+    MsgType.TASK_DONE: results.on_done,
+    MsgType.TASK_FAILED: results.on_failed,
     MsgType.MODEL_STATUS: models.on_status,
     MsgType.MODEL_LOAD: on_model_load,
     MsgType.MODEL_UNLOAD: on_model_unload,
@@ -253,7 +264,7 @@ def on_received(cx: Ctx, ev: Received) -> None:
             cx.send(
                 Error(
                     dst=ev.msg.src,
-                    code="unexpected",
+                    code=ErrorCode.UNEXPECTED,
                     reply_to=ev.msg.id,
                     detail=f"the brain does not take {ev.msg.TYPE.value}",
                 )
@@ -263,7 +274,8 @@ def on_received(cx: Ctx, ev: Received) -> None:
 
 
 def on_tick(cx: Ctx, ev: Tick) -> None:
-    failure.check_timers(cx)
+    liveness.check_silent(cx)
+    stopping.check_attempts(cx)
     tasks.release_delayed(cx)
     models.plan(cx)
     tasks.refresh_summaries(cx)
@@ -298,15 +310,20 @@ EVENT_HANDLERS: dict[type, Callable[[Ctx, Any], None]] = {
     Received: on_received,
     Tick: on_tick,
     PlanLoaded: submit.on_plan_loaded,
-    ManifestRead: submit.on_manifest,
+    ManifestRead: foreach.on_manifest,
     Configure: on_configure,
 }
+
+
+def new_ctx(state: BrainState, now: float) -> Ctx:
+    """The context of one step, with the goal policy wired into the task lifecycle."""
+    return Ctx(state, now, goal_policy=goal.on_terminal)
 
 
 def step(state: BrainState, event: Event, now: float) -> tuple[BrainState, list[Command]]:
     """Fold one event into the state; the commands to carry out, in order."""
     state.events += 1
-    cx = Ctx(state, now)
+    cx = new_ctx(state, now)
     requester = _requester(state, event)
     try:
         EVENT_HANDLERS[type(event)](cx, event)
@@ -320,7 +337,7 @@ def step(state: BrainState, event: Event, now: float) -> tuple[BrainState, list[
             cx.send(
                 Error(
                     dst=requester.src,
-                    code=ErrorCode.INTERNAL.value,
+                    code=ErrorCode.INTERNAL,
                     reply_to=requester.id,
                     detail=f"the brain failed on this {requester.TYPE.value}: {detail[:300]}",
                 )

@@ -5,11 +5,17 @@ every call. ``publish`` is the one place a change becomes visible: it bumps
 the revision, sends a ``BatchEvent`` to the broker (which publishes it) and,
 for batch changes, queues a line for the batch's ``batch_events.jsonl``; the
 lines of one step are written with one ``AppendLines`` per file.
+
+``goal_policy`` is how the task lifecycle (``tasks.on_terminal``) tells the
+goal policy that a task of a goal-driven batch has ended. The goal module
+sits above the lifecycle (it starts rounds and cancels candidates), so the
+lifecycle does not import it: ``core`` hands it in when it makes the context.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from llmo.brain.commands import AppendLines, Command, Log, Send
@@ -19,16 +25,19 @@ from llmo.proto.messages import BROKER, BatchEvent, Message
 ERROR_CHARS = 300  # error text kept in events and summaries
 _line = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
+TaskHook = Callable[["Ctx", Batch, TaskRun], None]
+
 
 def cut(text: str, limit: int = ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Ctx:
-    __slots__ = ("cfg", "lines", "now", "out", "state")
+    __slots__ = ("cfg", "goal_policy", "lines", "now", "out", "state")
 
-    def __init__(self, state: BrainState, now: float) -> None:
+    def __init__(self, state: BrainState, now: float, goal_policy: TaskHook) -> None:
         self.state = state
+        self.goal_policy = goal_policy
         self.cfg = state.config
         self.now = now
         self.out: list[Command] = []

@@ -26,7 +26,7 @@ order workers first appeared), which spreads work without randomness.
 
 from __future__ import annotations
 
-from llmo.brain import models, tasks
+from llmo.brain import meta, tasks
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import Batch, TaskRun, Worker
 from llmo.proto.messages import TaskAssign
@@ -100,7 +100,7 @@ def dispatch(cx: Ctx) -> None:
             if task.state != "ready":
                 queue.popleft()
                 continue
-            if not models.run_meta(cx, batch, task):
+            if not meta.run_meta(cx, batch, task):
                 break
             queue.popleft()
     up: list[Worker] | None = None

@@ -19,6 +19,9 @@ otherwise a new round starts: the pipeline's tasks again, with ids suffixed
 inside the pipeline are rejected candidates, not batch failures; an
 exhausted goal skips the waiting tasks and fails the batch with the count in
 its escalation report.
+
+The task lifecycle reports each ended task of a goal-driven batch through
+``Ctx.goal_policy``, which ``core`` sets to ``on_terminal``.
 """
 
 from __future__ import annotations
@@ -26,11 +29,9 @@ from __future__ import annotations
 import dataclasses
 
 from llmo import plans
-from llmo.brain import tasks
+from llmo.brain import graph, stopping, tasks
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import TASK_TERMINAL, Batch, GoalRun, TaskRun
-
-GOAL_KEY = "#goal"
 
 
 def pipeline_of(plan: plans.Plan, goal: plans.Goal) -> tuple[str, ...]:
@@ -76,7 +77,7 @@ def setup(cx: Ctx, batch: Batch, plan: plans.Plan, goal: plans.Goal, runs: list[
             continue
         if any(d in members or d in expanded for d in run.deps):
             kept = [d for d in run.deps if d not in members and d not in expanded]
-            run.deps = (*dict.fromkeys(kept), GOAL_KEY)
+            run.deps = (*dict.fromkeys(kept), tasks.GOAL_KEY)
 
 
 def is_tracked(g: GoalRun, task: TaskRun) -> bool:
@@ -91,13 +92,6 @@ def in_round(g: GoalRun, task: TaskRun) -> bool:
     return task.id in ids.values() or task.parent in ids.values()
 
 
-def in_pipeline(batch: Batch, task: TaskRun) -> bool:
-    g = batch.goal
-    if g is None:
-        return False
-    return (task.parent or task.id) in g.members
-
-
 def on_expanded(cx: Ctx, batch: Batch, task: TaskRun, count: int) -> None:
     g = batch.goal
     if g is not None and task.id == g.round_ids.get(g.tracked):
@@ -105,6 +99,7 @@ def on_expanded(cx: Ctx, batch: Batch, task: TaskRun, count: int) -> None:
 
 
 def on_terminal(cx: Ctx, batch: Batch, task: TaskRun) -> None:
+    """A task of a goal-driven batch has ended: count it, then reach, exhaust or go on."""
     g = batch.goal
     if g is None or g.state != "running" or not in_round(g, task):
         return
@@ -123,7 +118,7 @@ def on_terminal(cx: Ctx, batch: Batch, task: TaskRun) -> None:
     elif g.tried >= g.cap:
         g.state = "exhausted"
         cx.publish(batch, "goal_exhausted", succeeded=g.succeeded, tried=g.tried, cap=g.cap)
-        tasks.skip_dependents(cx, batch, GOAL_KEY)
+        tasks.skip_dependents(cx, batch, tasks.GOAL_KEY)
     else:
         if g.tried == 0:
             g.tried += 1  # a round that found no candidates still counts towards the cap
@@ -141,19 +136,15 @@ def round_over(batch: Batch, g: GoalRun) -> bool:
 def reached(cx: Ctx, batch: Batch, g: GoalRun) -> None:
     g.state = "reached"
     cx.publish(batch, "goal_reached", succeeded=g.succeeded, tried=g.tried, rounds=g.round)
-    for dep_id in batch.dependents.pop(GOAL_KEY, ()):
+    for dep_id in batch.dependents.pop(tasks.GOAL_KEY, ()):
         tasks.satisfied(cx, batch, batch.tasks[dep_id])
-    from llmo.brain import failure
-
     for task in list(batch.tasks.values()):  # candidates still out are not needed any more
         if in_round(g, task) and task.state in tasks.LIVE_STATES:
-            failure.cancel_task(cx, batch, task, "goal reached")
+            stopping.cancel_task(cx, batch, task, "goal reached")
             tasks.on_terminal(cx, batch, task)
 
 
 def next_round(cx: Ctx, batch: Batch, g: GoalRun) -> None:
-    from llmo.brain import submit
-
     g.round += 1
     suffix = f".r{g.round}"
     new_ids = {p: p + suffix for p in g.pipeline}
@@ -174,5 +165,5 @@ def next_round(cx: Ctx, batch: Batch, g: GoalRun) -> None:
             deps.append(entry)
         specs.append(dataclasses.replace(spec, id=new_ids[plan_id], depends_on=tuple(deps)))
     cx.publish(batch, "goal_round", round=g.round, succeeded=g.succeeded, tried=g.tried)
-    runs = submit.build_tasks(specs, batch.variables)
-    submit.add_tasks(cx, batch, runs)
+    runs = graph.build_tasks(specs, batch.variables)
+    graph.add_tasks(cx, batch, runs)

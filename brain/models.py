@@ -1,4 +1,4 @@
-"""Model load and unload decisions, and ``meta`` tasks turned into control messages.
+"""Model load and unload decisions, and the model reports of workers.
 
 Theory of operation
 -------------------
@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import collections
 
-from llmo.brain import tasks
+from llmo.brain import retry, tasks
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import Batch, TaskRun, Worker
 from llmo.proto.messages import ModelLoad, ModelStatus, ModelUnload
-from llmo.proto.vocab import META_LOADS, META_UNLOADS
 
 UNLOAD_RESEND_S = 30.0
 SWAP_MIN_HOT_S = 30.0
@@ -277,11 +276,9 @@ def load_failed(cx: Ctx, worker: Worker, model: str, error: str) -> None:
     cx.log("warning", f"worker {worker.name} failed to load {model}: {error}")
     found = take_load_task(cx, worker)
     if found is not None:
-        from llmo.brain import failure
-
         batch, task = found
         task.attempts += 1
-        failure.attempt_failed(cx, batch, task, reason="exit", error=f"load failed: {error}")
+        retry.attempt_failed(cx, batch, task, reason="exit", error=f"load failed: {error}")
     if st.load_failures[model] >= cx.cfg.max_load_failures:
         fail_waiting(cx, model, f"model {model} failed to load {st.load_failures[model]} times")
 
@@ -305,52 +302,3 @@ def worker_gone(cx: Ctx, worker: Worker) -> None:
     found = take_load_task(cx, worker)
     if found is not None:
         tasks.requeue(cx, *found, f"worker {worker.name} went down while loading")
-
-
-# --- meta tasks ---------------------------------------------------------------------
-
-
-def run_meta(cx: Ctx, batch: Batch, task: TaskRun) -> bool:
-    """Turn a ready meta task into control messages. False: not now, keep it queued."""
-    spec = task.spec
-    command = spec.command.split(maxsplit=1)[0] if spec.command.strip() else ""
-    workers = list(cx.state.workers.values())
-    if command in META_LOADS:
-        split = META_LOADS[command]
-        model = spec.llm_model or (cx.cfg.brain_model if split else cx.cfg.default_model)
-        if not model:
-            tasks.fail(cx, batch, task, f"{command}: no model named and no default configured")
-            return True
-        for worker in workers:
-            if (
-                worker.alive
-                and worker.model_state == "hot"
-                and worker.model == model
-                and split == (len(worker.gpus) >= 2 or worker.role == "brain")
-            ):
-                tasks.succeed(cx, batch, task, model=model, worker=worker.name)
-                return True
-        target = next((w for w in workers if can_load(cx, w, model, split=split)), None)
-        if target is None:
-            return False
-        tasks.move(cx, batch, task, "control")
-        task.attempts += 1
-        task.worker = ""  # no slot is held: the load is the worker's own
-        task.started_at = cx.now
-        target.load_task = (batch.id, task.id)
-        load(cx, target, model, f"meta task {task.id}")
-        cx.publish(batch, "task_started", task, worker=target.name)
-        return True
-    if command in META_UNLOADS:
-        split = META_UNLOADS[command]
-        names = []
-        for worker in workers:
-            if not worker.alive or split != (len(worker.gpus) >= 2 or worker.role == "brain"):
-                continue
-            if worker.model_state in ("hot", "loading") or worker.loading:
-                unload(cx, worker, f"meta task {task.id}: {command}")
-                names.append(worker.name)
-        tasks.succeed(cx, batch, task, workers=names)
-        return True
-    tasks.fail(cx, batch, task, f"unknown meta command {command!r}")
-    return True

@@ -1,4 +1,4 @@
-"""Task and batch lifecycle operations: release, finish, skip, requeue, end a batch.
+"""Task and batch lifecycle operations: release, start, finish, skip, requeue, end a batch.
 
 Theory of operation
 -------------------
@@ -19,12 +19,13 @@ from __future__ import annotations
 import collections
 import heapq
 
-from llmo.brain import goal, summary
+from llmo.brain import summary
 from llmo.brain.commands import ReadManifest, WriteFile
 from llmo.brain.ctx import Ctx, cut
 from llmo.brain.state import TASK_TERMINAL, Batch, TaskRun, Worker, advance
 
 LIVE_STATES = ("pending", "ready", "assigned", "running", "delayed", "expanding", "expanded")
+GOAL_KEY = "#goal"  # the dependency of tasks that wait for a goal, not for its candidates
 
 
 def move(cx: Ctx, batch: Batch, task: TaskRun, event: str) -> bool:
@@ -138,6 +139,18 @@ def release_delayed(cx: Ctx) -> None:
         enqueue(cx, batch, task)
 
 
+def start(cx: Ctx, batch: Batch, task: TaskRun) -> None:
+    """The assigned attempt runs: it is spent from now on."""
+    if task.state != "assigned":
+        return
+    move(cx, batch, task, "start")
+    task.started_at = task.last_progress_at = cx.now
+    if not task.first_started_at:
+        task.first_started_at = cx.now
+    task.attempts += 1
+    cx.publish(batch, "task_started", task)
+
+
 def succeed(cx: Ctx, batch: Batch, task: TaskRun, **detail: object) -> None:
     if task.worker:
         free_attempt(cx, task.worker, task.attempt_id)
@@ -171,7 +184,7 @@ def on_terminal(cx: Ctx, batch: Batch, task: TaskRun) -> None:
     elif task.state in ("failed", "skipped"):
         skip_dependents(cx, batch, task.id)
     if batch.goal is not None:  # before the template closes, so the round counts this task
-        goal.on_terminal(cx, batch, task)
+        cx.goal_policy(cx, batch, task)
     if task.parent:
         parent = tasks[task.parent]
         parent.children_left -= 1
@@ -200,7 +213,16 @@ def notify_expanded(cx: Ctx, batch: Batch, task: TaskRun) -> None:
 
 
 def expansion_key(task_id: str) -> str:
+    """The dependency of tasks that wait for a template's expansion, not its completion."""
     return task_id + "#expanded"
+
+
+def in_pipeline(batch: Batch, task: TaskRun) -> bool:
+    """Whether ``task`` is a candidate of the batch's goal (a failure there is a rejection)."""
+    g = batch.goal
+    if g is None:
+        return False
+    return (task.parent or task.id) in g.members
 
 
 def skip_dependents(cx: Ctx, batch: Batch, task_id: str) -> None:
@@ -235,7 +257,7 @@ def end_batch(cx: Ctx, batch: Batch, *, event: str | None = None) -> None:
             failed = batch.counts["failed"] > 0
         else:  # failures inside a goal's pipeline are rejected candidates
             failed = batch.goal.state != "reached" or any(
-                t.state == "failed" and not goal.in_pipeline(batch, t) for t in batch.tasks.values()
+                t.state == "failed" and not in_pipeline(batch, t) for t in batch.tasks.values()
             )
         event = "fail" if failed else "complete"
     if advance("batch", batch, event) is None:

@@ -569,10 +569,9 @@ def test_illegal_transition_is_logged_not_raised():
     rig = Rig()
     rig.worker("w")
     batch = rig.submit(plan_text("a | cpu | a")).batch_id
-    from llmo.brain import tasks
-    from llmo.brain.ctx import Ctx
+    from llmo.brain import core, tasks
 
-    cx = Ctx(rig.state, rig.now)
+    cx = core.new_ctx(rig.state, rig.now)
     task = rig.task(batch, "a")
     assert not tasks.move(cx, rig.state.batches[batch], task, "due")
     assert task.state == "assigned"

@@ -1,0 +1,124 @@
+"""Results from workers: started, progress, done and failed, matched to their attempt.
+
+Theory of operation
+-------------------
+Every attempt has its own id (``<batch>:<task>:<n>``). A result counts only
+when it names the task's current attempt and the task has an attempt out;
+anything else is stale (a worker that came back after being declared dead,
+a late answer to an aborted attempt) and is ignored, apart from freeing the
+slot it held. So a task is recorded done at most once.
+
+A result whose start was never heard counts the attempt first. A failure
+is sorted by its reason: exit code 75 (``retry_later``) requeues without
+spending an attempt, a lost attempt is ``retry.lose``, a refusal by a worker
+gives the attempt back up to ``max_refusals``; anything else is a spent
+attempt for ``retry.attempt_failed``.
+"""
+
+from __future__ import annotations
+
+from llmo.brain import retry, tasks
+from llmo.brain.ctx import Ctx, cut
+from llmo.brain.state import TASK_ACTIVE, Batch, TaskRun
+from llmo.proto.messages import TaskDone, TaskFailed, TaskProgress, TaskStarted
+from llmo.proto.vocab import EXIT_RETRY_LATER
+
+
+def current(
+    cx: Ctx, msg: TaskStarted | TaskProgress | TaskDone | TaskFailed
+) -> tuple[Batch, TaskRun] | None:
+    """The batch and task a result is for, or None (after freeing its slot) if stale."""
+    batch = cx.state.batches.get(msg.batch_id)
+    task = batch.tasks.get(msg.task_id) if batch is not None else None
+    if (
+        task is None
+        or task.attempt_id != msg.attempt_id
+        or task.state not in TASK_ACTIVE
+        or (task.worker and msg.src and task.worker != msg.src)
+    ):
+        if not isinstance(msg, TaskStarted | TaskProgress):
+            # Free the slot only when the worker holds that attempt for that very
+            # task: a result naming another task must not release a live attempt.
+            worker = cx.state.workers.get(msg.src)
+            held = worker.attempts.get(msg.attempt_id) if worker is not None else None
+            if held is not None and held[:2] == (msg.batch_id, msg.task_id):
+                tasks.free_attempt(cx, msg.src, msg.attempt_id)
+            cx.log("info", f"ignored a stale {msg.TYPE.value} for attempt {msg.attempt_id}")
+        return None
+    return batch, task
+
+
+def on_started(cx: Ctx, msg: TaskStarted) -> None:
+    found = current(cx, msg)
+    if found is not None:
+        tasks.start(cx, *found)
+
+
+def on_progress(cx: Ctx, msg: TaskProgress) -> None:
+    found = current(cx, msg)
+    if found is None:
+        return
+    batch, task = found
+    tasks.start(cx, batch, task)
+    if msg.tokens > task.tokens:
+        task.last_progress_at = cx.now
+    task.tokens = msg.tokens
+    task.tok_s = msg.tok_s
+
+
+def on_done(cx: Ctx, msg: TaskDone) -> None:
+    found = current(cx, msg)
+    if found is None:
+        return
+    batch, task = found
+    tasks.start(cx, batch, task)
+    task.exit_code = msg.exit_code
+    task.duration_s = msg.duration_s or (cx.now - task.started_at)
+    task.tokens = msg.tokens or task.tokens
+    task.tok_s = msg.tok_s or task.tok_s
+    tasks.succeed(cx, batch, task, exit_code=msg.exit_code, duration_s=task.duration_s)
+
+
+def on_failed(cx: Ctx, msg: TaskFailed) -> None:
+    found = current(cx, msg)
+    if found is None:
+        return
+    batch, task = found
+    reason = msg.reason
+    if reason == "exit" and msg.exit_code == EXIT_RETRY_LATER:
+        reason = "retry_later"
+    cx.publish(
+        batch,
+        "task_failed",
+        task,
+        reason=reason,
+        exit_code=msg.exit_code,
+        error=cut(msg.error or msg.log_tail),
+    )
+    if reason == "retry_later":
+        tasks.requeue(cx, batch, task, "exit 75: retry later", delay=cx.cfg.retry_later_s)
+        return
+    if reason == "lost":
+        retry.lose(cx, batch, task, f"worker {msg.src} lost the attempt")
+        return
+    if reason == "refused":
+        task.refusals += 1
+        if task.refusals <= cx.cfg.max_refusals:
+            why = f"refused by {msg.src}: {cut(msg.error, 100)}"
+            tasks.requeue(cx, batch, task, why, delay=cx.cfg.backoff(task.refusals))
+            return
+    elif reason != "policy":  # a policy refusal is final: no attempt ran, none is retried
+        tasks.start(cx, batch, task)  # counts the attempt if its start was never heard
+    error = msg.error or (f"exit code {msg.exit_code}" if msg.exit_code is not None else reason)
+    if task.cancel_why:
+        error = f"{task.cancel_why}; {error}"
+    retry.attempt_failed(
+        cx,
+        batch,
+        task,
+        reason=reason,
+        error=error,
+        exit_code=msg.exit_code,
+        log_tail=msg.log_tail,
+        duration_s=msg.duration_s,
+    )
