@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from llmo.proto.messages import TaskAssign, TaskDone, TaskFailed
-from llmo.worker.policy import Policy, Rlimits
+from llmo.worker.rlimits import Rlimits
+from llmo.worker.rules import Policy
 from llmo.worker.shell import KEEP_ENV, task_env
 from tests.worker_fixtures import brain_factory, worker_factory  # noqa: F401  (fixtures)
 
