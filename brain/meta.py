@@ -27,7 +27,7 @@ def run_meta(cx: Ctx, batch: Batch, task: TaskRun) -> bool:
     command = spec.command.split(maxsplit=1)[0] if spec.command.strip() else ""
     workers = list(cx.state.workers.values())
     if command in META_LOADS:
-        split = META_LOADS[command]
+        split = META_LOADS[command] or spec.executor == "brain"
         model = spec.llm_model or (cx.cfg.brain_model if split else cx.cfg.default_model)
         if not model:
             tasks.fail(cx, batch, task, f"{command}: no model named and no default configured")
@@ -53,7 +53,7 @@ def run_meta(cx: Ctx, batch: Batch, task: TaskRun) -> bool:
         cx.publish(batch, "task_started", task, worker=target.name)
         return True
     if command in META_UNLOADS:
-        split = META_UNLOADS[command]
+        split = META_UNLOADS[command] or spec.executor == "brain"
         names = []
         for worker in workers:
             if not worker.alive or split != (len(worker.gpus) >= 2 or worker.role == "brain"):

@@ -46,7 +46,7 @@ def queue_key(cx: Ctx, task: TaskRun) -> str:
     if cls == "llm":
         model = spec.llm_model or cx.cfg.default_model
         return f"llm:{model}:{spec.llm_placement or ''}"
-    if cls == "brain" or spec.executor == "brain":
+    if cls != "meta" and (cls == "brain" or spec.executor == "brain"):
         return "brain"
     return cls
 

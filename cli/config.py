@@ -19,7 +19,7 @@ checked by their owners, which ``load`` calls so all errors surface at once.
                                         CurveZMQ keys (``llmo keys generate``; relative
                                         to this file); refuse to run without them
     [policy]     plan_roots, protected_paths, refused_patterns, [policy.rlimits.CLASS]
-                                        what shell tasks may do (``worker.policy``);
+                                        what shell tasks may do (``worker.rules``);
                                         ``worker_policy`` adds this file, the keys and
                                         the rig folder to the protected paths
     [[workers]]  name, gpus, role, model, n_gpu_layers, tensor_split, n_ctx,
@@ -41,7 +41,7 @@ from llmo.proto.security import ENV_KEYS_DIR, ClientKeys, SecurityError, ServerK
 from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
 if TYPE_CHECKING:
-    from llmo.worker.policy import Policy
+    from llmo.worker.rules import Policy
 
 
 class ConfigError(ValueError):
@@ -243,7 +243,7 @@ def _owner_checks(values: dict[str, Any]) -> list[str]:
                     problems.append(f"[limits] {key}: expected a number, got {value!r}")
     policy = values.get("policy")
     if policy:
-        from llmo.worker.policy import Policy, PolicyError
+        from llmo.worker.rules import Policy, PolicyError
 
         try:
             Policy.from_dict(policy)
@@ -311,7 +311,7 @@ def worker_policy(config: RigConfig, keys_flag: str | None = None) -> Policy:
     """The workers' command policy: ``[policy]`` (paths relative to this file), with the
     config file, the keys folder and the rig folder always protected, and the plans
     folder as the plan root unless ``plan_roots`` says otherwise."""
-    from llmo.worker.policy import Policy
+    from llmo.worker.rules import Policy
 
     base = os.path.dirname(os.path.abspath(config.path)) if config.path else os.getcwd()
     protect = [os.path.abspath(config.path)] if config.path else []

@@ -197,7 +197,7 @@ def read_policy(path: str):
     """The policy in a JSON file (``Policy.to_dict`` form); ``ValueError`` says what is wrong."""
     import json
 
-    from llmo.worker.policy import Policy
+    from llmo.worker.rules import Policy
 
     try:
         with open(path, encoding="utf-8") as f:

@@ -176,6 +176,24 @@ def test_meta_unload_llm_unloads_hot_workers():
     assert rig.state.batches[batch].state == "complete"
 
 
+def test_an_executor_brain_meta_task_is_run_by_the_brain_not_assigned():
+    """Meta tasks are runtime control the brain turns into ModelLoad/ModelUnload,
+    whatever their executor: ``executor: brain`` acts on the brain-role worker."""
+    rig = Rig(BrainConfig(brain_model="big", default_model="m"))
+    rig.worker("w1")
+    rig.worker("brain-llm", role="brain")
+    text = plan_text("load | meta | load_split_llm", "unload | meta | unload_llm | load")
+    batch = rig.submit(text.replace("**executor**: worker", "**executor**: brain")).batch_id
+    assert [(m.dst, m.model) for m in rig.of(ModelLoad)] == [("brain-llm", "big")]
+    assert rig.task(batch, "load").state == "running"
+    rig.hot("brain-llm", "big")
+    assert rig.task(batch, "load").state == "done"
+    rig.heartbeat("brain-llm", state="hot", model="big")
+    assert [m.dst for m in rig.of(ModelUnload)] == ["brain-llm"]
+    assert rig.state.batches[batch].state == "complete"
+    assert rig.assigns() == []
+
+
 def test_operator_load_and_unload_through_the_brain():
     rig = Rig()
     rig.worker("w1")

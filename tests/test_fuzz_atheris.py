@@ -87,7 +87,8 @@ def _plans(data: bytes) -> None:
 
 
 def _policy(data: bytes) -> None:
-    from llmo.worker.policy import Policy, check
+    from llmo.worker.policy import check
+    from llmo.worker.rules import Policy
 
     policy = Policy(plan_roots=("/srv/plans",), protected_paths=("/etc/llmo/llmo.toml",))
     command = data.decode("utf-8", "surrogateescape")

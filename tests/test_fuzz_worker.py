@@ -38,7 +38,8 @@ from llmo.proto.messages import (
     WorkerDrain,
 )
 from llmo.worker.config import WorkerConfig
-from llmo.worker.policy import MAX_COMMAND_BYTES, Policy
+from llmo.worker.policy import MAX_COMMAND_BYTES
+from llmo.worker.rules import Policy
 from llmo.worker.service import Worker
 from tests.conftest import RunningBroker
 from tests.strategies import record

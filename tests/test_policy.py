@@ -9,16 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmo.worker.policy import (
-    DEFAULT_REFUSED_PATTERNS,
-    MAX_COMMAND_BYTES,
-    Policy,
-    PolicyError,
-    Rlimits,
-    check,
-    default_protected,
-    writable,
-)
+from llmo.worker.policy import MAX_COMMAND_BYTES, check, writable
+from llmo.worker.rlimits import Rlimits
+from llmo.worker.rules import DEFAULT_REFUSED_PATTERNS, Policy, PolicyError, default_protected
 from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
 
 ROOT = "/srv/plans"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from llmo.proto.messages import TaskAssign, TaskDone, TaskFailed
-from llmo.worker.policy import Policy, Rlimits
+from llmo.worker.rlimits import Rlimits
+from llmo.worker.rules import Policy
 from llmo.worker.shell import KEEP_ENV, task_env
 from tests.worker_fixtures import brain_factory, worker_factory  # noqa: F401  (fixtures)
 
@@ -171,10 +172,15 @@ def test_the_guard_rail_is_no_sandbox_without_protection(start, rig):
     assert rig.config.read_text().endswith("more\n")
 
 
-def test_meta_tasks_are_not_shell_and_not_checked(start, rig):
+def test_a_meta_task_is_not_shell_and_is_refused_as_meta_not_checked(start, rig):
+    """A meta command is no shell text: the worker refuses it as the brain's work,
+    whatever the policy's patterns say, and writes nothing to its log."""
     brain = start(rig.policy(refused_patterns=(r"unload",)))
-    result = run(brain, rig.assign("unload", "unload_llm", task_class="meta"))
-    assert isinstance(result, TaskDone), result
+    msg = rig.assign("unload", "unload_llm", task_class="meta")
+    result = run(brain, msg)
+    assert isinstance(result, TaskFailed) and result.reason == "refused", result
+    assert "runs no meta tasks" in result.error, result.error
+    assert not os.path.exists(msg.log_path)
 
 
 # --- resource limits -------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_a_hot_gpu_constrains_the_worker_until_it_cools(
     assert "GPU 0 at 82 °C" in beat.constraint
     brain.send(job(tmp_path, "gpu-work", "script"))
     refused = brain.expect(TaskFailed, attempt_id="b:gpu-work:1")
-    assert refused.reason == "refused" and "cpu and meta" in refused.error
+    assert refused.reason == "refused" and "takes only cpu work" in refused.error
     brain.send(job(tmp_path, "cpu-work", "cpu"))
     brain.expect(TaskDone, attempt_id="b:cpu-work:1")
 

@@ -172,21 +172,19 @@ def test_a_cancelled_attempt_stops_its_generation(llm_setup, tmp_path):
     assert done.tokens == 4
 
 
-def test_meta_tasks_load_and_unload(llm_setup, tmp_path):
-    brain, _ = llm_setup()
-    msg = brain.send(llm_task(tmp_path, "load", "load_llm", cls="meta"))
-    brain.expect(TaskStarted, attempt_id=msg.attempt_id)
-    brain.expect(TaskDone, attempt_id=msg.attempt_id, timeout=60)
-    brain.heartbeat("gpu-t", state="hot", model="gemma-3-270m-q4_k_m")
-    msg = brain.send(llm_task(tmp_path, "unload", "unload_llm", cls="meta"))
-    brain.expect(TaskDone, attempt_id=msg.attempt_id, timeout=30)
-    brain.heartbeat("gpu-t", state="cold", model="")
-    msg = brain.send(llm_task(tmp_path, "odd", "reboot_the_rig", cls="meta"))
-    failed = brain.expect(TaskFailed, attempt_id=msg.attempt_id)
-    assert failed.reason == "refused" and "unknown meta command" in failed.error
-    msg = brain.send(llm_task(tmp_path, "nosuch", "load_llm no-such-model", cls="meta"))
-    failed = brain.expect(TaskFailed, attempt_id=msg.attempt_id)
-    assert failed.reason == "refused" and "unknown model 'no-such-model'" in failed.error
+def test_meta_assignments_are_refused_the_brain_drives_the_runtime(llm_setup, tmp_path):
+    """Meta tasks are the brain's to run, with ModelLoad and ModelUnload: an
+    assignment of one is refused, saying so, and the runtime is left alone."""
+    brain, worker = llm_setup()
+    for task_id, command in (("load", "load_llm"), ("unload", "unload_llm")):
+        msg = brain.send(llm_task(tmp_path, task_id, command, cls="meta"))
+        failed = brain.expect(TaskFailed, attempt_id=msg.attempt_id)
+        assert failed.reason == "refused", failed
+        assert "runs no meta tasks" in failed.error and "ModelLoad" in failed.error
+    beat = brain.heartbeat("gpu-t", state="cold", model="")
+    assert beat.active == ()
+    assert worker.worker.runtime.state == "cold"
+    assert not [m for m in brain.seen if isinstance(m, ModelStatus)]
 
 
 def test_a_model_named_by_path_is_reported_by_that_name(llm_setup, model_path):  # noqa: F811

@@ -10,7 +10,7 @@ from llmo.proto.messages import ModelLoad
 from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, model_alias, model_names
 from llmo.worker.limits import LimitsConfig
 from llmo.worker.llm import LoadSpec
-from llmo.worker.policy import Policy
+from llmo.worker.rules import Policy
 
 VRAM_SHARE = 0.8  # of the card's VRAM, the budget the brain may assign against
 CPU_SLOT_MB = 1024  # a GPU-less worker's budget per slot: a concurrency limit

@@ -8,8 +8,8 @@ time is an argument, so tests drive it with any readings and any clock.
 - A *warning* is any GPU at or over ``gpu_warn_c`` (75 °C), the CPU at or
   over ``cpu_warn_c`` (78 °C), a GPU's VRAM at or over ``vram_percent``
   (95 %), or its power draw at or over ``power_w`` (140 W). A warning puts
-  the worker in ``CONSTRAINED`` for a pause: it takes only ``cpu`` and
-  ``meta`` work and lets what runs finish.
+  the worker in ``CONSTRAINED`` for a pause: it takes only ``cpu`` work
+  (and model unloads) and lets what runs finish.
 - A pause lasts the current back-off, which starts at ``backoff_s`` (30 s)
   and grows by ``backoff_factor`` (1.8) with every pause, up to
   ``backoff_max_s`` (300 s). When a pause ends the readings must be *clear*

@@ -54,8 +54,9 @@ from llmo.proto.messages import (
     TaskCancel,
     WorkerDrain,
 )
+from llmo.worker.admission import GPU_CLASSES
 from llmo.worker.api import ApiServer
-from llmo.worker.attempts import GPU_CLASSES, Attempts
+from llmo.worker.attempts import Attempts
 from llmo.worker.config import WorkerConfig
 from llmo.worker.inbox import Inbox
 from llmo.worker.leftovers import GroupLedger, default_path
@@ -268,7 +269,6 @@ class Worker:
             dst=BRAIN, model=event.model, state=event.state, error=event.error, load_s=event.load_s
         )
         self._send(status)
-        self.attempts.on_runtime(event)
         self._heartbeat_now()
 
     # --- the loop ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ still in the task's session under another group id (a job-control shell
 inside the task makes those). A process that calls ``setsid`` itself leaves
 the session and cannot be found this way.
 
-Resource limits of the task's class (``worker.policy.Rlimits``) are set in
+Resource limits of the task's class (``worker.rlimits.Rlimits``) are set in
 the child between fork and exec; without any, the spawn stays a plain
 vfork/exec.
 
@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from llmo.proto.messages import TaskAssign
-from llmo.worker.policy import Rlimits, preexec
+from llmo.worker.rlimits import Rlimits, preexec
 
 # Variables a task inherits from the worker's own environment; nothing else
 # leaks in (no broker keys, no tokens, no operator's shell settings).
