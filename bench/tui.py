@@ -103,49 +103,32 @@ class Load:
         self.loaded = threading.Event()
 
     def snapshot_reply(self, request):
-        from llmo.proto.messages import SnapshotReply
+        from llmo.proto.messages import BatchInfo, SnapshotReply, TaskInfo, WorkerInfo
 
         tasks = tuple(
-            {
-                "batch_id": self.batch_id,
-                "id": f"item_{i:05d}",
-                "state": "ready",
-                "task_class": "llm",
-                "executor": "worker",
-                "attempts": 0,
-                "worker": "",
-                "attempt_id": "",
-                "exit_code": None,
-                "started_at": None,
-                "finished_at": None,
-                "error": "",
-                "template": "item",
-            }
+            TaskInfo(
+                batch_id=self.batch_id,
+                id=f"item_{i:05d}",
+                state="ready",
+                task_class="llm",
+                template="item",
+            )
             for i in range(self.n_tasks)
         )
         workers = tuple(
-            {
-                "name": n,
-                "role": "worker",
-                "state": "hot",
-                "presence": "up",
-                "model": "q7b.gguf",
-                "gpus": [i],
-                "slots": 1,
-                "slots_free": 0,
-            }
+            WorkerInfo(name=n, state="hot", model="q7b.gguf", gpus=(i,), slots=1, slots_free=0)
             for i, n in enumerate(self.names, 1)
         )
-        batch = {
-            "id": self.batch_id,
-            "plan": "bench",
-            "history_path": "/tmp/none",
-            "state": "running",
-            "priority_name": "normal",
-            "created_at": time.time(),
-            "tasks": self.n_tasks,
-            "counts": {"ready": self.n_tasks},
-        }
+        batch = BatchInfo(
+            id=self.batch_id,
+            plan="bench",
+            history_path="/tmp/none",
+            state="running",
+            priority_name="normal",
+            created_at=time.time(),
+            tasks=self.n_tasks,
+            counts={"ready": self.n_tasks},
+        )
         return SnapshotReply(
             dst=request.src,
             reply_to=request.id,

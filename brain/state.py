@@ -8,7 +8,8 @@ so a step costs what the event touches, not the size of the queue (a copy per
 step would make a 100,000-task batch quadratic). Nothing else may hold on to
 it between steps; the shell only reads it (for snapshots and summaries).
 
-Lifecycles are data. ``TASK_TRANSITIONS``, ``BATCH_TRANSITIONS`` and
+Lifecycles are data. The state names are the protocol's (``proto.states``);
+``TASK_TRANSITIONS``, ``BATCH_TRANSITIONS`` and
 ``WORKER_TRANSITIONS`` map ``state -> {event: next_state}``; every change of a
 task, batch or worker goes through ``advance``, which looks the pair up and,
 when it is not in the table, leaves the object as it was and returns ``None``
@@ -28,6 +29,11 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 from typing import Any
+
+# The state names are the protocol's; the brain's modules test against them here.
+from llmo.proto.states import BATCH_TERMINAL as BATCH_TERMINAL
+from llmo.proto.states import TASK_ACTIVE as TASK_ACTIVE
+from llmo.proto.states import TASK_TERMINAL as TASK_TERMINAL
 
 # --- lifecycle tables ----------------------------------------------------------
 
@@ -59,9 +65,6 @@ TASK_TRANSITIONS: dict[str, dict[str, str]] = {
     "cancelled": {},
 }
 
-TASK_TERMINAL = frozenset({"done", "failed", "skipped", "cancelled"})
-TASK_ACTIVE = frozenset({"assigned", "running"})  # an attempt is out on a worker
-TASK_STATES = tuple(TASK_TRANSITIONS)
 
 BATCH_TRANSITIONS: dict[str, dict[str, str]] = {
     "running": {"complete": "complete", "fail": "failed", "cancel": "cancelled"},
@@ -69,7 +72,6 @@ BATCH_TRANSITIONS: dict[str, dict[str, str]] = {
     "failed": {},
     "cancelled": {},
 }
-BATCH_TERMINAL = frozenset({"complete", "failed", "cancelled"})
 
 # The brain's view of a worker's presence; the model state is the worker's own
 # report (``Worker.model_state``) and is not a brain decision.

@@ -4,9 +4,10 @@ The core calls these with a batch and ``now`` and hands the text to the
 shell in ``WriteFile`` commands. The summary holds counts by state, one row
 per task (state, attempts, worker, exit code, duration, tokens and tok/s;
 ``lost`` counts attempts whose worker died under them, which were not spent),
-wall time and the critical path: walking back from the task that finished
-last, each step goes to the dependency (or, for a foreach template, the
-item) that finished last, which is the chain that decided the wall time.
+wall time, the goal (the snapshot's ``GoalInfo``) and the critical path:
+walking back from the task that finished last, each step goes to the
+dependency (or, for a foreach template, the item) that finished last, which
+is the chain that decided the wall time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from typing import Any
 
 from llmo.brain.state import Batch, TaskRun
+from llmo.brain.view import counts, goal_view
 
 MD_ROWS = 200  # task rows in RUN_SUMMARY.md; the JSON has all of them
 LOG_LINES = 20  # lines of a failed task's log in ESCALATION.md
@@ -112,7 +114,7 @@ def run_summary(batch: Batch, now: float) -> dict[str, Any]:
         "created_at": batch.created_at,
         "finished_at": batch.finished_at or None,
         "wall_s": round(end - batch.created_at, 3),
-        "counts": {k: v for k, v in sorted(batch.counts.items()) if v},
+        "counts": counts(batch),
         "tokens": tokens,
         "tok_s": round(tokens / busy, 2) if busy else 0.0,
         "critical_path": path,
@@ -121,16 +123,7 @@ def run_summary(batch: Batch, now: float) -> dict[str, Any]:
         "warnings": list(batch.warnings),
     }
     if batch.goal is not None:
-        g = batch.goal
-        data["goal"] = {
-            "state": g.state,
-            "target": g.target,
-            "tolerance": g.tolerance,
-            "succeeded": g.succeeded,
-            "tried": g.tried,
-            "cap": g.cap,
-            "rounds": g.round,
-        }
+        data["goal"] = goal_view(batch.goal).to_wire()
     return data
 
 

@@ -1,18 +1,8 @@
-"""The state as plain dicts, for ``SnapshotReply`` (monitors, ``llmo status``).
+"""The state as snapshot records, for ``SnapshotReply`` (monitors, ``llmo status``).
 
-Keys, stable for tools:
-
-* worker: ``name, role, state`` (the worker's own report: cold, loading, hot,
-  constrained, draining, or ``down`` when the brain lost it), ``presence``
-  (up, draining, down), ``model, loading, gpus, slots, slots_free,
-  vram_budget_mb, vram_used_mb, attempts`` (attempt ids), ``last_seen``,
-  ``tok_s, constraint`` and ``gpu`` (see ``gauges``: telemetry summed or
-  maxed over the worker's GPUs, ``available`` false where NVML is absent);
-* batch: ``id, plan, plan_path, history_path, state, priority`` (number),
-  ``priority_name, created_at, finished_at, tasks`` (count), ``counts``
-  (task state -> count), and ``goal`` when the plan has one;
-* task: ``batch_id, id, state, task_class, executor, attempts, worker,
-  attempt_id, exit_code, started_at, finished_at, error, template``.
+Each record of ``proto.messages`` (``WorkerInfo``, ``BatchInfo``, ``TaskInfo``,
+``GoalInfo``, ``GpuGauges``) is built here and nowhere else; RUN_SUMMARY's
+goal is the same ``GoalInfo``.
 
 Tasks are listed for one batch when the request names it, else for running
 batches only, at most ``MAX_TASKS`` (live tasks first) so a reply stays far
@@ -23,34 +13,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmo.brain.state import TASK_TERMINAL, Batch, BrainState, TaskRun, Worker
+from llmo.brain.state import Batch, BrainState, GoalRun, TaskRun, Worker
+from llmo.proto.messages import BatchInfo, GoalInfo, GpuGauges, TaskInfo, WorkerInfo
+from llmo.proto.states import TASK_TERMINAL
 
 MAX_TASKS = 20_000
 
 
-def worker_view(worker: Worker) -> dict[str, Any]:
-    return {
-        "name": worker.name,
-        "role": worker.role,
-        "state": "down" if worker.state == "down" else worker.model_state,
-        "presence": worker.state,
-        "model": worker.model,
-        "loading": worker.loading,
-        "gpus": list(worker.gpus),
-        "slots": worker.slots,
-        "slots_free": max(0, worker.free_slots()),
-        "vram_budget_mb": worker.vram_budget_mb,
-        "vram_used_mb": worker.vram_used_mb,
-        "attempts": sorted(worker.attempts),
-        "last_seen": worker.last_seen,
-        "tok_s": worker.tok_s,
-        "constraint": worker.constraint,
-        "gpu": worker.gauges,
-    }
+def worker_view(worker: Worker) -> WorkerInfo:
+    return WorkerInfo(
+        name=worker.name,
+        role=worker.role,
+        state="down" if worker.state == "down" else worker.model_state,
+        presence=worker.state,
+        model=worker.model,
+        loading=worker.loading,
+        gpus=tuple(worker.gpus),
+        slots=worker.slots,
+        slots_free=max(0, worker.free_slots()),
+        vram_budget_mb=worker.vram_budget_mb,
+        vram_used_mb=worker.vram_used_mb,
+        attempts=tuple(sorted(worker.attempts)),
+        last_seen=worker.last_seen,
+        tok_s=worker.tok_s,
+        constraint=worker.constraint,
+        gpu=GpuGauges(**worker.gauges) if worker.gauges else None,
+    )
 
 
 def gauges(telemetry: Any) -> dict[str, Any]:
-    """A worker's telemetry in a few figures: hottest GPU, VRAM and power summed."""
+    """A worker's telemetry in a few figures (the fields of ``GpuGauges``):
+    hottest GPU, VRAM and power summed."""
     gpus = telemetry.gpus
 
     def figures(name: str) -> list[Any]:
@@ -73,59 +66,69 @@ def gauges(telemetry: Any) -> dict[str, Any]:
     }
 
 
-def batch_view(batch: Batch) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": batch.id,
-        "plan": batch.plan,
-        "plan_path": batch.plan_path,
-        "history_path": batch.history_path,
-        "state": batch.state,
-        "priority": batch.priority,
-        "priority_name": batch.priority_name,
-        "created_at": batch.created_at,
-        "finished_at": batch.finished_at or None,
-        "tasks": len(batch.tasks),
-        "counts": {k: v for k, v in sorted(batch.counts.items()) if v},
-    }
-    if batch.goal is not None:
-        g = batch.goal
-        out["goal"] = {
-            "state": g.state,
-            "target": g.target,
-            "succeeded": g.succeeded,
-            "tried": g.tried,
-            "cap": g.cap,
-        }
-    return out
+def goal_view(goal: GoalRun) -> GoalInfo:
+    return GoalInfo(
+        state=goal.state,
+        target=goal.target,
+        tolerance=goal.tolerance,
+        succeeded=goal.succeeded,
+        tried=goal.tried,
+        cap=goal.cap,
+        rounds=goal.round,
+    )
 
 
-def task_view(batch: Batch, task: TaskRun) -> dict[str, Any]:
-    return {
-        "batch_id": batch.id,
-        "id": task.id,
-        "state": task.state,
-        "task_class": task.spec.task_class,
-        "executor": task.spec.executor,
-        "attempts": task.attempts,
-        "worker": task.worker,
-        "attempt_id": task.attempt_id,
-        "exit_code": task.exit_code,
-        "started_at": task.started_at or None,
-        "finished_at": task.finished_at or None,
-        "error": task.error,
-        "template": task.parent,
-    }
+def batch_view(batch: Batch) -> BatchInfo:
+    return BatchInfo(
+        id=batch.id,
+        plan=batch.plan,
+        plan_path=batch.plan_path,
+        history_path=batch.history_path,
+        state=batch.state,
+        priority=batch.priority,
+        priority_name=batch.priority_name,
+        created_at=batch.created_at,
+        finished_at=batch.finished_at or None,
+        tasks=len(batch.tasks),
+        counts=counts(batch),
+        goal=goal_view(batch.goal) if batch.goal is not None else None,
+    )
 
 
-def snapshot(state: BrainState, batch_id: str = "") -> tuple[list, list, list]:
+def counts(batch: Batch) -> dict[str, int]:
+    """Task state -> count, states with none left out."""
+    return {k: v for k, v in sorted(batch.counts.items()) if v}
+
+
+def task_view(batch: Batch, task: TaskRun) -> TaskInfo:
+    return TaskInfo(
+        batch_id=batch.id,
+        id=task.id,
+        state=task.state,
+        task_class=task.spec.task_class,
+        executor=task.spec.executor,
+        attempts=task.attempts,
+        worker=task.worker,
+        attempt_id=task.attempt_id,
+        exit_code=task.exit_code,
+        started_at=task.started_at or None,
+        finished_at=task.finished_at or None,
+        error=task.error,
+        template=task.parent,
+    )
+
+
+def snapshot(
+    state: BrainState, batch_id: str = ""
+) -> tuple[list[WorkerInfo], list[BatchInfo], list[TaskInfo]]:
     workers = [worker_view(w) for w in state.workers.values()]
     batches = [batch_view(b) for b in state.batches.values()]
     if batch_id:
         chosen = [state.batches[batch_id]] if batch_id in state.batches else []
     else:
         chosen = [b for b in state.batches.values() if b.state == "running"]
-    live: list[dict[str, Any]] = []
-    ended: list[dict[str, Any]] = []
+    live: list[TaskInfo] = []
+    ended: list[TaskInfo] = []
     for batch in chosen:
         for task in batch.tasks.values():
             if task.state in TASK_TERMINAL:

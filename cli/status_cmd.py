@@ -10,6 +10,8 @@
      "batches": [{"id", "plan", "state", "priority_name", "tasks",
                   "counts": {"done": 3, "running": 1, ...}, ...}]}
 
+Each entry is the wire map of a snapshot record (``WorkerInfo``,
+``BatchInfo``); a worker's ``gpu`` is ``{}`` until it reports telemetry.
 Keys listed above are stable; others may be added. ``--wait-ready S`` polls
 until the brain answers and every expected worker (``--expect`` names, or the
 workers of ``--config``) is registered and not down: exit 0, else exit 1
@@ -22,10 +24,11 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from llmo.cli.common import add_endpoint_flags
 from llmo.cli.tools import Session, ToolError, add_tool_flags, fail, open_session
-from llmo.proto.messages import BRAIN, SnapshotReply, SnapshotRequest
+from llmo.proto.messages import BRAIN, SnapshotReply, SnapshotRequest, WorkerInfo
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +72,7 @@ def wait_ready(session: Session, expected: list[str], seconds: float) -> tuple[b
         except ToolError as exc:
             problem = str(exc)
         else:
-            up = {w["name"] for w in reply.workers if w.get("state") != "down"}
+            up = {w.name for w in reply.workers if w.state != "down"}
             missing = [n for n in expected if n not in up]
             if not missing:
                 return True, f"ready: brain answered, {len(up)} worker(s) up"
@@ -79,17 +82,24 @@ def wait_ready(session: Session, expected: list[str], seconds: float) -> tuple[b
         time.sleep(0.25)
 
 
-def gpu_text(w: dict) -> tuple[str, str]:
+def gpu_text(w: WorkerInfo) -> tuple[str, str]:
     """(temperature, VRAM) columns: NVML figures, or why there are none."""
-    gpu = w.get("gpu") or {}
-    if not gpu:
+    gpu = w.gpu
+    if gpu is None:
         return "-", "-"
-    if not gpu.get("available"):
+    if not gpu.available:
         return "no GPU", "-"
-    temp = gpu.get("temperature_c")
-    used, total = gpu.get("vram_used_mb"), gpu.get("vram_total_mb")
+    temp = gpu.temperature_c
+    used, total = gpu.vram_used_mb, gpu.vram_total_mb
     vram = f"{used}/{total}" if used is not None and total else "-"
     return (f"{temp:.0f}C" if temp is not None else "-"), vram
+
+
+def worker_json(w: WorkerInfo) -> dict[str, Any]:
+    out = w.to_wire()
+    if out["gpu"] is None:
+        out["gpu"] = {}
+    return out
 
 
 def render(reply: SnapshotReply) -> str:
@@ -97,31 +107,28 @@ def render(reply: SnapshotReply) -> str:
         f"{'WORKER':14} {'ROLE':7} {'STATE':12} {'SLOTS':6} {'TEMP':7} {'GPU MB':>11} "
         f"{'TOK/S':>6}  MODEL"
     ]
-    for w in sorted(reply.workers, key=lambda w: w["name"]):
-        slots = f"{w.get('slots', 0) - w.get('slots_free', 0)}/{w.get('slots', 0)}"
+    for w in sorted(reply.workers, key=lambda w: w.name):
+        slots = f"{w.slots - w.slots_free}/{w.slots}"
         temp, vram = gpu_text(w)
-        model = (w.get("model") or "-").rsplit("/", 1)[-1]
-        state = w.get("state") or "-"
-        if w.get("constraint"):
-            model += f"  ({w['constraint']})"
+        model = (w.model or "-").rsplit("/", 1)[-1]
+        state = w.state or "-"
+        if w.constraint:
+            model += f"  ({w.constraint})"
         lines.append(
-            f"{w['name']:14} {w.get('role', ''):7} {state:12} {slots:6} {temp:7} {vram:>11} "
-            f"{w.get('tok_s', 0.0):6.1f}  {model}"
+            f"{w.name:14} {w.role:7} {state:12} {slots:6} {temp:7} {vram:>11} "
+            f"{w.tok_s:6.1f}  {model}"
         )
     if not reply.workers:
         lines.append("(no workers registered)")
     lines.append("")
     lines.append(f"{'BATCH':18} {'PLAN':20} {'STATE':10} {'PRIO':6} PROGRESS")
-    for b in sorted(reply.batches, key=lambda b: b.get("created_at", 0)):
-        counts = b.get("counts", {})
-        total = b.get("tasks", 0) or sum(counts.values())
+    for b in sorted(reply.batches, key=lambda b: b.created_at):
+        counts = b.counts
+        total = b.tasks or sum(counts.values())
         done = counts.get("done", 0)
         rest = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "done")
         progress = f"{done}/{total} done" + (f" ({rest})" if rest else "")
-        lines.append(
-            f"{b['id']:18} {b.get('plan', '')[:20]:20} {b.get('state', ''):10} "
-            f"{b.get('priority_name', ''):6} {progress}"
-        )
+        lines.append(f"{b.id:18} {b.plan[:20]:20} {b.state:10} {b.priority_name:6} {progress}")
     if not reply.batches:
         lines.append("(no batches)")
     return "\n".join(lines)
@@ -143,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
         out = {
             "rev": reply.rev,
             "broker": session.endpoints.broker,
-            "workers": list(reply.workers),
-            "batches": list(reply.batches),
+            "workers": [worker_json(w) for w in reply.workers],
+            "batches": [b.to_wire() for b in reply.batches],
         }
         print(json.dumps(out, indent=2, sort_keys=True))
     else:

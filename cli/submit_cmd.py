@@ -63,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> int:
     from llmo.cli.watch import BatchView, Screen, follow
-    from llmo.proto.messages import BRAIN, PlanAccepted, PlanRejected, PlanSubmit, SnapshotRequest
+    from llmo.proto.messages import (
+        BRAIN,
+        PlanAccepted,
+        PlanRejected,
+        PlanSubmit,
+        SnapshotReply,
+        SnapshotRequest,
+    )
     from llmo.proto.pubsub import Subscriber, topic
 
     session = open_session(args, "submit")
@@ -98,12 +105,13 @@ def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> 
             file=sys.stderr,
         )
 
-        def take_snapshot():
+        def take_snapshot() -> SnapshotReply | None:
             try:
-                return session.ask(SnapshotRequest(dst=BRAIN, batch_id=reply.batch_id))
+                answer = session.ask(SnapshotRequest(dst=BRAIN, batch_id=reply.batch_id))
             except ToolError as exc:
                 print(f"llmo submit: {exc}", file=sys.stderr)
                 return None
+            return answer if isinstance(answer, SnapshotReply) else None
 
         view = BatchView(reply.batch_id, history_path=reply.history_path)
         screen = None if args.json else Screen(sys.stdout)
@@ -131,7 +139,7 @@ def _finish(view, as_json: bool) -> int:
         out = {
             "batch_id": view.batch_id,
             "state": view.state,
-            "batch": view.batch,
+            "batch": view.batch.to_wire() if view.batch is not None else {},
             "summary": summary,
         }
         print(json.dumps(out, indent=2, default=str))

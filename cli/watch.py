@@ -19,11 +19,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from dataclasses import dataclass, field, replace
+from typing import TextIO
 
-from llmo.brain.state import BATCH_TERMINAL
-from llmo.proto.messages import BatchEvent, SnapshotReply, TaskProgress
+from llmo.proto.messages import BatchEvent, BatchInfo, SnapshotReply, TaskProgress
+from llmo.proto.states import BATCH_TERMINAL, TASK_ACTIVE, TASK_UNSUCCESSFUL
 
 RATE_WINDOW_S = 5.0
 
@@ -40,26 +40,26 @@ class BatchView:
     templates: set[str] = field(default_factory=set)
     rates: dict[str, tuple[float, float]] = field(default_factory=dict)  # attempt -> (tok/s, t)
     tokens: dict[str, int] = field(default_factory=dict)
-    batch: dict[str, Any] = field(default_factory=dict)
+    batch: BatchInfo | None = None  # as the last snapshot had it, with the final counts
 
     def seed(self, reply: SnapshotReply) -> bool:
         """Take a snapshot; False if it does not know the batch."""
-        mine = next((b for b in reply.batches if b.get("id") == self.batch_id), None)
+        mine = next((b for b in reply.batches if b.id == self.batch_id), None)
         if mine is None:
             return False
         self.rev = reply.rev
-        self.batch = dict(mine)
-        self.state = mine.get("state", self.state)
-        self.plan = mine.get("plan", self.plan)
-        self.history_path = mine.get("history_path", self.history_path)
+        self.batch = mine
+        self.state = mine.state
+        self.plan = mine.plan
+        self.history_path = mine.history_path or self.history_path
         self.tasks = {}
         for task in reply.tasks:
-            if task.get("batch_id") != self.batch_id:
+            if task.batch_id != self.batch_id:
                 continue
-            self.tasks[task["id"]] = task.get("state", "")
-            if task.get("template"):
-                self.templates.add(task["template"])
-                self.group[task["id"]] = task["template"]
+            self.tasks[task.id] = task.state
+            if task.template:
+                self.templates.add(task.template)
+                self.group[task.id] = task.template
         return True
 
     def apply(self, event: BatchEvent) -> None:
@@ -72,8 +72,10 @@ class BatchView:
                 self.templates.add(event.task_id)
         elif event.state:
             self.state = event.state
-            if event.event.startswith("batch_") and "counts" in event.detail:
-                self.batch["counts"] = event.detail["counts"]
+            counts = event.detail.get("counts")
+            final = event.event.startswith("batch_") and isinstance(counts, dict)
+            if final and self.batch is not None:
+                self.batch = replace(self.batch, counts=counts)
 
     def progress(self, msg: TaskProgress, now: float) -> None:
         if msg.batch_id == self.batch_id:
@@ -111,8 +113,8 @@ class BatchView:
 def bar(counts: dict[str, int], width: int = 24) -> str:
     total = sum(counts.values()) or 1
     done = counts.get("done", 0)
-    bad = sum(counts.get(s, 0) for s in ("failed", "skipped", "cancelled"))
-    running = counts.get("running", 0) + counts.get("assigned", 0)
+    bad = sum(counts.get(s, 0) for s in TASK_UNSUCCESSFUL)
+    running = sum(counts.get(s, 0) for s in TASK_ACTIVE)
     cells = [
         ("#", round(width * done / total)),
         ("!", round(width * bad / total)),

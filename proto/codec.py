@@ -133,7 +133,7 @@ def _compile(annotation: Any) -> Check:
             for i, item in enumerate(value):
                 try:
                     out.append(check_item(item))
-                except _Bad as bad:
+                except (_Bad, _Missing) as bad:
                     bad.path.append(f"[{i}]")
                     raise
             return tuple(out)
@@ -156,7 +156,7 @@ def _compile(annotation: Any) -> Check:
             for key, item in value.items():
                 try:
                     out[key] = check_value(item)
-                except _Bad as bad:
+                except (_Bad, _Missing) as bad:
                     bad.path.append(f".{key}")
                     raise
             return out
@@ -195,7 +195,7 @@ def _record_builder(cls: type) -> Callable[[dict[str, Any]], Any]:
             if name in data:
                 try:
                     kwargs[name] = check(data[name])
-                except _Bad as bad:
+                except (_Bad, _Missing) as bad:
                     bad.path.append(f".{name}")
                     raise
             elif required:
@@ -206,8 +206,15 @@ def _record_builder(cls: type) -> Callable[[dict[str, Any]], Any]:
 
 
 class _Missing(Exception):
+    """A required field is absent; ``path`` says in which nested record."""
+
     def __init__(self, name: str) -> None:
         self.name = name
+        self.path: list[str] = []
+
+    def error(self, where: str) -> ProtocolError:
+        place = where + "".join(reversed(self.path))
+        return ProtocolError(ErrorCode.MISSING_FIELD, f"{place}: missing field {self.name!r}")
 
 
 _BUILDERS = {msg_type: _record_builder(cls) for msg_type, cls in MESSAGE_CLASSES.items()}
@@ -344,8 +351,6 @@ def decode(data: bytes) -> Message:
     except _Bad as bad:
         raise bad.error(where) from None
     except _Missing as missing:
-        raise ProtocolError(
-            ErrorCode.MISSING_FIELD, f"{where}: missing field {missing.name!r}"
-        ) from None
+        raise missing.error(where) from None
     except Exception as exc:  # a bug in a checker must not kill a loop either
         raise ProtocolError(ErrorCode.BAD_FIELD, f"{envelope.type.value}: {exc}") from None

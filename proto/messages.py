@@ -14,8 +14,9 @@ common to all messages:
     ts    send time, seconds since the epoch (stamped by the client helper)
 
 The remaining keys are the fields of the type, declared below as frozen,
-keyword-only dataclasses. Nested records (``Telemetry``, ``GpuReading``) are
-maps. ``proto.codec`` derives its validation from these annotations, so an
+keyword-only dataclasses. Nested records (``Telemetry``, ``GpuReading``, and
+the snapshot's ``WorkerInfo``, ``BatchInfo``, ``TaskInfo``) are maps.
+``proto.codec`` derives its validation from these annotations, so an
 annotation here *is* the wire contract: ``Literal`` restricts values,
 ``X | None`` allows nil, ``tuple[X, ...]`` is an array, ``dict[str, X]`` a map,
 ``Any`` is not checked.
@@ -27,9 +28,12 @@ they do not know, senders that omit it get the default); anything else bumps
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+
+from llmo.proto.states import BatchState, GoalState, Presence, TaskState, WorkerState
 
 PROTOCOL_VERSION = 1
 BROKER = "broker"  # the reserved actor name of the broker itself
@@ -39,7 +43,6 @@ ENVELOPE_KEYS = ("v", "type", "id", "src", "dst", "ts")
 
 TaskClass = Literal["cpu", "script", "llm", "brain", "meta"]
 Priority = Literal["", "low", "normal", "high", "urgent"]
-WorkerState = Literal["", "cold", "loading", "hot", "constrained", "draining", "down"]
 Role = Literal["worker", "brain", "client", "broker"]
 
 
@@ -124,6 +127,126 @@ class Telemetry:
     mem_used_mb: int = 0
     mem_total_mb: int = 0
     cpu_temperature_c: float | None = None
+
+
+# --- the brain's state, as snapshots show it -----------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class View:
+    """A record of the brain's state; ``to_wire`` is its map of plain values
+    (what the codec sends, and what tools print as JSON)."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {f.name: _wire(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, View):
+        return value.to_wire()
+    if type(value) is tuple:
+        return [_wire(v) for v in value]
+    if type(value) is dict:
+        return dict(value)
+    return value
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GpuGauges(View):
+    """A worker's telemetry in a few figures: the hottest and busiest GPU, VRAM
+    and power summed over its GPUs, and its CPU and memory. ``available`` is
+    false where NVML is absent, and ``note`` then says why."""
+
+    available: bool = False
+    note: str = ""
+    temperature_c: float | None = None
+    util_percent: float | None = None
+    vram_used_mb: int | None = None
+    vram_total_mb: int | None = None
+    power_w: float | None = None
+    cpu_percent: float = 0.0
+    cpu_temperature_c: float | None = None
+    mem_used_mb: int = 0
+    mem_total_mb: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerInfo(View):
+    """One worker. ``state`` is the worker's own report (or ``down`` when the
+    brain lost it), ``presence`` the brain's view; ``loading`` is the model the
+    brain asked it to load; ``attempts`` the attempt ids it runs for the brain;
+    ``gpu`` is ``None`` until it reports telemetry."""
+
+    name: str
+    role: Literal["worker", "brain"] = "worker"
+    state: WorkerState
+    presence: Presence = "up"
+    model: str = ""
+    loading: str = ""
+    gpus: tuple[int, ...] = ()
+    slots: int = 1
+    slots_free: int = 0
+    vram_budget_mb: int = 0
+    vram_used_mb: int = 0
+    attempts: tuple[str, ...] = ()
+    last_seen: float = 0.0
+    tok_s: float = 0.0
+    constraint: str = ""
+    gpu: GpuGauges | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GoalInfo(View):
+    """Progress of a goal-driven batch: ``succeeded`` of ``target`` wanted
+    (``tolerance`` more may fail), ``tried`` of ``cap`` candidates, in round
+    ``rounds``. The same record is in RUN_SUMMARY.json."""
+
+    state: GoalState
+    target: int
+    tolerance: int = 0
+    succeeded: int = 0
+    tried: int = 0
+    cap: int = 0
+    rounds: int = 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchInfo(View):
+    """One batch. ``priority`` is its number (higher runs first), ``tasks`` how
+    many it holds, ``counts`` task state -> count (states with none left out)."""
+
+    id: str
+    plan: str = ""
+    plan_path: str = ""
+    history_path: str = ""
+    state: BatchState
+    priority: int = 0
+    priority_name: str = ""
+    created_at: float = 0.0
+    finished_at: float | None = None
+    tasks: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    goal: GoalInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskInfo(View):
+    """One task of batch ``batch_id``; ``template`` names the foreach template
+    an item came from. Times are ``None`` until they happen."""
+
+    batch_id: str
+    id: str
+    state: TaskState
+    task_class: TaskClass = "cpu"
+    executor: Literal["worker", "brain"] = "worker"
+    attempts: int = 0
+    worker: str = ""
+    attempt_id: str = ""
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str = ""
+    template: str = ""
 
 
 # --- registration and heartbeat -----------------------------------------------
@@ -418,14 +541,16 @@ class SnapshotRequest(Message):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SnapshotReply(Message):
-    """The brain's state at revision ``rev`` (brain -> tool)."""
+    """The brain's state at revision ``rev`` (brain -> tool): every worker,
+    every batch, and the tasks of the batch asked for (else of the running
+    batches, live ones first, at most ``brain.view.MAX_TASKS``)."""
 
     TYPE = MsgType.SNAPSHOT_REPLY
     reply_to: str
     rev: int
-    workers: tuple[Any, ...] = ()
-    batches: tuple[Any, ...] = ()
-    tasks: tuple[Any, ...] = ()
+    workers: tuple[WorkerInfo, ...] = ()
+    batches: tuple[BatchInfo, ...] = ()
+    tasks: tuple[TaskInfo, ...] = ()
 
 
 # --- liveness, replies, errors ---------------------------------------------------

@@ -533,10 +533,10 @@ def test_snapshot_reply_has_the_whole_state():
     rig.msg(SnapshotRequest(), src="tui-1")
     reply = rig.of(SnapshotReply)[-1]
     assert reply.dst == "tui-1" and reply.rev == rig.state.rev
-    assert reply.workers[0]["name"] == "w" and reply.workers[0]["state"] == "cold"
+    assert reply.workers[0].name == "w" and reply.workers[0].state == "cold"
     b = reply.batches[0]
-    assert b["id"] == batch and b["counts"] == {"assigned": 1, "pending": 1}
-    assert {t["id"]: t["state"] for t in reply.tasks} == {"a": "assigned", "b": "pending"}
+    assert b.id == batch and b.counts == {"assigned": 1, "pending": 1}
+    assert {t.id: t.state for t in reply.tasks} == {"a": "assigned", "b": "pending"}
 
 
 def test_snapshot_carries_each_workers_rate_and_telemetry():
@@ -556,13 +556,13 @@ def test_snapshot_carries_each_workers_rate_and_telemetry():
     rig.heartbeat("gpu-1", tok_s=22.5, telemetry=Telemetry(gpu_available=True, gpus=gpus))
     rig.heartbeat("cpu-1", telemetry=Telemetry(gpu_available=False, note="no NVML driver"))
     rig.msg(SnapshotRequest(), src="tui-1")
-    workers = {w["name"]: w for w in rig.of(SnapshotReply)[-1].workers}
-    gpu = workers["gpu-1"]["gpu"]
-    assert workers["gpu-1"]["tok_s"] == 22.5
-    assert (gpu["temperature_c"], gpu["vram_used_mb"], gpu["vram_total_mb"]) == (67.0, 5500, 12288)
-    assert gpu["power_w"] == 150.2 and gpu["available"] is True
-    assert workers["cpu-1"]["gpu"]["available"] is False
-    assert workers["cpu-1"]["gpu"]["note"] == "no NVML driver"
+    workers = {w.name: w for w in rig.of(SnapshotReply)[-1].workers}
+    gpu = workers["gpu-1"].gpu
+    assert gpu is not None and workers["gpu-1"].tok_s == 22.5
+    assert (gpu.temperature_c, gpu.vram_used_mb, gpu.vram_total_mb) == (67.0, 5500, 12288)
+    assert gpu.power_w == 150.2 and gpu.available is True
+    cpu = workers["cpu-1"].gpu
+    assert cpu is not None and cpu.available is False and cpu.note == "no NVML driver"
 
 
 def test_illegal_transition_is_logged_not_raised():

@@ -90,7 +90,7 @@ def test_brain_killed_mid_batch_finishes_after_restart(broker, tmp_path):
         batch_id = reply.batch_id
         while True:  # let a part of the batch run
             snap = snapshot(tool, batch_id)
-            if snap and snap.batches[0]["counts"].get("done", 0) >= 8:
+            if snap and snap.batches[0].counts.get("done", 0) >= 8:
                 break
             time.sleep(0.05)
             assert time.monotonic() < deadline, "the batch did not progress"
@@ -101,12 +101,12 @@ def test_brain_killed_mid_batch_finishes_after_restart(broker, tmp_path):
         deadline = time.monotonic() + 40
         while True:
             snap = snapshot(tool, batch_id)
-            if snap and snap.batches[0]["state"] != "running":
+            if snap and snap.batches[0].state != "running":
                 break
             time.sleep(0.1)
             assert time.monotonic() < deadline, log.read_text()[-3000:]
-        assert snap.batches[0]["state"] == "complete", snap.batches[0]
-        assert snap.batches[0]["counts"] == {"done": n + 1}
+        assert snap.batches[0].state == "complete", snap.batches[0]
+        assert snap.batches[0].counts == {"done": n + 1}
         history = plan_dir / "history" / batch_id
         events = [json.loads(line) for line in (history / "batch_events.jsonl").read_text().split()]
         succeeded = [e["task_id"] for e in events if e["event"] == "task_succeeded"]

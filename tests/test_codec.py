@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +23,16 @@ from llmo.proto import (
     encode,
     to_dict,
 )
-from llmo.proto.messages import GpuReading, Telemetry
+from llmo.proto.messages import (
+    BatchInfo,
+    GoalInfo,
+    GpuGauges,
+    GpuReading,
+    SnapshotReply,
+    TaskInfo,
+    Telemetry,
+    WorkerInfo,
+)
 from tests.strategies import messages, record
 
 
@@ -204,3 +215,83 @@ def test_deep_nesting_is_refused_not_crashing():
     data = b"\x91" * 100_000 + b"\x00"
     with pytest.raises(ProtocolError):
         decode(data)
+
+
+# --- the snapshot's records ---------------------------------------------------------
+
+
+def _in_snapshot(record: Any) -> SnapshotReply:
+    kind = {WorkerInfo: "workers", BatchInfo: "batches", TaskInfo: "tasks"}[type(record)]
+    return SnapshotReply(
+        src="brain", dst="tui", id="1", ts=1.0, reply_to="r", rev=7, **{kind: (record,)}
+    )
+
+
+@pytest.mark.parametrize("cls", [WorkerInfo, BatchInfo, TaskInfo], ids=lambda c: c.__name__)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_round_trip_of_every_snapshot_record(cls, data):
+    rec = data.draw(record(cls))
+    reply = _in_snapshot(rec)
+    back = decode(encode(reply))
+    assert back == reply
+    (field,) = [f for f in ("workers", "batches", "tasks") if getattr(back, f)]
+    assert type(getattr(back, field)[0]) is cls
+    assert to_dict(reply)[field] == [rec.to_wire()]  # to_wire is the wire map
+
+
+def test_round_trip_of_nested_snapshot_records():
+    worker = WorkerInfo(
+        name="gpu-1",
+        state="hot",
+        gpus=(1, 3),
+        attempts=("B:a:1",),
+        gpu=GpuGauges(available=True, temperature_c=67.0, vram_used_mb=5500, power_w=150.2),
+    )
+    goal = GoalInfo(state="reached", target=4, tolerance=1, succeeded=4, tried=6, cap=12)
+    batch = BatchInfo(id="B", state="complete", counts={"done": 3}, goal=goal)
+    task = TaskInfo(batch_id="B", id="a", state="done", task_class="llm", exit_code=0)
+    reply = SnapshotReply(
+        src="brain", reply_to="r", rev=3, workers=(worker,), batches=(batch,), tasks=(task,)
+    )
+    back = decode(encode(reply))
+    assert back == reply
+    assert back.workers[0].gpu == worker.gpu and back.batches[0].goal == goal
+    assert worker.to_wire()["gpus"] == [1, 3] and worker.to_wire()["gpu"]["power_w"] == 150.2
+    assert batch.to_wire()["goal"] == {
+        "state": "reached",
+        "target": 4,
+        "tolerance": 1,
+        "succeeded": 4,
+        "tried": 6,
+        "cap": 12,
+        "rounds": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda w: w["workers"][0].update(slots="two"), "workers[0].slots: expected an integer"),
+        (lambda w: w["workers"][0].pop("state"), "workers[0]: missing field 'state'"),
+        (lambda w: w["batches"][0].update(state="paused"), "batches[0].state: expected one of"),
+        (lambda w: w["batches"][0]["goal"].pop("target"), "batches[0].goal: missing field"),
+        (lambda w: w["tasks"].append("t"), "tasks[1]: expected a map, got 't'"),
+    ],
+)
+def test_a_malformed_snapshot_is_refused_naming_the_entry(change, says):
+    goal = GoalInfo(state="running", target=2)
+    wire_map = to_dict(
+        SnapshotReply(
+            src="brain",
+            reply_to="r",
+            rev=3,
+            workers=(WorkerInfo(name="w", state="cold"),),
+            batches=(BatchInfo(id="B", state="running", goal=goal),),
+            tasks=(TaskInfo(batch_id="B", id="a", state="ready"),),
+        )
+    )
+    change(wire_map)
+    with pytest.raises(ProtocolError) as info:
+        decode(msgpack.packb(wire_map))
+    assert f"snapshot.reply.{says}" in str(info.value)

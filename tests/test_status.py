@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmo.cli.status_cmd import render
-from llmo.proto.messages import SnapshotReply
+from llmo.proto.messages import BatchInfo, GpuGauges, SnapshotReply, WorkerInfo
 
 
 def test_render_shows_state_temperature_rate_and_progress():
@@ -11,41 +11,38 @@ def test_render_shows_state_temperature_rate_and_progress():
         reply_to="r",
         rev=3,
         workers=(
-            {
-                "name": "gpu-1",
-                "role": "worker",
-                "state": "hot",
-                "model": "/m/qwen-7b.gguf",
-                "slots": 2,
-                "slots_free": 1,
-                "tok_s": 22.6,
-                "gpu": {
-                    "available": True,
-                    "temperature_c": 66.0,
-                    "vram_used_mb": 4800,
-                    "vram_total_mb": 6144,
-                },
-            },
-            {
-                "name": "cpu-1",
-                "role": "worker",
-                "state": "constrained",
-                "model": "",
-                "slots": 2,
-                "slots_free": 2,
-                "constraint": "CPU 80C >= 78C",
-                "gpu": {"available": False, "note": "no NVML"},
-            },
+            WorkerInfo(
+                name="gpu-1",
+                role="worker",
+                state="hot",
+                model="/m/qwen-7b.gguf",
+                slots=2,
+                slots_free=1,
+                tok_s=22.6,
+                gpu=GpuGauges(
+                    available=True, temperature_c=66.0, vram_used_mb=4800, vram_total_mb=6144
+                ),
+            ),
+            WorkerInfo(
+                name="cpu-1",
+                role="worker",
+                state="constrained",
+                model="",
+                slots=2,
+                slots_free=2,
+                constraint="CPU 80C >= 78C",
+                gpu=GpuGauges(available=False, note="no NVML"),
+            ),
         ),
         batches=(
-            {
-                "id": "20261129_050547",
-                "plan": "summarize",
-                "state": "running",
-                "priority_name": "high",
-                "tasks": 7,
-                "counts": {"done": 3, "running": 2, "ready": 2},
-            },
+            BatchInfo(
+                id="20261129_050547",
+                plan="summarize",
+                state="running",
+                priority_name="high",
+                tasks=7,
+                counts={"done": 3, "running": 2, "ready": 2},
+            ),
         ),
     )
     text = render(reply)

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
-from llmo.proto.messages import BatchEvent, Heartbeat, PeerDown, PeerUp, SnapshotReply, TaskProgress
+from llmo.proto.codec import decode, encode, to_dict
+from llmo.proto.errors import ProtocolError
+from llmo.proto.messages import (
+    BatchEvent,
+    GpuGauges,
+    Heartbeat,
+    PeerDown,
+    PeerUp,
+    SnapshotReply,
+    TaskProgress,
+)
 from llmo.tui import render
 from llmo.tui.model import Model
 from llmo.tui.rows import EVENTS_KEPT, SPARK_SAMPLES, BatchRow
@@ -285,17 +296,17 @@ def test_a_snapshot_taken_right_after_an_event_does_not_hide_its_line():
 
 
 def test_the_snapshot_gives_worker_figures_until_the_first_heartbeat():
-    gauges = {
-        "available": True,
-        "temperature_c": 71.0,
-        "vram_used_mb": 4096,
-        "vram_total_mb": 6144,
-        "power_w": 90.5,
-        "util_percent": 80.0,
-    }
+    gauges = GpuGauges(
+        available=True,
+        temperature_c=71.0,
+        vram_used_mb=4096,
+        vram_total_mb=6144,
+        power_w=90.5,
+        util_percent=80.0,
+    )
     workers = (
         worker_view("gpu-1", tok_s=22.5, gpu=gauges),
-        worker_view("cpu-1", "cold", gpu={"available": False, "note": "no NVML"}),
+        worker_view("cpu-1", "cold", gpu=GpuGauges(available=False, note="no NVML")),
     )
     model = Model()
     model.seed(snapshot(workers=workers), NOW)
@@ -323,15 +334,24 @@ def test_a_worker_becoming_constrained_says_why_in_the_events():
     ]
 
 
-def test_malformed_snapshot_entries_are_skipped():
-    reply = SnapshotReply(
-        reply_to="r",
-        rev=3,
-        workers=("nonsense", {"role": "worker"}, worker_view("gpu-1")),
-        batches=(7, batch_view("B", "p", {"ready": 1})),
-        tasks=({"batch_id": "B"}, task_view("B", "t", "ready"), None),
-    )
+@pytest.mark.parametrize(
+    ("field", "entries", "says"),
+    [
+        ("workers", ["nonsense"], "snapshot.reply.workers[2]: expected a map"),
+        ("workers", [{"role": "worker"}], "snapshot.reply.workers[2]: missing field 'name'"),
+        ("batches", [7], "snapshot.reply.batches[1]: expected a map"),
+        ("tasks", [{"batch_id": "B"}], "snapshot.reply.tasks[4]: missing field 'id'"),
+        ("tasks", [None], "snapshot.reply.tasks[4]: expected a map"),
+    ],
+)
+def test_malformed_snapshot_entries_never_reach_the_model(field, entries, says):
+    wire = to_dict(snapshot(rev=3))
+    wire.update(id="1", src="brain", dst="tui", ts=0.0)
+    wire[field] = [*wire[field], *entries]
+    with pytest.raises(ProtocolError) as caught:
+        decode(msgpack.packb(wire))
+    assert says in str(caught.value)
     model = Model()
-    model.seed(reply, NOW)
-    assert list(model.workers) == ["gpu-1"] and list(model.batches) == ["B"]
-    assert list(model.tasks["B"]) == ["t"]
+    model.seed(decode(encode(snapshot(rev=3))), NOW)  # what does arrive is whole and typed
+    assert list(model.workers) == ["gpu-1", "gpu-2"] and list(model.batches) == ["B"]
+    assert list(model.tasks["B"]) == ["a", "b", "c", "d"]

@@ -9,6 +9,7 @@ of the look, review the new pictures and accept them with
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -35,24 +36,26 @@ def utc(monkeypatch):
 def fixed_model() -> Model:
     model = Model()
     workers = [
-        worker_view("brain-llm", role="brain", gpus=[0, 3], model="qwen2.5-14b-instruct-q4"),
+        worker_view("brain-llm", role="brain", gpus=(0, 3), model="qwen2.5-14b-instruct-q4"),
         worker_view("gpu-1"),
         worker_view("gpu-2"),
         worker_view("gpu-4", "cold"),
-        worker_view("cpu-1", "cold", gpus=[]),
+        worker_view("cpu-1", "cold", gpus=()),
     ]
     states = ["done"] * 40 + ["running"] * 3 + ["delayed"] + ["failed"] + ["ready"] * 15
-    tasks = [
-        task_view("b-7f3a", f"summarise_{i:03d}", s, worker="gpu-1" if s == "running" else "")
-        for i, s in enumerate(states)
-    ]
-    for t in tasks:
-        if t["state"] in ("done", "running"):
-            t.update(started_at=NOW - 40, attempt_id=f"b-7f3a:{t['id']}:1", attempts=1)
-        if t["state"] == "done":
-            t.update(finished_at=NOW - 17, exit_code=0)
-    tasks[43].update(attempts=2, error="CUDA error: out of memory")
-    tasks[44].update(attempts=3, error="exit 1: parse error in output", exit_code=1)
+    tasks = []
+    for i, s in enumerate(states):
+        task_id = f"summarise_{i:03d}"
+        extra: dict[str, Any] = {"worker": "gpu-1" if s == "running" else ""}
+        if s in ("done", "running"):
+            extra.update(started_at=NOW - 40, attempt_id=f"b-7f3a:{task_id}:1", attempts=1)
+        if s == "done":
+            extra.update(finished_at=NOW - 17, exit_code=0)
+        if i == 43:
+            extra.update(attempts=2, error="CUDA error: out of memory")
+        if i == 44:
+            extra.update(attempts=3, error="exit 1: parse error in output", exit_code=1)
+        tasks.append(task_view("b-7f3a", task_id, s, **extra))
     counts: dict[str, int] = {}
     for s in states:
         counts[s] = counts.get(s, 0) + 1

@@ -11,11 +11,11 @@ and records every request it got.
 
 from __future__ import annotations
 
-import copy
 import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import zmq
@@ -27,6 +27,7 @@ from llmo.proto.messages import (
     Ack,
     BatchCancel,
     BatchEvent,
+    BatchInfo,
     GpuReading,
     Heartbeat,
     Message,
@@ -34,9 +35,11 @@ from llmo.proto.messages import (
     ModelUnload,
     SnapshotReply,
     SnapshotRequest,
+    TaskInfo,
     TaskProgress,
     Telemetry,
     WorkerDrain,
+    WorkerInfo,
 )
 
 CONTROL = (BatchCancel, WorkerDrain, ModelLoad, ModelUnload)
@@ -65,28 +68,25 @@ def no_gpu() -> Telemetry:
     return Telemetry(gpu_available=False, note="NVML not found")
 
 
-def worker_view(name: str, state: str = "hot", **extra: Any) -> dict[str, Any]:
-    view = {
+def worker_view(name: str, state: str = "hot", **extra: Any) -> WorkerInfo:
+    view: dict[str, Any] = {
         "name": name,
         "role": "worker",
         "state": state,
         "presence": "down" if state == "down" else "up",
         "model": "qwen2.5-7b-q4" if state == "hot" else "",
-        "loading": "",
-        "gpus": [int(name.rsplit("-", 1)[-1])] if name[-1].isdigit() else [],
+        "gpus": (int(name.rsplit("-", 1)[-1]),) if name[-1].isdigit() else (),
         "slots": 1,
         "slots_free": 0,
         "vram_budget_mb": 5600,
         "vram_used_mb": 4200,
-        "attempts": [],
-        "last_seen": 0.0,
     }
     view.update(extra)
-    return view
+    return WorkerInfo(**view)
 
 
-def batch_view(batch_id: str, plan: str, counts: dict[str, int], **extra: Any) -> dict[str, Any]:
-    view = {
+def batch_view(batch_id: str, plan: str, counts: dict[str, int], **extra: Any) -> BatchInfo:
+    view: dict[str, Any] = {
         "id": batch_id,
         "plan": plan,
         "plan_path": f"/srv/plans/{plan}",
@@ -95,32 +95,24 @@ def batch_view(batch_id: str, plan: str, counts: dict[str, int], **extra: Any) -
         "priority": 2,
         "priority_name": "normal",
         "created_at": 1000.0,
-        "finished_at": None,
         "tasks": sum(counts.values()),
         "counts": counts,
     }
     view.update(extra)
-    return view
+    return BatchInfo(**view)
 
 
-def task_view(batch_id: str, task_id: str, state: str, **extra: Any) -> dict[str, Any]:
-    view = {
+def task_view(batch_id: str, task_id: str, state: str, **extra: Any) -> TaskInfo:
+    view: dict[str, Any] = {
         "batch_id": batch_id,
         "id": task_id,
         "state": state,
         "task_class": "llm",
         "executor": "worker",
         "attempts": 1 if state not in ("pending", "ready") else 0,
-        "worker": "",
-        "attempt_id": "",
-        "exit_code": None,
-        "started_at": None,
-        "finished_at": None,
-        "error": "",
-        "template": "",
     }
     view.update(extra)
-    return view
+    return TaskInfo(**view)
 
 
 class FakeRig:
@@ -130,9 +122,9 @@ class FakeRig:
         self.endpoint = endpoint
         self.context = zmq.Context()
         self.rev = 0
-        self.workers: list[dict[str, Any]] = []
-        self.batches: list[dict[str, Any]] = []
-        self.tasks: list[dict[str, Any]] = []
+        self.workers: list[WorkerInfo] = []
+        self.batches: list[BatchInfo] = []
+        self.tasks: list[TaskInfo] = []
         self.requests: list[Message] = []
         self.snapshot_requests: list[SnapshotRequest] = []
         self.answering = True
@@ -205,22 +197,22 @@ class FakeRig:
 
     def _fold(self, batch_id: str, task_id: str, state: str, detail: dict) -> None:
         if task_id:
-            for task in self.tasks:
-                if task["batch_id"] == batch_id and task["id"] == task_id:
-                    old = task["state"]
-                    task["state"] = state
-                    for batch in self.batches:
-                        if batch["id"] == batch_id:
-                            counts = batch["counts"]
+            for i, task in enumerate(self.tasks):
+                if task.batch_id == batch_id and task.id == task_id:
+                    old = task.state
+                    self.tasks[i] = replace(task, state=state)
+                    for j, batch in enumerate(self.batches):
+                        if batch.id == batch_id:
+                            counts = dict(batch.counts)
                             counts[old] = counts.get(old, 0) - 1
                             counts[state] = counts.get(state, 0) + 1
-                            batch["counts"] = {k: v for k, v in counts.items() if v}
+                            counts = {k: v for k, v in counts.items() if v}
+                            self.batches[j] = replace(batch, counts=counts)
         elif batch_id and state:
-            for batch in self.batches:
-                if batch["id"] == batch_id:
-                    batch["state"] = state
-                    if "counts" in detail:
-                        batch["counts"] = dict(detail["counts"])
+            for j, batch in enumerate(self.batches):
+                if batch.id == batch_id:
+                    counts = dict(detail.get("counts", batch.counts))
+                    self.batches[j] = replace(batch, state=state, counts=counts)
 
     def _run(self) -> None:
         self.brain = Client(BRAIN, self.endpoint, context=self.context, heartbeat_interval=0.2)
@@ -255,17 +247,17 @@ class FakeRig:
         if isinstance(msg, SnapshotRequest):
             with self._lock:
                 self.snapshot_requests.append(msg)
-                tasks = [t for t in self.tasks if not msg.batch_id or t["batch_id"] == msg.batch_id]
+                tasks = [t for t in self.tasks if not msg.batch_id or t.batch_id == msg.batch_id]
                 if not msg.batch_id:
-                    running = {b["id"] for b in self.batches if b["state"] == "running"}
-                    tasks = [t for t in tasks if t["batch_id"] in running]
+                    running = {b.id for b in self.batches if b.state == "running"}
+                    tasks = [t for t in tasks if t.batch_id in running]
                 reply = SnapshotReply(
                     dst=msg.src,
                     reply_to=msg.id,
                     rev=self.rev,
-                    workers=tuple(copy.deepcopy(self.workers)),
-                    batches=tuple(copy.deepcopy(self.batches)),
-                    tasks=tuple(copy.deepcopy(tasks)),
+                    workers=tuple(self.workers),
+                    batches=tuple(self.batches),
+                    tasks=tuple(tasks),
                 )
             self.brain.send(reply)
         elif isinstance(msg, CONTROL):

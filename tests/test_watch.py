@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from llmo.cli.watch import BatchView, Screen, bar, follow, render
-from llmo.proto.messages import BatchEvent, SnapshotReply, TaskProgress
+from llmo.proto.messages import BatchEvent, BatchInfo, SnapshotReply, TaskInfo, TaskProgress
 from llmo.proto.pubsub import Published
 
 
@@ -13,13 +13,13 @@ def snapshot(rev: int, state: str = "running") -> SnapshotReply:
     return SnapshotReply(
         reply_to="r",
         rev=rev,
-        batches=({"id": "B", "plan": "hello", "state": state, "history_path": "/h/B"},),
+        batches=(BatchInfo(id="B", plan="hello", state=state, history_path="/h/B"),),
         tasks=(
-            {"batch_id": "B", "id": "make", "state": "done", "template": ""},
-            {"batch_id": "B", "id": "greet", "state": "expanded", "template": ""},
-            {"batch_id": "B", "id": "greet_a", "state": "running", "template": "greet"},
-            {"batch_id": "B", "id": "greet_b", "state": "ready", "template": "greet"},
-            {"batch_id": "OTHER", "id": "x", "state": "ready", "template": ""},
+            TaskInfo(batch_id="B", id="make", state="done"),
+            TaskInfo(batch_id="B", id="greet", state="expanded"),
+            TaskInfo(batch_id="B", id="greet_a", state="running", template="greet"),
+            TaskInfo(batch_id="B", id="greet_b", state="ready", template="greet"),
+            TaskInfo(batch_id="OTHER", id="x", state="ready"),
         ),
     )
 
@@ -45,7 +45,8 @@ def test_batch_end_and_unknown_batch():
     assert not view.seed(SnapshotReply(reply_to="r", rev=1))
     view.seed(snapshot(3))
     view.apply(event(4, name="batch_completed", state="complete", counts={"done": 4}))
-    assert view.finished and view.state == "complete" and view.batch["counts"] == {"done": 4}
+    assert view.finished and view.state == "complete"
+    assert view.batch is not None and view.batch.counts == {"done": 4}
 
 
 def test_tok_s_sums_recent_attempts_only():

@@ -28,19 +28,26 @@ the counts carried by a batch's final event replace the lot.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
-from llmo.brain.state import TASK_TERMINAL
 from llmo.proto.messages import (
     BatchEvent,
+    BatchInfo,
+    GoalInfo,
+    GpuGauges,
     GpuReading,
     Heartbeat,
     PeerDown,
     PeerUp,
     SnapshotReply,
+    TaskInfo,
     TaskProgress,
     Telemetry,
+    WorkerInfo,
 )
+from llmo.proto.states import TASK_TERMINAL
 from llmo.tui.rows import (
     EVENT_LEVELS,
     EVENTS_KEPT,
@@ -63,25 +70,37 @@ def _num(value: Any, default: float | None = None) -> float | None:
     return float(value)
 
 
-def _records(items: Any, key: str) -> list[dict[str, Any]]:
-    """The snapshot entries that are maps with a string ``key``; others are skipped."""
-    return [i for i in items if isinstance(i, dict) and isinstance(i.get(key), str)]
-
-
-def _telemetry_from(gauges: dict[str, Any], gpus: tuple[int, ...]) -> Telemetry:
+def _telemetry_from(gauges: GpuGauges, gpus: tuple[int, ...]) -> Telemetry:
     """The brain's summary of a worker's telemetry, shaped like a heartbeat's,
     until the worker's own heartbeat arrives."""
-    if not gauges.get("available"):
-        return Telemetry(gpu_available=False, note=str(gauges.get("note", "")))
+    if not gauges.available:
+        return Telemetry(gpu_available=False, note=gauges.note)
     reading = GpuReading(
         index=gpus[0] if gpus else 0,
-        temperature_c=_num(gauges.get("temperature_c")),
-        vram_used_mb=int(gauges["vram_used_mb"]) if gauges.get("vram_used_mb") else None,
-        vram_total_mb=int(gauges["vram_total_mb"]) if gauges.get("vram_total_mb") else None,
-        power_w=_num(gauges.get("power_w")),
-        util_percent=_num(gauges.get("util_percent")),
+        temperature_c=gauges.temperature_c,
+        vram_used_mb=gauges.vram_used_mb or None,
+        vram_total_mb=gauges.vram_total_mb or None,
+        power_w=gauges.power_w,
+        util_percent=gauges.util_percent,
     )
     return Telemetry(gpu_available=True, gpus=(reading,))
+
+
+_GOAL_ENDS = {"goal_reached": "reached", "goal_exhausted": "exhausted"}
+_GOAL_FIGURES = {"succeeded": "succeeded", "tried": "tried", "cap": "cap"}
+_GOAL_FIGURES |= {"rounds": "rounds", "round": "rounds"}
+
+
+def _goal_after(goal: GoalInfo | None, ev: BatchEvent) -> GoalInfo:
+    """The goal as a ``goal_*`` event leaves it (its detail carries the new figures)."""
+    if goal is None:
+        goal = GoalInfo(state="running", target=0)
+    figures = {
+        field: value
+        for key, field in _GOAL_FIGURES.items()
+        if type(value := ev.detail.get(key)) is int
+    }
+    return replace(goal, state=_GOAL_ENDS.get(ev.event, goal.state), **figures)
 
 
 class Model:
@@ -145,8 +164,8 @@ class Model:
         self.snapshot_at = now
         old_workers = self.workers
         self.workers = {}
-        for w in _records(reply.workers, "name"):
-            row = old_workers.pop(w["name"], None) or WorkerRow(name=w["name"])
+        for w in reply.workers:
+            row = old_workers.pop(w.name, None) or WorkerRow(name=w.name)
             self._worker_from(row, w)
             self.workers[row.name] = row
         for name, row in old_workers.items():  # heard from, but unknown to the brain
@@ -154,12 +173,12 @@ class Model:
                 self.workers[name] = row
         old_batches = self.batches
         self.batches = {}
-        for b in _records(reply.batches, "id"):
-            row = old_batches.get(b["id"]) or BatchRow(id=b["id"])
+        for b in reply.batches:
+            row = old_batches.get(b.id) or BatchRow(id=b.id)
             self._batch_from(row, b)
             self.batches[row.id] = row
         old_tasks = self.tasks
-        self.tasks = self._tasks_from(_records(reply.tasks, "id"))
+        self.tasks = self._tasks_from(reply.tasks)
         selected = self.selected_batch
         if selected and selected not in self.tasks and selected in old_tasks:
             batch = self.batches.get(selected)
@@ -168,12 +187,12 @@ class Model:
         self.changes |= {"workers", "batches", "tasks"}
 
     def _seed_batch(self, reply: SnapshotReply, batch_id: str) -> None:
-        for b in _records(reply.batches, "id"):
-            if b["id"] == batch_id:
+        for b in reply.batches:
+            if b.id == batch_id:
                 row = self.batches.get(batch_id) or BatchRow(id=batch_id)
                 self._batch_from(row, b)
                 self.batches[batch_id] = row
-        mine = (t for t in _records(reply.tasks, "id") if t.get("batch_id") == batch_id)
+        mine = (t for t in reply.tasks if t.batch_id == batch_id)
         tasks = self._tasks_from(mine)
         self.tasks[batch_id] = tasks.get(batch_id, {})
         if reply.rev > self.rev:
@@ -181,59 +200,55 @@ class Model:
         self.changes |= {"batches", "tasks"}
 
     @staticmethod
-    def _worker_from(row: WorkerRow, w: dict[str, Any]) -> None:
-        row.role = w.get("role", row.role) or row.role
-        state = w.get("state") or ""
-        row.presence = w.get("presence") or ("down" if state == "down" else "up")
-        if state and state != "down":
-            row.state = state
-        row.model = w.get("model", "") or ""
-        row.loading = w.get("loading", "") or ""
-        row.gpus = tuple(w.get("gpus") or row.gpus)
-        row.slots = int(w.get("slots", row.slots) or 0)
-        row.slots_free = int(w.get("slots_free", row.slots_free) or 0)
-        row.vram_budget_mb = int(w.get("vram_budget_mb", row.vram_budget_mb) or 0)
-        row.vram_used_mb = int(w.get("vram_used_mb", row.vram_used_mb) or 0)
-        if isinstance(w.get("tok_s"), int | float):
-            row.tok_s = float(w["tok_s"])
-        row.constraint = w.get("constraint", row.constraint) or ""
-        if row.telemetry is None and isinstance(w.get("gpu"), dict):
-            row.telemetry = _telemetry_from(w["gpu"], row.gpus)
+    def _worker_from(row: WorkerRow, w: WorkerInfo) -> None:
+        row.role = w.role or row.role
+        row.presence = w.presence
+        if w.state and w.state != "down":
+            row.state = w.state
+        row.model = w.model
+        row.loading = w.loading
+        row.gpus = w.gpus or row.gpus
+        row.slots = w.slots
+        row.slots_free = w.slots_free
+        row.vram_budget_mb = w.vram_budget_mb
+        row.vram_used_mb = w.vram_used_mb
+        row.tok_s = w.tok_s
+        row.constraint = w.constraint
+        if row.telemetry is None and w.gpu is not None:
+            row.telemetry = _telemetry_from(w.gpu, row.gpus)
         if row.presence == "down":
             row.tok_s = 0.0
 
     @staticmethod
-    def _batch_from(row: BatchRow, b: dict[str, Any]) -> None:
-        row.plan = b.get("plan", row.plan) or row.plan
-        row.plan_path = b.get("plan_path", row.plan_path) or row.plan_path
-        row.history_path = b.get("history_path", row.history_path) or row.history_path
-        row.state = b.get("state", row.state) or row.state
-        row.priority_name = b.get("priority_name", row.priority_name) or row.priority_name
-        row.created_at = _num(b.get("created_at"), row.created_at) or 0.0
-        row.finished_at = _num(b.get("finished_at"))
-        counts = b.get("counts")
-        if isinstance(counts, dict):
-            row.counts = collections.Counter({k: int(v) for k, v in counts.items()})
-        if isinstance(b.get("goal"), dict):
-            row.goal = dict(b["goal"])
+    def _batch_from(row: BatchRow, b: BatchInfo) -> None:
+        row.plan = b.plan or row.plan
+        row.plan_path = b.plan_path or row.plan_path
+        row.history_path = b.history_path or row.history_path
+        row.state = b.state
+        row.priority_name = b.priority_name or row.priority_name
+        row.created_at = b.created_at
+        row.finished_at = b.finished_at
+        row.counts = collections.Counter(b.counts)
+        if b.goal is not None:
+            row.goal = b.goal
 
-    def _tasks_from(self, tasks: Any) -> dict[str, dict[str, TaskRow]]:
+    def _tasks_from(self, tasks: Iterable[TaskInfo]) -> dict[str, dict[str, TaskRow]]:
         out: dict[str, dict[str, TaskRow]] = {}
         for t in tasks:
-            batch_id = t.get("batch_id", "")
+            batch_id = t.batch_id
             row = TaskRow(
-                id=t["id"],
-                state=t.get("state", ""),
-                task_class=t.get("task_class", "") or "",
-                executor=t.get("executor", "") or "",
-                worker=t.get("worker", "") or "",
-                attempts=int(t.get("attempts", 0) or 0),
-                attempt_id=t.get("attempt_id", "") or "",
-                started_at=_num(t.get("started_at")),
-                finished_at=_num(t.get("finished_at")),
-                exit_code=t.get("exit_code"),
-                error=t.get("error", "") or "",
-                template=t.get("template", "") or "",
+                id=t.id,
+                state=t.state,
+                task_class=t.task_class,
+                executor=t.executor,
+                worker=t.worker,
+                attempts=t.attempts,
+                attempt_id=t.attempt_id,
+                started_at=t.started_at,
+                finished_at=t.finished_at,
+                exit_code=t.exit_code,
+                error=t.error,
+                template=t.template,
             )
             row.counted = row.attempt_id if row.attempts else ""
             out.setdefault(batch_id, {})[row.id] = row
@@ -371,12 +386,7 @@ class Model:
         if isinstance(detail.get("counts"), dict):
             batch.counts = collections.Counter({k: int(v) for k, v in detail["counts"].items()})
         if ev.event.startswith("goal_"):
-            goal = batch.goal if batch.goal is not None else {}
-            goal.update({k: v for k, v in detail.items() if isinstance(v, int | float | str)})
-            goal["state"] = {"goal_reached": "reached", "goal_exhausted": "exhausted"}.get(
-                ev.event, goal.get("state", "running")
-            )
-            batch.goal = goal
+            batch.goal = _goal_after(batch.goal, ev)
         if batch.finished:
             batch.finished_at = batch.finished_at or when
             if ev.batch_id != self.selected_batch:

@@ -11,7 +11,8 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmo.brain.state import BATCH_TERMINAL, TASK_TERMINAL
+from llmo.proto.messages import GoalInfo
+from llmo.proto.states import BATCH_TERMINAL, TASK_ACTIVE, TASK_TERMINAL, TASK_UNSUCCESSFUL
 
 SPARK_SAMPLES = 180  # tok/s history per worker: 3 minutes at one sample a second
 SAMPLE_S = 1.0
@@ -21,8 +22,6 @@ WORKER_STALE_S = 5.0  # no heartbeat for this long: the row is shown as silent
 RATE_STALE_S = 5.0  # a task's tok/s older than this is not shown
 TASK_HISTORY = 8  # notable events remembered per task (retries, failures)
 
-TASK_BAD = frozenset({"failed", "skipped", "cancelled"})
-TASK_ACTIVE = frozenset({"assigned", "running"})
 WORKER_ROLES = frozenset({"worker", "brain"})
 
 # Lifecycle events worth a line in the events pane, with their level. Routine
@@ -145,7 +144,7 @@ class BatchRow:
     created_at: float = 0.0
     finished_at: float | None = None
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
-    goal: dict[str, Any] | None = None
+    goal: GoalInfo | None = None
     templates: set[str] = field(default_factory=set)
     samples: collections.deque[tuple[float, int]] = field(
         default_factory=lambda: collections.deque(maxlen=int(ETA_WINDOW_S / SAMPLE_S) + 2)
@@ -164,7 +163,7 @@ class BatchRow:
         c = self.counts
         done = max(0, c.get("done", 0))
         running = sum(max(0, c.get(s, 0)) for s in TASK_ACTIVE)
-        bad = sum(max(0, c.get(s, 0)) for s in TASK_BAD)
+        bad = sum(max(0, c.get(s, 0)) for s in TASK_UNSUCCESSFUL)
         return done, running, bad, max(0, self.total - done - running - bad)
 
     def terminal(self) -> int:
