@@ -31,11 +31,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
-from llmo.cli.tools import Session, ToolError
 from llmo.proto.client import Client, tool_name
 from llmo.proto.endpoints import Endpoints
 from llmo.proto.errors import ErrorCode, ProtocolError
@@ -52,6 +50,8 @@ from llmo.proto.messages import (
     TaskProgress,
 )
 from llmo.proto.pubsub import Subscriber
+from llmo.proto.security import ClientKeys
+from llmo.proto.session import Session, ToolError
 from llmo.tui.updates import ActionResult, LinkStatus, Update
 
 log = logging.getLogger("llmo.tui.feed")
@@ -208,12 +208,20 @@ class Feed:
 
 
 class _Requests:
-    """``Client.request`` in slices, so that quitting never waits on a dead link."""
+    """``Client.request`` in slices, so that quitting never waits on a dead link.
+
+    A reply that comes too late is dropped, not kept for later. A ``Requester``
+    for the feed's ``Session``.
+    """
 
     def __init__(self, client: Client, stop: threading.Event, slice_s: float = 0.1) -> None:
         self.client = client
         self.stop = stop
         self.slice_s = slice_s
+
+    @property
+    def keys(self) -> ClientKeys | None:
+        return self.client.keys
 
     def request(self, msg: Message, timeout: float) -> Message | None:
         sent = self.client.send(msg)
@@ -224,6 +232,9 @@ class _Requests:
                 return reply
         return None
 
+    def close(self) -> None:
+        self.client.close()
+
 
 class _Loop:
     """One run of the feed; its attributes are touched by the feed thread only."""
@@ -233,8 +244,7 @@ class _Loop:
         self.sub = sub
         self.client = client
         self.requests = _Requests(client, feed._stop)
-        requests: Any = self.requests  # Session only calls request(), which this one stops
-        self.session = Session(feed.endpoints, requests, timeout=feed.action_timeout_s)
+        self.session = Session(feed.endpoints, self.requests, timeout=feed.action_timeout_s)
         self.pending = _Pending()
         self.started = time.monotonic()
         self.heard_at = 0.0  # monotonic time of the last publication (0: never)
