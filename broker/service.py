@@ -327,7 +327,7 @@ class Broker:
         self.stats.refused[code.value] += 1
         sender = identity.decode("utf-8", "replace") if identity[:1] != b"\x00" else identity.hex()
         self._log_refusal(sender, code, detail)
-        error = Error(code=code.value, detail=detail, reply_to=reply_to, peer=peer)
+        error = Error(code=code, detail=detail, reply_to=reply_to, peer=peer)
         try:
             self.router.send_multipart([identity, encode(self._stamp(error, sender))], zmq.NOBLOCK)
         except zmq.ZMQError:

@@ -16,7 +16,7 @@ common to all messages:
 The remaining keys are the fields of the type, declared below as frozen,
 keyword-only dataclasses. Nested records (``Telemetry``, ``GpuReading``) are
 maps. ``proto.codec`` derives its validation from these annotations, so an
-annotation here *is* the wire contract: ``Literal`` restricts values,
+annotation here *is* the wire contract: ``Literal`` (or a ``StrEnum``) restricts values,
 ``X | None`` allows nil, ``tuple[X, ...]`` is an array, ``dict[str, X]`` a map,
 ``Any`` is not checked.
 
@@ -30,6 +30,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+
+from llmo.proto.errors import ErrorCode
 
 PROTOCOL_VERSION = 1
 BROKER = "broker"  # the reserved actor name of the broker itself
@@ -466,7 +468,7 @@ class Error(Message):
     """
 
     TYPE = MsgType.ERROR
-    code: str
+    code: ErrorCode
     detail: str = ""
     reply_to: str = ""
     peer: str = ""
