@@ -22,6 +22,9 @@ nothing has been published for ``silence_s``. If that snapshot fails too, the li
 ``down`` since the last publication heard (or ``no_brain`` when the broker
 answers for an absent brain); requests are retried with growing back-off,
 and the first publication heard again brings the retry forward.
+
+Time comes from two clocks given to ``Feed``: ``clock`` (wall time, for what
+the screen shows) and ``monotonic`` (for its timers and request deadlines).
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ class Feed:
         backoff_s: tuple[float, ...] = BACKOFF_S,
         resync_min_s: float = RESYNC_MIN_S,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoints = endpoints
         self.post = post
@@ -157,6 +161,7 @@ class Feed:
         self.backoff_s = backoff_s
         self.resync_min_s = resync_min_s
         self.clock = clock
+        self.monotonic = monotonic
         self.posted = 0
         self.malformed = 0
         self._taken = threading.Event()
@@ -194,7 +199,13 @@ class Feed:
     def run(self) -> None:
         context = self.context or zmq.Context.instance()
         sub = Subscriber(self.endpoints.pub, context=context)
-        client = Client(self.name, self.endpoints.broker, context=context)
+        client = Client(
+            self.name,
+            self.endpoints.broker,
+            context=context,
+            clock=self.clock,
+            monotonic=self.monotonic,
+        )
         try:
             _Loop(self, sub, client).run()
         finally:
@@ -214,9 +225,16 @@ class _Requests:
     for the feed's ``Session``.
     """
 
-    def __init__(self, client: Client, stop: threading.Event, slice_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        client: Client,
+        stop: threading.Event,
+        clock: Callable[[], float] = time.monotonic,
+        slice_s: float = 0.1,
+    ) -> None:
         self.client = client
         self.stop = stop
+        self.clock = clock
         self.slice_s = slice_s
 
     @property
@@ -225,8 +243,8 @@ class _Requests:
 
     def request(self, msg: Message, timeout: float) -> Message | None:
         sent = self.client.send(msg)
-        deadline = time.monotonic() + timeout
-        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        deadline = self.clock() + timeout
+        while not self.stop.is_set() and (left := deadline - self.clock()) > 0:
             reply = self.client.recv(timeout=min(left, self.slice_s))
             if reply is not None and getattr(reply, "reply_to", None) == sent.id:
                 return reply
@@ -243,10 +261,10 @@ class _Loop:
         self.feed = feed
         self.sub = sub
         self.client = client
-        self.requests = _Requests(client, feed._stop)
+        self.requests = _Requests(client, feed._stop, feed.monotonic)
         self.session = Session(feed.endpoints, self.requests, timeout=feed.action_timeout_s)
         self.pending = _Pending()
-        self.started = time.monotonic()
+        self.started = feed.monotonic()
         self.heard_at = 0.0  # monotonic time of the last publication (0: never)
         self.heard_wall = 0.0
         self.link = LinkStatus(state="connecting", since=feed.clock())
@@ -272,10 +290,10 @@ class _Loop:
 
     def step(self) -> None:
         feed = self.feed
-        now = time.monotonic()
+        now = self.feed.monotonic()
         wait = max(0.0, min(self.next_try - now, feed.flush_s - (now - self.last_flush)))
         self.receive(min(max(wait, 0.01), 0.1))
-        now = time.monotonic()
+        now = self.feed.monotonic()
         for batch_id in feed._take_wanted():
             if batch_id == "":
                 self.need_full = True
@@ -291,7 +309,7 @@ class _Loop:
                 self.snapshot("")
             elif self.wanted:
                 self.snapshot(self.wanted[0])
-        self.flush(time.monotonic())
+        self.flush(feed.monotonic())
 
     # --- publications ------------------------------------------------------------------
 
@@ -310,7 +328,7 @@ class _Loop:
                 continue
             if published is None:
                 return
-            now = time.monotonic()
+            now = self.feed.monotonic()
             if self.link.state == "down":
                 self.need_full = True  # it is back: a fresh snapshot, now
                 self.next_try = now
@@ -371,7 +389,7 @@ class _Loop:
         reply = self.requests.request(request, timeout=self.feed.snapshot_timeout_s)
         if self.feed.stopped:
             return
-        now = time.monotonic()
+        now = self.feed.monotonic()
         if isinstance(reply, SnapshotReply):
             self.pending.snapshots.append((batch_id, reply))
             if batch_id:

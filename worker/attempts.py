@@ -219,6 +219,7 @@ class Attempts:
                 log_path=log_path,
                 header=header,
                 rlimits=self.config.policy.limits_for(a.task_class),
+                clock=self.clock,
             )
         except SpawnError as exc:
             self.meters.remove(a.attempt_id)
@@ -390,7 +391,9 @@ class Attempts:
             if meter.tokens != attempt.reported:
                 attempt.reported = meter.tokens
                 self.send(
-                    TaskProgress(**_ids(attempt.assign), tokens=meter.tokens, tok_s=meter.tok_s())
+                    TaskProgress(
+                        **_ids(attempt.assign), tokens=meter.tokens, tok_s=meter.tok_s(now)
+                    )
                 )
 
     def _finish_shell(self, attempt: Attempt) -> None:
@@ -425,7 +428,7 @@ class Attempts:
                 **common,
             )
         if out.exit_code == 0:
-            return TaskDone(**_ids(a), exit_code=0, tok_s=meter.tok_s(), **common)
+            return TaskDone(**_ids(a), exit_code=0, tok_s=meter.tok_s(self.clock()), **common)
         if out.exit_code == EXIT_RETRY_LATER:
             return _failed(
                 a,
