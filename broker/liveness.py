@@ -2,22 +2,22 @@
 
 A peer is tracked from its first heartbeat on (short-lived tools that never
 heartbeat are routed but not watched). After that, any message from it counts
-as a sign of life. A tracked peer silent for ``INTERVAL x LIVENESS`` seconds (``proto.vocab``)
-is declared down; when it speaks again it is up again.
+as a sign of life. A tracked peer silent for ``interval x liveness`` seconds
+(by default ``proto.vocab.HEARTBEAT_EXPIRY_S``) is declared down; when it
+speaks again it is up again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmo.proto.vocab import HEARTBEAT_INTERVAL_S as INTERVAL
-from llmo.proto.vocab import HEARTBEAT_LIVENESS as LIVENESS
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
 
 @dataclass(slots=True)
 class Liveness:
-    interval: float = INTERVAL
-    liveness: int = LIVENESS
+    interval: float = HEARTBEAT_INTERVAL_S
+    liveness: int = HEARTBEAT_LIVENESS
     forget_after: float = 3600.0  # a peer down this long is dropped from memory
     last_seen: dict[str, float] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)

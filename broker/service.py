@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from llmo.broker.auth import CurveGuard
-from llmo.broker.liveness import INTERVAL, LIVENESS, Liveness
+from llmo.broker.liveness import Liveness
 from llmo.proto.codec import MAX_MESSAGE_BYTES, decode_envelope, encode
 from llmo.proto.errors import ErrorCode, ProtocolError
 from llmo.proto.messages import (
@@ -50,6 +50,7 @@ from llmo.proto.messages import (
 )
 from llmo.proto.pubsub import pub_frames
 from llmo.proto.security import SecurityError, ServerKeys, check_bind
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
 log = logging.getLogger("llmo.broker")
 
@@ -81,8 +82,8 @@ class Broker:
         router_endpoint: str,
         pub_endpoint: str,
         *,
-        interval: float = INTERVAL,
-        liveness: int = LIVENESS,
+        interval: float = HEARTBEAT_INTERVAL_S,
+        liveness: int = HEARTBEAT_LIVENESS,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         keys: ServerKeys | None = None,
@@ -326,7 +327,7 @@ class Broker:
         self.stats.refused[code.value] += 1
         sender = identity.decode("utf-8", "replace") if identity[:1] != b"\x00" else identity.hex()
         self._log_refusal(sender, code, detail)
-        error = Error(code=code.value, detail=detail, reply_to=reply_to, peer=peer)
+        error = Error(code=code, detail=detail, reply_to=reply_to, peer=peer)
         try:
             self.router.send_multipart([identity, encode(self._stamp(error, sender))], zmq.NOBLOCK)
         except zmq.ZMQError:

@@ -13,8 +13,7 @@ import sys
 
 from llmo.cli.common import add_endpoint_flags, add_log_flags, setup_logging
 from llmo.cli.config import add_key_flags
-from llmo.proto.vocab import HEARTBEAT_INTERVAL_S as INTERVAL
-from llmo.proto.vocab import HEARTBEAT_LIVENESS as LIVENESS
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,14 +25,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--interval",
         type=float,
         default=None,
-        help=f"heartbeat interval in seconds (default: the config's, else {INTERVAL:g})",
+        help="heartbeat interval in seconds "
+        f"(default: the config's, else {HEARTBEAT_INTERVAL_S:g})",
     )
     parser.add_argument(
         "--liveness",
         type=int,
         default=None,
         help="heartbeats a peer may miss before it is declared down "
-        f"(default: the config's, else {LIVENESS})",
+        f"(default: the config's, else {HEARTBEAT_LIVENESS})",
     )
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 
 from llmo.cli.common import add_endpoint_flags
-from llmo.cli.tools import ToolError, add_tool_flags, fail, open_session
+from llmo.cli.tools import add_tool_flags, fail, open_session
 from llmo.proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
+from llmo.proto.session import ToolError
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

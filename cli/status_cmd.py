@@ -27,8 +27,9 @@ import time
 from typing import Any
 
 from llmo.cli.common import add_endpoint_flags
-from llmo.cli.tools import Session, ToolError, add_tool_flags, fail, open_session
+from llmo.cli.tools import add_tool_flags, fail, open_session
 from llmo.proto.messages import BRAIN, SnapshotReply, SnapshotRequest, WorkerInfo
+from llmo.proto.session import Session, ToolError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

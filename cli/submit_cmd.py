@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from llmo.cli.common import add_endpoint_flags
-from llmo.cli.tools import ToolError, add_tool_flags, fail, open_session
+from llmo.cli.tools import add_tool_flags, fail, open_session
+from llmo.proto.session import ToolError
 
 PRIORITY_CHOICES = ("low", "normal", "high", "urgent")
 

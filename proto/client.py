@@ -7,6 +7,9 @@ a fresh message id, send time); ``recv`` returns the next valid message or
 ``request`` sends and waits for the reply whose ``reply_to`` names the request.
 ``tick`` sends a heartbeat when one is due, so the broker keeps the actor
 alive; ``heartbeat_due_in`` tells a poll loop how long it may sleep.
+Time comes from two clocks given to the client: ``clock`` (wall time, for the
+envelope's ``ts`` and the heartbeat schedule) and ``monotonic`` (for the
+deadlines of ``recv`` and ``request``).
 With ``keys`` (or the process's keys, ``proto.security.use_keys``) the
 socket speaks CurveZMQ to the broker.
 """
@@ -46,6 +49,7 @@ class Client:
         heartbeat_interval: float = 1.0,
         heartbeat: Callable[[], Message] | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         keys: ClientKeys | None = None,
     ) -> None:
         self.name = name
@@ -63,6 +67,7 @@ class Client:
         self.heartbeat_interval = heartbeat_interval
         self._heartbeat = heartbeat or (lambda: Heartbeat(dst=BROKER))
         self._clock = clock
+        self._monotonic = monotonic
         self._next_heartbeat = 0.0
         self._id_prefix = f"{uuid.uuid4().hex[:8]}-"
         self._ids = itertools.count(1)
@@ -88,10 +93,10 @@ class Client:
         """The next valid message, or None once ``timeout`` seconds have passed."""
         if self._pending:
             return self._pending.popleft()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self._monotonic() + timeout
         while True:
             if deadline is not None:
-                left_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+                left_ms = max(0, math.ceil((deadline - self._monotonic()) * 1000))
                 if not self.socket.poll(left_ms):
                     return None
             try:
@@ -107,10 +112,10 @@ class Client:
         Returns None on timeout.
         """
         sent = self.send(msg)
-        deadline = time.monotonic() + timeout
+        deadline = self._monotonic() + timeout
         held: list[Message] = []
         try:
-            while (left := deadline - time.monotonic()) > 0:
+            while (left := deadline - self._monotonic()) > 0:
                 reply = self._recv_fresh(left)
                 if reply is None:
                     break

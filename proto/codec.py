@@ -19,6 +19,7 @@ bytes without reading (or re-encoding) the body.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from collections.abc import Callable
@@ -111,6 +112,16 @@ def _compile(annotation: Any) -> Check:
             return value
 
         return check_literal
+    if isinstance(annotation, type) and issubclass(annotation, enum.StrEnum):
+        members = {member.value: member for member in annotation}
+        named = f"one of the {annotation.__name__} values"
+
+        def check_enum(value: Any) -> Any:
+            if type(value) is not str or value not in members:
+                raise _Bad(named, value)
+            return members[value]
+
+        return check_enum
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         if len(inner) != 1 or len(args) != 2:

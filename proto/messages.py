@@ -17,7 +17,7 @@ The remaining keys are the fields of the type, declared below as frozen,
 keyword-only dataclasses. Nested records (``Telemetry``, ``GpuReading``, and
 the snapshot's ``WorkerInfo``, ``BatchInfo``, ``TaskInfo``) are maps.
 ``proto.codec`` derives its validation from these annotations, so an
-annotation here *is* the wire contract: ``Literal`` restricts values,
+annotation here *is* the wire contract: ``Literal`` (or a ``StrEnum``) restricts values,
 ``X | None`` allows nil, ``tuple[X, ...]`` is an array, ``dict[str, X]`` a map,
 ``Any`` is not checked.
 
@@ -33,6 +33,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from llmo.proto.errors import ErrorCode
 from llmo.proto.states import BatchState, GoalState, Presence, TaskState, WorkerState
 
 PROTOCOL_VERSION = 1
@@ -591,7 +592,7 @@ class Error(Message):
     """
 
     TYPE = MsgType.ERROR
-    code: str
+    code: ErrorCode
     detail: str = ""
     reply_to: str = ""
     peer: str = ""

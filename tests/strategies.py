@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from typing import Any
@@ -33,6 +34,8 @@ def for_annotation(annotation: Any) -> st.SearchStrategy[Any]:
         return st.booleans()
     if annotation is Any:
         return json_values
+    if isinstance(annotation, type) and issubclass(annotation, enum.StrEnum):
+        return st.sampled_from(list(annotation))
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Literal:

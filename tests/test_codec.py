@@ -149,6 +149,19 @@ def test_literal_values_are_checked():
     assert "'abort'" in info.value.detail
 
 
+def test_error_codes_decode_as_the_enum():
+    msg = decode(wire(type="error", code="unknown_destination", peer="brain"))
+    assert msg.code is ErrorCode.UNKNOWN_DESTINATION
+
+
+@pytest.mark.parametrize("code", ["no_such_code", "UNKNOWN_DESTINATION", 7])
+def test_an_unknown_error_code_is_a_bad_field(code):
+    with pytest.raises(ProtocolError) as info:
+        decode(wire(type="error", code=code))
+    assert info.value.code is ErrorCode.BAD_FIELD
+    assert "error.code: expected one of the ErrorCode values" in info.value.detail
+
+
 def test_unknown_fields_are_ignored_for_forward_compatibility():
     msg = decode(wire(some_future_field=[1, 2, 3]))
     assert msg.task_id == "t"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from llmo.broker.liveness import INTERVAL, LIVENESS, Liveness
-from llmo.proto.vocab import HEARTBEAT_EXPIRY_S as EXPIRY
+from llmo.broker.liveness import Liveness
+from llmo.proto.vocab import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
 
 def test_expiry_is_interval_times_liveness():
-    assert Liveness().expiry == EXPIRY == INTERVAL * LIVENESS == 3.0
+    expiry = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
+    assert Liveness().expiry == HEARTBEAT_EXPIRY_S == expiry == 3.0
 
 
 def test_untracked_until_first_heartbeat():

@@ -15,7 +15,7 @@ import zmq.auth
 
 from llmo.broker.service import Broker
 from llmo.cli.main import main
-from llmo.cli.tools import Session, ToolError, add_tool_flags, open_session, tool_setup
+from llmo.cli.tools import add_tool_flags, open_session, tool_setup
 from llmo.proto.client import Client
 from llmo.proto.endpoints import Endpoints
 from llmo.proto.messages import BRAIN, SnapshotRequest
@@ -31,6 +31,7 @@ from llmo.proto.security import (
     process_keys,
     use_keys,
 )
+from llmo.proto.session import Session, ToolError
 
 pytestmark = pytest.mark.skipif(not curve_available(), reason="libzmq built without CURVE")
 

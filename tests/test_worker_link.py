@@ -13,6 +13,7 @@ import time
 import pytest
 
 from llmo.proto.client import Client
+from llmo.proto.errors import ErrorCode
 from llmo.proto.messages import (
     Ack,
     Error,
@@ -215,7 +216,7 @@ def result(n: int) -> TaskDone:
 
 
 def unroutable(reply_to: str) -> Error:
-    return Error(code="unknown_destination", reply_to=reply_to, peer="brain", src="broker")
+    return Error(code=ErrorCode.UNKNOWN_DESTINATION, reply_to=reply_to, peer="brain", src="broker")
 
 
 def make_link(wire: Wire) -> Link:

@@ -22,6 +22,9 @@ nothing has been published for ``silence_s``. If that snapshot fails too, the li
 ``down`` since the last publication heard (or ``no_brain`` when the broker
 answers for an absent brain); requests are retried with growing back-off,
 and the first publication heard again brings the retry forward.
+
+Time comes from two clocks given to ``Feed``: ``clock`` (wall time, for what
+the screen shows) and ``monotonic`` (for its timers and request deadlines).
 """
 
 from __future__ import annotations
@@ -31,11 +34,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
-from llmo.cli.tools import Session, ToolError
 from llmo.proto.client import Client, tool_name
 from llmo.proto.endpoints import Endpoints
 from llmo.proto.errors import ErrorCode, ProtocolError
@@ -52,6 +53,8 @@ from llmo.proto.messages import (
     TaskProgress,
 )
 from llmo.proto.pubsub import Subscriber
+from llmo.proto.security import ClientKeys
+from llmo.proto.session import Session, ToolError
 from llmo.tui.updates import ActionResult, LinkStatus, Update
 
 log = logging.getLogger("llmo.tui.feed")
@@ -145,6 +148,7 @@ class Feed:
         backoff_s: tuple[float, ...] = BACKOFF_S,
         resync_min_s: float = RESYNC_MIN_S,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoints = endpoints
         self.post = post
@@ -157,6 +161,7 @@ class Feed:
         self.backoff_s = backoff_s
         self.resync_min_s = resync_min_s
         self.clock = clock
+        self.monotonic = monotonic
         self.posted = 0
         self.malformed = 0
         self._taken = threading.Event()
@@ -194,7 +199,13 @@ class Feed:
     def run(self) -> None:
         context = self.context or zmq.Context.instance()
         sub = Subscriber(self.endpoints.pub, context=context)
-        client = Client(self.name, self.endpoints.broker, context=context)
+        client = Client(
+            self.name,
+            self.endpoints.broker,
+            context=context,
+            clock=self.clock,
+            monotonic=self.monotonic,
+        )
         try:
             _Loop(self, sub, client).run()
         finally:
@@ -208,21 +219,39 @@ class Feed:
 
 
 class _Requests:
-    """``Client.request`` in slices, so that quitting never waits on a dead link."""
+    """``Client.request`` in slices, so that quitting never waits on a dead link.
 
-    def __init__(self, client: Client, stop: threading.Event, slice_s: float = 0.1) -> None:
+    A reply that comes too late is dropped, not kept for later. A ``Requester``
+    for the feed's ``Session``.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        stop: threading.Event,
+        clock: Callable[[], float] = time.monotonic,
+        slice_s: float = 0.1,
+    ) -> None:
         self.client = client
         self.stop = stop
+        self.clock = clock
         self.slice_s = slice_s
+
+    @property
+    def keys(self) -> ClientKeys | None:
+        return self.client.keys
 
     def request(self, msg: Message, timeout: float) -> Message | None:
         sent = self.client.send(msg)
-        deadline = time.monotonic() + timeout
-        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        deadline = self.clock() + timeout
+        while not self.stop.is_set() and (left := deadline - self.clock()) > 0:
             reply = self.client.recv(timeout=min(left, self.slice_s))
             if reply is not None and getattr(reply, "reply_to", None) == sent.id:
                 return reply
         return None
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class _Loop:
@@ -232,11 +261,10 @@ class _Loop:
         self.feed = feed
         self.sub = sub
         self.client = client
-        self.requests = _Requests(client, feed._stop)
-        requests: Any = self.requests  # Session only calls request(), which this one stops
-        self.session = Session(feed.endpoints, requests, timeout=feed.action_timeout_s)
+        self.requests = _Requests(client, feed._stop, feed.monotonic)
+        self.session = Session(feed.endpoints, self.requests, timeout=feed.action_timeout_s)
         self.pending = _Pending()
-        self.started = time.monotonic()
+        self.started = feed.monotonic()
         self.heard_at = 0.0  # monotonic time of the last publication (0: never)
         self.heard_wall = 0.0
         self.link = LinkStatus(state="connecting", since=feed.clock())
@@ -262,10 +290,10 @@ class _Loop:
 
     def step(self) -> None:
         feed = self.feed
-        now = time.monotonic()
+        now = self.feed.monotonic()
         wait = max(0.0, min(self.next_try - now, feed.flush_s - (now - self.last_flush)))
         self.receive(min(max(wait, 0.01), 0.1))
-        now = time.monotonic()
+        now = self.feed.monotonic()
         for batch_id in feed._take_wanted():
             if batch_id == "":
                 self.need_full = True
@@ -281,7 +309,7 @@ class _Loop:
                 self.snapshot("")
             elif self.wanted:
                 self.snapshot(self.wanted[0])
-        self.flush(time.monotonic())
+        self.flush(feed.monotonic())
 
     # --- publications ------------------------------------------------------------------
 
@@ -300,7 +328,7 @@ class _Loop:
                 continue
             if published is None:
                 return
-            now = time.monotonic()
+            now = self.feed.monotonic()
             if self.link.state == "down":
                 self.need_full = True  # it is back: a fresh snapshot, now
                 self.next_try = now
@@ -361,7 +389,7 @@ class _Loop:
         reply = self.requests.request(request, timeout=self.feed.snapshot_timeout_s)
         if self.feed.stopped:
             return
-        now = time.monotonic()
+        now = self.feed.monotonic()
         if isinstance(reply, SnapshotReply):
             self.pending.snapshots.append((batch_id, reply))
             if batch_id:

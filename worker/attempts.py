@@ -153,6 +153,7 @@ class Attempts:
                 log_path=a.log_path or default_log_path(a),
                 header=self._header(a),
                 rlimits=self.config.policy.limits_for(a.task_class),
+                clock=self.clock,
             )
         except SpawnError as exc:
             self.meters.remove(a.attempt_id)
@@ -261,7 +262,7 @@ class Attempts:
                 attempt.reported = meter.tokens
                 self.send(
                     TaskProgress(
-                        **results.ids(attempt.assign), tokens=meter.tokens, tok_s=meter.tok_s()
+                        **results.ids(attempt.assign), tokens=meter.tokens, tok_s=meter.tok_s(now)
                     )
                 )
 
@@ -277,7 +278,12 @@ class Attempts:
         self.meters.remove(attempt.id)
         a = attempt.assign
         limits = self.config.policy.limits_for(a.task_class)
-        self._end(a, results.result(a, attempt.meter, outcome, why=attempt.why, limits=limits))
+        self._end(
+            a,
+            results.result(
+                a, attempt.meter, outcome, now=self.clock(), why=attempt.why, limits=limits
+            ),
+        )
 
     def _end(self, a: TaskAssign, msg: Message) -> None:
         self._recent.add(a.attempt_id, msg)

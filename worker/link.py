@@ -41,7 +41,7 @@ from llmo.proto.messages import Ack, Error, Message
 
 log = logging.getLogger("llmo.worker.link")
 
-UNDELIVERABLE = frozenset({ErrorCode.UNKNOWN_DESTINATION.value, ErrorCode.DESTINATION_BUSY.value})
+UNDELIVERABLE = frozenset({ErrorCode.UNKNOWN_DESTINATION, ErrorCode.DESTINATION_BUSY})
 
 
 @dataclass(slots=True, eq=False)

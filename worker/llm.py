@@ -207,10 +207,15 @@ class Runtime:
 
     ``state`` and ``model`` are what heartbeats report; ``post`` receives a
     ``RuntimeEvent`` (on the runtime's thread) whenever a transition ends.
+    ``clock`` times loads and generations (the worker's clock: meters' busy
+    time is read against it).
     """
 
-    def __init__(self, post: Callable[[RuntimeEvent], None]) -> None:
+    def __init__(
+        self, post: Callable[[RuntimeEvent], None], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.post = post
+        self.clock = clock
         self.state: ModelState = "cold"
         self.spec: LoadSpec | None = None  # the model loaded, or being loaded
         self.load_s = 0.0
@@ -269,7 +274,7 @@ class Runtime:
         self._closing = False
         self.state = "loading"
         self.spec = spec
-        started = time.monotonic()
+        started = self.clock()
         reason = check_gguf(spec.path)
         llm = None
         if reason is None:
@@ -282,7 +287,7 @@ class Runtime:
                     with contextlib.suppress(Exception):
                         llm.close()
                 llm = None
-        load_s = round(time.monotonic() - started, 3)
+        load_s = round(self.clock() - started, 3)
         if reason is not None:
             log.warning("model load failed: %s", reason)
             if self._pending <= 1:  # no other load queued behind this one
@@ -347,22 +352,22 @@ class Runtime:
     @contextlib.contextmanager
     def generate(self, meter: Meter | None, wait_s: float = 3600.0) -> Iterator[Generation]:
         """Hold the model for one request; its tokens count towards ``meter``."""
-        deadline = time.monotonic() + wait_s
+        deadline = self.clock() + wait_s
         while not self._lock.acquire(timeout=0.2):
-            if (meter is not None and meter.cancelled) or time.monotonic() > deadline:
+            if (meter is not None and meter.cancelled) or self.clock() > deadline:
                 raise Cancelled("the attempt ended while waiting for the model")
         try:
             if self._llm is None or self._closing:
                 raise NotHot("no model is loaded")
             current = self._current = Generation(llm=self._llm, meter=meter)
-            started = time.monotonic()
+            started = self.clock()
             if meter is not None:
                 meter.gen_started = started
             try:
                 yield current
             finally:
                 if meter is not None:
-                    meter.gen_s += time.monotonic() - started
+                    meter.gen_s += self.clock() - started
                     meter.gen_started = None
                 self._current = Generation()
         finally:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 
 
@@ -33,13 +32,14 @@ class Meter:
     llm: bool = False  # an llm/brain-class attempt (a fallback owner for keyless requests)
     tokens: int = 0
     gen_s: float = 0.0  # seconds spent generating, summed over requests
-    gen_started: float | None = None  # monotonic start of the request generating now
+    gen_started: float | None = None  # when the request generating now started
     cancelled: bool = False
 
-    def tok_s(self, now: float | None = None) -> float:
+    def tok_s(self, now: float) -> float:
+        """Tokens per second of generation, ``now`` on the clock of ``gen_started``."""
         busy = self.gen_s
         if self.gen_started is not None:
-            busy += (now if now is not None else time.monotonic()) - self.gen_started
+            busy += now - self.gen_started
         return round(self.tokens / busy, 2) if busy > 0 and self.tokens else 0.0
 
 

@@ -36,9 +36,9 @@ def failed(a: TaskAssign, reason: str, **fields: object) -> TaskFailed:
 
 
 def result(
-    a: TaskAssign, meter: Meter, out: Outcome, *, why: str, limits: Rlimits | None
+    a: TaskAssign, meter: Meter, out: Outcome, *, now: float, why: str, limits: Rlimits | None
 ) -> Message:
-    """The answer for an attempt that ended; ``why``: why the worker stopped it, if it did."""
+    """The answer for an attempt that ended at ``now``; ``why``: why the worker stopped it."""
     common = {
         "duration_s": out.duration_s,
         "peak_rss_mb": out.peak_rss_mb,
@@ -56,7 +56,7 @@ def result(
             **common,
         )
     if out.exit_code == 0:
-        return TaskDone(**ids(a), exit_code=0, tok_s=meter.tok_s(), **common)
+        return TaskDone(**ids(a), exit_code=0, tok_s=meter.tok_s(now), **common)
     if out.exit_code == EXIT_RETRY_LATER:
         return failed(
             a,

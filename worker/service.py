@@ -98,10 +98,10 @@ class Worker:
         self.vram_total_mb = self.telemetry.vram_total_mb()
         self.budget_mb = config.budget(self.vram_total_mb)
         self.inbox = Inbox()
-        self.runtime = Runtime(post=self.inbox.put)
+        self.runtime = Runtime(post=self.inbox.put, clock=clock)
         self.meters = Meters()
         self.api = ApiServer(self.runtime, self.meters).start()
-        self.client = Client(config.name, endpoint, context=context)
+        self.client = Client(config.name, endpoint, context=context, monotonic=clock)
         self.monitor = self.client.socket.get_monitor_socket(MONITOR_EVENTS)
         self.link = Link(
             self.client.send,

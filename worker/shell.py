@@ -37,7 +37,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from llmo.proto.messages import TaskAssign
@@ -100,12 +100,19 @@ class Outcome:
 
 
 class ShellAttempt:
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: str, log_offset: int) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        log_path: str,
+        log_offset: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.proc = proc
         self.pid = proc.pid
         self.log_path = log_path
         self.log_offset = log_offset
-        self.started = time.monotonic()
+        self.clock = clock
+        self.started = clock()
         self.stopped = ""
         self.terminated_at: float | None = None
         self.peak_kb = 0
@@ -125,6 +132,7 @@ class ShellAttempt:
         log_path: str,
         header: str = "",
         rlimits: Rlimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> ShellAttempt:
         if not os.path.isdir(cwd):
             raise SpawnError(f"batch folder {cwd} does not exist or is not a folder")
@@ -155,7 +163,7 @@ class ShellAttempt:
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
                 # ValueError: a NUL byte, or an environment name holding "=".
                 raise SpawnError(f"cannot start /bin/sh in {cwd}: {exc}") from None
-        return cls(proc, log_path, offset)
+        return cls(proc, log_path, offset, clock)
 
     # --- state -------------------------------------------------------------------------
 
@@ -172,14 +180,14 @@ class ShellAttempt:
         return info is not None and info.si_pid == self.pid
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock() - self.started
 
     # --- signals ------------------------------------------------------------------------
 
     def terminate(self) -> None:
         """Abort: SIGTERM to the group. A second abort does not re-arm anything."""
         if self.terminated_at is None:
-            self.terminated_at = time.monotonic()
+            self.terminated_at = self.clock()
             self.stopped = self.stopped or "aborted"
         _signal_group(self.pid, signal.SIGTERM)
 
@@ -187,7 +195,7 @@ class ShellAttempt:
         """Kill: SIGKILL to the group and to any stray in the task's session."""
         self.stopped = "killed"
         if self.terminated_at is None:
-            self.terminated_at = time.monotonic()
+            self.terminated_at = self.clock()
         _signal_group(self.pid, signal.SIGKILL)
         for pid in session_members(self.pid):
             with contextlib.suppress(OSError):
