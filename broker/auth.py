@@ -48,7 +48,7 @@ _HANDSHAKE_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 # Handshake failures before ZAP: what they mean for an operator, and the counter.
-_PROTOCOL_REASONS = {
+_PROTOCOL_REASONS: dict[int, tuple[str, str]] = {
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: (
         "curve_no_key",
         "a client without CurveZMQ keys tried to connect",

@@ -165,7 +165,8 @@ class Broker:
                         key_name = None
                     else:  # the frames carry the name of the key their peer connected with
                         parts = router.recv_multipart(copy=False)
-                        key_name = parts[-1].get("User-Id")
+                        user = parts[-1].get("User-Id")
+                        key_name = user if isinstance(user, str) else None
                         frames = [part.bytes for part in parts]
                 except zmq.Again:
                     pass

@@ -142,19 +142,20 @@ class Supervisor:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to one child's process group (used by fault tests)."""
-        child = self.children[name]
-        if child.running:
-            os.killpg(child.process.pid, sig)
+        process = self.children[name].process
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, sig)
 
     def stop(self, timeout: float = 10.0, order: list[str] | None = None) -> None:
         """SIGTERM every child's group (in ``order``, others last), then SIGKILL stragglers."""
         names = list(order or []) + [n for n in self.children if n not in (order or [])]
         for name in names:
             child = self.children.get(name)
-            if child is None or not child.running:
+            process = child.process if child is not None else None
+            if process is None or process.poll() is not None:
                 continue
             try:
-                os.killpg(child.process.pid, signal.SIGTERM)
+                os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + timeout

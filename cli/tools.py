@@ -75,6 +75,6 @@ def open_session(args: argparse.Namespace, kind: str) -> Session:
     return Session(endpoints=endpoints, client=client, timeout=args.timeout)
 
 
-def fail(command: str, error: Exception, code: int = 1) -> int:
+def fail(command: str, error: Exception | str, code: int = 1) -> int:
     print(f"llmo {command}: {error}", file=sys.stderr)
     return code

@@ -73,8 +73,8 @@ class BatchView:
         elif event.state:
             self.state = event.state
             counts = event.detail.get("counts")
-            final = event.event.startswith("batch_") and isinstance(counts, dict)
-            if final and self.batch is not None:
+            final = event.event.startswith("batch_")
+            if final and isinstance(counts, dict) and self.batch is not None:
                 self.batch = replace(self.batch, counts=counts)
 
     def progress(self, msg: TaskProgress, now: float) -> None:

@@ -25,6 +25,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -45,7 +46,7 @@ class Client:
         name: str,
         endpoint: str,
         *,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         heartbeat_interval: float = 1.0,
         heartbeat: Callable[[], Message] | None = None,
         clock: Callable[[], float] = time.time,

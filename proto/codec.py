@@ -173,7 +173,7 @@ def _compile(annotation: Any) -> Check:
             return out
 
         return check_dict
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         build = _record_builder(annotation)
 
         def check_record(value: Any) -> Any:
@@ -228,7 +228,9 @@ class _Missing(Exception):
         return ProtocolError(ErrorCode.MISSING_FIELD, f"{place}: missing field {self.name!r}")
 
 
-_BUILDERS = {msg_type: _record_builder(cls) for msg_type, cls in MESSAGE_CLASSES.items()}
+_BUILDERS: dict[MsgType, Callable[[dict[str, Any]], Message]] = {
+    msg_type: _record_builder(cls) for msg_type, cls in MESSAGE_CLASSES.items()
+}
 
 
 # --- encode -------------------------------------------------------------------------
@@ -275,7 +277,8 @@ def to_dict(msg: Message) -> dict[str, Any]:
 
 def encode(msg: Message) -> bytes:
     """One msgpack map for one ZeroMQ frame."""
-    return msgpack.packb(to_dict(msg), use_bin_type=True)
+    data: bytes = msgpack.packb(to_dict(msg), use_bin_type=True)
+    return data
 
 
 # --- decode ---------------------------------------------------------------------
@@ -340,7 +343,7 @@ def _envelope(obj: dict[str, Any]) -> Envelope:
             bad = _Bad(f"a string of at most {MAX_NAME_LEN} characters", value)
             raise bad.error(f"{raw_type}.{key}")
     ts = obj.get("ts")
-    if type(ts) not in (int, float):
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
         if ts is None:
             raise ProtocolError(ErrorCode.MISSING_FIELD, f"{raw_type}: missing field 'ts'")
         raise _Bad("a number", ts).error(f"{raw_type}.ts")

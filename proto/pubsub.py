@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
@@ -48,7 +49,7 @@ class Subscriber:
         self,
         endpoint: str,
         topics: tuple[bytes, ...] = (b"",),
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         keys: ClientKeys | None = None,
     ) -> None:
         self.context = context or zmq.Context.instance()

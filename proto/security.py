@@ -35,6 +35,7 @@ import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -172,7 +173,7 @@ class ServerKeys:
             raise SecurityError(f"no allow-list folder {clients} (run `llmo keys generate`)")
         return cls(public=public, secret=secret, clients_dir=clients)
 
-    def apply(self, socket: zmq.Socket) -> None:
+    def apply(self, socket: zmq.Socket[Any]) -> None:
         socket.curve_secretkey = self.secret
         socket.curve_publickey = self.public
         socket.curve_server = True
@@ -203,7 +204,7 @@ class ClientKeys:
         server, _ = _read_certificate(server_path)
         return cls(name=name, public=public, secret=secret, server=server)
 
-    def apply(self, socket: zmq.Socket) -> None:
+    def apply(self, socket: zmq.Socket[Any]) -> None:
         socket.curve_secretkey = self.secret
         socket.curve_publickey = self.public
         socket.curve_serverkey = self.server
@@ -235,7 +236,7 @@ def process_keys() -> ClientKeys | None:
     return _env_keys[1]
 
 
-def secure_client(socket: zmq.Socket, keys: ClientKeys | None) -> ClientKeys | None:
+def secure_client(socket: zmq.Socket[Any], keys: ClientKeys | None) -> ClientKeys | None:
     """Give ``socket`` the keys (or the process's); call before ``connect``."""
     keys = keys if keys is not None else process_keys()
     if keys is not None:

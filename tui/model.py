@@ -47,7 +47,7 @@ from llmo.proto.messages import (
     Telemetry,
     WorkerInfo,
 )
-from llmo.proto.states import TASK_TERMINAL
+from llmo.proto.states import TASK_TERMINAL, GoalState
 from llmo.tui.rows import (
     EVENT_LEVELS,
     EVENTS_KEPT,
@@ -86,7 +86,7 @@ def _telemetry_from(gauges: GpuGauges, gpus: tuple[int, ...]) -> Telemetry:
     return Telemetry(gpu_available=True, gpus=(reading,))
 
 
-_GOAL_ENDS = {"goal_reached": "reached", "goal_exhausted": "exhausted"}
+_GOAL_ENDS: dict[str, GoalState] = {"goal_reached": "reached", "goal_exhausted": "exhausted"}
 _GOAL_FIGURES = {"succeeded": "succeeded", "tried": "tried", "cap": "cap"}
 _GOAL_FIGURES |= {"rounds": "rounds", "round": "rounds"}
 
@@ -174,9 +174,9 @@ class Model:
         old_batches = self.batches
         self.batches = {}
         for b in reply.batches:
-            row = old_batches.get(b.id) or BatchRow(id=b.id)
-            self._batch_from(row, b)
-            self.batches[row.id] = row
+            batch_row = old_batches.get(b.id) or BatchRow(id=b.id)
+            self._batch_from(batch_row, b)
+            self.batches[batch_row.id] = batch_row
         old_tasks = self.tasks
         self.tasks = self._tasks_from(reply.tasks)
         selected = self.selected_batch

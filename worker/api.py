@@ -52,8 +52,8 @@ _COMMON = (
     "repeat_penalty",
     "logit_bias",
 )
-COMPLETION_FIELDS = (*_COMMON, "prompt", "suffix", "echo", "logprobs")
-CHAT_FIELDS = (
+COMPLETION_FIELDS: tuple[str, ...] = (*_COMMON, "prompt", "suffix", "echo", "logprobs")
+CHAT_FIELDS: tuple[str, ...] = (
     *_COMMON,
     "messages",
     "response_format",

@@ -134,7 +134,7 @@ def _model_params(extra_bufts: bool) -> Iterator[None]:
     import llama_cpp.llama as high
 
     low = high.llama_cpp
-    if "use_extra_bufts" not in {name for name, _ in low.llama_model_params._fields_}:
+    if "use_extra_bufts" not in {field[0] for field in low.llama_model_params._fields_}:
         yield
         return
     with _PARAMS_LOCK:

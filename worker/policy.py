@@ -264,9 +264,9 @@ class _Reader:
             if depth < MAX_DEPTH:
                 for word in raw_words:
                     if CODE_CHARS & set(word):
-                        why = self.read(word, cwd, depth + 1)
-                        if why:
-                            return why
+                        inner = self.read(word, cwd, depth + 1)
+                        if inner:
+                            return inner
         return None
 
     def change_dir(self, args: list[str], cwd: str | None) -> str | None:

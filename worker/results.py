@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import signal
+from typing import TypedDict
 
 from llmo.proto.messages import BRAIN, Message, TaskAssign, TaskDone, TaskFailed, TaskStarted
 from llmo.proto.vocab import EXIT_RETRY_LATER
@@ -23,7 +24,25 @@ from llmo.worker.shell import Outcome
 REMEMBERED = 1000
 
 
-def ids(a: TaskAssign) -> dict[str, str]:
+class Ids(TypedDict):
+    """The fields that address a result to the attempt it answers."""
+
+    dst: str
+    batch_id: str
+    task_id: str
+    attempt_id: str
+
+
+class Measured(TypedDict):
+    """What every result of a finished process reports, whatever its end."""
+
+    duration_s: float
+    peak_rss_mb: float
+    tokens: int
+    log_tail: str
+
+
+def ids(a: TaskAssign) -> Ids:
     return {"dst": BRAIN, "batch_id": a.batch_id, "task_id": a.task_id, "attempt_id": a.attempt_id}
 
 
@@ -39,12 +58,12 @@ def result(
     a: TaskAssign, meter: Meter, out: Outcome, *, now: float, why: str, limits: Rlimits | None
 ) -> Message:
     """The answer for an attempt that ended at ``now``; ``why``: why the worker stopped it."""
-    common = {
-        "duration_s": out.duration_s,
-        "peak_rss_mb": out.peak_rss_mb,
-        "tokens": meter.tokens,
-        "log_tail": out.log_tail,
-    }
+    common = Measured(
+        duration_s=out.duration_s,
+        peak_rss_mb=out.peak_rss_mb,
+        tokens=meter.tokens,
+        log_tail=out.log_tail,
+    )
     if out.stopped:
         how = f"exit code {out.exit_code}" if out.signal is None else f"signal {out.signal}"
         return failed(

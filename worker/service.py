@@ -404,12 +404,14 @@ class Worker:
             self._running = False
 
     def _close(self) -> None:
+        ledger = self.attempts.ledger
         for attempt in list(self.attempts.running.values()):
-            if attempt.shell is not None:  # no orphans, even when the loop dies
-                attempt.shell.kill()
-                attempt.shell.reap()
-                self.attempts.ledger.remove(attempt.shell.pid)
-        self.attempts.ledger.discard()
+            attempt.shell.kill()  # no orphans, even when the loop dies
+            attempt.shell.reap()
+            if ledger is not None:
+                ledger.remove(attempt.shell.pid)
+        if ledger is not None:
+            ledger.discard()
         self.runtime.shutdown()
         self.api.stop()
         close = getattr(self.telemetry, "close", None)

@@ -20,6 +20,7 @@ The NVML module is injectable so tests can drive the GPU path without a GPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import logging
 import os
@@ -95,7 +96,7 @@ class SystemTelemetry:
     def vram_total_mb(self) -> int:
         total = 0
         for _, handle in self._handles:
-            info = self._call(lambda h=handle: self._nvml.nvmlDeviceGetMemoryInfo(h))
+            info = self._call(functools.partial(self._nvml.nvmlDeviceGetMemoryInfo, handle))
             if info is not None:
                 total += int(info.total // MB)
         return total
