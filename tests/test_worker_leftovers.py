@@ -12,11 +12,11 @@ import pytest
 
 from llmo.proto.messages import Register, TaskAssign, TaskStarted
 from llmo.worker.leftovers import GroupLedger, start_time
+from tests.waiting import wait_until
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     alive,
     brain_factory,
     read_pid,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)

@@ -23,8 +23,7 @@ from llmo.proto.client import Client
 from llmo.proto.messages import BROKER, Heartbeat, Message, Telemetry
 from llmo.worker.config import WorkerConfig
 from llmo.worker.service import Worker
-
-WAIT_S = 15.0
+from tests.waiting import WAIT_S, wait_until
 
 
 class FakeBrain:
@@ -208,15 +207,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] != b"Z"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def read_pid(path: Path, timeout: float = WAIT_S) -> int:
