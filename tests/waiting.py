@@ -32,10 +32,15 @@ def wait_until(
 
 
 def wait_for(
-    predicate: Callable[[], T | None], timeout: float, what: str, *, poll_s: float = POLL_S
+    predicate: Callable[[], T | None],
+    timeout: float,
+    what: str | Callable[[], str],
+    *,
+    poll_s: float = POLL_S,
 ) -> T:
     """The first truthy value of ``predicate()``; after ``timeout`` seconds without
-    one, an ``AssertionError`` saying what was awaited."""
+    one, an ``AssertionError`` saying what was awaited. ``what`` may be a callable,
+    asked only then, for what is known at that time (the tail of a log)."""
     found: list[T] = []
 
     def holds() -> bool:
@@ -45,5 +50,6 @@ def wait_for(
         return bool(value)
 
     if not wait_until(holds, timeout, poll_s=poll_s):
-        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        said = what() if callable(what) else what
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {said}")
     return found[0]
