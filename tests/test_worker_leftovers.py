@@ -66,7 +66,7 @@ def test_successor_kills_the_tasks_a_killed_worker_left(running_broker, brain_fa
             child = read_pid(pidfile)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
-            time.sleep(0.5)
+            time.sleep(0.5)  # the window in which a child tied to the worker would die
             assert alive(child), "a task in its own session outlives a killed worker"
             second = start_worker(running_broker.endpoint, ledger, log)
             try:
