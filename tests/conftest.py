@@ -10,6 +10,7 @@ import zmq
 
 from llmo.broker.service import Broker
 from llmo.proto.client import Client
+from tests.waiting import WAIT_S, wait_for
 
 
 class RunningBroker:
@@ -25,6 +26,12 @@ class RunningBroker:
     @property
     def stats(self):
         return self.broker.stats
+
+    def wait_heard(self, name: str, timeout: float = WAIT_S) -> None:
+        """Wait until the broker has taken a heartbeat from ``name``: from then on
+        it can route to ``name``."""
+        heard = self.broker.liveness.last_seen
+        wait_for(lambda: name in heard, timeout, f"the broker to hear from {name}")
 
     def stop(self) -> None:
         self.broker.stop()

@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_for, wait_until
+
 REPO = Path(__file__).resolve().parent.parent
 E2E_PLANS = REPO / "tests" / "data" / "e2e"
 EXAMPLE_PLANS = REPO / "plans" / "examples"
@@ -187,13 +189,14 @@ class Rig:
         return pid
 
     def wait_restarted(self, name: str, old_pid: int, timeout: float = 20.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def restarted() -> int | None:
             pid = self.children().get(name)
-            if pid is not None and pid != old_pid:
-                return pid
-            time.sleep(0.1)
-        raise AssertionError(f"{name} was not restarted within {timeout} s\n{self.logs()}")
+            return pid if pid is not None and pid != old_pid else None
+
+        return wait_for(
+            restarted, timeout, lambda: f"{name} to be restarted\n{self.logs()}", poll_s=0.1
+        )
 
     def leftovers(self) -> list[str]:
         """Processes still alive that this rig started: its children or its tasks."""
@@ -218,9 +221,8 @@ class Rig:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
                 return [f"llmo up did not stop within {STOP_S} s", *self.leftovers()]
-        deadline = time.monotonic() + 5.0
-        while (left := self.leftovers()) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not self.leftovers(), 5.0, poll_s=0.1)
+        left = self.leftovers()
         for line in left:
             try:
                 os.kill(int(line.split()[0]), signal.SIGKILL)
@@ -293,16 +295,6 @@ def events_of(events: list[dict[str, Any]], name: str, task: str = "") -> list[d
     return [e for e in events if e["event"] == name and (not task or e.get("task_id") == task)]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def running_attempt(rig: Rig, plan: Path, task: str, timeout: float = 30.0) -> dict[str, Any]:
     """The task_started event of ``task``'s latest attempt, once it is running."""
 
@@ -317,7 +309,7 @@ def running_attempt(rig: Rig, plan: Path, task: str, timeout: float = 30.0) -> d
                 return hits[-1] | {"history": str(folder)}
         return None
 
-    return wait_for(started, timeout, f"{task} to start\n{rig.logs()}")
+    return wait_for(started, timeout, lambda: f"{task} to start\n{rig.logs()}")
 
 
 def _factory(root: Callable[[], Path]) -> Iterator[Callable[..., Rig]]:

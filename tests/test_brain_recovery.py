@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from llmo.broker.service import Broker
 from llmo.proto.client import Client
 from llmo.proto.messages import PlanAccepted, PlanSubmit, SnapshotReply, SnapshotRequest
 from tests.brain_fixtures import FakeWorker, plan_text
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -81,30 +81,33 @@ def test_brain_killed_mid_batch_finishes_after_restart(broker, tmp_path):
     workers = [FakeWorker(f"fw-{i}", endpoint, slots=2, run_s=0.15).start() for i in range(2)]
     tool = Client("submit-test", endpoint)
     try:
-        reply = None
-        deadline = time.monotonic() + 15
-        while not isinstance(reply, PlanAccepted) and time.monotonic() < deadline:
+
+        def accepted() -> PlanAccepted | None:
             reply = tool.request(PlanSubmit(dst="brain", plan_path=str(plan_dir)), timeout=1.0)
-            time.sleep(0.1)
-        assert isinstance(reply, PlanAccepted), reply
-        batch_id = reply.batch_id
-        while True:  # let a part of the batch run
+            return reply if isinstance(reply, PlanAccepted) else None
+
+        batch_id = wait_for(accepted, 15, "the brain to accept the plan").batch_id
+
+        def done_at_least(count: int) -> bool:
             snap = snapshot(tool, batch_id)
-            if snap and snap.batches[0].counts.get("done", 0) >= 8:
-                break
-            time.sleep(0.05)
-            assert time.monotonic() < deadline, "the batch did not progress"
+            return snap is not None and snap.batches[0].counts.get("done", 0) >= count
+
+        wait_for(lambda: done_at_least(8), 15, "a part of the batch to run")
         os.kill(brain.pid, signal.SIGKILL)
         brain.wait(5)
-        time.sleep(0.5)  # results pile up at the workers meanwhile
+        finished_before = sum(len(w.ran) for w in workers)
+        wait_for(
+            lambda: sum(len(w.ran) for w in workers) > finished_before,
+            10,
+            "a result to pile up at the workers while the brain is down",
+        )
         brain = start_brain(endpoint, journal, log)
-        deadline = time.monotonic() + 40
-        while True:
+
+        def ended() -> SnapshotReply | None:
             snap = snapshot(tool, batch_id)
-            if snap and snap.batches[0].state != "running":
-                break
-            time.sleep(0.1)
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            return snap if snap and snap.batches[0].state != "running" else None
+
+        snap = wait_for(ended, 40, lambda: f"the batch to end\n{log.read_text()[-3000:]}")
         assert snap.batches[0].state == "complete", snap.batches[0]
         assert snap.batches[0].counts == {"done": n + 1}
         history = plan_dir / "history" / batch_id

@@ -4,9 +4,12 @@ Each capture is a real journal file (``*.capture``: ``*.journal`` is
 git-ignored) and the decision trace it gave when it was recorded
 (``*.trace``, what ``llmo replay`` prints). A change
 to the core that alters any decision shows up here as a diff of readable
-lines. After an intended change, regenerate with::
+lines. A missing capture or trace fails the test: it is never recorded
+silently. After an intended change, and only then, regenerate both with::
 
-    LLMO_REGEN=1 .venv/bin/python -m pytest tests/test_brain_replay.py
+    LLMO_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_brain_replay.py
+
+and review the diff of ``tests/data/brain/`` before committing it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tests.brain_fixtures import Rig, plan_text
 pytestmark = pytest.mark.timeout(60)
 
 DATA = Path(__file__).parent / "data" / "brain"
+REGENERATE = "LLMO_REGENERATE_GOLDEN"
 
 
 def scenario_mixed(rig: Rig) -> None:
@@ -65,10 +69,10 @@ def scenario_mixed(rig: Rig) -> None:
 SCENARIOS = {"mixed": scenario_mixed}
 
 
-def record(name: str) -> tuple[Path, Path]:
+def record(name: str, data: Path = DATA) -> tuple[Path, Path]:
     rig = Rig()
     SCENARIOS[name](rig)
-    journal_path = DATA / f"{name}.capture"
+    journal_path = data / f"{name}.capture"
     for suffix in ("", ".snap"):
         if Path(str(journal_path) + suffix).exists():
             os.remove(str(journal_path) + suffix)
@@ -78,24 +82,44 @@ def record(name: str) -> tuple[Path, Path]:
         raw = encode(event.msg) if hasattr(event, "msg") else None
         journal.append(now, event, raw)
     journal.close()
-    trace_path = DATA / f"{name}.trace"
+    trace_path = data / f"{name}.trace"
     trace_path.write_text("\n".join(replay_lines(str(journal_path))) + "\n")
     return journal_path, trace_path
 
 
+def golden(name: str, data: Path = DATA) -> tuple[Path, Path]:
+    """The capture and trace of scenario ``name``, recorded anew only when
+    ``LLMO_REGENERATE_GOLDEN=1``; a missing one fails the test."""
+    if os.environ.get(REGENERATE) == "1":
+        data.mkdir(parents=True, exist_ok=True)
+        return record(name, data)
+    paths = data / f"{name}.capture", data / f"{name}.trace"
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"golden capture missing: {', '.join(missing)}; if the scenario is new, "
+            f"record it with {REGENERATE}=1 (see tests/test_brain_replay.py)"
+        )
+    return paths
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_capture_replays_to_the_recorded_decisions(name):
-    journal_path = DATA / f"{name}.capture"
-    trace_path = DATA / f"{name}.trace"
-    if os.environ.get("LLMO_REGEN") or not journal_path.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
-        record(name)
+    journal_path, trace_path = golden(name)
     expected = trace_path.read_text().splitlines()
     assert list(replay_lines(str(journal_path))) == expected
 
 
+def test_a_missing_capture_fails_and_is_not_recorded(tmp_path, monkeypatch):
+    monkeypatch.delenv(REGENERATE, raising=False)
+    with pytest.raises(pytest.fail.Exception, match="golden capture missing"):
+        golden("mixed", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_capture_covers_the_rules():
-    text = (DATA / "mixed.trace").read_text()
+    _, trace_path = golden("mixed")
+    text = trace_path.read_text()
     for needle in (
         "event task_retried",  # exit 1 and exit 75
         "exit_code=75",
@@ -110,7 +134,8 @@ def test_the_capture_covers_the_rules():
 
 
 def test_llmo_replay_prints_the_trace(capsys):
-    assert main(["replay", str(DATA / "mixed.capture"), "--quiet-ticks"]) == 0
+    journal_path, _ = golden("mixed")
+    assert main(["replay", str(journal_path), "--quiet-ticks"]) == 0
     out = capsys.readouterr().out
     assert "recv plan.submit" in out and "send task.assign" in out
     assert "+0.000 tick" not in out

@@ -26,6 +26,7 @@ from llmo.proto import (
 )
 from llmo.proto.messages import Error
 from llmo.proto.pubsub import Subscriber, topic
+from tests.waiting import WAIT_S, wait_for
 
 
 def started(task: str = "t1") -> TaskStarted:
@@ -62,6 +63,33 @@ def wait_routable(sender, receiver_name: str, timeout: float = 5.0) -> None:
     raise AssertionError(f"{receiver_name} never became routable")
 
 
+def subscribed(sender, *subs: Subscriber, timeout: float = WAIT_S) -> None:
+    """Wait until every one of ``subs`` gets ``sender``'s heartbeats through the broker.
+
+    A SUB misses what is published before its subscription reaches the PUB
+    socket, so ``sender`` heartbeats numbered probes until each subscriber has
+    read the latest: none is then left in flight, and the test starts clean.
+    Later reads see only what the test sends after this.
+    """
+
+    def reads_up_to(sub: Subscriber, mark: str) -> bool:
+        while (published := sub.recv(timeout=0.05)) is not None:
+            if getattr(published.message, "model", None) == mark:
+                return True
+        return False
+
+    probe = 0
+
+    def all_read_a_fresh_probe() -> bool:
+        nonlocal probe
+        probe += 1
+        mark = f"probe-{probe}"
+        sender.send(Heartbeat(dst=BROKER, model=mark))
+        return all([reads_up_to(sub, mark) for sub in subs])
+
+    wait_for(all_read_a_fresh_probe, timeout, "the subscriptions to reach the broker", poll_s=0)
+
+
 def drain(client, timeout=0.3):
     out = []
     while (msg := client.recv(timeout)) is not None:
@@ -73,15 +101,13 @@ def test_two_actors_exchange_messages(running_broker, client_factory):
     a = client_factory("gpu-1", running_broker.endpoint)
     b = client_factory("gpu-2", running_broker.endpoint)
     b.send(Heartbeat(dst=BROKER))  # b's first message makes its route known
-    time.sleep(0.2)
+    running_broker.wait_heard("gpu-2")
     sent = a.send(started())
     got = b.recv(timeout=5)
     assert got == sent
     reply = b.send(TaskStarted(dst="gpu-1", batch_id="b1", task_id="back", attempt_id="a2"))
     assert a.recv(timeout=5) == reply
-    deadline = time.monotonic() + 5
-    while running_broker.stats.routed < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: running_broker.stats.routed >= 2, 5, "the broker to count both messages")
     assert running_broker.stats.routed == 2
 
 
@@ -148,9 +174,11 @@ def test_malformed_flood_then_valid_message_still_routes(
     while got is not None and not isinstance(got, TaskStarted):
         got = receiver.recv(timeout=60)
     assert got == sent
-    deadline = time.monotonic() + 60
-    while sum(running_broker.stats.refused.values()) < 10_001 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(
+        lambda: sum(running_broker.stats.refused.values()) >= 10_001,
+        60,
+        "the broker to count every refusal",
+    )
     refused = running_broker.stats.refused
     assert sum(refused.values()) == 10_001
     assert refused[ErrorCode.TOO_LARGE] == 1
@@ -198,7 +226,7 @@ def test_sub_receives_heartbeats_filtered_by_topic(running_broker, client_factor
     try:
         gpu1 = client_factory("gpu-1", running_broker.endpoint)
         gpu10 = client_factory("gpu-10", running_broker.endpoint)
-        time.sleep(0.3)  # let the subscriptions reach the PUB socket
+        subscribed(gpu1, only_gpu1, every)
         for _ in range(3):
             gpu1.send(Heartbeat(dst=BROKER, role="worker", state="hot", tok_s=22.5))
             gpu10.send(Heartbeat(dst=BROKER, role="worker", state="cold"))
@@ -224,11 +252,11 @@ def test_sequence_gap_is_reported(running_broker, client_factory):
     try:
         gpu1 = client_factory("gpu-1", running_broker.endpoint)
         gpu2 = client_factory("gpu-2", running_broker.endpoint)
-        time.sleep(0.3)
+        subscribed(gpu1, sub)
         gpu1.send(Heartbeat(dst=BROKER))
         first = sub.recv(timeout=2)
         gpu2.send(Heartbeat(dst=BROKER))  # published, but filtered out by the topic
-        time.sleep(0.1)
+        running_broker.wait_heard("gpu-2")  # so it is published before what gpu-1 sends next
         gpu1.send(Heartbeat(dst=BROKER))
         second = sub.recv(timeout=2)
         assert first.gap == 0 and second.gap >= 1
@@ -240,10 +268,12 @@ def test_handover_to_a_restarted_actor(running_broker, client_factory):
     sender = client_factory("brain", running_broker.endpoint)
     old = client_factory("gpu-1", running_broker.endpoint)
     old.send(Heartbeat(dst=BROKER))
-    time.sleep(0.2)
+    running_broker.wait_heard("gpu-1")
+    heard = running_broker.broker.liveness.last_seen
+    old_heard_at = heard["gpu-1"]
     new = client_factory("gpu-1", running_broker.endpoint)  # restarted under the same name
     new.send(Heartbeat(dst=BROKER))
-    time.sleep(0.2)
+    wait_for(lambda: heard["gpu-1"] != old_heard_at, 5, "the restarted gpu-1's heartbeat")
     sent = sender.send(TaskStarted(dst="gpu-1", batch_id="b", task_id="t", attempt_id="a"))
     assert new.recv(timeout=5) == sent
     assert old.recv(timeout=0.3) is None

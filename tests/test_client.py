@@ -40,7 +40,7 @@ def test_request_returns_the_reply_and_keeps_the_rest(running_broker, client_fac
     tool = client_factory("tool-1", running_broker.endpoint)
     peer = client_factory("brain", running_broker.endpoint)
     peer.send(Heartbeat(dst=BROKER))
-    time.sleep(0.2)
+    running_broker.wait_heard("brain")
     # The peer answers the request, but first sends something unrelated.
     request = tool.stamp(SnapshotRequest(dst="brain"))
     tool.socket.send(encode(request))
@@ -59,7 +59,7 @@ def test_request_times_out_without_a_reply(running_broker, client_factory):
     tool = client_factory("tool-1", running_broker.endpoint)
     peer = client_factory("brain", running_broker.endpoint)
     peer.send(Heartbeat(dst=BROKER))
-    time.sleep(0.2)
+    running_broker.wait_heard("brain")
     started = time.monotonic()
     assert tool.request(SnapshotRequest(dst="brain"), timeout=0.3) is None
     assert time.monotonic() - started >= 0.3

@@ -23,8 +23,8 @@ from tests.e2e_fixtures import (
     one_test,
     rig_factory,
     running_attempt,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 __all__ = ["module_rig_factory", "rig_factory"]
 

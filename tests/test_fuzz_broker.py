@@ -40,6 +40,7 @@ from llmo.proto.messages import (
 from tests.conftest import RunningBroker
 from tests.strategies import json_values, messages
 from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,12 +77,7 @@ class Link:
         return self.running.stats
 
     def settle(self, done, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if done():
-                return True
-            time.sleep(0.002)
-        return done()
+        return wait_until(done, timeout, poll_s=0.002)
 
     def drain(self, sock: zmq.Socket, expected: int = 0, timeout: float = 10.0) -> list[bytes]:
         """What ``sock`` received: at least ``expected`` messages (waiting up to

@@ -19,6 +19,7 @@ from llmo.proto import BROKER, Heartbeat, TaskStarted, encode
 from llmo.proto.messages import BRAIN
 from llmo.proto.pubsub import Subscriber, topic
 from llmo.proto.security import ClientKeys, ServerKeys, curve_available, generate
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not curve_available(), reason="libzmq built without CURVE")
 
@@ -88,15 +89,6 @@ def nothing_arrives(intruder, brain, seconds: float = 1.0) -> None:
         assert intruder.recv(timeout=0.05) is None, "the broker answered an unauthorised peer"
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 # --- known keys ---------------------------------------------------------------------------
 
 
@@ -133,7 +125,7 @@ def test_an_unknown_key_gets_nothing_through_and_is_logged(
     intruder = client_factory("gpu-9", curve_broker.endpoint, keys=stranger)
     nothing_arrives(intruder, brain)
     assert curve_broker.stats.routed == routed
-    assert wait_for(lambda: curve_broker.stats.refused["curve_unknown_key"] >= 1)
+    assert wait_until(lambda: curve_broker.stats.refused["curve_unknown_key"] >= 1)
     refusals = [r.getMessage() for r in caplog.records if "not in the allow-list" in r.getMessage()]
     assert refusals, "the broker did not log the refused key"
     assert stranger.public.decode() in refusals[0] and "127.0.0.1" in refusals[0]
@@ -154,11 +146,11 @@ def test_a_client_without_keys_gets_nothing_through_and_is_logged(
     while curve_broker.stats.refused["curve_no_key"] < 1 and time.monotonic() < deadline:
         retry = client_factory("gpu-9", curve_broker.endpoint)
         try_send(retry, started(marker="from-intruder"))
-        wait_for(lambda: curve_broker.stats.refused["curve_no_key"] >= 1, timeout=1)
+        wait_until(lambda: curve_broker.stats.refused["curve_no_key"] >= 1, timeout=1)
     refused = dict(curve_broker.stats.refused)
     assert refused.get("curve_no_key", 0) >= 1, refused
     assert curve_broker.stats.routed == routed
-    assert wait_for(
+    assert wait_until(
         lambda: any("without CurveZMQ keys" in r.getMessage() for r in caplog.records), timeout=20
     )
 
@@ -172,7 +164,7 @@ def test_a_client_with_the_wrong_broker_key_is_refused(
     keys = ClientKeys(name="pi", public=own.public, secret=own.secret, server=wrong_server)
     intruder = client_factory("submit-2", curve_broker.endpoint, keys=keys)
     nothing_arrives(intruder, brain)
-    assert wait_for(lambda: curve_broker.stats.refused["curve_bad_handshake"] >= 1)
+    assert wait_until(lambda: curve_broker.stats.refused["curve_bad_handshake"] >= 1)
     assert any("handshake" in r.getMessage() for r in caplog.records)
 
 
@@ -203,7 +195,7 @@ def test_removing_a_key_from_the_allow_list_revokes_it(
     (keys_dir / "clients" / "pi.key").unlink()
     late = client_factory("submit-3", curve_broker.endpoint, keys=keys)
     nothing_arrives(late, brain)
-    assert wait_for(lambda: curve_broker.stats.refused["curve_unknown_key"] >= 1)
+    assert wait_until(lambda: curve_broker.stats.refused["curve_unknown_key"] >= 1)
 
 
 # --- the wire ------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-import time
 
 from llmo.cli.supervisor import RestartPolicy, Supervisor
+from tests.waiting import wait_for
 
 
 def test_policy_backs_off_and_gives_up_after_six_in_five_minutes():
@@ -30,11 +30,12 @@ def test_crashing_child_is_restarted_then_left_stopped(tmp_path):
         [sys.executable, "-c", "print('up'); raise SystemExit(3)"],
         tmp_path / "crasher.log",
     )
-    deadline = time.monotonic() + 30
-    while not child.given_up and time.monotonic() < deadline:
+
+    def given_up() -> bool:
         sup.poll()
-        time.sleep(0.01)
-    assert child.given_up
+        return child.given_up
+
+    wait_for(given_up, 30, "the supervisor to give up on the crasher", poll_s=0.01)
     assert child.exit_codes == [3, 3, 3, 3]
     assert len(child.restarts) == 3
     assert "leaving it stopped" in said[-1] and "crasher.log" in said[-1]
@@ -51,16 +52,11 @@ def test_stop_terminates_the_whole_group(tmp_path):
         "time.sleep(60)\n"
     )
     child = sup.add("stubborn", [sys.executable, "-c", script], tmp_path / "stubborn.log")
-    deadline = time.monotonic() + 10
-    while not (tmp_path / "stubborn.log").read_text().strip() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    grandchild = int((tmp_path / "stubborn.log").read_text().split()[0])
+    log = tmp_path / "stubborn.log"
+    grandchild = int(wait_for(lambda: log.read_text().split(), 10, "the grandchild's pid")[0])
     sup.stop(timeout=1.0)
     assert not child.running
-    deadline = time.monotonic() + 5
-    while _alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(grandchild)
+    wait_for(lambda: not _alive(grandchild), 5, f"the grandchild {grandchild} to stop")
 
 
 def _alive(pid: int) -> bool:
@@ -91,7 +87,4 @@ def test_children_stop_when_the_supervisor_is_killed(tmp_path):
         assert _alive(child)
         up.send_signal(sig.SIGKILL)
         up.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    wait_for(lambda: not _alive(child), 10, f"the supervised child {child} to stop")

@@ -11,7 +11,7 @@ import pytest
 
 from llmo.broker.service import Broker
 from llmo.proto.endpoints import Endpoints
-from llmo.proto.messages import BRAIN, BatchCancel
+from llmo.proto.messages import BRAIN, BatchCancel, SnapshotRequest
 from llmo.tui.feed import Feed
 from llmo.tui.model import Model
 from llmo.tui.updates import Update
@@ -82,13 +82,14 @@ def rig_state(rig: FakeRig) -> None:
 def setup(broker_factory):
     made: list = []
 
-    def make(*, brain: bool = True, take: bool = True, **kw):
+    def make(*, brain: bool = True, answering: bool = True, take: bool = True, **kw):
         broker = broker_factory(interval=0.2)
         endpoints = Endpoints(broker.endpoint, broker.pub_endpoint)
         rig = None
         if brain:
             rig = FakeRig(broker.endpoint, workers=("gpu-1", "gpu-2"))
             rig_state(rig)
+            rig.answering = answering
             made.append(rig)
         harness = Harness(endpoints, take=take, **kw)
         made.append(harness)
@@ -119,7 +120,7 @@ def test_heartbeats_are_coalesced_while_the_app_is_busy(setup):
     for i in range(100):
         rig.event("B", "task_noted", f"t{i}", "ready")
     rig.flush()
-    time.sleep(0.5)
+    time.sleep(0.5)  # the window in which no second update may be posted
     assert h.updates.empty(), "a second update was posted before the app took the first"
     h.feed.taken()
     merged: list[Update] = []
@@ -199,9 +200,8 @@ def test_a_dropped_link_shows_since_when_and_recovers_with_a_fresh_snapshot(setu
 
 
 def test_stopping_does_not_wait_for_an_unanswered_request(setup):
-    _, rig, h = setup(snapshot_timeout_s=5.0)
-    rig.answering = False
-    time.sleep(0.3)  # the first snapshot request is out and unanswered
+    _, rig, h = setup(answering=False, snapshot_timeout_s=5.0)
+    rig.wait_for(SnapshotRequest)  # the first snapshot request is out and unanswered
     started = time.monotonic()
     h.close()
     # Waiting for the request would take its whole 5 s timeout.

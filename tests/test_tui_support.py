@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -41,6 +40,7 @@ from llmo.proto.messages import (
     WorkerDrain,
     WorkerInfo,
 )
+from tests.waiting import wait_for
 
 CONTROL = (BatchCancel, WorkerDrain, ModelLoad, ModelUnload)
 
@@ -173,14 +173,12 @@ class FakeRig:
         self._queue.put(lambda: self.clients[worker].send(msg))
 
     def wait_for(self, kind: type, timeout: float = 5.0) -> Message:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def received() -> Message | None:
             with self._lock:
-                for msg in self.requests:
-                    if isinstance(msg, kind):
-                        return msg
-            time.sleep(0.02)
-        raise AssertionError(f"the fake brain got no {kind.__name__} in {timeout:g}s")
+                return next((m for m in self.requests if isinstance(m, kind)), None)
+
+        return wait_for(received, timeout, f"the fake brain to get a {kind.__name__}", poll_s=0.02)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything queued so far has been sent."""

@@ -12,11 +12,11 @@ import pytest
 
 from llmo.proto.messages import Register, TaskAssign, TaskStarted
 from llmo.worker.leftovers import GroupLedger, start_time
+from tests.waiting import wait_until
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     alive,
     brain_factory,
     read_pid,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,7 +66,7 @@ def test_successor_kills_the_tasks_a_killed_worker_left(running_broker, brain_fa
             child = read_pid(pidfile)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
-            time.sleep(0.5)
+            time.sleep(0.5)  # the window in which a child tied to the worker would die
             assert alive(child), "a task in its own session outlives a killed worker"
             second = start_worker(running_broker.endpoint, ledger, log)
             try:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -26,10 +25,10 @@ from llmo.proto.messages import (
     WorkerDrain,
 )
 from llmo.worker.link import Link
+from tests.waiting import wait_for, wait_until
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     brain_factory,
     fixed_broker,
-    wait_until,
     worker_factory,
 )
 
@@ -83,7 +82,7 @@ def test_results_wait_for_a_brain_that_is_not_there_yet(
     caplog,
 ):
     running = worker_factory(running_broker.endpoint)
-    assert wait_until(lambda: "gpu-t" in running_broker.broker.liveness.last_seen, 10)
+    running_broker.wait_heard("gpu-t")
     with caplog.at_level(logging.WARNING, logger="llmo.worker.link"):
         # A short-lived client named brain assigns, then goes before the result.
         sender = Client("brain", running_broker.endpoint)
@@ -92,7 +91,13 @@ def test_results_wait_for_a_brain_that_is_not_there_yet(
         assert wait_until(lambda: running.worker.attempts.running, 10)
         sender.close()
         assert wait_until(lambda: link.brain_missing and link.held >= 1, 10)
-        time.sleep(1.0)  # several heartbeats into the void
+        refused = running_broker.stats.refused
+        into_the_void = refused[ErrorCode.UNKNOWN_DESTINATION] + 3
+        wait_for(
+            lambda: refused[ErrorCode.UNKNOWN_DESTINATION] >= into_the_void,
+            10,
+            "three more heartbeats refused for want of a brain",
+        )
     missing = [r for r in caplog.records if "brain is not reachable" in r.getMessage()]
     assert len(missing) == 1  # said once, not once per heartbeat
 

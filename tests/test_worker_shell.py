@@ -18,11 +18,11 @@ from llmo.proto.messages import (
     TaskStarted,
 )
 from llmo.worker.shell import KEEP_ENV
+from tests.waiting import wait_for, wait_until
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
     alive,
     brain_factory,
     read_pid,
-    wait_until,
     worker_factory,
 )
 
@@ -147,7 +147,7 @@ wait
 
 @pytest.mark.parametrize("mode", ["abort", "kill"])
 def test_abort_and_kill_leave_no_orphans(setup, tmp_path, mode):
-    brain, _ = setup()
+    brain, worker = setup()
     msg = brain.send(assign(tmp_path, f"stubborn-{mode}", ABORT_RESISTANT, grace_s=0.5))
     started = brain.expect(TaskStarted, attempt_id=msg.attempt_id)
     pids = [read_pid(tmp_path / f) for f in ("leader.pid", "child1.pid", "child2.pid")]
@@ -163,7 +163,11 @@ def test_abort_and_kill_leave_no_orphans(setup, tmp_path, mode):
     )
     brain.send(cancel)
     if mode == "abort":
-        time.sleep(0.2)  # SIGTERM is ignored: all still there until the grace ends
+        attempt = worker.worker.attempts.running[msg.attempt_id]
+        wait_for(lambda: attempt.kill_at is not None, 5, "the worker to send SIGTERM")
+        # SIGTERM is ignored: all still there until the grace ends. A group that did
+        # not ignore it would be gone well within this window.
+        time.sleep(0.2)
         assert all(alive(p) for p in pids)
         brain.send(cancel)  # a second abort must not push the kill back
     failed = brain.expect(TaskFailed, attempt_id=msg.attempt_id)

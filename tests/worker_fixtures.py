@@ -23,8 +23,7 @@ from llmo.proto.client import Client
 from llmo.proto.messages import BROKER, Heartbeat, Message, Telemetry
 from llmo.worker.config import WorkerConfig
 from llmo.worker.service import Worker
-
-WAIT_S = 15.0
+from tests.waiting import WAIT_S, wait_for, wait_until
 
 
 class FakeBrain:
@@ -119,15 +118,13 @@ class FixedPortBroker:
         self.thread: threading.Thread | None = None
 
     def start(self) -> FixedPortBroker:
-        deadline = time.monotonic() + 5
-        while True:
+        def bound() -> Broker | None:
             try:
-                self.broker = Broker(self.endpoint, "tcp://127.0.0.1:*", interval=0.2)
-                break
+                return Broker(self.endpoint, "tcp://127.0.0.1:*", interval=0.2)
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                return None  # the port of the broker stopped before is not free yet
+
+        self.broker = wait_for(bound, 5, f"{self.endpoint} to be free to bind again")
         self.thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
         self.thread.start()
         return self
@@ -208,15 +205,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] != b"Z"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def read_pid(path: Path, timeout: float = WAIT_S) -> int:
