@@ -363,6 +363,12 @@ class TaskDone(Message):
     log_tail: str = ""
 
 
+# Why an attempt failed, as a ``TaskFailed`` says it.
+FailReason = Literal[
+    "exit", "retry_later", "aborted", "killed", "refused", "policy", "spawn_error", "lost"
+]
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskFailed(Message):
     """The attempt did not succeed (worker -> brain).
@@ -378,9 +384,7 @@ class TaskFailed(Message):
     batch_id: str
     task_id: str
     attempt_id: str
-    reason: Literal[
-        "exit", "retry_later", "aborted", "killed", "refused", "policy", "spawn_error", "lost"
-    ]
+    reason: FailReason
     exit_code: int | None = None
     signal: int | None = None
     duration_s: float = 0.0

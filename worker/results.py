@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import collections
 import signal
-from typing import TypedDict
+from typing import TypedDict, Unpack
 
-from llmo.proto.messages import BRAIN, Message, TaskAssign, TaskDone, TaskFailed, TaskStarted
+from llmo.proto.messages import (
+    BRAIN,
+    FailReason,
+    Message,
+    TaskAssign,
+    TaskDone,
+    TaskFailed,
+    TaskStarted,
+)
 from llmo.proto.vocab import EXIT_RETRY_LATER
 from llmo.worker.meter import Meter
 from llmo.worker.rlimits import Rlimits
@@ -50,8 +58,20 @@ def started(a: TaskAssign, pid: int) -> TaskStarted:
     return TaskStarted(**ids(a), pid=pid)
 
 
-def failed(a: TaskAssign, reason: str, **fields: object) -> TaskFailed:
-    return TaskFailed(**ids(a), reason=reason, **fields)  # type: ignore[arg-type]
+class FailedFields(TypedDict, total=False):
+    """What a ``TaskFailed`` may say beside its reason."""
+
+    exit_code: int | None
+    signal: int | None
+    duration_s: float
+    peak_rss_mb: float
+    tokens: int
+    error: str
+    log_tail: str
+
+
+def failed(a: TaskAssign, reason: FailReason, **fields: Unpack[FailedFields]) -> TaskFailed:
+    return TaskFailed(**ids(a), reason=reason, **fields)
 
 
 def result(

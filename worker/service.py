@@ -54,6 +54,7 @@ from llmo.proto.messages import (
     TaskCancel,
     WorkerDrain,
 )
+from llmo.proto.states import WorkerState
 from llmo.worker.admission import GPU_CLASSES
 from llmo.worker.api import ApiServer
 from llmo.worker.attempts import Attempts
@@ -181,7 +182,7 @@ class Worker:
             version=_version(),
         )
 
-    def state(self) -> str:
+    def state(self) -> WorkerState:
         if self.draining:
             return "draining"
         if self.limits.level is not Level.OK:
@@ -193,7 +194,7 @@ class Worker:
         return Heartbeat(
             dst=BRAIN,
             role=c.role,
-            state=self.state(),  # type: ignore[arg-type]
+            state=self.state(),
             model=self.runtime.model,
             slots_total=c.slots,
             slots_free=max(0, c.slots - self.attempts.slots_used),
