@@ -298,10 +298,9 @@ def on_resumed(cx: Ctx, ev: Resumed) -> None:
         cx.out.append(ReadPlan(request_id, req.plan_path))
     for batch in st.active_batches():
         for task in batch.tasks.values():
-            if task.state == "expanding":
-                cx.out.append(
-                    ReadManifest(batch.id, task.id, task.spec.foreach, dict(batch.variables))
-                )
+            source = task.spec.foreach  # set on every template, the only tasks that expand
+            if task.state == "expanding" and source is not None:
+                cx.out.append(ReadManifest(batch.id, task.id, source, dict(batch.variables)))
     cx.publish(None, "brain_resumed", batches=len(st.active_batches()), workers=len(st.workers))
 
 

@@ -27,7 +27,11 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
+
+from llmo import plans
+from llmo.brain.config import BrainConfig
+from llmo.proto.messages import PlanSubmit
 
 # --- lifecycle tables ----------------------------------------------------------
 
@@ -82,7 +86,7 @@ WORKER_TRANSITIONS: dict[str, dict[str, str]] = {
 TABLES = {"task": TASK_TRANSITIONS, "batch": BATCH_TRANSITIONS, "worker": WORKER_TRANSITIONS}
 
 
-def advance(kind: str, obj: Any, event: str) -> str | None:
+def advance(kind: str, obj: TaskRun | Batch | Worker, event: str) -> str | None:
     """Move ``obj.state`` along table ``kind``; the new state, or None if illegal."""
     nxt = TABLES[kind].get(obj.state, {}).get(event)
     if nxt is not None:
@@ -101,6 +105,19 @@ def mermaid(kind: str) -> str:
 
 # --- records ---------------------------------------------------------------------
 
+CancelStage = Literal["", "abort", "kill"]
+
+
+class FailedAttempt(TypedDict):
+    """One failed attempt of a task, as kept for its summary and escalation report."""
+
+    attempt_id: str
+    worker: str
+    reason: str
+    exit_code: int | None
+    error: str
+    log_tail: str
+
 
 @dataclass(slots=True, eq=False)
 class TaskRun:
@@ -113,7 +130,7 @@ class TaskRun:
     """
 
     id: str
-    spec: Any
+    spec: plans.Task
     command: str
     deps: tuple[str, ...] = ()
     state: str = "pending"
@@ -136,11 +153,11 @@ class TaskRun:
     duration_s: float = 0.0
     lost_workers: int = 0
     refusals: int = 0
-    cancel_stage: str = ""  # "", "abort" or "kill": how far stopping it has gone
+    cancel_stage: CancelStage = ""  # how far stopping it has gone
     cancel_at: float = 0.0  # when the next stopping stage is due
     cancel_why: str = ""
     error: str = ""
-    failures: list[dict[str, Any]] | None = None  # one entry per failed attempt, with log tail
+    failures: list[FailedAttempt] | None = None  # one entry per failed attempt, with log tail
 
 
 @dataclass(slots=True, eq=False)
@@ -184,7 +201,7 @@ class Batch:
     goal: GoalRun | None = None
     summary_due: bool = False
     summary_at: float = 0.0
-    plan_tasks: dict[str, Any] = field(default_factory=dict)  # plan id -> plans.Task
+    plan_tasks: dict[str, plans.Task] = field(default_factory=dict)  # by plan task id
 
     @property
     def events_path(self) -> str:
@@ -248,7 +265,7 @@ class Worker:
 class BrainState:
     """Everything the brain knows. ``rev`` counts published changes."""
 
-    config: Any = None  # a brain.config.BrainConfig, set by the Configure event
+    config: BrainConfig = field(default_factory=BrainConfig)  # set by the Configure event
     rev: int = 0
     events: int = 0  # events folded so far
     batches: dict[str, Batch] = field(default_factory=dict)
@@ -259,7 +276,7 @@ class BrainState:
     llm_demand_at: dict[str, float] = field(default_factory=dict)  # model -> last demand
     load_failures: dict[str, int] = field(default_factory=dict)  # model -> failed loads in a row
     idle_since: float = 0.0  # when the last batch ended (0 = never idle yet)
-    pending_plans: dict[str, Any] = field(default_factory=dict)  # request id -> PlanSubmit
+    pending_plans: dict[str, PlanSubmit] = field(default_factory=dict)  # by request id
     dispatch_due: bool = False
 
     def active_batches(self) -> list[Batch]:
