@@ -233,6 +233,7 @@ def on_snapshot(cx: Ctx, msg: SnapshotRequest) -> None:
     )
 
 
+# Each handler takes the message class of its key, a pairing no dict type can state.
 MESSAGE_HANDLERS: dict[MsgType, Callable[[Ctx, Any], None]] = {
     MsgType.REGISTER: on_register,
     MsgType.HEARTBEAT: on_heartbeat,
@@ -304,6 +305,7 @@ def on_resumed(cx: Ctx, ev: Resumed) -> None:
     cx.publish(None, "brain_resumed", batches=len(st.active_batches()), workers=len(st.workers))
 
 
+# Each handler takes the event class of its key (see MESSAGE_HANDLERS).
 EVENT_HANDLERS: dict[type, Callable[[Ctx, Any], None]] = {
     Resumed: on_resumed,
     Received: on_received,

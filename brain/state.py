@@ -106,6 +106,7 @@ def mermaid(kind: str) -> str:
 # --- records ---------------------------------------------------------------------
 
 CancelStage = Literal["", "abort", "kill"]
+GoalState = Literal["running", "reached", "exhausted"]
 
 
 class FailedAttempt(TypedDict):
@@ -172,7 +173,7 @@ class GoalRun:
     round: int = 1
     tried: int = 0
     succeeded: int = 0
-    state: str = "running"  # running, reached, exhausted
+    state: GoalState = "running"
     round_ids: dict[str, str] = field(default_factory=dict)  # plan id -> id this round
     members: set[str] = field(default_factory=set)  # pipeline ids of every round
 
