@@ -158,6 +158,7 @@ def succeed(cx: Ctx, batch: Batch, task: TaskRun, *, worker: str = "", **detail:
     if not move(cx, batch, task, "succeed"):
         return
     task.finished_at = cx.now
+    # every keyword of publish named, so that ``detail`` only ever lands in the detail
     cx.publish(batch, "task_succeeded", task, worker=worker, jsonl=True, **detail)
     on_terminal(cx, batch, task)
 
@@ -170,6 +171,7 @@ def fail(cx: Ctx, batch: Batch, task: TaskRun, error: str, **detail: object) -> 
         return
     task.finished_at = cx.now
     task.error = cut(error)
+    # every keyword of publish named (see succeed)
     cx.publish(batch, "task_abandoned", task, worker="", jsonl=True, error=task.error, **detail)
     on_terminal(cx, batch, task)
 
