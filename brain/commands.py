@@ -10,7 +10,6 @@ touches the disk.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from llmo.proto.messages import Message
 
@@ -39,7 +38,7 @@ class ReadManifest:
     batch_id: str
     task_id: str
     spec: str
-    variables: dict[str, Any]
+    variables: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ class BrainConfig:
 
     def backoff(self, failures: int) -> float:
         """Delay before the next attempt after ``failures`` failed ones."""
-        return min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, failures - 1))
+        return min(self.backoff_max_s, self.backoff_base_s * (1 << max(0, failures - 1)))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -233,6 +233,7 @@ def on_snapshot(cx: Ctx, msg: SnapshotRequest) -> None:
     )
 
 
+# Each handler takes the message class of its key, a pairing no dict type can state.
 MESSAGE_HANDLERS: dict[MsgType, Callable[[Ctx, Any], None]] = {
     MsgType.REGISTER: on_register,
     MsgType.HEARTBEAT: on_heartbeat,
@@ -298,13 +299,13 @@ def on_resumed(cx: Ctx, ev: Resumed) -> None:
         cx.out.append(ReadPlan(request_id, req.plan_path))
     for batch in st.active_batches():
         for task in batch.tasks.values():
-            if task.state == "expanding":
-                cx.out.append(
-                    ReadManifest(batch.id, task.id, task.spec.foreach, dict(batch.variables))
-                )
+            source = task.spec.foreach  # set on every template, the only tasks that expand
+            if task.state == "expanding" and source is not None:
+                cx.out.append(ReadManifest(batch.id, task.id, source, dict(batch.variables)))
     cx.publish(None, "brain_resumed", batches=len(st.active_batches()), workers=len(st.workers))
 
 
+# Each handler takes the event class of its key (see MESSAGE_HANDLERS).
 EVENT_HANDLERS: dict[type, Callable[[Ctx, Any], None]] = {
     Resumed: on_resumed,
     Received: on_received,

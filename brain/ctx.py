@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 from llmo.brain.commands import AppendLines, Command, Log, Send
 from llmo.brain.state import Batch, BrainState, TaskRun
@@ -57,7 +56,7 @@ class Ctx:
         *,
         worker: str = "",
         jsonl: bool = True,
-        **detail: Any,
+        **detail: object,
     ) -> None:
         st = self.state
         st.rev += 1
@@ -87,7 +86,7 @@ class Ctx:
         )
         if batch is None or not jsonl:
             return
-        record: dict[str, Any] = {"ts": self.now, "event": event, "batch_id": batch_id}
+        record: dict[str, object] = {"ts": self.now, "event": event, "batch_id": batch_id}
         if task is not None:
             spec = task.spec
             record.update(

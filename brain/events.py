@@ -53,7 +53,7 @@ class ManifestRead:
 
     batch_id: str
     task_id: str
-    items: tuple[Any, ...] | None
+    items: tuple[object, ...] | None  # JSON values
     error: str = ""
 
 

@@ -23,7 +23,7 @@ from llmo.brain.state import TaskRun
 def on_manifest(cx: Ctx, ev: ManifestRead) -> None:
     batch = cx.state.batches.get(ev.batch_id)
     task = batch.tasks.get(ev.task_id) if batch is not None else None
-    if task is None or task.state != "expanding":
+    if batch is None or task is None or task.state != "expanding":
         cx.log("info", f"ignored items for {ev.batch_id}/{ev.task_id}: no longer expanding")
         return
     if ev.items is None:

@@ -60,20 +60,19 @@ class JournalError(Exception):
 
 
 def record_of(now: float, event: Event, raw: bytes | None = None) -> list[Any]:
-    kind = type(event)
-    if kind is Received:
-        return ["m", now, raw if raw is not None else encode(event.msg)]
-    if kind is Tick:
-        return ["t", now]
-    if kind is PlanLoaded:
-        return ["p", now, event.request_id, event.text, event.error]
-    if kind is ManifestRead:
-        items = list(event.items) if event.items is not None else None
-        return ["f", now, event.batch_id, event.task_id, items, event.error]
-    if kind is Configure:
-        return ["c", now, event.settings]
-    if kind is Resumed:
-        return ["r", now]
+    match event:
+        case Received(msg=msg):
+            return ["m", now, raw if raw is not None else encode(msg)]
+        case Tick():
+            return ["t", now]
+        case PlanLoaded(request_id=request_id, text=text, error=error):
+            return ["p", now, request_id, text, error]
+        case ManifestRead(batch_id=batch_id, task_id=task_id, items=items, error=error):
+            return ["f", now, batch_id, task_id, list(items) if items is not None else None, error]
+        case Configure(settings=settings):
+            return ["c", now, settings]
+        case Resumed():
+            return ["r", now]
     raise TypeError(f"not an event: {event!r}")
 
 

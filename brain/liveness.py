@@ -41,7 +41,12 @@ def lose_attempts(cx: Ctx, worker: Worker, why: str) -> None:
     for attempt_id, (batch_id, task_id, _) in list(worker.attempts.items()):
         batch = st.batches.get(batch_id)
         task = batch.tasks.get(task_id) if batch is not None else None
-        if task is not None and task.attempt_id == attempt_id and task.state in TASK_ACTIVE:
+        if (
+            batch is not None
+            and task is not None
+            and task.attempt_id == attempt_id
+            and task.state in TASK_ACTIVE
+        ):
             retry.lose(cx, batch, task, why)
     worker.attempts.clear()
     worker.foreign = ()
@@ -57,7 +62,12 @@ def check_heartbeat_active(cx: Ctx, worker: Worker, active: frozenset[str]) -> N
             continue
         batch = st.batches.get(batch_id)
         task = batch.tasks.get(task_id) if batch is not None else None
-        if task is None or task.attempt_id != attempt_id or task.state not in TASK_ACTIVE:
+        if (
+            batch is None
+            or task is None
+            or task.attempt_id != attempt_id
+            or task.state not in TASK_ACTIVE
+        ):
             if cx.now - (task.cancel_at if task else 0.0) > grace:
                 worker.attempts.pop(attempt_id, None)  # a stopped attempt has ended
             continue

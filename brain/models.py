@@ -255,7 +255,7 @@ def take_load_task(cx: Ctx, worker: Worker) -> tuple[Batch, TaskRun] | None:
     worker.load_task = None
     batch = cx.state.batches.get(batch_id)
     task = batch.tasks.get(task_id) if batch is not None else None
-    if task is None or task.state != "running":
+    if batch is None or task is None or task.state != "running":
         return None
     return batch, task
 

@@ -31,7 +31,8 @@ def current(
     batch = cx.state.batches.get(msg.batch_id)
     task = batch.tasks.get(msg.task_id) if batch is not None else None
     if (
-        task is None
+        batch is None
+        or task is None
         or task.attempt_id != msg.attempt_id
         or task.state not in TASK_ACTIVE
         or (task.worker and msg.src and task.worker != msg.src)

@@ -29,7 +29,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
@@ -74,7 +73,7 @@ class BrainService:
         tick_s: float = TICK_S,
         snapshot_every: int = SNAPSHOT_EVERY,
         clock: Callable[[], float] = time.time,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.config = config or BrainConfig()
@@ -163,6 +162,7 @@ class BrainService:
 
     def feed(self, event: Event, raw: bytes | None = None) -> None:
         """Step one event and journal it; its commands wait for ``flush``."""
+        assert self.state is not None, "start() first"
         now = self.clock()
         self.state, commands = step(self.state, event, now)
         self.journal.append(now, event, raw)
@@ -185,6 +185,7 @@ class BrainService:
                     self.execute(command)
         self.journal.commit()
         if self.journal.since_snapshot >= self.snapshot_every:
+            assert self.state is not None, "records were journaled, so start() has run"
             started = time.monotonic()
             self.journal.snapshot(self.state)
             log.info("brain: snapshot written in %.2fs", time.monotonic() - started)
@@ -192,25 +193,26 @@ class BrainService:
     # --- commands ------------------------------------------------------------------
 
     def execute(self, command: Command) -> None:
-        kind = type(command)
         try:
-            if kind is Send:
-                self.client.send(command.msg)
-            elif kind is AppendLines:
-                append_lines(command.path, command.lines)
-            elif kind is WriteFile:
-                write_file(command.path, command.text)
-            elif kind is MakeDirs:
-                for path in command.paths:
-                    os.makedirs(path, exist_ok=True)
-            elif kind is ReadPlan:
-                self.feed(read_plan(command))
-            elif kind is ReadManifest:
-                self.feed(read_manifest(command))
-            elif kind is Log:
-                log.log(LOG_LEVELS.get(command.level, logging.INFO), "%s", command.text)
+            match command:
+                case Send(msg=msg):
+                    assert self.client is not None, "start() first"
+                    self.client.send(msg)
+                case AppendLines(path=path, lines=lines):
+                    append_lines(path, lines)
+                case WriteFile(path=path, text=text):
+                    write_file(path, text)
+                case MakeDirs(paths=paths):
+                    for path in paths:
+                        os.makedirs(path, exist_ok=True)
+                case ReadPlan():
+                    self.feed(read_plan(command))
+                case ReadManifest():
+                    self.feed(read_manifest(command))
+                case Log(level=level, text=text):
+                    log.log(LOG_LEVELS.get(level, logging.INFO), "%s", text)
         except (OSError, zmq.ZMQError) as exc:
-            log.error("brain: %s failed: %s", kind.__name__, exc)
+            log.error("brain: %s failed: %s", type(command).__name__, exc)
 
 
 def read_plan(command: ReadPlan) -> PlanLoaded:
@@ -226,7 +228,7 @@ def read_plan(command: ReadPlan) -> PlanLoaded:
 
 
 def read_manifest(command: ReadManifest) -> ManifestRead:
-    variables: dict[str, Any] = command.variables
+    variables = command.variables
     try:
         items = plans.read_foreach_items(
             command.spec, variables, base_dir=variables.get("BATCH_PATH")

@@ -28,7 +28,11 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
+
+from llmo import plans
+from llmo.brain.config import BrainConfig
+from llmo.proto.messages import PlanSubmit
 
 # The state names are the protocol's; the brain's modules test against them here.
 from llmo.proto.states import BATCH_TERMINAL as BATCH_TERMINAL
@@ -84,7 +88,7 @@ WORKER_TRANSITIONS: dict[str, dict[str, str]] = {
 TABLES = {"task": TASK_TRANSITIONS, "batch": BATCH_TRANSITIONS, "worker": WORKER_TRANSITIONS}
 
 
-def advance(kind: str, obj: Any, event: str) -> str | None:
+def advance(kind: str, obj: TaskRun | Batch | Worker, event: str) -> str | None:
     """Move ``obj.state`` along table ``kind``; the new state, or None if illegal."""
     nxt = TABLES[kind].get(obj.state, {}).get(event)
     if nxt is not None:
@@ -103,6 +107,20 @@ def mermaid(kind: str) -> str:
 
 # --- records ---------------------------------------------------------------------
 
+CancelStage = Literal["", "abort", "kill"]
+GoalState = Literal["running", "reached", "exhausted"]
+
+
+class FailedAttempt(TypedDict):
+    """One failed attempt of a task, as kept for its summary and escalation report."""
+
+    attempt_id: str
+    worker: str
+    reason: str
+    exit_code: int | None
+    error: str
+    log_tail: str
+
 
 @dataclass(slots=True, eq=False)
 class TaskRun:
@@ -115,7 +133,7 @@ class TaskRun:
     """
 
     id: str
-    spec: Any
+    spec: plans.Task
     command: str
     deps: tuple[str, ...] = ()
     state: str = "pending"
@@ -138,11 +156,11 @@ class TaskRun:
     duration_s: float = 0.0
     lost_workers: int = 0
     refusals: int = 0
-    cancel_stage: str = ""  # "", "abort" or "kill": how far stopping it has gone
+    cancel_stage: CancelStage = ""  # how far stopping it has gone
     cancel_at: float = 0.0  # when the next stopping stage is due
     cancel_why: str = ""
     error: str = ""
-    failures: list[dict[str, Any]] | None = None  # one entry per failed attempt, with log tail
+    failures: list[FailedAttempt] | None = None  # one entry per failed attempt, with log tail
 
 
 @dataclass(slots=True, eq=False)
@@ -157,7 +175,7 @@ class GoalRun:
     round: int = 1
     tried: int = 0
     succeeded: int = 0
-    state: str = "running"  # running, reached, exhausted
+    state: GoalState = "running"
     round_ids: dict[str, str] = field(default_factory=dict)  # plan id -> id this round
     members: set[str] = field(default_factory=set)  # pipeline ids of every round
 
@@ -186,7 +204,7 @@ class Batch:
     goal: GoalRun | None = None
     summary_due: bool = False
     summary_at: float = 0.0
-    plan_tasks: dict[str, Any] = field(default_factory=dict)  # plan id -> plans.Task
+    plan_tasks: dict[str, plans.Task] = field(default_factory=dict)  # by plan task id
 
     @property
     def events_path(self) -> str:
@@ -250,7 +268,7 @@ class Worker:
 class BrainState:
     """Everything the brain knows. ``rev`` counts published changes."""
 
-    config: Any = None  # a brain.config.BrainConfig, set by the Configure event
+    config: BrainConfig = field(default_factory=BrainConfig)  # set by the Configure event
     rev: int = 0
     events: int = 0  # events folded so far
     batches: dict[str, Batch] = field(default_factory=dict)
@@ -261,7 +279,7 @@ class BrainState:
     llm_demand_at: dict[str, float] = field(default_factory=dict)  # model -> last demand
     load_failures: dict[str, int] = field(default_factory=dict)  # model -> failed loads in a row
     idle_since: float = 0.0  # when the last batch ended (0 = never idle yet)
-    pending_plans: dict[str, Any] = field(default_factory=dict)  # request id -> PlanSubmit
+    pending_plans: dict[str, PlanSubmit] = field(default_factory=dict)  # by request id
     dispatch_due: bool = False
 
     def active_batches(self) -> list[Batch]:

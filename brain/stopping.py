@@ -16,6 +16,8 @@ attempt by the same stages; cancelling a batch cancels every live task.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from llmo.brain import retry, tasks
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import TASK_ACTIVE, Batch, TaskRun, Worker
@@ -31,7 +33,7 @@ def check_attempts(cx: Ctx) -> None:
         for attempt_id, (batch_id, task_id, _) in list(worker.attempts.items()):
             batch = st.batches.get(batch_id)
             task = batch.tasks.get(task_id) if batch is not None else None
-            if task is None or task.attempt_id != attempt_id:
+            if batch is None or task is None or task.attempt_id != attempt_id:
                 worker.attempts.pop(attempt_id, None)
                 continue
             if task.cancel_stage:
@@ -82,13 +84,13 @@ def next_stop_stage(cx: Ctx, batch: Batch, task: TaskRun, worker: Worker) -> Non
         )
 
 
-def cancel_msg(batch: Batch, task: TaskRun, mode: str, why: str) -> TaskCancel:
+def cancel_msg(batch: Batch, task: TaskRun, mode: Literal["abort", "kill"], why: str) -> TaskCancel:
     return TaskCancel(
         dst=task.worker,
         batch_id=batch.id,
         task_id=task.id,
         attempt_id=task.attempt_id,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         reason=why,
     )
 

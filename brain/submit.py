@@ -69,7 +69,7 @@ def on_plan_loaded(cx: Ctx, ev: PlanLoaded) -> None:
     errors, warnings = plans.split_problems(problems)
     error_text = [str(p) for p in errors]
     warning_text = [str(p) for p in warnings]
-    priority_name = req.priority
+    priority_name: str = req.priority
     if not priority_name:
         try:
             priority_name = plans.config_priority(config) or "normal"

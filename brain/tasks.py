@@ -133,7 +133,7 @@ def release_delayed(cx: Ctx) -> None:
         _, _, batch_id, task_id = heapq.heappop(heap)
         batch = st.batches.get(batch_id)
         task = batch.tasks.get(task_id) if batch is not None else None
-        if task is None or task.state != "delayed" or batch.state != "running":
+        if batch is None or task is None or task.state != "delayed" or batch.state != "running":
             continue
         move(cx, batch, task, "due")
         enqueue(cx, batch, task)
@@ -151,13 +151,15 @@ def start(cx: Ctx, batch: Batch, task: TaskRun) -> None:
     cx.publish(batch, "task_started", task)
 
 
-def succeed(cx: Ctx, batch: Batch, task: TaskRun, **detail: object) -> None:
+def succeed(cx: Ctx, batch: Batch, task: TaskRun, *, worker: str = "", **detail: object) -> None:
+    """The task is done; ``worker`` names the one it ran on when ``task.worker`` does not."""
     if task.worker:
         free_attempt(cx, task.worker, task.attempt_id)
     if not move(cx, batch, task, "succeed"):
         return
     task.finished_at = cx.now
-    cx.publish(batch, "task_succeeded", task, **detail)
+    # every keyword of publish named, so that ``detail`` only ever lands in the detail
+    cx.publish(batch, "task_succeeded", task, worker=worker, jsonl=True, **detail)
     on_terminal(cx, batch, task)
 
 
@@ -169,7 +171,8 @@ def fail(cx: Ctx, batch: Batch, task: TaskRun, error: str, **detail: object) -> 
         return
     task.finished_at = cx.now
     task.error = cut(error)
-    cx.publish(batch, "task_abandoned", task, error=task.error, **detail)
+    # every keyword of publish named (see succeed)
+    cx.publish(batch, "task_abandoned", task, worker="", jsonl=True, error=task.error, **detail)
     on_terminal(cx, batch, task)
 
 

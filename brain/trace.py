@@ -44,47 +44,46 @@ def describe_message(msg: Message) -> str:
 
 
 def describe_event(event: Event) -> str:
-    kind = type(event)
-    if kind is Received:
-        return f"recv {describe_message(event.msg)} from {event.msg.src}"
-    if kind is Tick:
-        return "tick"
-    if kind is Resumed:
-        return "resumed"
-    if kind is Configure:
-        return "configure " + json.dumps(event.settings, sort_keys=True)[:200]
-    if kind is PlanLoaded:
-        size = len(event.text) if event.text is not None else 0
-        return f"plan-loaded {event.request_id} ({size} chars) {event.error}".rstrip()
-    if kind is ManifestRead:
-        count = len(event.items) if event.items is not None else 0
-        return f"manifest {event.batch_id}/{event.task_id}: {count} items {event.error}".rstrip()
+    match event:
+        case Received(msg=msg):
+            return f"recv {describe_message(msg)} from {msg.src}"
+        case Tick():
+            return "tick"
+        case Resumed():
+            return "resumed"
+        case Configure(settings=settings):
+            return "configure " + json.dumps(settings, sort_keys=True)[:200]
+        case PlanLoaded(request_id=request_id, text=text, error=error):
+            size = len(text) if text is not None else 0
+            return f"plan-loaded {request_id} ({size} chars) {error}".rstrip()
+        case ManifestRead(batch_id=batch_id, task_id=task_id, items=items, error=error):
+            count = len(items) if items is not None else 0
+            return f"manifest {batch_id}/{task_id}: {count} items {error}".rstrip()
     return repr(event)
 
 
 def describe_command(command: Command) -> str:
-    kind = type(command)
-    if kind is Send:
-        msg = command.msg
-        if isinstance(msg, BatchEvent):
+    match command:
+        case Send(msg=BatchEvent() as msg):
             where = f"{msg.batch_id}/{msg.task_id}" if msg.task_id else msg.batch_id or msg.worker
             why = msg.detail.get("reason") or msg.detail.get("error") or ""
             return f"event {msg.event} {where} {why}".rstrip()
-        text = f"send {describe_message(msg)} to {msg.dst}"
-        command_text = getattr(msg, "command", "")
-        return f'{text} "{command_text[:60]}"' if command_text else text
-    if kind is WriteFile:
-        return f"write {command.path}"
-    if kind is AppendLines:
-        return f"append {len(command.lines)} lines to {command.path}"
-    if kind is MakeDirs:
-        return f"mkdir {' '.join(command.paths)}"
-    if kind is ReadPlan:
-        return f"read-plan {command.plan_path}"
-    if kind is ReadManifest:
-        return f"read-manifest {command.batch_id}/{command.task_id} {command.spec}"
-    if kind is Log:
-        return f"log {command.level}: {command.text}"
+        case Send(msg=msg):
+            text = f"send {describe_message(msg)} to {msg.dst}"
+            command_text = getattr(msg, "command", "")
+            return f'{text} "{command_text[:60]}"' if command_text else text
+        case WriteFile(path=path):
+            return f"write {path}"
+        case AppendLines(path=path, lines=lines):
+            return f"append {len(lines)} lines to {path}"
+        case MakeDirs(paths=paths):
+            return f"mkdir {' '.join(paths)}"
+        case ReadPlan(plan_path=plan_path):
+            return f"read-plan {plan_path}"
+        case ReadManifest(batch_id=batch_id, task_id=task_id, spec=spec):
+            return f"read-manifest {batch_id}/{task_id} {spec}"
+        case Log(level=level, text=text):
+            return f"log {level}: {text}"
     return repr(command)
 
 
@@ -98,7 +97,7 @@ def trace(
     start = events[0][0] if events else 0.0
     for now, event in events:
         state, commands = step(state, event, now)
-        if quiet_ticks and type(event) is Tick and not commands:
+        if quiet_ticks and isinstance(event, Tick) and not commands:
             continue
         lines = [describe_command(c) for c in commands]
         head = f"+{now - start:.3f} {describe_event(event)}"
