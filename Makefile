@@ -18,11 +18,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
 
 # mypy reads the installed names (llmo.brain, ...) through a tree of links to
 # the repository's folders, rebuilt each run so a new folder is never missed.

@@ -79,7 +79,7 @@ def worker_for(cx: Ctx, name: str) -> Worker:
         worker = cx.state.workers[name] = Worker(name=name, last_seen=cx.now, idle_since=cx.now)
         cx.publish(None, "worker_up", worker=name)
     elif worker.state == "down":
-        advance("worker", worker, "up")
+        advance(worker, "up")
         worker.idle_since = cx.now
         cx.publish(None, "worker_up", worker=name)
     worker.last_seen = cx.now
@@ -91,7 +91,7 @@ def on_register(cx: Ctx, msg: Register) -> None:
     if known is not None and known.pid and msg.pid and known.pid != msg.pid:
         liveness.lose_attempts(cx, known, f"worker {msg.src} restarted")
         models.worker_gone(cx, known)
-        advance("worker", known, "restart")
+        advance(known, "restart")
     worker = worker_for(cx, msg.src)
     worker.role = msg.role
     worker.gpus = msg.gpus
@@ -182,7 +182,7 @@ def on_drain(cx: Ctx, msg: WorkerDrain) -> None:
     if worker is None or not worker.alive:
         ack(cx, msg, False, f"no live worker {msg.worker}")
         return
-    advance("worker", worker, "drain" if msg.drain else "undrain")
+    advance(worker, "drain" if msg.drain else "undrain")
     cx.send(
         WorkerDrain(dst=worker.name, worker=worker.name, drain=msg.drain, deadline_s=msg.deadline_s)
     )

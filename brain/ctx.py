@@ -63,7 +63,7 @@ class Ctx:
         batch_id = batch.id if batch is not None else ""
         if task is not None:
             worker = worker or task.worker
-            state = task.state
+            state: str = task.state
             task_id = task.id
             attempt_id = task.attempt_id
         else:

@@ -28,7 +28,7 @@ def check_silent(cx: Ctx) -> None:
 
 
 def worker_down(cx: Ctx, worker: Worker, why: str) -> None:
-    if advance("worker", worker, "down") is None:
+    if advance(worker, "down") is None:
         return
     cx.publish(None, "worker_down", worker=worker.name, reason=why)
     cx.log("warning", f"worker {worker.name} is down: {why}")

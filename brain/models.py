@@ -35,6 +35,7 @@ from llmo.brain import retry, tasks
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import Batch, TaskRun, Worker
 from llmo.proto.messages import ModelLoad, ModelStatus, ModelUnload
+from llmo.proto.states import WorkerState
 
 UNLOAD_RESEND_S = 30.0
 SWAP_MIN_HOT_S = 30.0
@@ -209,7 +210,7 @@ def return_to_default(cx: Ctx, workers: list[Worker]) -> None:
 # --- reports ---------------------------------------------------------------------
 
 
-def on_report(cx: Ctx, worker: Worker, state: str, model: str) -> None:
+def on_report(cx: Ctx, worker: Worker, state: WorkerState, model: str) -> None:
     """A heartbeat's view of the runtime (the latest fact wins)."""
     if not state:
         return

@@ -27,8 +27,9 @@ Task states::
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeVar
 
 from llmo import plans
 from llmo.brain.config import BrainConfig
@@ -38,12 +39,13 @@ from llmo.proto.messages import PlanSubmit
 from llmo.proto.states import BATCH_TERMINAL as BATCH_TERMINAL
 from llmo.proto.states import TASK_ACTIVE as TASK_ACTIVE
 from llmo.proto.states import TASK_TERMINAL as TASK_TERMINAL
+from llmo.proto.states import BatchState, GoalState, Presence, TaskState, WorkerState
 
 # --- lifecycle tables ----------------------------------------------------------
 
-_LIVE_EXITS = {"fail": "failed", "skip": "skipped", "cancel": "cancelled"}
+_LIVE_EXITS: dict[str, TaskState] = {"fail": "failed", "skip": "skipped", "cancel": "cancelled"}
 
-TASK_TRANSITIONS: dict[str, dict[str, str]] = {
+TASK_TRANSITIONS: dict[TaskState, dict[str, TaskState]] = {
     "pending": {"release": "ready", "skip": "skipped", "cancel": "cancelled", "fail": "failed"},
     "ready": {
         "assign": "assigned",
@@ -70,7 +72,7 @@ TASK_TRANSITIONS: dict[str, dict[str, str]] = {
 }
 
 
-BATCH_TRANSITIONS: dict[str, dict[str, str]] = {
+BATCH_TRANSITIONS: dict[BatchState, dict[str, BatchState]] = {
     "running": {"complete": "complete", "fail": "failed", "cancel": "cancelled"},
     "complete": {},
     "failed": {},
@@ -79,36 +81,56 @@ BATCH_TRANSITIONS: dict[str, dict[str, str]] = {
 
 # The brain's view of a worker's presence; the model state is the worker's own
 # report (``Worker.model_state``) and is not a brain decision.
-WORKER_TRANSITIONS: dict[str, dict[str, str]] = {
+WORKER_TRANSITIONS: dict[Presence, dict[str, Presence]] = {
     "up": {"down": "down", "drain": "draining", "restart": "up"},
     "draining": {"undrain": "up", "down": "down", "drain": "draining", "restart": "draining"},
     "down": {"up": "up", "restart": "up"},
 }
 
-TABLES = {"task": TASK_TRANSITIONS, "batch": BATCH_TRANSITIONS, "worker": WORKER_TRANSITIONS}
+S = TypeVar("S", bound=str)
 
 
-def advance(kind: str, obj: TaskRun | Batch | Worker, event: str) -> str | None:
-    """Move ``obj.state`` along table ``kind``; the new state, or None if illegal."""
-    nxt = TABLES[kind].get(obj.state, {}).get(event)
-    if nxt is not None:
-        obj.state = nxt
-    return nxt
+def _edges(table: Mapping[S, Mapping[str, S]]) -> list[tuple[str, str, str]]:
+    """Every ``(state, event, next_state)`` of a table, in table order."""
+    return [(src, event, dst) for src, events in table.items() for event, dst in events.items()]
+
+
+TABLES: dict[str, list[tuple[str, str, str]]] = {
+    "task": _edges(TASK_TRANSITIONS),
+    "batch": _edges(BATCH_TRANSITIONS),
+    "worker": _edges(WORKER_TRANSITIONS),
+}
+
+
+def advance(obj: TaskRun | Batch | Worker, event: str) -> str | None:
+    """Move ``obj.state`` along its kind's table; the new state, or None if illegal."""
+    if isinstance(obj, TaskRun):
+        task_state = TASK_TRANSITIONS[obj.state].get(event)
+        if task_state is not None:
+            obj.state = task_state
+        return task_state
+    if isinstance(obj, Batch):
+        batch_state = BATCH_TRANSITIONS[obj.state].get(event)
+        if batch_state is not None:
+            obj.state = batch_state
+        return batch_state
+    presence = WORKER_TRANSITIONS[obj.state].get(event)
+    if presence is not None:
+        obj.state = presence
+    return presence
 
 
 def mermaid(kind: str) -> str:
     """The table as a Mermaid state diagram, for the docs."""
     lines = ["stateDiagram-v2"]
-    for src, edges in TABLES[kind].items():
-        for event, dst in edges.items():
-            lines.append(f"    {src} --> {dst}: {event}")
+    for src, event, dst in TABLES[kind]:
+        lines.append(f"    {src} --> {dst}: {event}")
     return "\n".join(lines)
 
 
 # --- records ---------------------------------------------------------------------
 
 CancelStage = Literal["", "abort", "kill"]
-GoalState = Literal["running", "reached", "exhausted"]
 
 
 class FailedAttempt(TypedDict):
@@ -136,7 +158,7 @@ class TaskRun:
     spec: plans.Task
     command: str
     deps: tuple[str, ...] = ()
-    state: str = "pending"
+    state: TaskState = "pending"
     waiting: int = 0  # dependencies not yet done
     parent: str = ""  # the foreach template an item came from
     children_left: int = 0
@@ -193,7 +215,7 @@ class Batch:
     created_at: float
     request_id: str = ""
     requester: str = ""
-    state: str = "running"
+    state: BatchState = "running"
     finished_at: float = 0.0
     tasks: dict[str, TaskRun] = field(default_factory=dict)
     dependents: dict[str, list[str]] = field(default_factory=dict)
@@ -216,9 +238,9 @@ class Worker:
     """What the brain knows of one worker: its reports, and the attempts it gave it."""
 
     name: str
-    role: str = "worker"
-    state: str = "up"  # presence, see WORKER_TRANSITIONS
-    model_state: str = "cold"  # the worker's report: cold, loading, hot, constrained, ...
+    role: Literal["worker", "brain"] = "worker"
+    state: Presence = "up"  # see WORKER_TRANSITIONS
+    model_state: WorkerState = "cold"  # the worker's report: cold, loading, hot, constrained, ...
     model: str = ""
     gpus: tuple[int, ...] = ()
     models: tuple[str, ...] = ()

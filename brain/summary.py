@@ -79,7 +79,7 @@ def critical_path(batch: Batch) -> tuple[list[str], float]:
     done = [t for t in batch.tasks.values() if t.state == "done" and t.finished_at]
     if not done:
         return [], 0.0
-    cur = max(done, key=last)
+    cur: TaskRun | None = max(done, key=last)
     chain = []
     seen = set()
     while cur is not None and cur.id not in seen:

@@ -30,7 +30,7 @@ GOAL_KEY = "#goal"  # the dependency of tasks that wait for a goal, not for its 
 
 def move(cx: Ctx, batch: Batch, task: TaskRun, event: str) -> bool:
     old = task.state
-    if advance("task", task, event) is None:
+    if advance(task, event) is None:
         cx.log("error", f"illegal transition: task {batch.id}/{task.id} is {old}, cannot {event}")
         return False
     counts = batch.counts
@@ -263,7 +263,7 @@ def end_batch(cx: Ctx, batch: Batch, *, event: str | None = None) -> None:
                 t.state == "failed" and not in_pipeline(batch, t) for t in batch.tasks.values()
             )
         event = "fail" if failed else "complete"
-    if advance("batch", batch, event) is None:
+    if advance(batch, event) is None:
         cx.log("error", f"illegal transition: batch {batch.id} is {batch.state}, cannot {event}")
         return
     batch.finished_at = cx.now
