@@ -5,12 +5,18 @@ the embedded Gemma model), waits until every worker is registered, submits
 the plan (``plans/examples/summarize`` by default) with ``--watch``, prints
 where its results and ``RUN_SUMMARY.md`` are, and stops the rig. The rig's
 folder and logs stay behind for a look afterwards.
+
+A plan writes its history into its own folder. When llmo is installed into
+a virtual environment (not from a checkout), the examples lie inside it, and
+the worker's policy protects that environment from tasks: the demo then runs
+a copy of the example in ``./llmo-examples/`` instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,11 +30,25 @@ EXAMPLES = Path(plans.__file__).resolve().parent / "examples"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "plan_dir", nargs="?", default=str(EXAMPLES / "summarize"), help="the plan to run"
+        "plan_dir", nargs="?", help="the plan to run (default: the summarize example)"
     )
     parser.add_argument("--rig-dir", default="rig", help="local state and logs (default ./rig)")
     parser.add_argument("--config", help="submission configuration (JSON), passed to submit")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
+
+
+def example(name: str, prefix: Path, copies: Path, examples: Path = EXAMPLES) -> Path:
+    """The example plan ``name``, or a fresh copy of it under ``copies`` when the
+    examples lie inside ``prefix`` (the environment llmo runs from, which the
+    workers' policy keeps tasks from writing)."""
+    source = examples / name
+    if prefix.resolve() not in source.resolve().parents:
+        return source
+    target = copies / name
+    ignore = shutil.ignore_patterns("history", "__pycache__")
+    shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
+    print(f"llmo demo: the examples are installed with llmo; running a copy in {target}")
+    return target
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ, LLMO_BROKER=endpoints.broker, LLMO_PUB=endpoints.pub)
     llmo = llmo_child()
     rig_dir = Path(args.rig_dir).resolve()
+    if args.plan_dir is None:
+        args.plan_dir = str(example("summarize", Path(sys.prefix), Path.cwd() / "llmo-examples"))
     print(f"llmo demo: starting the rig in {rig_dir} (broker {endpoints.broker})", flush=True)
     up = subprocess.Popen([*llmo, "up", "--rig-dir", str(rig_dir)], env=env)
     try:
