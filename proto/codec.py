@@ -275,9 +275,28 @@ def to_dict(msg: Message) -> dict[str, Any]:
     return out
 
 
+def _record_map(value: Any) -> dict[str, Any]:
+    """msgpack's hook for what it cannot pack itself: a nested record, as its map."""
+    kind = type(value)
+    names = _RECORD_FIELDS.get(kind)
+    if names is None:
+        if not dataclasses.is_dataclass(kind):
+            raise TypeError(f"cannot encode a {kind.__name__}")
+        names = _RECORD_FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return {name: getattr(value, name) for name in names}
+
+
 def encode(msg: Message) -> bytes:
-    """One msgpack map for one ZeroMQ frame."""
-    data: bytes = msgpack.packb(to_dict(msg), use_bin_type=True)
+    """One msgpack map for one ZeroMQ frame.
+
+    Nested records are left to msgpack, which hands each to ``_record_map``
+    as it meets it: a snapshot of 20,000 tasks is packed without a Python
+    walk over every field value.
+    """
+    out: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE.value}
+    for name, _nested in _ENCODER_FIELDS[type(msg)]:
+        out[name] = getattr(msg, name)
+    data: bytes = msgpack.packb(out, use_bin_type=True, default=_record_map)
     return data
 
 
