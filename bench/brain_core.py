@@ -24,8 +24,6 @@ import tempfile
 import time
 import tracemalloc
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from llmo.brain.commands import ReadManifest, ReadPlan, Send
 from llmo.brain.config import BrainConfig
 from llmo.brain.core import new_state, step

@@ -15,15 +15,11 @@ import multiprocessing as mp
 import statistics
 import sys
 import time
-from pathlib import Path
 
-# This file's own name would shadow the ``broker`` package: drop its folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import zmq
 
-import zmq  # noqa: E402
-
-from llmo.broker.service import Broker  # noqa: E402
-from llmo.proto import BROKER, Heartbeat, TaskProgress, encode  # noqa: E402
+from llmo.broker.service import Broker
+from llmo.proto import BROKER, Heartbeat, TaskProgress, encode
 
 
 def message(src: str, dst: str, n: int = 0) -> bytes:

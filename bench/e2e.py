@@ -42,8 +42,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from llmo.proto.client import Client, tool_name
 from llmo.proto.messages import BRAIN, BatchEvent, PlanAccepted, PlanSubmit
 from llmo.proto.pubsub import Subscriber, topic

@@ -33,8 +33,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from llmo.broker.service import Broker
 from llmo.proto.client import Client
 from llmo.proto.messages import (

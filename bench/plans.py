@@ -20,12 +20,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-# This file's own name would shadow the ``plans`` package: drop its folder and
-# put the repository first.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-from llmo.plans import (  # noqa: E402
+from llmo.plans import (
     expand_foreach,
     parse_plan,
     read_foreach_items,

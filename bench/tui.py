@@ -29,9 +29,6 @@ import threading
 import time
 from pathlib import Path
 
-# This file's own name would shadow the ``tui`` package: drop its folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 AIM_CPU = 0.25
 AIM_MB = 150.0
 AIM_LAG_S = 0.250
