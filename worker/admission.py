@@ -99,7 +99,7 @@ def refusal(
         if runtime.state != "hot":
             return f"no model is hot on {worker} (runtime {runtime.state})"
         spec = runtime.spec
-        if a.model and spec is not None and a.model not in (spec.name, spec.path):
+        if a.model and spec is not None and not spec.answers_to(a.model):
             return f"model {a.model!r} is not loaded on {worker} (hot: {runtime.model})"
     if slots_used >= slots:
         return f"no free slot on {worker} ({slots_used} of {slots} in use)"

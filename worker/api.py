@@ -28,7 +28,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from llmo.proto.vocab import names_model
 from llmo.worker.llm import Cancelled, NotHot, Runtime
 from llmo.worker.meter import Meters
 
@@ -111,7 +110,7 @@ class ApiServer:
         spec = self.runtime.spec
         if spec is None or self.runtime.state != "hot":
             return False
-        return requested == spec.name or names_model(requested, spec.path)
+        return isinstance(requested, str) and spec.answers_to(requested)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llmo.proto.vocab import model_alias
+from llmo.proto.vocab import model_alias, names_model
 from llmo.worker.meter import Meter
 
 log = logging.getLogger("llmo.worker.llm")
@@ -75,6 +75,10 @@ class LoadSpec:
     @property
     def name(self) -> str:
         return self.alias or model_alias(self.path)
+
+    def answers_to(self, requested: str) -> bool:
+        """Whether ``requested`` names this model: its name, or a name of its file."""
+        return requested == self.name or names_model(requested, self.path)
 
 
 @dataclass(frozen=True, slots=True)
