@@ -31,7 +31,8 @@ import dataclasses
 from llmo import plans
 from llmo.brain import graph, stopping, tasks
 from llmo.brain.ctx import Ctx
-from llmo.brain.state import TASK_TERMINAL, Batch, GoalRun, TaskRun
+from llmo.brain.state import Batch, GoalRun, TaskRun
+from llmo.proto.states import TASK_TERMINAL
 
 
 def pipeline_of(plan: plans.Plan, goal: plans.Goal) -> tuple[str, ...]:

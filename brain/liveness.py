@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from llmo.brain import models, retry
 from llmo.brain.ctx import Ctx
-from llmo.brain.state import TASK_ACTIVE, Worker, advance
+from llmo.brain.state import Worker, advance
 from llmo.proto.messages import TaskCancel
+from llmo.proto.states import TASK_ACTIVE
 from llmo.proto.vocab import HEARTBEAT_LIVENESS
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from llmo.brain import retry, tasks
 from llmo.brain.ctx import Ctx, cut
-from llmo.brain.state import TASK_ACTIVE, Batch, TaskRun
+from llmo.brain.state import Batch, TaskRun
 from llmo.proto.messages import TaskDone, TaskFailed, TaskProgress, TaskStarted
+from llmo.proto.states import TASK_ACTIVE
 from llmo.proto.vocab import EXIT_RETRY_LATER
 
 

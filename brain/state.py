@@ -34,11 +34,6 @@ from typing import Any, Literal, TypedDict, TypeVar
 from llmo import plans
 from llmo.brain.config import BrainConfig
 from llmo.proto.messages import PlanSubmit
-
-# The state names are the protocol's; the brain's modules test against them here.
-from llmo.proto.states import BATCH_TERMINAL as BATCH_TERMINAL
-from llmo.proto.states import TASK_ACTIVE as TASK_ACTIVE
-from llmo.proto.states import TASK_TERMINAL as TASK_TERMINAL
 from llmo.proto.states import BatchState, GoalState, Presence, TaskState, WorkerState
 
 # --- lifecycle tables ----------------------------------------------------------

@@ -20,8 +20,9 @@ from typing import Literal
 
 from llmo.brain import retry, tasks
 from llmo.brain.ctx import Ctx
-from llmo.brain.state import TASK_ACTIVE, Batch, TaskRun, Worker
+from llmo.brain.state import Batch, TaskRun, Worker
 from llmo.proto.messages import TaskCancel
+from llmo.proto.states import TASK_ACTIVE
 
 
 def check_attempts(cx: Ctx) -> None:

@@ -22,7 +22,8 @@ import heapq
 from llmo.brain import summary
 from llmo.brain.commands import ReadManifest, WriteFile
 from llmo.brain.ctx import Ctx, cut
-from llmo.brain.state import TASK_TERMINAL, Batch, TaskRun, Worker, advance
+from llmo.brain.state import Batch, TaskRun, Worker, advance
+from llmo.proto.states import TASK_TERMINAL
 
 LIVE_STATES = ("pending", "ready", "assigned", "running", "delayed", "expanding", "expanded")
 GOAL_KEY = "#goal"  # the dependency of tasks that wait for a goal, not for its candidates
