@@ -2,17 +2,23 @@
 
 Theory of operation
 -------------------
-Every actor connects a DEALER whose identity is its name. A message arrives
-on the ROUTER as ``[identity, body]``. The broker reads only the envelope
-(``decode_envelope``), checks that ``src`` equals the identity (no actor
-speaks for another), republishes telemetry types on PUB, and forwards the
-body untouched as ``[dst, body]``. ROUTER_MANDATORY turns a send to an
-unknown name into an error that goes back to the sender as an ``Error``
-message naming the missing actor; ROUTER_HANDOVER lets an actor restarted
-under the same name take over its route.
+Every actor connects a DEALER; the ROUTER gives each connection a routing
+identity of its own (peers do not choose it). A message arrives as
+``[identity, body]``. The broker reads only the envelope
+(``decode_envelope``). The first accepted message of a connection claims a
+name for it (``broker.routes``): its ``src``, which with CurveZMQ must be a
+name the connection's key owns (``broker.roles.key_owns``); a name another
+live connection holds is refused with ``name_in_use``. After that every
+message of the connection must carry that name as ``src``
+(``spoofed_source`` otherwise) and be a type its role may send
+(``broker.roles``, ``forbidden`` otherwise). The broker republishes
+telemetry types on PUB and forwards the body untouched to the connection
+that holds ``dst``; a send to a name no connection holds, or to one that is
+gone, goes back to the sender as an ``Error`` naming the missing actor.
 
 Anything malformed is answered with an ``Error`` (when there is a sender to
 answer), counted, and logged at a bounded rate; the loop never stops for it.
+Peer-supplied text is escaped in every log line (``broker.logsafe``).
 ``MAXMSGSIZE`` (twice the codec's limit) makes ZeroMQ drop a connection that
 sends a frame big enough to hurt, before it is buffered.
 
@@ -34,15 +40,21 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from llmo.broker import logsafe
 from llmo.broker.auth import CurveGuard
 from llmo.broker.liveness import Liveness
-from llmo.proto.codec import MAX_MESSAGE_BYTES, decode_envelope, encode
+from llmo.broker.logsafe import shown
+from llmo.broker.roles import HEARTBEAT_ROLES, KEY_SEPARATOR, Role, Roles, key_owns, refusal
+from llmo.broker.routes import Route, Routes
+from llmo.proto.codec import MAX_MESSAGE_BYTES, Envelope, decode, decode_envelope, encode
+from llmo.proto.endpoints import valid_actor_name
 from llmo.proto.errors import ErrorCode, ProtocolError
 from llmo.proto.messages import (
     BRAIN,
     BROKER,
     PUBLISHED_TYPES,
     Error,
+    Heartbeat,
     Message,
     MsgType,
     PeerDown,
@@ -53,6 +65,7 @@ from llmo.proto.security import SecurityError, ServerKeys, check_bind
 from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
 log = logging.getLogger("llmo.broker")
+logsafe.install("llmo.broker", "llmo.broker.zap")
 
 HWM = 100_000
 # Plain ints: combining zmq's flag enums costs more than the send itself.
@@ -88,6 +101,7 @@ class Broker:
         wall_clock: Callable[[], float] = time.time,
         keys: ServerKeys | None = None,
         insecure: bool = False,
+        roles: Roles | None = None,
     ) -> None:
         check_bind([router_endpoint, pub_endpoint], keys, insecure=insecure)
         self.stats = BrokerStats()
@@ -96,7 +110,6 @@ class Broker:
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, 2 * MAX_MESSAGE_BYTES)
         self.router.setsockopt(zmq.SNDHWM, HWM)
         self.router.setsockopt(zmq.RCVHWM, HWM)
@@ -119,6 +132,9 @@ class Broker:
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.liveness = Liveness(interval=interval, liveness=liveness)
+        self.roles = roles or Roles()
+        self.routes = Routes(expiry=self.liveness.expiry)
+        self._probed: dict[str, float] = {}  # name -> when its holder was last probed
         self._clock = clock
         self._wall_clock = wall_clock
         self._seq = 0
@@ -143,7 +159,14 @@ class Broker:
             self.liveness.liveness,
             self.liveness.interval,
         )
+        log.info("roles: %s", self.roles.describe())
         if self.guard is not None:
+            if self.roles.by_rule:
+                log.warning(
+                    "CurveZMQ on but no worker names configured: any allowed key may register "
+                    "as a worker. Give the broker its workers (--config with [[workers]], or "
+                    "--worker NAME)"
+                )
             log.info(
                 "CurveZMQ on: %d client keys allowed from %s",
                 len(self.guard.allow_list.keys),
@@ -211,26 +234,31 @@ class Broker:
         except ProtocolError as exc:
             self._refuse(identity, exc.code, exc.detail)
             return
-        sender = identity.decode("utf-8", "replace")
-        if env.src != sender:
+        now = self._clock()
+        route = self.routes.of_connection(identity)
+        if route is None:
+            route = self._admit(identity, env, key_name, now)
+            if route is None:
+                return
+        elif env.src != route.name:
             self._refuse(
                 identity,
                 ErrorCode.SPOOFED_SOURCE,
-                f"message {env.id!r} claims source {env.src!r} but was sent by {sender!r}",
+                f"message {env.id!r} claims source {env.src!r}, but this connection "
+                f"speaks as {route.name!r}",
                 reply_to=env.id,
             )
             return
-        if key_name is not None and key_name != sender and self._name_of_another_key(sender):
+        route.last_seen = now
+        why = self._forbidden(route, env, body)
+        if why is not None:
             self._refuse(
-                identity,
-                ErrorCode.SPOOFED_SOURCE,
-                f"{sender!r} is the name of another CurveZMQ key; this peer connected with "
-                f"the key of {key_name!r}",
-                reply_to=env.id,
+                identity, ErrorCode.FORBIDDEN, f"{route.name!r}: {why}", reply_to=env.id
             )
             return
+        sender = route.name
         is_heartbeat = env.type is MsgType.HEARTBEAT
-        if self.liveness.seen(sender, self._clock(), heartbeat=is_heartbeat):
+        if self.liveness.seen(sender, now, heartbeat=is_heartbeat):
             self._peer_event(PeerUp(peer=sender))
         if env.type in PUBLISHED_TYPES:
             self._publish(env.type, sender, body)
@@ -245,19 +273,111 @@ class Broker:
             return
         self._route(identity, env.dst, body, env.id, env.type)
 
-    def _name_of_another_key(self, name: str) -> bool:
-        """Whether ``name`` belongs to a key on the allow-list: actor names with a key
-        of their own (brain, each worker) may be used only by that key; other names
-        (tools such as ``submit-…``) by any allowed key."""
-        assert self.guard is not None
-        return name in self.guard.allow_list.names()
+    # --- names and roles ---------------------------------------------------------------
+
+    def _admit(
+        self, identity: bytes, env: Envelope, key_name: str | None, now: float
+    ) -> Route | None:
+        """Give a new connection the name its first message claims, or refuse it."""
+        name = env.src
+        if not valid_actor_name(name) or name == BROKER:
+            self._refuse(
+                identity,
+                ErrorCode.BAD_FIELD,
+                f"source {shown(name)} is not an actor name (letters, digits, '_.@-', "
+                "at most 64, and not 'broker')",
+                reply_to=env.id,
+            )
+            return None
+        if key_name is not None and not key_owns(key_name, name, self.roles):
+            self._refuse(
+                identity,
+                ErrorCode.SPOOFED_SOURCE,
+                f"this connection holds the CurveZMQ key of {key_name!r}: it speaks as "
+                f"{key_name!r} (a tool key also as 'NAME{KEY_SEPARATOR}{key_name}'), "
+                f"not as {name!r}",
+                reply_to=env.id,
+            )
+            return None
+        holder = self.routes.holder(name, identity)
+        if holder is not None:
+            silent = now - holder.last_seen
+            if self.routes.expired(holder, now):
+                why = f"silent {silent:.1f}s"
+            elif not self._still_connected(holder, now):
+                why = "disconnected"
+            else:
+                self._refuse(
+                    identity,
+                    ErrorCode.NAME_IN_USE,
+                    f"{name!r} is held by another live connection (heard {silent:.1f}s ago); "
+                    f"a second one is refused until the first is gone or silent "
+                    f"{self.routes.expiry:g}s",
+                    reply_to=env.id,
+                )
+                return None
+            log.warning("%r moves to a new connection; the old one is %s", name, why)
+        self._probed.pop(name, None)
+        route = self.routes.claim(name, identity, self.roles.of(name), now)
+        if key_name is not None:
+            log.info("%r connected (key %r, role %s)", name, key_name, route.role.value)
+        else:
+            log.debug("%r connected (role %s)", name, route.role.value)
+        return route
+
+    def _still_connected(self, holder: Route, now: float) -> bool:
+        """Whether ``holder``'s connection is still there. Tells it (at most once per
+        interval) that its name was claimed: the send fails if it is gone."""
+        last = self._probed.get(holder.name)
+        if last is not None and now - last < self.liveness.interval:
+            return True
+        self._probed[holder.name] = now
+        notice = Error(
+            code=ErrorCode.NAME_IN_USE,
+            detail=f"another connection claimed the name {holder.name!r}; "
+            "it was refused while this one is live",
+        )
+        try:
+            self.router.send(holder.identity, _MORE_NOBLOCK)
+            self.router.send(encode(self._stamp(notice, holder.name)), _NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                return True  # there, but not reading: still the holder
+            self.routes.drop(holder)
+            return False
+        return True
+
+    def _forbidden(self, route: Route, env: Envelope, body: bytes) -> str | None:
+        """Why ``route``'s role may not send this message; None when it may."""
+        kind = env.type
+        if kind is MsgType.REGISTER and route.role is Role.TOOL:
+            if not self.roles.may_register(route.name):
+                return f"{route.name!r} is not a configured worker, so it cannot register"
+            route.role = Role.WORKER  # by rule: a name that registers is a worker
+            log.info("%r registered: role worker", route.name)
+        why = refusal(route.role, kind, env.dst)
+        if why is None and kind is MsgType.HEARTBEAT and route.role is not Role.WORKER:
+            try:
+                beat = decode(body)
+            except ProtocolError as exc:
+                return f"unreadable heartbeat: {exc}"
+            if isinstance(beat, Heartbeat) and beat.role not in HEARTBEAT_ROLES[route.role]:
+                return f"a {route.role.value} may not heartbeat as a {beat.role!r}"
+        return why
 
     def _route(self, identity: bytes, dst: str, body: bytes, msg_id: str, kind: MsgType) -> None:
+        target = self.routes.identity_of(dst)
         try:
-            # With ROUTER_MANDATORY the identity frame fails for an unknown peer.
-            self.router.send(dst.encode(), _MORE_NOBLOCK)
+            if target is None:
+                raise zmq.ZMQError(zmq.EHOSTUNREACH)
+            # With ROUTER_MANDATORY the identity frame fails for a connection that is gone.
+            self.router.send(target, _MORE_NOBLOCK)
             self.router.send(body, _NOBLOCK)
         except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH and target is not None:
+                route = self.routes.of_connection(target)
+                if route is not None:
+                    self.routes.drop(route)
             if kind is MsgType.ERROR:
                 self.stats.refused["undeliverable_error"] += 1
                 return  # never answer an error with an error
@@ -286,19 +406,22 @@ class Broker:
 
     def check_liveness(self, now: float) -> None:
         for peer, silent in self.liveness.expire(now):
-            log.warning("peer %s is down (silent %.1fs)", peer, silent)
+            log.warning("peer %r is down (silent %.1fs)", peer, silent)
             self._peer_event(PeerDown(peer=peer, silent_s=round(silent, 3)))
+        for route in self.routes.forget_silent(now):
+            self._probed.pop(route.name, None)
+            log.debug("forgot the route of %r (silent)", route.name)
 
     def _peer_event(self, msg: PeerUp | PeerDown) -> None:
         if isinstance(msg, PeerUp):
-            log.info("peer %s is up", msg.peer)
+            log.info("peer %r is up", msg.peer)
         body = encode(self._stamp(msg, BRAIN))
         self._publish(msg.TYPE, BROKER, body)
-        if msg.peer == BRAIN:
-            return
-        # With no brain connected the publication is all there is.
+        brain = self.routes.identity_of(BRAIN)
+        if msg.peer == BRAIN or brain is None:
+            return  # with no brain connected the publication is all there is
         with contextlib.suppress(zmq.ZMQError):
-            self.router.send_multipart([BRAIN.encode(), body], zmq.NOBLOCK)
+            self.router.send_multipart([brain, body], zmq.NOBLOCK)
 
     def _publish(self, kind: MsgType, source: str, body: bytes) -> None:
         self._seq += 1
@@ -326,8 +449,9 @@ class Broker:
         peer: str = "",
     ) -> None:
         self.stats.refused[code.value] += 1
-        sender = identity.decode("utf-8", "replace") if identity[:1] != b"\x00" else identity.hex()
-        self._log_refusal(sender, code, detail)
+        route = self.routes.of_connection(identity)
+        sender = route.name if route is not None else ""
+        self._log_refusal(shown(sender) if sender else f"connection {shown(identity)}", code, detail)
         error = Error(code=code, detail=detail, reply_to=reply_to, peer=peer)
         try:
             self.router.send_multipart([identity, encode(self._stamp(error, sender))], zmq.NOBLOCK)
@@ -345,6 +469,6 @@ class Broker:
             self._suppressed = 0
         if self._logged < LOG_LIMIT:
             self._logged += 1
-            log.warning("refused input from %s: %s: %s", sender, code.value, detail[:200])
+            log.warning("refused input from %s: %s: %s", sender, code.value, detail[:300])
         else:
             self._suppressed += 1

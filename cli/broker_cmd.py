@@ -4,6 +4,11 @@ Endpoints, heartbeat settings and keys come from flags, else ``--config``
 (``[endpoints]``, ``[broker]``, ``[security]``), else the defaults. With a
 keys folder both sockets use CurveZMQ and admit only its allow-list; without
 one, binding anything but loopback needs ``--insecure``.
+
+Roles: the workers are the names given with ``--worker`` (``llmo up`` passes
+each of its workers), else the ``[[workers]]`` of ``--config``; ``brain`` is
+the brain and every other name a tool (``broker.roles``). With neither, roles
+go by rule (a name that registers is a worker), for loopback development.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="llmo.toml for endpoints, heartbeat settings and keys")
     add_key_flags(parser, insecure=True)
     parser.add_argument(
+        "--worker",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a worker name (repeat for each; default: the [[workers]] of --config; "
+        "none anywhere: a name that registers is a worker)",
+    )
+    parser.add_argument(
         "--interval",
         type=float,
         default=None,
@@ -38,6 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llmo.broker.roles import Roles
     from llmo.broker.service import Broker
     from llmo.cli.config import ConfigError, RigConfig, endpoints, load, server_keys
     from llmo.proto.security import SecurityError
@@ -52,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     where = endpoints(config, args.broker, args.pub)
     interval = args.interval if args.interval is not None else config.interval_s
     liveness = args.liveness if args.liveness is not None else config.liveness
+    names = args.worker if args.worker else [w.name for w in config.workers]
+    roles = Roles(workers=frozenset(names)) if names else Roles()
     try:
         broker = Broker(
             where.broker,
@@ -60,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             liveness=liveness,
             keys=keys,
             insecure=args.insecure,
+            roles=roles,
         )
     except SecurityError as exc:
         print(f"llmo broker: {exc}", file=sys.stderr)

@@ -96,6 +96,7 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
                 "--liveness",
                 str(config.liveness),
                 *(["--insecure"] if args.insecure else []),
+                *[arg for w in workers for arg in ("--worker", w.name)],
             ],
         ),
         (

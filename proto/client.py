@@ -1,7 +1,12 @@
 """The client helper every actor and tool uses to talk through the broker.
 
-A ``Client`` is a DEALER socket whose ZeroMQ identity is the actor's name, so
-the broker can route to it by name. ``send`` stamps the envelope (source,
+A ``Client`` is a DEALER socket speaking as one actor name. The broker gives
+the connection its routing identity and learns the name from the first
+message (``broker.routes``); the name must be one the connection may hold.
+With CurveZMQ keys that is the key's name (the brain and each worker
+connect with their own key), or for a tool ``NAME@KEY``: a client whose name
+is not its key's name speaks as ``name@key`` (``submit-3f9a…@pi``), so that
+many tools can share the Pi's key. ``send`` stamps the envelope (source,
 a fresh message id, send time); ``recv`` returns the next valid message or
 ``None`` on timeout and never raises for bad input (it logs and counts it);
 ``request`` sends and waits for the reply whose ``reply_to`` names the request.
@@ -53,17 +58,16 @@ class Client:
         monotonic: Callable[[], float] = time.monotonic,
         keys: ClientKeys | None = None,
     ) -> None:
-        self.name = name
         self.endpoint = endpoint
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IDENTITY, name.encode())
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, SNDHWM)
         self.socket.setsockopt(zmq.RCVHWM, RCVHWM)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         self.keys = secure_client(self.socket, keys)
+        self.name = name_for_key(name, self.keys)
         self.socket.connect(endpoint)
         self.heartbeat_interval = heartbeat_interval
         self._heartbeat = heartbeat or (lambda: Heartbeat(dst=BROKER))
@@ -150,6 +154,13 @@ class Client:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+
+
+def name_for_key(name: str, keys: ClientKeys | None) -> str:
+    """The name a client speaks as: ``name``, qualified by its key's name when it differs."""
+    if keys is None or name == keys.name or name.endswith(f"@{keys.name}"):
+        return name
+    return f"{name}@{keys.name}"
 
 
 def tool_name(kind: str) -> str:

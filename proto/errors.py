@@ -28,6 +28,8 @@ class ErrorCode(enum.StrEnum):
     SPOOFED_SOURCE = "spoofed_source"
     UNKNOWN_DESTINATION = "unknown_destination"
     DESTINATION_BUSY = "destination_busy"
+    NAME_IN_USE = "name_in_use"  # another live connection holds the name
+    FORBIDDEN = "forbidden"  # the sender's role may not send this type (or to that actor)
     # Problems an actor reports about a well-formed message it cannot act on.
     UNEXPECTED = "unexpected"
     REFUSED = "refused"
