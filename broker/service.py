@@ -252,9 +252,7 @@ class Broker:
         route.last_seen = now
         why = self._forbidden(route, env, body)
         if why is not None:
-            self._refuse(
-                identity, ErrorCode.FORBIDDEN, f"{route.name!r}: {why}", reply_to=env.id
-            )
+            self._refuse(identity, ErrorCode.FORBIDDEN, f"{route.name!r}: {why}", reply_to=env.id)
             return
         sender = route.name
         is_heartbeat = env.type is MsgType.HEARTBEAT
@@ -451,7 +449,9 @@ class Broker:
         self.stats.refused[code.value] += 1
         route = self.routes.of_connection(identity)
         sender = route.name if route is not None else ""
-        self._log_refusal(shown(sender) if sender else f"connection {shown(identity)}", code, detail)
+        self._log_refusal(
+            shown(sender) if sender else f"connection {shown(identity)}", code, detail
+        )
         error = Error(code=code, detail=detail, reply_to=reply_to, peer=peer)
         try:
             self.router.send_multipart([identity, encode(self._stamp(error, sender))], zmq.NOBLOCK)

@@ -268,9 +268,7 @@ def test_an_allowed_tool_key_cannot_become_a_worker(curve_rig, client_factory, k
     assert wait_until(lambda: running.broker.routes.identity_of("submit-2@pi") is not None)
 
 
-def test_a_raw_first_message_under_a_peer_chosen_identity_is_answered(
-    running_broker, zmq_context
-):
+def test_a_raw_first_message_under_a_peer_chosen_identity_is_answered(running_broker, zmq_context):
     sock = zmq_context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(running_broker.endpoint)

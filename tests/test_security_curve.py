@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from llmo.broker.roles import Roles
 from llmo.proto import BROKER, Heartbeat, TaskStarted, encode
 from llmo.proto.messages import BRAIN
 from llmo.proto.pubsub import Subscriber, topic
@@ -37,7 +38,12 @@ def keys_dir(tmp_path) -> Path:
 def curve_broker(broker_factory, keys_dir):
     # A short interval makes the broker read its handshake monitor often; the
     # long liveness keeps peer-down notices out of the brain's mailbox.
-    return broker_factory(keys=ServerKeys.load(keys_dir), interval=0.2, liveness=100)
+    return broker_factory(
+        keys=ServerKeys.load(keys_dir),
+        interval=0.2,
+        liveness=100,
+        roles=Roles(frozenset({"gpu-1"})),
+    )
 
 
 def client_keys(keys_dir: Path, name: str) -> ClientKeys:
