@@ -11,7 +11,10 @@ iteration are written before its messages are sent. File reads the core asks
 for (``ReadPlan``, ``ReadManifest``) become events that are stepped and
 journaled in turn, in the same iteration.
 
-On start the journal is replayed (snapshot first) and two events are
+On start the brain locks its journal (``Journal.recover``: one brain per
+journal; a second one is refused with ``JournalLocked`` naming the holder's
+pid and broker, before it reads anything), the journal is replayed
+(snapshot first) and two events are
 journaled: ``Configure`` with the settings of this run and ``Resumed``,
 which gives known workers a fresh expiry window and asks again for reads
 that were pending at the crash. Workers hold their results while the brain
@@ -91,7 +94,7 @@ class BrainService:
 
     def start(self) -> None:
         """Recover from the journal and connect (``run`` calls it)."""
-        self.state = self.journal.recover()
+        self.state = self.journal.recover({"broker": self.endpoint})
         resumed = self.state.events > 0
         log.info(
             "brain: journal %s holds %d events, %d batches (%d running)",
@@ -145,7 +148,7 @@ class BrainService:
     def close(self) -> None:
         if self.state is not None and self.journal.handle is not None:
             self.flush()
-            self.journal.close()
+        self.journal.close()
         if self.client is not None:
             self.client.close()
             self.client = None

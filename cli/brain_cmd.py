@@ -1,4 +1,8 @@
-"""``llmo brain``: run the brain (scheduler, journal, run history) in the foreground."""
+"""``llmo brain``: run the brain (scheduler, journal, run history) in the foreground.
+
+One brain per journal: a journal that a live brain holds (``<journal>.lock``)
+is refused with exit code 2 and one line naming the holder's pid and broker.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ def load_settings(path: str | None) -> dict:
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     from llmo.brain.config import BrainConfig
-    from llmo.brain.journal import JournalError
+    from llmo.brain.journal import JournalError, JournalLocked
     from llmo.brain.service import BrainService
     from llmo.cli.config import RigConfig, client_keys, load
     from llmo.cli.config import endpoints as rig_endpoints
@@ -81,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         service.start()
+    except JournalLocked as exc:
+        print(f"llmo brain: {exc}", file=sys.stderr)
+        return 2
     except (JournalError, OSError) as exc:
         print(f"llmo brain: cannot recover from {args.journal}: {exc}", file=sys.stderr)
         return 1
