@@ -7,6 +7,12 @@ defaults. With no model given anywhere it uses the embedded Gemma 3 270M.
 It prints where everything is, restarts a child that dies (``cli.supervisor``:
 back-off, at most 6 restarts in 5 minutes), and on Ctrl-C or SIGTERM stops
 the workers, then the brain, then the broker.
+
+One ``llmo up`` per rig folder: before anything is written or started it
+locks ``<rig_dir>/llmo-up.lock`` (``brain.lockfile``; released by the
+operating system when ``llmo up`` ends, however it ends) and writes its pid,
+endpoints and start time there. A second ``llmo up`` on the same folder
+exits 2 at once, naming the first's pid and endpoints, and starts nothing.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmo.cli.common import add_endpoint_flags, llmo_child
 from llmo.cli.config import add_key_flags
 from llmo.cli.worker_cmd import LIMIT_FLAGS
+
+if TYPE_CHECKING:
+    from llmo.brain.lockfile import FileLock
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -188,7 +198,58 @@ def in_use(endpoints: list[str]) -> list[str]:
     return busy
 
 
+RIG_LOCK = "llmo-up.lock"
+
+
+class RigInUse(RuntimeError):
+    """Another live ``llmo up`` holds the rig folder."""
+
+
+def lock_rig(args: argparse.Namespace) -> FileLock:
+    """Lock the rig folder (as ``plan_children`` will resolve it) for this ``llmo up``."""
+    from llmo.brain.lockfile import FileLock, Locked
+    from llmo.cli.config import RigConfig, load
+    from llmo.proto.endpoints import resolve
+
+    config = load(args.config) if args.config else RigConfig()
+    endpoints = resolve(args.broker or config.broker or None, args.pub or config.pub or None)
+    rig_dir = Path(args.rig_dir or config.rig_dir or "rig").resolve()
+    rig_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "broker": endpoints.broker,
+        "pub": endpoints.pub,
+        "rig_dir": str(rig_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        return FileLock.acquire(str(rig_dir / RIG_LOCK), info)
+    except Locked as exc:
+        holder = exc.holder
+        if "pid" not in holder:
+            raise RigInUse(
+                f"rig folder {rig_dir} is in use by another llmo up (pid unknown)"
+            ) from None
+        raise RigInUse(
+            f"rig folder {rig_dir} is in use by llmo up pid {holder['pid']} "
+            f"(broker {holder.get('broker', '?')}, pub {holder.get('pub', '?')})"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    from llmo.cli.config import ConfigError
+
+    try:
+        rig_lock = lock_rig(args)
+    except (ConfigError, RuntimeError, OSError) as exc:  # RigInUse among them
+        print(f"llmo up: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run_locked(args)
+    finally:
+        rig_lock.release()
+
+
+def run_locked(args: argparse.Namespace) -> int:
     from llmo.cli.config import ConfigError
     from llmo.cli.supervisor import Supervisor
     from llmo.proto.security import SecurityError
