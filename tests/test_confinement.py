@@ -233,7 +233,9 @@ def run_attacks(brain, site: Site, commands: dict[str, str], attacks: Attacks) -
         attacks.tried += 1
         if changed or created or secrets:
             through.append(f"{name}: changed {changed}, created {created}, read {secrets}")
-            before = after
+            for key in changed:  # put back what it changed, for the next attack to find
+                if not key.endswith("/") and key in before:
+                    Path(key).write_bytes(before[key])
             for path in site.stray:
                 if path.is_file():
                     path.unlink()
