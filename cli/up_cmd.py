@@ -126,12 +126,13 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
         for key, dest in LIMIT_FLAGS.items()
         if key in config.limits
     ]
-    if args.config:  # the [policy], with the config, keys and rig folder it protects
-        policy_file = rig_dir / "policy.json"
-        in_use = dataclasses.replace(config, rig_dir=str(rig_dir))
-        policy = worker_policy(in_use, args.keys_dir).to_dict()
-        policy_file.write_text(json.dumps(policy, indent=2) + "\n")
-        limit_flags.append(("--policy", str(policy_file)))
+    # The [policy] (none without --config), with the config, keys and rig folder it
+    # protects: the workers learn the rig folder from it, so a bare `llmo up` has it too.
+    policy_file = rig_dir / "policy.json"
+    in_use = dataclasses.replace(config, rig_dir=str(rig_dir))
+    policy = worker_policy(in_use, args.keys_dir).to_dict()
+    policy_file.write_text(json.dumps(policy, indent=2) + "\n")
+    limit_flags.append(("--policy", str(policy_file)))
     for w in workers:
         argv = [
             *llmo,
