@@ -6,7 +6,11 @@ endpoints from flags, LLMO_BROKER / LLMO_PUB, the config, or the loopback
 defaults. With no model given anywhere it uses the embedded Gemma 3 270M.
 It prints where everything is, restarts a child that dies (``cli.supervisor``:
 back-off, at most 6 restarts in 5 minutes), and on Ctrl-C or SIGTERM stops
-the workers, then the brain, then the broker.
+the workers, then the brain, then the broker. A child that exits with code 2
+(a configuration error, such as an endpoint the broker cannot bind) is not
+restarted: the rig stops and ``llmo up`` exits 2 with that child's reason.
+``--broker``/``--pub`` may list several endpoints for the broker to bind;
+the other children connect to the loopback one.
 
 One ``llmo up`` per rig folder: before anything is written or started it
 locks ``<rig_dir>/llmo-up.lock`` (``brain.lockfile``; released by the
@@ -57,14 +61,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[str]]]]:
     """Where things go and the argv of each child (name, argv)."""
     from llmo.cli.config import RigConfig, WorkerSpec, keys_dir, load, server_keys, worker_policy
-    from llmo.proto.endpoints import resolve
+    from llmo.proto.endpoints import bind_list, local_endpoint, resolve
     from llmo.proto.security import check_bind
 
     config = load(args.config) if args.config else RigConfig()
     endpoints = resolve(args.broker or config.broker or None, args.pub or config.pub or None)
     # Refuse here what the broker would refuse, rather than restart it six times.
     keys = server_keys(config, args.keys_dir)
-    check_bind([endpoints.broker, endpoints.pub], keys, insecure=args.insecure)
+    binds = bind_list(endpoints.broker) + bind_list(endpoints.pub)
+    check_bind(binds, keys, insecure=args.insecure)
     keys_flags = ["--keys-dir", keys_dir(config, args.keys_dir)] if keys is not None else []
     rig_dir = Path(args.rig_dir or config.rig_dir or "rig").resolve()
     model = args.model
@@ -91,14 +96,18 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     brain_config = rig_dir / "brain.json"
     brain_config.write_text(json.dumps(brain_settings, indent=2) + "\n")
     llmo = llmo_child()
-    common = ["--broker", endpoints.broker, *keys_flags]
+    # The broker binds every endpoint given; the others connect to its local one.
+    connect = local_endpoint(endpoints.broker)
+    common = ["--broker", connect, *keys_flags]
     children = [
         (
             "broker",
             [
                 *llmo,
                 "broker",
-                *common,
+                "--broker",
+                endpoints.broker,
+                *keys_flags,
                 "--pub",
                 endpoints.pub,
                 "--interval",
@@ -166,6 +175,9 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     where = {
         "broker": endpoints.broker,
         "pub": endpoints.pub,
+        "connect": connect,
+        "connect_pub": local_endpoint(endpoints.pub),
+        "binds": binds,
         "rig_dir": str(rig_dir),
         "logs": str(rig_dir / "logs"),
         "model": model,
@@ -253,14 +265,15 @@ def run(args: argparse.Namespace) -> int:
 def run_locked(args: argparse.Namespace) -> int:
     from llmo.cli.config import ConfigError
     from llmo.cli.supervisor import Supervisor
+    from llmo.proto.endpoints import EndpointError
     from llmo.proto.security import SecurityError
 
     try:
         where, children = plan_children(args)
-    except (ConfigError, SecurityError, RuntimeError, OSError) as exc:
+    except (ConfigError, SecurityError, EndpointError, RuntimeError, OSError) as exc:
         print(f"llmo up: {exc}", file=sys.stderr)
         return 2
-    busy = in_use([where["broker"], where["pub"]])
+    busy = in_use(where["binds"])
     if busy:
         print(
             f"llmo up: {', '.join(busy)} already in use: another rig (or program) listens "
@@ -268,7 +281,7 @@ def run_locked(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    env = dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"])
+    env = dict(os.environ, LLMO_BROKER=where["connect"], LLMO_PUB=where["connect_pub"])
     logs = Path(where["logs"])
     supervisor = Supervisor(say=say)
     stopping = []
@@ -289,7 +302,7 @@ def run_locked(args: argparse.Namespace) -> int:
         say("llmo up: running; Ctrl-C stops everything. Try: llmo status")
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(where) + "\n")
-        while not stopping:
+        while not stopping and supervisor.config_error is None:
             supervisor.poll()
             time.sleep(0.2)
     finally:
@@ -297,6 +310,14 @@ def run_locked(args: argparse.Namespace) -> int:
         order = [*where["workers"], "brain", "broker"]
         supervisor.stop(timeout=15.0, order=order)
         say("llmo up: stopped")
+    if supervisor.config_error is not None:
+        name, reason = supervisor.config_error
+        print(
+            f"llmo up: stopped the rig: {name} has a configuration error: "
+            f"{reason or 'see ' + str(logs / (name + '.log'))}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
