@@ -333,3 +333,50 @@ def test_a_manifest_outside_the_plan_roots_fails_the_task_and_leaks_nothing(rig,
     for path in written:
         assert token not in path.read_text(errors="replace"), path
     assert token not in rig.logs()
+
+
+# --- what an operator reads -----------------------------------------------------------
+
+
+def test_a_failed_item_reports_its_command_and_values():
+    from llmo.brain.commands import WriteFile
+    from tests.brain_fixtures import Rig as BrainRig
+    from tests.brain_fixtures import plan_text
+
+    rig = BrainRig()
+    rig.worker("w", slots=2)
+    value = 'x"; touch /tmp/never'
+    rig.manifests["each"] = [{"id": "a", "v": value}]
+    batch = rig.submit(
+        plan_text("each | cpu | run {ITEM.v} | none | foreach={BATCH_PATH}/m.json:items")
+    ).batch_id
+    rig.auto(lambda a: 1)
+    assert rig.states(batch)["each_a"] == "failed"
+    written = {c.path.rsplit("/", 1)[-1]: c.text for c in rig.commands if isinstance(c, WriteFile)}
+    escalation = written["ESCALATION.md"]
+    assert '- **command**: `run "${LLMO_ITEM_V}"`' in escalation
+    assert f"- **LLMO_ITEM_V**: {json.dumps(value)}" in escalation
+    rows = {r["id"]: r for r in json.loads(written["RUN_SUMMARY.json"])["tasks"]}
+    assert rows["each_a"]["values"] == {"LLMO_ITEM_V": value}
+
+
+def test_snapshots_from_before_task_values_still_load():
+    import pickle
+
+    from llmo.brain.state import TaskRun
+
+    run = TaskRun(id="a", spec=Task("a", "worker", "cpu", "x"), command="x", env={"A": "1"})
+    assert pickle.loads(pickle.dumps(run)).env == {"A": "1"}
+    _, _, (_, slots), *_ = run.__reduce_ex__(2)
+    del slots["env"]  # as a snapshot written before the field existed
+    old = TaskRun.__new__(TaskRun)
+    old.__setstate__((None, slots))
+    assert old.env is None and old.command == "x"
+
+
+def test_the_brain_takes_its_plan_roots_from_its_settings():
+    from llmo.brain.config import BrainConfig
+
+    config = BrainConfig.from_dict({"plan_roots": ["/srv/plans"]})
+    assert config.plan_roots == ("/srv/plans",)
+    assert BrainConfig.from_dict(config.to_dict()) == config
