@@ -47,9 +47,13 @@ def load_settings(path: str | None) -> dict:
     if not path:
         return {}
     if path.endswith(".toml"):
-        from llmo.cli.config import load
+        from llmo.cli.config import load, worker_policy
 
-        return dict(load(path).brain)
+        rig = load(path)
+        settings = dict(rig.brain)
+        # Plan files and foreach sources: inside the workers' plan roots.
+        settings.setdefault("plan_roots", list(worker_policy(rig).plan_roots))
+        return settings
     with open(path, encoding="utf-8") as handle:
         data = json.load(handle)
     if not isinstance(data, dict):

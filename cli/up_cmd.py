@@ -92,6 +92,9 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     brain_settings = dict(config.brain)
     brain_settings.setdefault("default_model", model)
     brain_settings.setdefault("brain_model", model)
+    if args.config:  # plan files and foreach sources: inside the workers' plan roots
+        roots = worker_policy(dataclasses.replace(config, rig_dir=str(rig_dir)), args.keys_dir)
+        brain_settings.setdefault("plan_roots", list(roots.plan_roots))
     rig_dir.mkdir(parents=True, exist_ok=True)
     brain_config = rig_dir / "brain.json"
     brain_config.write_text(json.dumps(brain_settings, indent=2) + "\n")
