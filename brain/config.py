@@ -42,6 +42,9 @@ class BrainConfig:
     default_idle_s: float = 90.0  # no batches this long: return to the default
     summary_interval_s: float = 1.0  # RUN_SUMMARY refresh, at most this often (+n/10000 s)
     history_dir: str = "history"
+    # Folders (besides a run's plan and batch folders) that plan files and foreach
+    # sources may lie in; empty: a plan's own folder is its only root.
+    plan_roots: tuple[str, ...] = ()
     keep_finished: int = 50  # finished batches kept in memory (and snapshots) at least ...
     forget_after_s: float = 3600.0  # ... and any finished longer ago than this is dropped
 
@@ -57,6 +60,7 @@ class BrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["default_hot"] = list(self.default_hot)
+        out["plan_roots"] = list(self.plan_roots)
         return out
 
     @classmethod
@@ -69,6 +73,8 @@ class BrainConfig:
         values = dict(data)
         if "default_hot" in values:
             values["default_hot"] = tuple(values["default_hot"])
+        if "plan_roots" in values:
+            values["plan_roots"] = tuple(str(r) for r in values["plan_roots"])
         if "class_timeouts" in values:
             values["class_timeouts"] = {k: float(v) for k, v in values["class_timeouts"].items()}
         return cls(**values)

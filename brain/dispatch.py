@@ -161,6 +161,7 @@ def assign(cx: Ctx, batch: Batch, task: TaskRun, worker: Worker) -> None:
             plan_path=batch.plan_path,
             batch_path=batch.history_path,
             log_path=f"{batch.history_path}/logs/{task.id}.log",
+            env=dict(task.env) if task.env else {},
             timeout_s=cfg.timeout_for(spec.task_class, spec.timeout_s),
             grace_s=cfg.grace_s,
             vram_mb=vram_mb,

@@ -5,10 +5,11 @@ Theory of operation
 A ``foreach`` template, once released, asks for its items (``ReadManifest``);
 the shell reads the manifest and feeds the items back as ``ManifestRead``,
 which ``on_manifest`` expands with ``plans.expand_foreach`` into one task per
-item, added with ``graph.add_tasks``. The template is done when all its items
-are terminal (``tasks.on_terminal``). A missing source or a bad path fails
-the template at once, with the reason: a broken source is never retried
-silently.
+item, added with ``graph.add_tasks``; each item's values travel in its
+task's ``env``, never in its command text (``plans.shellvalues``). The
+template is done when all its items are terminal (``tasks.on_terminal``). A
+missing source, a bad path or a source outside the plan roots fails the
+template at once, with the reason: a broken source is never retried silently.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def on_manifest(cx: Ctx, ev: ManifestRead) -> None:
                 command=child.command,
                 deps=child.depends_on,
                 parent=task.id,
+                env=child.env or None,
             )
         )
     released = graph.add_tasks(cx, batch, runs, quiet=True)

@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 ``build_tasks`` makes one ``TaskRun`` per plan task, with its command and
-dependencies resolved against the batch's variables. A per-item entry
+dependencies resolved against the batch's variables: the command refers to
+configuration values as variables and the task's ``env`` carries them
+(``plans.shellvalues``), so a value is never read as shell code. A per-item entry
 (``extract_{ITEM.id}``) becomes a wait on the other template's *expansion*
 (``tasks.expansion_key``), not its completion; the items then wait for their
 own counterparts, so two templates over one manifest run as per-item
@@ -37,7 +39,13 @@ def build_tasks(specs: Sequence[plans.Task], variables: dict[str, str]) -> list[
             continue
         resolved = plans.resolve_task(spec, variables)
         runs.append(
-            TaskRun(id=spec.id, spec=spec, command=resolved.command, deps=resolved.depends_on)
+            TaskRun(
+                id=spec.id,
+                spec=spec,
+                command=resolved.command,
+                deps=resolved.depends_on,
+                env=resolved.env or None,
+            )
         )
     for run in runs:
         deps = []

@@ -33,6 +33,14 @@ loads the snapshot, then folds the journal records it does not already
 hold, so a crash between any two of these steps loses nothing and applies
 nothing twice. Replay is a fold of ``step``; its commands are discarded
 (they were carried out the first time).
+
+One brain writes a journal. ``recover`` first takes an exclusive lock on
+``<journal>.lock`` (``brain.lockfile``: released by the operating system
+when the brain dies, however it dies) and writes the brain's pid and broker
+endpoint into it; a second brain on the same journal is refused with
+``JournalLocked``, naming the holder, before it reads or truncates anything.
+The lock is on a file of its own because a snapshot replaces the journal
+file. Reading a journal (``llmo replay``, ``read_records``) takes no lock.
 """
 
 from __future__ import annotations
@@ -40,13 +48,14 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
 import msgpack
 
 from llmo.brain.core import new_state, step
 from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from llmo.brain.lockfile import FileLock, Locked
 from llmo.brain.state import BrainState
 from llmo.proto.codec import decode, encode
 
@@ -57,6 +66,18 @@ FSYNC_INTERVAL_S = 0.1  # the "interval" policy: at most this long between fsync
 
 class JournalError(Exception):
     """The journal or its snapshot cannot be read (the message says which and why)."""
+
+
+class JournalLocked(JournalError):
+    """Another live brain holds the journal; ``holder`` is what it wrote in the lock file."""
+
+    def __init__(self, path: str, holder: dict[str, Any]) -> None:
+        self.path = path
+        self.holder = holder
+        pid = holder.get("pid")
+        who = f"brain pid {pid}" if pid is not None else "another brain (pid unknown)"
+        serves = f" (broker {holder['broker']})" if holder.get("broker") else ""
+        super().__init__(f"journal {path} is in use by {who}{serves}")
 
 
 def record_of(now: float, event: Event, raw: bytes | None = None) -> list[Any]:
@@ -134,6 +155,8 @@ class Journal:
             raise ValueError(f"fsync policy {fsync!r}: use one of {', '.join(FSYNC_POLICIES)}")
         self.path = path
         self.snapshot_path = path + ".snap"
+        self.lock_path = path + ".lock"
+        self.lock: FileLock | None = None
         self.fsync = fsync
         self.handle: BinaryIO | None = None
         self.since_snapshot = 0
@@ -143,8 +166,26 @@ class Journal:
 
     # --- recovery ---------------------------------------------------------------
 
-    def recover(self) -> BrainState:
-        """The state the journal (and its snapshot) hold; then opens it for appending."""
+    def recover(self, holder: Mapping[str, Any] | None = None) -> BrainState:
+        """Lock the journal, then the state it (and its snapshot) hold; then opens it
+        for appending. ``holder`` (the broker endpoint, ...) goes into the lock file
+        with the pid; ``JournalLocked`` if another brain holds it."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        if self.lock is None:
+            try:
+                self.lock = FileLock.acquire(
+                    self.lock_path, {"journal": os.path.abspath(self.path), **(holder or {})}
+                )
+            except Locked as exc:
+                raise JournalLocked(self.path, exc.holder) from None
+        try:
+            return self._recover()
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _recover(self) -> BrainState:
         state = self.load_snapshot()
         base, records, good = read_records(self.path)
         skip = state.events - base
@@ -157,8 +198,6 @@ class Journal:
             now, event = event_of(record)
             state, _ = step(state, event, now)
         self.since_snapshot = len(records) - skip
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
         if os.path.exists(self.path):
             with open(self.path, "r+b") as handle:
                 handle.truncate(good)
@@ -247,3 +286,10 @@ class Journal:
                 self._unsynced = False
             self.handle.close()
             self.handle = None
+        self.unlock()
+
+    def unlock(self) -> None:
+        """Let another brain have the journal (the end of the process does it too)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None

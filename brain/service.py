@@ -11,7 +11,10 @@ iteration are written before its messages are sent. File reads the core asks
 for (``ReadPlan``, ``ReadManifest``) become events that are stepped and
 journaled in turn, in the same iteration.
 
-On start the journal is replayed (snapshot first) and two events are
+On start the brain locks its journal (``Journal.recover``: one brain per
+journal; a second one is refused with ``JournalLocked`` naming the holder's
+pid and broker, before it reads anything), the journal is replayed
+(snapshot first) and two events are
 journaled: ``Configure`` with the settings of this run and ``Resumed``,
 which gives known workers a fresh expiry window and asks again for reads
 that were pending at the crash. Workers hold their results while the brain
@@ -91,7 +94,7 @@ class BrainService:
 
     def start(self) -> None:
         """Recover from the journal and connect (``run`` calls it)."""
-        self.state = self.journal.recover()
+        self.state = self.journal.recover({"broker": self.endpoint})
         resumed = self.state.events > 0
         log.info(
             "brain: journal %s holds %d events, %d batches (%d running)",
@@ -145,7 +148,7 @@ class BrainService:
     def close(self) -> None:
         if self.state is not None and self.journal.handle is not None:
             self.flush()
-            self.journal.close()
+        self.journal.close()
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -206,32 +209,41 @@ class BrainService:
                     for path in paths:
                         os.makedirs(path, exist_ok=True)
                 case ReadPlan():
-                    self.feed(read_plan(command))
+                    self.feed(read_plan(command, self.config.plan_roots))
                 case ReadManifest():
-                    self.feed(read_manifest(command))
+                    self.feed(read_manifest(command, self.config.plan_roots))
                 case Log(level=level, text=text):
                     log.log(LOG_LEVELS.get(level, logging.INFO), "%s", text)
         except (OSError, zmq.ZMQError) as exc:
             log.error("brain: %s failed: %s", type(command).__name__, exc)
 
 
-def read_plan(command: ReadPlan) -> PlanLoaded:
+def read_plan(command: ReadPlan, roots: tuple[str, ...] = ()) -> PlanLoaded:
+    """The plan file's text, read only inside its own folder and, if any, the plan roots."""
     path = command.plan_path
     file = path if path.endswith(".md") else os.path.join(path, "plan.md")
+    allowed = list(roots) or [os.path.dirname(file)]
     try:
-        with open(file, encoding="utf-8") as handle:
-            return PlanLoaded(command.request_id, handle.read())
+        if (why := plans.outside_roots(file, [os.path.dirname(file)])) or (
+            roots and (why := plans.outside_roots(file, roots))
+        ):
+            return PlanLoaded(command.request_id, None, f"the plan file {why}; it was not read")
+        text = plans.read_confined(file, allowed, "the plan file")
+        return PlanLoaded(command.request_id, text)
+    except plans.PlanError as exc:
+        return PlanLoaded(command.request_id, None, str(exc))
     except FileNotFoundError:
         return PlanLoaded(command.request_id, None, f"there is no plan file {file}")
     except (OSError, UnicodeDecodeError) as exc:
         return PlanLoaded(command.request_id, None, f"cannot read {file}: {exc}")
 
 
-def read_manifest(command: ReadManifest) -> ManifestRead:
+def read_manifest(command: ReadManifest, roots: tuple[str, ...] = ()) -> ManifestRead:
+    """The items of a foreach source inside the plan folder, the batch folder or ``roots``."""
     variables = command.variables
     try:
         items = plans.read_foreach_items(
-            command.spec, variables, base_dir=variables.get("BATCH_PATH")
+            command.spec, variables, base_dir=variables.get("BATCH_PATH"), roots=roots
         )
     except plans.PlanError as exc:
         return ManifestRead(command.batch_id, command.task_id, None, str(exc))

@@ -144,7 +144,8 @@ class TaskRun:
     """One task of a batch (a plan task, a foreach template or an expanded item).
 
     ``spec`` is the ``plans.Task`` it came from (for items, the template's, so
-    100,000 items share one); ``command`` and ``deps`` are its own, substituted.
+    100,000 items share one); ``command`` and ``deps`` are its own, substituted,
+    and ``env`` holds the values its command refers to (``"${LLMO_ITEM_ID}"``).
     ``attempts`` counts attempts spent (from their start); ``seq`` numbers every
     attempt id handed out, spent or not, so ids never repeat.
     """
@@ -178,6 +179,13 @@ class TaskRun:
     cancel_why: str = ""
     error: str = ""
     failures: list[FailedAttempt] | None = None  # one entry per failed attempt, with log tail
+    env: dict[str, str] | None = None  # the values of the command's placeholders
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
+        self.env = None
+        for name, value in state[1].items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(slots=True, eq=False)

@@ -57,6 +57,10 @@ def task_row(task: TaskRun) -> dict[str, Any]:
         row["template"] = task.parent
     if task.error:
         row["error"] = task.error
+    if task.state == "failed" and spec.task_class != "meta":
+        row["command"] = task.command  # its values as variables, given in "values"
+        if task.env:
+            row["values"] = dict(task.env)
     return row
 
 
@@ -202,6 +206,10 @@ def escalation(batch: Batch, now: float) -> str:
             f"## {task.id}",
             "",
             f"- **command**: `{task.command}`",
+            *(
+                f"- **{var}**: {json.dumps(value, ensure_ascii=False)[:500]}"
+                for var, value in (task.env or {}).items()
+            ),
             f"- **attempts**: {task.attempts}",
             f"- **exit codes**: {', '.join(str(c) for c in codes) or 'none'}",
             f"- **error**: {task.error}",

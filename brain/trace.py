@@ -71,7 +71,9 @@ def describe_command(command: Command) -> str:
         case Send(msg=msg):
             text = f"send {describe_message(msg)} to {msg.dst}"
             command_text = getattr(msg, "command", "")
-            return f'{text} "{command_text[:60]}"' if command_text else text
+            text = f'{text} "{command_text[:60]}"' if command_text else text
+            env = getattr(msg, "env", None)
+            return f"{text} env {json.dumps(env, ensure_ascii=False)[:200]}" if env else text
         case WriteFile(path=path):
             return f"write {path}"
         case AppendLines(path=path, lines=lines):

@@ -22,6 +22,17 @@ Peer-supplied text is escaped in every log line (``broker.logsafe``).
 ``MAXMSGSIZE`` (twice the codec's limit) makes ZeroMQ drop a connection that
 sends a frame big enough to hurt, before it is buffered.
 
+Telemetry goes out on an XPUB socket that admits subscriptions within
+limits (``broker.pub``): at most ``MAX_SUBSCRIPTIONS`` topics of at most
+``MAX_TOPIC_BYTES`` per connection, frames over ``MAX_SUBSCRIPTION_FRAME``
+dropped by ZeroMQ; excess subscriptions are ignored and counted, and a
+connection that keeps sending them is cut. The loop reads subscriptions
+between messages, at most every ``DRAIN_EVERY_S``.
+
+Each of ``router_endpoint`` and ``pub_endpoint`` may be a list
+(``proto.endpoints.bind_list``); each endpoint is checked and bound on its
+own, and one that cannot be bound raises ``BindError`` naming it.
+
 With ``keys`` both sockets speak CurveZMQ and admit only allow-listed client
 keys (``broker.auth``); without keys a non-loopback bind is refused unless
 ``insecure`` (``proto.security.check_bind``).
@@ -44,10 +55,11 @@ from llmo.broker import logsafe
 from llmo.broker.auth import CurveGuard
 from llmo.broker.liveness import Liveness
 from llmo.broker.logsafe import shown
+from llmo.broker.pub import DRAIN_EVERY_S, SubscriptionGate
 from llmo.broker.roles import HEARTBEAT_ROLES, KEY_SEPARATOR, Role, Roles, key_owns, refusal
 from llmo.broker.routes import Route, Routes
 from llmo.proto.codec import MAX_MESSAGE_BYTES, Envelope, decode, decode_envelope, encode
-from llmo.proto.endpoints import valid_actor_name
+from llmo.proto.endpoints import bind_list, valid_actor_name
 from llmo.proto.errors import ErrorCode, ProtocolError
 from llmo.proto.messages import (
     BRAIN,
@@ -72,6 +84,11 @@ HWM = 100_000
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 LOG_LIMIT = 20  # malformed-input log lines per minute; the rest are counted
+IDLE_WAKE_S = 0.05  # an idle loop wakes this often to read new subscriptions
+
+
+class BindError(OSError):
+    """An endpoint the broker cannot bind (in use, no such interface, malformed)."""
 
 
 @dataclass(slots=True)
@@ -103,7 +120,9 @@ class Broker:
         insecure: bool = False,
         roles: Roles | None = None,
     ) -> None:
-        check_bind([router_endpoint, pub_endpoint], keys, insecure=insecure)
+        router_binds = bind_list(router_endpoint)
+        pub_binds = bind_list(pub_endpoint)
+        check_bind(router_binds + pub_binds, keys, insecure=insecure)
         self.stats = BrokerStats()
         self.context = zmq.Context()
         self.guard: CurveGuard | None = None
@@ -113,7 +132,8 @@ class Broker:
         self.router.setsockopt(zmq.MAXMSGSIZE, 2 * MAX_MESSAGE_BYTES)
         self.router.setsockopt(zmq.SNDHWM, HWM)
         self.router.setsockopt(zmq.RCVHWM, HWM)
-        self.pub = self.context.socket(zmq.PUB)
+        self.subscriptions = SubscriptionGate(self.context, self.stats.refused, clock)
+        self.pub = self.subscriptions.socket
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, HWM)
         try:
@@ -121,16 +141,13 @@ class Broker:
                 self.guard = CurveGuard(self.context, keys, self.stats.refused, clock)
                 self.guard.secure(self.router, "ROUTER")
                 self.guard.secure(self.pub, "PUB")
-            self.router.bind(router_endpoint)
-            self.pub.bind(pub_endpoint)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise OSError(f"cannot bind {router_endpoint} / {pub_endpoint}: {exc}") from exc
-        except SecurityError:
+            self.router_endpoints = _bind(self.router, "ROUTER", router_binds)
+            self.pub_endpoints = _bind(self.pub, "PUB", pub_binds)
+        except (SecurityError, BindError):
             self.close()
             raise
-        self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.router_endpoint = self.router_endpoints[0]
+        self.pub_endpoint = self.pub_endpoints[0]
         self.liveness = Liveness(interval=interval, liveness=liveness)
         self.roles = roles or Roles()
         self.routes = Routes(expiry=self.liveness.expiry)
@@ -154,8 +171,8 @@ class Broker:
         self._running = True
         log.info(
             "broker routing on %s, publishing on %s (liveness %d x %.1fs)",
-            self.router_endpoint,
-            self.pub_endpoint,
+            ", ".join(self.router_endpoints),
+            ", ".join(self.pub_endpoints),
             self.liveness.liveness,
             self.liveness.interval,
         )
@@ -178,8 +195,10 @@ class Broker:
         # poll() followed by a non-blocking drain costs two and an exception.
         router = self.router
         guard = self.guard
-        router.setsockopt(zmq.RCVTIMEO, max(10, int(self.liveness.interval * 1000 / 4)))
+        wake_ms = min(self.liveness.interval / 4, IDLE_WAKE_S) * 1000
+        router.setsockopt(zmq.RCVTIMEO, max(10, int(wake_ms)))
         next_check = self._clock() + self.liveness.interval / 2
+        next_drain = 0.0
         try:
             while self._running:
                 try:
@@ -200,8 +219,12 @@ class Broker:
                         self.stats.refused["internal_error"] += 1
                         log.exception("broker: internal error handling a message; still routing")
                 now = self._clock()
+                if now >= next_drain:
+                    self.subscriptions.drain()
+                    next_drain = now + DRAIN_EVERY_S
                 if now >= next_check:
                     self.check_liveness(now)
+                    self.subscriptions.prune()
                     if self.guard is not None:
                         self.guard.poll()
                     next_check = now + self.liveness.interval / 2
@@ -217,7 +240,7 @@ class Broker:
         if self.guard is not None:
             self.guard.close()
         self.router.close(linger=0)
-        self.pub.close(linger=0)
+        self.subscriptions.close()
         self.context.term()
 
     # --- one inbound message ---------------------------------------------------------
@@ -472,3 +495,17 @@ class Broker:
             log.warning("refused input from %s: %s: %s", sender, code.value, detail[:300])
         else:
             self._suppressed += 1
+
+
+def _bind(sock: zmq.Socket, label: str, endpoints: list[str]) -> list[str]:
+    """Bind each endpoint; the endpoints as bound (a ``*`` port resolved)."""
+    bound = []
+    for endpoint in endpoints:
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise BindError(
+                f"cannot bind the {label} endpoint {endpoint}: {zmq.strerror(exc.errno or 0)}"
+            ) from exc
+        bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    return bound

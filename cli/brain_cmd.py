@@ -1,4 +1,8 @@
-"""``llmo brain``: run the brain (scheduler, journal, run history) in the foreground."""
+"""``llmo brain``: run the brain (scheduler, journal, run history) in the foreground.
+
+One brain per journal: a journal that a live brain holds (``<journal>.lock``)
+is refused with exit code 2 and one line naming the holder's pid and broker.
+"""
 
 from __future__ import annotations
 
@@ -43,9 +47,13 @@ def load_settings(path: str | None) -> dict:
     if not path:
         return {}
     if path.endswith(".toml"):
-        from llmo.cli.config import load
+        from llmo.cli.config import load, worker_policy
 
-        return dict(load(path).brain)
+        rig = load(path)
+        settings = dict(rig.brain)
+        # Plan files and foreach sources: inside the workers' plan roots.
+        settings.setdefault("plan_roots", list(worker_policy(rig).plan_roots))
+        return settings
     with open(path, encoding="utf-8") as handle:
         data = json.load(handle)
     if not isinstance(data, dict):
@@ -56,7 +64,7 @@ def load_settings(path: str | None) -> dict:
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     from llmo.brain.config import BrainConfig
-    from llmo.brain.journal import JournalError
+    from llmo.brain.journal import JournalError, JournalLocked
     from llmo.brain.service import BrainService
     from llmo.cli.config import RigConfig, client_keys, load
     from llmo.cli.config import endpoints as rig_endpoints
@@ -81,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         service.start()
+    except JournalLocked as exc:
+        print(f"llmo brain: {exc}", file=sys.stderr)
+        return 2
     except (JournalError, OSError) as exc:
         print(f"llmo brain: cannot recover from {args.journal}: {exc}", file=sys.stderr)
         return 1

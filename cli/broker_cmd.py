@@ -3,7 +3,11 @@
 Endpoints, heartbeat settings and keys come from flags, else ``--config``
 (``[endpoints]``, ``[broker]``, ``[security]``), else the defaults. With a
 keys folder both sockets use CurveZMQ and admit only its allow-list; without
-one, binding anything but loopback needs ``--insecure``.
+one, binding anything but loopback needs ``--insecure``. ``--broker`` and
+``--pub`` may each list endpoints (``,`` or ``;`` between them); every one is
+checked and bound. A configuration the broker cannot run with (bad keys, an
+exposed plain-TCP endpoint, an endpoint it cannot bind) exits with code 2
+and one line naming it, so ``llmo up`` stops instead of restarting it.
 
 Roles: the workers are the names given with ``--worker`` (``llmo up`` passes
 each of its workers), else the ``[[workers]]`` of ``--config``; ``brain`` is
@@ -52,8 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmo.broker.roles import Roles
-    from llmo.broker.service import Broker
+    from llmo.broker.service import BindError, Broker
     from llmo.cli.config import ConfigError, RigConfig, endpoints, load, server_keys
+    from llmo.proto.endpoints import EndpointError
     from llmo.proto.security import SecurityError
 
     setup_logging(args.log_level)
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             roles=roles,
         )
-    except SecurityError as exc:
+    except (SecurityError, EndpointError, BindError) as exc:
         print(f"llmo broker: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -21,7 +21,8 @@ checked by their owners, which ``load`` calls so all errors surface at once.
     [policy]     plan_roots, protected_paths, refused_patterns, [policy.rlimits.CLASS]
                                         what shell tasks may do (``worker.rules``);
                                         ``worker_policy`` adds this file, the keys and
-                                        the rig folder to the protected paths
+                                        the rig folder to the protected paths,
+                                        the keys and rig folders to the secret ones
     [[workers]]  name, gpus, role, model, n_gpu_layers, tensor_split, n_ctx,
                  threads, slots, vram_mb
 """
@@ -309,26 +310,33 @@ def keys_dir(config: RigConfig, flag: str | None = None) -> str:
 
 def worker_policy(config: RigConfig, keys_flag: str | None = None) -> Policy:
     """The workers' command policy: ``[policy]`` (paths relative to this file), with the
-    config file, the keys folder and the rig folder always protected, and the plans
-    folder as the plan root unless ``plan_roots`` says otherwise."""
+    config file, the keys folder and the rig folder always protected, the keys and
+    rig folders (and ``~/.ssh``) secret, and the plans folder as the plan root
+    unless ``plan_roots`` says otherwise."""
     from llmo.worker.rules import Policy
 
     base = os.path.dirname(os.path.abspath(config.path)) if config.path else os.getcwd()
     protect = [os.path.abspath(config.path)] if config.path else []
+    secret = []
     keys = keys_dir(config, keys_flag)
     if keys:
         protect.append(os.path.abspath(keys))
+        secret.append(os.path.abspath(keys))
     roots = [os.path.abspath(config.plans_dir)] if config.plans_dir else []
     given_roots = config.policy.get("plan_roots")
     all_roots = roots if given_roots is None else [os.path.join(base, r) for r in given_roots]
     if config.rig_dir:
+        # The journal, the logs and the model cache. Plan roots inside the rig folder
+        # stay writable: the kernel rules grant them within the secret folder.
         rig = os.path.abspath(config.rig_dir)
-        # The journal and the model cache, unless plans live inside the rig folder.
+        secret.append(rig)
         inside = [r for r in map(os.path.normpath, all_roots) if f"{r}/".startswith(f"{rig}/")]
         if not inside:
             protect.append(rig)
     try:
-        return Policy.from_dict(config.policy, base_dir=base, protect=protect, default_roots=roots)
+        return Policy.from_dict(
+            config.policy, base_dir=base, protect=protect, secret=secret, default_roots=roots
+        )
     except ValueError as exc:
         raise ConfigError(config.path or "llmo.toml", [str(exc)]) from None
 

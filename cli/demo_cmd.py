@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"llmo demo: starting the rig in {rig_dir} (broker {endpoints.broker})", flush=True)
     up = subprocess.Popen([*llmo, "up", "--rig-dir", str(rig_dir)], env=env)
     try:
-        ready = subprocess.run(
+        waiting = subprocess.Popen(
             [
                 *llmo,
                 "status",
@@ -75,7 +75,20 @@ def run(args: argparse.Namespace) -> int:
             ],
             env=env,
         )
-        if ready.returncode != 0 or up.poll() is not None:
+        # llmo up may refuse at once (a rig folder in use, no model): stop
+        # waiting then, rather than for the whole ready timeout.
+        while waiting.poll() is None and up.poll() is None:
+            time.sleep(0.1)
+        if up.poll() is not None:
+            waiting.terminate()
+            waiting.wait()
+            print(
+                f"llmo demo: llmo up exited with code {up.returncode}; see its message above"
+                f" and {rig_dir}/logs",
+                file=sys.stderr,
+            )
+            return 1
+        if waiting.returncode != 0:
             print(f"llmo demo: the rig did not come up; see {rig_dir}/logs", file=sys.stderr)
             return 1
         submit = [*llmo, "submit", args.plan_dir, "--watch"]

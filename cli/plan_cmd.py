@@ -112,6 +112,7 @@ def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
             "depends_on": list(t.depends_on),
             "foreach": t.foreach,
             "batch_size": t.batch_size,
+            **_command_preview(t, plan_dir, config),
         }
         for t in plan.tasks
     ]
@@ -142,6 +143,29 @@ def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
     return report
 
 
+def _command_preview(task: Any, plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
+    """The command as it will run (values as variables) and the values known now."""
+    from llmo.plans import PlanError
+    from llmo.plans.shellvalues import ShellCommand
+    from llmo.plans.variables import format_value, is_item_name
+
+    if task.task_class == "meta":
+        return {"command": task.command, "values": {}, "item_values": {}}
+    known: dict[str, object] = {k: format_value(v) for k, v in (config or {}).items()}
+    known.update(PLAN_PATH=plan_dir, BATCH_PATH="{BATCH_PATH}", BATCH_ID="{BATCH_ID}")
+    try:
+        shell = ShellCommand(task.command, known)
+    except PlanError as exc:  # a configured value it cannot take: the run would fail the task
+        return {"command": task.command, "values": {}, "item_values": {}, "error": str(exc)}
+    values = {
+        var: known[name]
+        for name, var in shell.names.items()
+        if not is_item_name(name) and name in known
+    }
+    item_values = {var: "{" + name + "}" for name, var in shell.names.items() if is_item_name(name)}
+    return {"command": shell.command, "values": values, "item_values": item_values}
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable form of ``check_plan``'s report."""
     lines = [f"error: {e}" for e in report["errors"]]
@@ -159,6 +183,15 @@ def format_report(report: dict[str, Any]) -> str:
     templates = [t for t in tasks.values() if t["foreach"]]
     for t in templates:
         lines.append(f"  foreach {t['id']}: over {t['foreach']}, batch_size {t['batch_size']}")
+    lines.append("  commands (values travel in the task's environment, not in its text):")
+    for t in tasks.values():
+        lines.append(f"    {t['id']}: {t['command']}")
+        if t.get("error"):
+            lines.append(f"      (will fail: {t['error']})")
+        for var, value in t["values"].items():
+            lines.append(f"      {var}={json.dumps(value, ensure_ascii=False)}")
+        for var, name in t["item_values"].items():
+            lines.append(f"      {var}: each item's {name}")
     classes = ", ".join(f"{name} {n}" for name, n in sorted(report["classes"].items()))
     lines.append(f"  classes: {classes}")
     ph = report["placeholders"]

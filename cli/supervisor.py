@@ -8,6 +8,12 @@ at most ``max_restarts`` times within ``window_s`` (6 in 5 minutes); beyond
 that it is left stopped and the operator is told, instead of a relaunch loop.
 The delay doubles from ``base_delay_s`` with each restart in the window.
 
+Exit code 2 (``CONFIG_ERROR_EXIT``) is every llmo command's answer to bad
+configuration: an endpoint it cannot bind, keys it cannot read, flags that
+do not parse. Restarting cannot fix that, so such a child is never
+restarted: ``config_error`` names it with the last line of its log (the
+reason it printed), and ``llmo up`` stops the rig and shows that line.
+
 ``Supervisor`` owns the processes. Each child runs in its own process group
 with its output appended to ``<logs>/<name>.log``. ``poll`` reaps exits and
 schedules restarts; ``stop`` sends SIGTERM to every group, waits, and sends
@@ -30,6 +36,8 @@ from pathlib import Path
 log = logging.getLogger("llmo.up")
 
 PR_SET_PDEATHSIG = 1
+CONFIG_ERROR_EXIT = 2  # a child that exits with this is misconfigured, not crashed
+_TAIL_BYTES = 4096
 
 
 def _die_with_parent() -> None:
@@ -78,6 +86,18 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
 
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log file (its tail only), or ``""``."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 class Supervisor:
     def __init__(
         self,
@@ -87,6 +107,7 @@ class Supervisor:
     ) -> None:
         self.policy = policy or RestartPolicy()
         self.children: dict[str, Child] = {}
+        self.config_error: tuple[str, str] | None = None  # (child, the reason it gave)
         self._clock = clock
         self._say = say
 
@@ -123,6 +144,16 @@ class Supervisor:
                 if code is None:
                     continue
                 child.exit_codes.append(code)
+                if code == CONFIG_ERROR_EXIT:
+                    child.given_up = True
+                    reason = last_line(child.log_path)
+                    if self.config_error is None:
+                        self.config_error = (child.name, reason)
+                    self._say(
+                        f"llmo up: {child.name} exited with code {code}, a configuration error; "
+                        f"not restarting it: {reason or '(nothing in its log)'}"
+                    )
+                    continue
                 delay = self.policy.decide(child.restarts, now)
                 if delay is None:
                     child.given_up = True

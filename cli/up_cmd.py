@@ -6,7 +6,17 @@ endpoints from flags, LLMO_BROKER / LLMO_PUB, the config, or the loopback
 defaults. With no model given anywhere it uses the embedded Gemma 3 270M.
 It prints where everything is, restarts a child that dies (``cli.supervisor``:
 back-off, at most 6 restarts in 5 minutes), and on Ctrl-C or SIGTERM stops
-the workers, then the brain, then the broker.
+the workers, then the brain, then the broker. A child that exits with code 2
+(a configuration error, such as an endpoint the broker cannot bind) is not
+restarted: the rig stops and ``llmo up`` exits 2 with that child's reason.
+``--broker``/``--pub`` may list several endpoints for the broker to bind;
+the other children connect to the loopback one.
+
+One ``llmo up`` per rig folder: before anything is written or started it
+locks ``<rig_dir>/llmo-up.lock`` (``brain.lockfile``; released by the
+operating system when ``llmo up`` ends, however it ends) and writes its pid,
+endpoints and start time there. A second ``llmo up`` on the same folder
+exits 2 at once, naming the first's pid and endpoints, and starts nothing.
 """
 
 from __future__ import annotations
@@ -22,10 +32,14 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmo.cli.common import add_endpoint_flags, llmo_child
 from llmo.cli.config import add_key_flags
 from llmo.cli.worker_cmd import LIMIT_FLAGS
+
+if TYPE_CHECKING:
+    from llmo.brain.lockfile import FileLock
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -47,14 +61,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[str]]]]:
     """Where things go and the argv of each child (name, argv)."""
     from llmo.cli.config import RigConfig, WorkerSpec, keys_dir, load, server_keys, worker_policy
-    from llmo.proto.endpoints import resolve
+    from llmo.proto.endpoints import bind_list, local_endpoint, resolve
     from llmo.proto.security import check_bind
 
     config = load(args.config) if args.config else RigConfig()
     endpoints = resolve(args.broker or config.broker or None, args.pub or config.pub or None)
     # Refuse here what the broker would refuse, rather than restart it six times.
     keys = server_keys(config, args.keys_dir)
-    check_bind([endpoints.broker, endpoints.pub], keys, insecure=args.insecure)
+    binds = bind_list(endpoints.broker) + bind_list(endpoints.pub)
+    check_bind(binds, keys, insecure=args.insecure)
     keys_flags = ["--keys-dir", keys_dir(config, args.keys_dir)] if keys is not None else []
     rig_dir = Path(args.rig_dir or config.rig_dir or "rig").resolve()
     model = args.model
@@ -77,18 +92,25 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     brain_settings = dict(config.brain)
     brain_settings.setdefault("default_model", model)
     brain_settings.setdefault("brain_model", model)
+    if args.config:  # plan files and foreach sources: inside the workers' plan roots
+        roots = worker_policy(dataclasses.replace(config, rig_dir=str(rig_dir)), args.keys_dir)
+        brain_settings.setdefault("plan_roots", list(roots.plan_roots))
     rig_dir.mkdir(parents=True, exist_ok=True)
     brain_config = rig_dir / "brain.json"
     brain_config.write_text(json.dumps(brain_settings, indent=2) + "\n")
     llmo = llmo_child()
-    common = ["--broker", endpoints.broker, *keys_flags]
+    # The broker binds every endpoint given; the others connect to its local one.
+    connect = local_endpoint(endpoints.broker)
+    common = ["--broker", connect, *keys_flags]
     children = [
         (
             "broker",
             [
                 *llmo,
                 "broker",
-                *common,
+                "--broker",
+                endpoints.broker,
+                *keys_flags,
                 "--pub",
                 endpoints.pub,
                 "--interval",
@@ -117,12 +139,13 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
         for key, dest in LIMIT_FLAGS.items()
         if key in config.limits
     ]
-    if args.config:  # the [policy], with the config, keys and rig folder it protects
-        policy_file = rig_dir / "policy.json"
-        in_use = dataclasses.replace(config, rig_dir=str(rig_dir))
-        policy = worker_policy(in_use, args.keys_dir).to_dict()
-        policy_file.write_text(json.dumps(policy, indent=2) + "\n")
-        limit_flags.append(("--policy", str(policy_file)))
+    # The [policy] (none without --config), with the config, keys and rig folder it
+    # protects: the workers learn the rig folder from it, so a bare `llmo up` has it too.
+    policy_file = rig_dir / "policy.json"
+    in_use = dataclasses.replace(config, rig_dir=str(rig_dir))
+    policy = worker_policy(in_use, args.keys_dir).to_dict()
+    policy_file.write_text(json.dumps(policy, indent=2) + "\n")
+    limit_flags.append(("--policy", str(policy_file)))
     for w in workers:
         argv = [
             *llmo,
@@ -156,6 +179,9 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     where = {
         "broker": endpoints.broker,
         "pub": endpoints.pub,
+        "connect": connect,
+        "connect_pub": local_endpoint(endpoints.pub),
+        "binds": binds,
         "rig_dir": str(rig_dir),
         "logs": str(rig_dir / "logs"),
         "model": model,
@@ -189,17 +215,69 @@ def in_use(endpoints: list[str]) -> list[str]:
     return busy
 
 
+RIG_LOCK = "llmo-up.lock"
+
+
+class RigInUse(RuntimeError):
+    """Another live ``llmo up`` holds the rig folder."""
+
+
+def lock_rig(args: argparse.Namespace) -> FileLock:
+    """Lock the rig folder (as ``plan_children`` will resolve it) for this ``llmo up``."""
+    from llmo.brain.lockfile import FileLock, Locked
+    from llmo.cli.config import RigConfig, load
+    from llmo.proto.endpoints import resolve
+
+    config = load(args.config) if args.config else RigConfig()
+    endpoints = resolve(args.broker or config.broker or None, args.pub or config.pub or None)
+    rig_dir = Path(args.rig_dir or config.rig_dir or "rig").resolve()
+    rig_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "broker": endpoints.broker,
+        "pub": endpoints.pub,
+        "rig_dir": str(rig_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        return FileLock.acquire(str(rig_dir / RIG_LOCK), info)
+    except Locked as exc:
+        holder = exc.holder
+        if "pid" not in holder:
+            raise RigInUse(
+                f"rig folder {rig_dir} is in use by another llmo up (pid unknown)"
+            ) from None
+        raise RigInUse(
+            f"rig folder {rig_dir} is in use by llmo up pid {holder['pid']} "
+            f"(broker {holder.get('broker', '?')}, pub {holder.get('pub', '?')})"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from llmo.cli.config import ConfigError
+
+    try:
+        rig_lock = lock_rig(args)
+    except (ConfigError, RuntimeError, OSError) as exc:  # RigInUse among them
+        print(f"llmo up: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run_locked(args)
+    finally:
+        rig_lock.release()
+
+
+def run_locked(args: argparse.Namespace) -> int:
+    from llmo.cli.config import ConfigError
     from llmo.cli.supervisor import Supervisor
+    from llmo.proto.endpoints import EndpointError
     from llmo.proto.security import SecurityError
 
     try:
         where, children = plan_children(args)
-    except (ConfigError, SecurityError, RuntimeError, OSError) as exc:
+    except (ConfigError, SecurityError, EndpointError, RuntimeError, OSError) as exc:
         print(f"llmo up: {exc}", file=sys.stderr)
         return 2
-    busy = in_use([where["broker"], where["pub"]])
+    busy = in_use(where["binds"])
     if busy:
         print(
             f"llmo up: {', '.join(busy)} already in use: another rig (or program) listens "
@@ -207,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    env = dict(os.environ, LLMO_BROKER=where["broker"], LLMO_PUB=where["pub"])
+    env = dict(os.environ, LLMO_BROKER=where["connect"], LLMO_PUB=where["connect_pub"])
     logs = Path(where["logs"])
     supervisor = Supervisor(say=say)
     stopping = []
@@ -228,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         say("llmo up: running; Ctrl-C stops everything. Try: llmo status")
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(where) + "\n")
-        while not stopping:
+        while not stopping and supervisor.config_error is None:
             supervisor.poll()
             time.sleep(0.2)
     finally:
@@ -236,6 +314,14 @@ def run(args: argparse.Namespace) -> int:
         order = [*where["workers"], "brain", "broker"]
         supervisor.stop(timeout=15.0, order=order)
         say("llmo up: stopped")
+    if supervisor.config_error is not None:
+        name, reason = supervisor.config_error
+        print(
+            f"llmo up: stopped the rig: {name} has a configuration error: "
+            f"{reason or 'see ' + str(logs / (name + '.log'))}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

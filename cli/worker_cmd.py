@@ -98,7 +98,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--policy",
         metavar="FILE",
         help="command policy for shell tasks as JSON, the keys of llmo.toml's [policy] "
-        "(default: [policy] of --config, with the config and keys protected)",
+        "(default: [policy] of --config, with the config and keys protected; the keys "
+        "folder is secret from tasks either way)",
     )
     limits = parser.add_argument_group("resource limits")
     limits.add_argument("--max-temp", type=float, help="GPU warning, °C (default 75)")
@@ -115,7 +116,15 @@ def _pick(flag, from_config, default):
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmo.cli.config import ConfigError, RigConfig, client_keys, endpoints, load, worker_policy
+    from llmo.cli.config import (
+        ConfigError,
+        RigConfig,
+        client_keys,
+        endpoints,
+        keys_dir,
+        load,
+        worker_policy,
+    )
     from llmo.proto.endpoints import valid_actor_name
     from llmo.proto.security import SecurityError, use_keys
 
@@ -169,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         where = f"--policy {args.policy}: " if args.policy else ""
         print(f"llmo worker: {where}{exc}", file=sys.stderr)
         return 2
+    # The keys this worker connects with are secret from its tasks, whatever the file says.
+    policy = policy.with_secret(keys_dir(rig, args.keys_dir))
     config = WorkerConfig(
         name=args.name,
         role=_pick(args.role, spec and spec.role, "worker"),

@@ -16,7 +16,13 @@ from llmo.plans.expand import (
     resolve_task,
     safe_name,
 )
-from llmo.plans.files import load_plan, read_foreach_items, split_foreach
+from llmo.plans.files import (
+    load_plan,
+    outside_roots,
+    read_confined,
+    read_foreach_items,
+    split_foreach,
+)
 from llmo.plans.goal import resolve_goal
 from llmo.plans.graph import dependency_levels, dependents_of, task_edges
 from llmo.plans.model import (
@@ -74,8 +80,10 @@ __all__ = [
     "item_names",
     "items_from_json",
     "load_plan",
+    "outside_roots",
     "parse_plan",
     "placeholders",
+    "read_confined",
     "read_foreach_items",
     "resolve_goal",
     "resolve_task",

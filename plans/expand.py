@@ -13,13 +13,21 @@ counted from 1, like the batch names. Characters other than letters, digits,
 name). Two items that give the same name are an error, not a silent
 overwrite.
 
+Values. A shell task's command refers to its item and configuration values
+as quoted variable expansions and the values travel in the task's ``env``
+(``plans.shellvalues``), so nothing in a manifest is ever read as shell code.
+``meta`` tasks, which are control command names read by the brain, and
+``depends_on`` entries (task names) take the values as text.
+
 Batches. With ``batch_size`` N > 1, consecutive items are grouped N at a
 time into ``<template>_batch_<first:04d>_<last:04d>`` (1-based, inclusive).
 Its command runs each item's command in its own subshell, in order, joined
 with ``&&``: the first failure stops the batch and is its exit status, and an
 ``exit`` inside one item's command cannot end the batch early with success.
 Each subshell closes on a new line so a trailing ``# comment`` in a command
-cannot swallow the rest.
+cannot swallow the rest. The values of item k travel as ``LLMO_B<k>_...``
+(``LLMO_B2_ITEM_ID``) and its subshell first exports them under the usual
+names, so every item's command reads the same as in an unbatched task.
 
 Dependencies. Entries without ``{ITEM...}`` are substituted once; entries
 with it are substituted per item, giving per-item pipelines across two
@@ -37,6 +45,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from llmo.plans.model import ForeachError, PlanError, Task
+from llmo.plans.shellvalues import ShellCommand, batch_env_name, batch_item
 from llmo.plans.variables import Template, substitute, substitute_known
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -110,7 +119,8 @@ def expand_foreach(
         else:
             fixed_deps.append(_sub(entry, variables, None, task.id, 0))
     fixed = tuple(dict.fromkeys(fixed_deps))
-    command = Template(task.command, variables)
+    shell = None if task.task_class == "meta" else ShellCommand(task.command, variables)
+    text_of = Template(task.command, variables)
     requires = tuple(substitute_known(p, variables) for p in task.requires)
     produces = tuple(substitute_known(p, variables) for p in task.produces)
     (executor, task_class, batch_size, model, tier, placement, policy, vram, timeout, line) = (
@@ -126,7 +136,13 @@ def expand_foreach(
         task.line,
     )
 
-    def make(name: str, text: str, deps: tuple[str, ...], group: tuple[object, ...]) -> Task:
+    def make(
+        name: str,
+        text: str,
+        deps: tuple[str, ...],
+        group: tuple[object, ...],
+        env: dict[str, str] | None,
+    ) -> Task:
         return Task(
             name,
             executor,
@@ -146,6 +162,7 @@ def expand_foreach(
             line,
             task.id,
             group,
+            env,
         )
 
     def deps_of(item: object) -> tuple[str, ...]:
@@ -159,19 +176,31 @@ def expand_foreach(
         if batch_size <= 1:
             for name, item in zip(item_names(task.id, items), items, strict=True):
                 n += 1
-                out.append(make(name, command(item), deps_of(item), (item,)))
+                if shell is None:
+                    out.append(make(name, text_of(item), deps_of(item), (item,), None))
+                else:
+                    env = shell.env(item)
+                    out.append(make(name, shell.command, deps_of(item), (item,), env))
         else:
+            item_vars = shell.item_vars if shell is not None else ()
             for start in range(0, len(items), batch_size):
                 group = tuple(items[start : start + batch_size])
                 commands = []
+                batch_env: dict[str, str] | None = None if shell is None else {}
                 deps = list(fixed)
-                for item in group:
+                for k, item in enumerate(group, start=1):
                     n += 1
-                    commands.append(command(item))
+                    if shell is None or batch_env is None:
+                        commands.append(text_of(item))
+                    else:
+                        values = shell.env(item)
+                        for var, value in values.items():
+                            batch_env[batch_env_name(k, var) if var in item_vars else var] = value
+                        commands.append(batch_item(k, shell.command, item_vars))
                     deps.extend(safe_name(entry(item)) for entry in item_deps)
                 name = batch_name(task.id, start + 1, start + len(group))
                 batch_deps = tuple(dict.fromkeys(deps)) if item_deps else fixed
-                out.append(make(name, chain_commands(commands), batch_deps, group))
+                out.append(make(name, chain_commands(commands), batch_deps, group, batch_env))
     except ForeachError:
         raise
     except PlanError as exc:
@@ -197,14 +226,24 @@ def _sub(text: str, variables: Mapping[str, object], item: object, task_id: str,
 def resolve_task(task: Task, variables: Mapping[str, object]) -> Task:
     """A plan task that is not a foreach template, with its placeholders filled.
 
-    Command and ``depends_on`` must resolve (``PlanError`` otherwise);
-    ``requires`` and ``produces`` keep any placeholder they cannot fill.
+    Command and ``depends_on`` must resolve (``PlanError`` otherwise); a shell
+    command gets its values as variables, in ``env``. ``requires`` and
+    ``produces`` keep any placeholder they cannot fill.
     """
     if task.foreach is not None:
         raise PlanError(f"task {task.id} is a foreach template; expand it with expand_foreach")
+    if task.task_class == "meta":
+        command, env = _sub(task.command, variables, None, task.id, 0), None
+    else:
+        try:
+            shell = ShellCommand(task.command, variables)
+            command, env = shell.command, shell.env()
+        except PlanError as exc:
+            raise PlanError(f"task {task.id}: {exc}") from None
     return dataclasses.replace(
         task,
-        command=_sub(task.command, variables, None, task.id, 0),
+        command=command,
+        env=env,
         depends_on=tuple(_sub(d, variables, None, task.id, 0) for d in task.depends_on),
         requires=tuple(substitute_known(p, variables) for p in task.requires),
         produces=tuple(substitute_known(p, variables) for p in task.produces),

@@ -107,6 +107,9 @@ class Task:
     the entries as written; an entry of a template may contain ``{ITEM...}``.
     For an expanded task ``template`` names the template and ``items`` holds
     the item(s) it covers; for a plan task they are ``None`` and ``()``.
+    A resolved or expanded shell task's ``command`` refers to its values as
+    variables (``"${LLMO_ITEM_ID}"``) and ``env`` holds them
+    (``plans.shellvalues``); ``None`` before that and for ``meta`` tasks.
     """
 
     id: str
@@ -127,6 +130,7 @@ class Task:
     line: int = 0
     template: str | None = None
     items: tuple[object, ...] = ()
+    env: dict[str, str] | None = None
 
     @property
     def is_template(self) -> bool:

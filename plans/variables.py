@@ -17,7 +17,8 @@ Substitution splits a text once into literal parts and placeholder names
 (cached, so a template expanded into 100,000 tasks is split once) and then
 joins literal parts with values. Strings are inserted as they are; other
 JSON values as compact JSON (``true``, ``3``, ``{"a":1}``). An undefined name
-is never left in place silently: ``substitute`` raises ``PlanError`` naming
+is never left in place silently (shell commands do not take values as
+text at all: ``plans.shellvalues`` makes them variables): ``substitute`` raises ``PlanError`` naming
 every missing placeholder, and ``undefined_placeholders`` lists them per task
 before a run starts.
 """

@@ -40,7 +40,8 @@ def test_submit_accepts_and_creates_history():
     assert reply.history_path == f"/plans/p/history/{reply.batch_id}"
     dirs = [c for c in rig.commands if isinstance(c, MakeDirs)]
     assert f"{reply.history_path}/logs" in dirs[0].paths
-    assert rig.task(reply.batch_id, "a").command == f"echo {reply.batch_id} 1"
+    assert rig.task(reply.batch_id, "a").command == f'echo {reply.batch_id} "${{LLMO_VAR_X}}"'
+    assert rig.task(reply.batch_id, "a").env == {"LLMO_VAR_X": "1"}
     assert rig.task(reply.batch_id, "a").state == "ready"  # no worker yet
 
 
@@ -440,7 +441,8 @@ def test_foreach_expands_and_waits_for_all_items():
     }
     order = [a.task_id for a in rig.assigns()]
     assert order.index("after") > max(order.index(f"each_{i}") for i in "xyz")
-    assert "run x" in [a.command for a in rig.assigns()]
+    each_x = next(a for a in rig.assigns() if a.task_id == "each_x")
+    assert (each_x.command, each_x.env) == ('run "${LLMO_ITEM_ID}"', {"LLMO_ITEM_ID": "x"})
 
 
 def test_foreach_empty_is_a_no_op_success():

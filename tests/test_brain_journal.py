@@ -8,7 +8,7 @@ import pytest
 
 from llmo.brain.core import new_state, step
 from llmo.brain.events import Received
-from llmo.brain.journal import Journal, JournalError, events, read_records
+from llmo.brain.journal import Journal, JournalError, JournalLocked, events, read_records
 from llmo.brain.trace import replay_lines
 from tests.brain_fixtures import Rig, plan_text
 
@@ -176,3 +176,55 @@ def test_interval_policy_hands_every_commit_to_the_os_and_fsyncs_at_most_per_int
     assert len(synced) == 1 and not journal.unsynced
     journal.close()
     assert summary(recover(path)) == summary(fold(rig.events))
+
+
+def test_a_held_journal_is_refused_naming_its_holder_before_anything_is_read(tmp_path):
+    rig = recorded_run()
+    path = str(tmp_path / "brain.journal")
+    holder = Journal(path)
+    holder.recover({"broker": "tcp://10.0.0.1:5555"})
+    for now, event in rig.events:
+        holder.append(now, event)
+    holder.commit()
+    with open(path, "ab") as handle:
+        handle.write(b"\x93")  # a torn record the refused journal must not cut off
+    size = os.path.getsize(path)
+
+    second = Journal(path)
+    with pytest.raises(JournalLocked) as refused:
+        second.recover({"broker": "tcp://10.0.0.2:5555"})
+
+    assert str(refused.value) == (
+        f"journal {path} is in use by brain pid {os.getpid()} (broker tcp://10.0.0.1:5555)"
+    )
+    assert os.path.getsize(path) == size and second.handle is None and second.lock is None
+    # reading takes no lock: the replay tool works beside the live brain
+    assert any("event batch_completed" in line for line in replay_lines(path))
+    holder.close()
+    assert summary(recover(path)) == summary(rig.state)  # closed: free for the next brain
+
+
+def test_the_lock_outlives_a_snapshot_that_replaces_the_journal_file(tmp_path):
+    rig = recorded_run()
+    path = str(tmp_path / "brain.journal")
+    holder = write(path, rig)
+    holder.snapshot(fold(rig.events))
+    with pytest.raises(JournalLocked, match=f"pid {os.getpid()}"):
+        Journal(path).recover()
+    holder.close()
+    assert recover(path).events == len(rig.events)
+
+
+def test_a_journal_that_cannot_be_recovered_lets_go_of_its_lock(tmp_path):
+    rig = recorded_run()
+    path = str(tmp_path / "j")
+    journal = write(path, rig, 10)
+    journal.snapshot(fold(rig.events[:10]))
+    journal.close()
+    os.remove(path + ".snap")
+    failed = Journal(path)
+    with pytest.raises(JournalError, match="missing"):
+        failed.recover()
+    assert failed.lock is None
+    with pytest.raises(JournalError, match="missing"):  # not JournalLocked
+        recover(path)

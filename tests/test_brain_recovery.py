@@ -108,6 +108,9 @@ def test_brain_killed_mid_batch_finishes_after_restart(broker, tmp_path):
             return snap if snap and snap.batches[0].state != "running" else None
 
         snap = wait_for(ended, 40, lambda: f"the batch to end\n{log.read_text()[-3000:]}")
+        # the killed brain's journal lock went with it: the new brain holds it
+        holder = json.loads(Path(f"{journal}.lock").read_text())
+        assert holder["pid"] == brain.pid and holder["broker"] == endpoint
         assert snap.batches[0].state == "complete", snap.batches[0]
         assert snap.batches[0].counts == {"done": n + 1}
         history = plan_dir / "history" / batch_id

@@ -148,7 +148,7 @@ def test_the_example_policy():
         policy.protected_paths
     )
     assert policy.limits_for("cpu").cpu_s == 3600
-    assert r"\bsudo\b" in policy.refused_patterns
+    assert any("sudo" in p for p in policy.refused_patterns)
 
 
 def test_up_hands_the_policy_to_every_worker(tmp_path):

@@ -52,3 +52,32 @@ def test_demo_runs_the_example_and_says_where_its_results_are(tmp_path):
     summary = json.loads((history / "RUN_SUMMARY.json").read_text())
     assert summary["status"] == "complete"
     assert (tmp_path / "rig" / "logs" / "brain.log").exists()
+
+
+def test_demo_stops_waiting_when_llmo_up_refuses_to_start(tmp_path):
+    # Another llmo up holds the rig folder: llmo up refuses at once, and the
+    # demo says so instead of waiting out its ready timeout.
+    from llmo.brain.lockfile import FileLock
+    from llmo.cli.up_cmd import RIG_LOCK
+
+    rig = tmp_path / "rig"
+    rig.mkdir()
+    held = FileLock.acquire(str(rig / RIG_LOCK), {"broker": "tcp://127.0.0.1:1"})
+    env = dict(
+        os.environ,
+        LLMO_BROKER=f"tcp://127.0.0.1:{free_port()}",
+        LLMO_PUB=f"tcp://127.0.0.1:{free_port()}",
+    )
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "llmo.cli.main", "demo", "--rig-dir", str(rig)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    finally:
+        held.release()
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "is in use by llmo up pid" in run.stderr
+    assert "llmo demo: llmo up exited with code 2" in run.stderr

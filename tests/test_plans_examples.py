@@ -51,11 +51,11 @@ class Run:
         }
         self.log: list[tuple[str, int]] = []
 
-    def shell(self, task_id: str, command: str) -> int:
+    def shell(self, task_id: str, command: str, values: dict[str, str] | None = None) -> int:
         done = subprocess.run(
             ["sh", "-c", command],
             cwd=self.batch,
-            env={**self.env, "TASK_ID": task_id},
+            env={**self.env, **(values or {}), "TASK_ID": task_id},
             capture_output=True,
             text=True,
             timeout=60,
@@ -66,9 +66,10 @@ class Run:
     def task(self, task_id: str) -> list[int]:
         spec = self.plan.task(task_id)
         if spec.foreach is None:
-            return [self.shell(task_id, resolve_task(spec, self.vars).command)]
+            resolved = resolve_task(spec, self.vars)
+            return [self.shell(task_id, resolved.command, resolved.env)]
         items = read_foreach_items(spec.foreach, self.vars, base_dir=str(self.batch))
-        return [self.shell(t.id, t.command) for t in expand_foreach(spec, items, self.vars)]
+        return [self.shell(t.id, t.command, t.env) for t in expand_foreach(spec, items, self.vars)]
 
     def all(self) -> None:
         for level in dependency_levels(self.plan):

@@ -78,7 +78,7 @@ def test_refused_patterns_are_named(command):
 
 
 def test_default_patterns_are_the_documented_ones():
-    assert r"\bsudo\b" in DEFAULT_REFUSED_PATTERNS
+    assert any("sudo" in p for p in DEFAULT_REFUSED_PATTERNS)
     assert Policy().refused_patterns == DEFAULT_REFUSED_PATTERNS
     assert refused("sudo ls", Policy()) is not None
 

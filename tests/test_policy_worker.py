@@ -163,13 +163,18 @@ def test_a_link_out_of_the_batch_folder_is_followed(start, rig):
     assert (rig.keys / "broker.key_secret").read_text() == "secret\n"
 
 
-def test_the_guard_rail_is_no_sandbox_without_protection(start, rig):
-    """Without protected paths the same write goes through: what the check
-    stops is its doing, not the file system's (the unit's ReadWritePaths is)."""
+def test_without_protection_the_kernel_still_stops_a_write_outside(start, rig):
+    """Without protected paths or plan roots the pattern check lets the write
+    through; the kernel rules (writes beneath the task's plan and batch folders
+    and its TMPDIR only) stop it."""
     brain = start(rig.policy(protected_paths=(), plan_roots=()))
     up = "../" * 4
-    assert isinstance(run(brain, rig.assign("w", f"echo more >> {up}llmo.toml")), TaskDone)
-    assert rig.config.read_text().endswith("more\n")
+    result = run(brain, rig.assign("w", f"echo more >> {up}llmo.toml"))
+    assert isinstance(result, TaskFailed) and result.reason != "policy", result
+    assert "Permission denied" in result.log_tail
+    assert rig.config.read_text() == "[endpoints]\n"
+    done = run(brain, rig.assign("in-plan", "echo ok > $PLAN_PATH/ok.txt"))
+    assert isinstance(done, TaskDone), done
 
 
 def test_a_meta_task_is_not_shell_and_is_refused_as_meta_not_checked(start, rig):

@@ -4,7 +4,10 @@ Theory of operation
 -------------------
 ``Attempts.assign`` admits an assignment (``worker.admission``: the command
 policy, then the worker's state) and spawns it as a ``ShellAttempt`` with
-its class's resource limits (``Policy.rlimits``). Each attempt has a token
+its class's resource limits (``Policy.rlimits``), confined by the kernel
+(``worker.landlock``: writes only beneath its plan roots, batch folder and a
+private temporary folder; no reads of the secret paths; ``no_new_privs``).
+Each attempt has a token
 ``Meter`` whose key its environment carries, so what it generates through
 the endpoint is counted for it and reported in ``TaskProgress`` and the
 result. ``meta`` tasks never run here: the brain runs them as ``ModelLoad``
@@ -39,7 +42,7 @@ from llmo.proto.messages import (
     TaskFailed,
     TaskProgress,
 )
-from llmo.worker import admission, results
+from llmo.worker import admission, landlock, results
 from llmo.worker.config import WorkerConfig
 from llmo.worker.leftovers import GroupLedger
 from llmo.worker.limits import Level
@@ -94,6 +97,15 @@ class Attempts:
         self._by_fd: dict[int, Attempt] = {}
         self.ledger: GroupLedger | None = None  # running groups, for a successor to end
         self._recent = results.Recent()
+        self.landlock_abi, why = landlock.probe(config.landlock_abi)
+        if self.landlock_abi < 1:
+            log.warning(
+                "tasks are NOT confined by the kernel: %s; they run with no_new_privs, "
+                "and only the command policy's patterns refuse writes to protected paths",
+                why,
+            )
+        else:
+            log.info("tasks are confined by Landlock ABI %d", self.landlock_abi)
 
     # --- capacity ---------------------------------------------------------------------
 
@@ -153,6 +165,9 @@ class Attempts:
                 log_path=a.log_path or default_log_path(a),
                 header=self._header(a),
                 rlimits=self.config.policy.limits_for(a.task_class),
+                confine=landlock.for_task(
+                    self.config.policy, a.plan_path, a.batch_path, self.landlock_abi
+                ),
                 clock=self.clock,
             )
         except SpawnError as exc:

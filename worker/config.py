@@ -39,6 +39,9 @@ class WorkerConfig:
     confirm_s: float = 2.0
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     policy: Policy = field(default_factory=Policy)  # what shell tasks may do
+    # The Landlock ABI to confine tasks with: None asks the kernel, 0 confines by
+    # no_new_privs only (a lower number than the kernel's uses fewer rights).
+    landlock_abi: int | None = None
 
     def budget(self, vram_total_mb: int) -> int:
         if self.vram_mb is not None:

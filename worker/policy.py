@@ -1,42 +1,43 @@
-"""The command policy: which shell tasks a worker refuses to start, and why.
+"""The command policy: the shell tasks a worker refuses before they start, and why.
 
 Theory of operation
 -------------------
 ``check(command, plan_path, batch_path, policy)`` runs before an attempt is
 spawned and returns why it is refused, as ``"<rule>: <detail>"``, or
-``None``. The rule is the name of the ``[policy]`` key that refused it:
+``None``. It is an early, explained refusal of the obvious cases; what
+holds whatever a command does is the kernel: every task runs under a
+Landlock ruleset and ``no_new_privs`` (``worker.landlock``), which allows
+writes only beneath the plan roots, the batch folder and a private
+temporary folder, and no reads of the secret paths. The rule is the name
+of the ``[policy]`` key that refused it:
 
 - ``plan_roots``: the plan folder, the batch folder or the log file lies
   outside every allowed plan root (after ``..`` and symbolic links are
-  resolved), or the command ``cd``s out of them. No roots: any folder.
-- ``refused_patterns``: the command text matches one of the regexes
-  (privilege escalation, setuid bits, formatting or overwriting disks).
-- ``protected_paths``: the command would write to a protected path (the
-  config file, the keys folder, the llmo installation): a redirection
-  (``>``, ``>>``, ``&>`` ...) into one, or a writing program (``rm``,
-  ``mv``, ``cp``, ``tee``, ``dd``, ``sed -i`` ...) in the same simple command
-  as a path inside one, or above one (``rm -rf /etc``). Paths are resolved
-  against the batch folder, following ``cd`` and ``$BATCH_PATH`` /
-  ``$PLAN_PATH`` / ``$HOME`` / ``~``, ``..`` and symbolic links that exist;
-  a glob is compared with each protected path component by component.
-  ``sh -c '...'``, ``$(...)`` and other quoted code are read the same way,
-  and inline interpreter code (``python -c``, ``perl -e``, ``awk``) that
-  names a protected path at all is refused.
+  resolved), or the command ``cd``s out of them by a literal path.
+- ``refused_patterns``: the command text, or the same text with its quotes
+  and backslashes removed (so ``s\\udo`` and ``"sudo"`` are ``sudo``),
+  matches one of the regexes (privilege escalation, setuid bits, disks by
+  their device paths, formatting, cron and system configuration).
+- ``protected_paths``: the command writes, by a literal path, to a
+  protected or secret path (the config file, the keys and rig folders,
+  ``~/.ssh``, the llmo installation): a redirection into one, or a writing
+  program (``rm``, ``mv``, ``cp``, ``tee``, ``dd``, ``sed -i`` ...) in the
+  same simple command as a path inside one, or above one (``rm -rf /``);
+  inline interpreter code (``python -c``, ``awk``) that names one; or a
+  plan or batch folder inside one. Paths are resolved against the batch
+  folder, following ``cd`` and ``$BATCH_PATH`` / ``$PLAN_PATH`` / ``$HOME``
+  / ``~``, ``..`` and symbolic links that exist. ``sh -c '...'``,
+  ``$(...)`` and other quoted code are read the same way. A path built at
+  run time (``D=...; echo > $D/x``, base64, a script file) is not seen here:
+  that is the kernel's to stop.
 - ``command_size``: a command over the kernel's limit for one argument
   (128 KiB) cannot be given to ``/bin/sh``; it is refused up front, as is
   (``unusable_text``) a command or path holding a NUL byte or a lone
   surrogate, which no system call takes.
 
-These checks are a guard rail against mistakes and careless plans, not a
-sandbox: a command can build a path at run time (``$(echo L2V0Yw== | base64
--d)``), call a program the list does not know, or run a script file that
-does anything its user may do. The containment is the systemd unit's
-``ProtectSystem=strict`` with ``ReadWritePaths`` limited to the rig and plan
-folders, ``NoNewPrivileges``, and the dedicated user the worker runs as.
-
 The rules themselves (``Policy``, read from ``[policy]``) are in
 ``worker.rules``; the per-class resource limits in ``worker.rlimits``; the
-shell reading in ``worker.shellwords``.
+shell reading (``shlex``) in ``worker.shellwords``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from llmo.worker.shellwords import (
     WRITE_PROGRAMS,
     inline_code,
     simple_commands,
+    words,
     written,
 )
 
@@ -111,14 +113,20 @@ def check(
                     f"plan_roots: the {what} {path} is outside the plan roots "
                     f"({', '.join(policy.plan_roots)})"
                 )
+    unquoted = " ".join(words(command))
     for pattern in policy.refused_patterns:
-        if _compiled(pattern).search(command):
+        if _compiled(pattern).search(command) or _compiled(pattern).search(unquoted):
             return f"refused_patterns: the command matches the refused pattern {pattern!r}"
-    if log_path and policy.protected_paths:
-        hit = _overlap(_resolved(log_path, batch_path or os.getcwd()), policy.protected_paths)
-        if hit:
-            return f"protected_paths: the log file {log_path} is in the protected path {hit}"
-    if not policy.protected_paths and not policy.plan_roots:
+    guarded = _guarded(policy)
+    for what, path in (
+        ("log file", log_path),
+        ("plan folder", plan_path),
+        ("batch folder", batch_path),
+    ):
+        hit = path and guarded and _inside(_resolved(path, batch_path or os.getcwd()), guarded)
+        if hit and not (what != "log file" and within_roots(path, policy.plan_roots)):
+            return f"protected_paths: the {what} {path} is in the protected path {hit}"
+    if not guarded and not policy.plan_roots:
         return None
     variables = dict(env or {})
     variables.setdefault("BATCH_PATH", batch_path)
@@ -133,7 +141,7 @@ def writable(path: str, policy: Policy) -> bool:
         return False
     if policy.plan_roots and not within_roots(path, policy.plan_roots):
         return False
-    return not _overlap(_resolved(path, os.getcwd()), policy.protected_paths)
+    return not _overlap(_resolved(path, os.getcwd()), _guarded(policy))
 
 
 def within_roots(path: str, roots: Iterable[str]) -> bool:
@@ -144,6 +152,21 @@ def within_roots(path: str, roots: Iterable[str]) -> bool:
             if real == form or real.startswith(form.rstrip("/") + "/"):
                 return True
     return False
+
+
+def _guarded(policy: Policy) -> tuple[str, ...]:
+    """The paths a command may not write: the protected and the secret ones."""
+    return tuple(dict.fromkeys((*policy.protected_paths, *policy.secret_paths)))
+
+
+def _inside(forms: Iterable[str], guarded: Iterable[str]) -> str:
+    """The guarded path one of ``forms`` is or lies in; "" if none."""
+    for form in forms:
+        for path in guarded:
+            for target in {path, _real(path)}:
+                if form == target or form.startswith(target.rstrip("/") + "/"):
+                    return path
+    return ""
 
 
 def _usable(text: str) -> bool:
@@ -202,6 +225,7 @@ class _Reader:
     def __init__(self, policy: Policy, variables: dict[str, str]) -> None:
         self.policy = policy
         self.variables = variables
+        self.guarded = _guarded(policy)
 
     def expand(self, word: str, cwd: str | None) -> str:
         def var(m: re.Match[str]) -> str:
@@ -220,7 +244,7 @@ class _Reader:
 
     def mentions(self, word: str, cwd: str | None) -> str:
         """The protected path ``word`` names (for ``x=y`` words, ``y`` too); "" if none."""
-        protected = self.policy.protected_paths
+        protected = self.guarded
         candidates = [word] if not word.startswith("-") else []
         candidates += word.split("=")[1:]
         for candidate in candidates:
@@ -278,7 +302,7 @@ class _Reader:
         return os.path.normpath(os.path.join(cwd or "/", target))
 
     def writes(self, words: list[str], cwd: str | None) -> str:
-        if not self.policy.protected_paths:
+        if not self.guarded:
             return ""
         programs = [os.path.basename(w) for w in words]
         for i, program in enumerate(programs):
@@ -298,7 +322,7 @@ class _Reader:
         for i, program in enumerate(programs):
             if INTERPRETERS.match(program):
                 for code in inline_code(program, words[i + 1 :]):
-                    for path in self.policy.protected_paths:
+                    for path in self.guarded:
                         if path in code:
                             return (
                                 f"protected_paths: inline {program} code names the "

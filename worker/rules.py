@@ -1,5 +1,12 @@
 """The rules a worker holds its shell tasks to: ``Policy``, read from ``[policy]``.
 
+``plan_roots`` (and ``writable_paths``) are where tasks may write, which the
+kernel enforces (``worker.landlock``); ``secret_paths`` (always ``~/.ssh``,
+and the keys and rig folders ``llmo.cli.config.worker_policy`` adds) are
+what tasks may neither read nor write; ``protected_paths`` may not be
+written. ``refused_patterns`` and the literal checks of ``worker.policy``
+refuse the obvious cases early, with a reason.
+
 ``Policy.from_dict`` checks a ``[policy]`` table (or the JSON form
 ``Policy.to_dict`` writes for ``llmo worker --policy FILE``) and lists every
 problem, each naming its key. ``worker.policy.check`` applies the rules.
@@ -11,24 +18,28 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmo.worker.rlimits import RLIMIT_KEYS, Rlimits, read_rlimits
 
 DEFAULT_REFUSED_PATTERNS: tuple[str, ...] = (
-    r"\bsudo\b",
-    r"\bsu\b",
-    r"\bdoas\b",
-    r"\bpkexec\b",
-    r"\bsetcap\b",
-    # chmod giving a setuid or setgid bit: u+s, g=rxs, +s, 4755, 2755 ...
-    r"\bchmod\s+(-\S+\s+)*([ugoa]*[+=][rwxXt]*s|[2-7][0-7]{3}\b)",
-    r"\bmkfs(\.\w+)?\b",
-    r"\bdd\s+.*\bof=/dev/",
-    r">\s*/dev/(sd|hd|vd|xvd|nvme|mmcblk|dm-|md)",
+    r"\b(sudo|su|doas|pkexec|setcap|crontab)\b",
+    # chmod or install giving a setuid or setgid bit: u+s, g=rxs, +s, 4755, 02755 ...
+    r"\b(chmod|install)\s+(-\S+\s+)*(-m\s*)?([ugoa]*[+=][rwxXt]*s|0?[2-7][0-7]{3}\b)",
+    r"\b(mkfs(\.\w+)?|mke2fs|mkswap|wipefs|fdisk|sfdisk|parted)\b",
+    # a disk by its device path, for any program (dd of=, shred, tee, >, ...)
+    r"/dev/(sd|hd|vd|xvd|nvme|mmcblk|dm-|md|loop)\w*",
+    r"/etc/(cron|sudoers|systemd|init\.d|profile|ld\.so)",
 )
-POLICY_KEYS = ("plan_roots", "protected_paths", "refused_patterns", "rlimits")
+POLICY_KEYS = (
+    "plan_roots",
+    "writable_paths",
+    "protected_paths",
+    "secret_paths",
+    "refused_patterns",
+    "rlimits",
+)
 
 
 class PolicyError(ValueError):
@@ -44,7 +55,9 @@ class Policy:
     """What a worker lets its shell tasks do. Paths are absolute and normalised."""
 
     plan_roots: tuple[str, ...] = ()
+    writable_paths: tuple[str, ...] = ()  # besides the plan roots: a model cache ...
     protected_paths: tuple[str, ...] = ()
+    secret_paths: tuple[str, ...] = field(default_factory=lambda: default_secret())
     refused_patterns: tuple[str, ...] = DEFAULT_REFUSED_PATTERNS
     rlimits: Mapping[str, Rlimits] = field(default_factory=dict)
 
@@ -52,11 +65,18 @@ class Policy:
         """The limits for a class: its own, else ``default``, else None."""
         return self.rlimits.get(task_class) or self.rlimits.get("default")
 
+    def with_secret(self, *paths: str) -> Policy:
+        """This policy with ``paths`` (absolute) also secret."""
+        more = [os.path.abspath(p) for p in paths if p]
+        return replace(self, secret_paths=tuple(dict.fromkeys((*self.secret_paths, *more))))
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form ``from_dict`` reads back (``llmo worker --policy FILE``)."""
         return {
             "plan_roots": list(self.plan_roots),
+            "writable_paths": list(self.writable_paths),
             "protected_paths": list(self.protected_paths),
+            "secret_paths": list(self.secret_paths),
             "refused_patterns": list(self.refused_patterns),
             "rlimits": {
                 name: {k: getattr(lim, k) for k in RLIMIT_KEYS}
@@ -71,6 +91,7 @@ class Policy:
         *,
         base_dir: str = "",
         protect: Iterable[str] = (),
+        secret: Iterable[str] = (),
         default_roots: Iterable[str] = (),
     ) -> Policy:
         """A checked policy from a ``[policy]`` table; raises ``PolicyError`` listing every problem.
@@ -78,8 +99,10 @@ class Policy:
         Relative paths are taken from ``base_dir`` (the config file's folder).
         ``protect`` is always protected (the config file, the keys folder),
         whatever the table says; ``protected_paths`` absent means
-        ``default_protected()`` as well. ``plan_roots`` absent means
-        ``default_roots`` (the rig's plans folder, when the config has one).
+        ``default_protected()`` as well. ``secret`` (the keys and rig folders)
+        and ``default_secret()`` are always secret, besides ``secret_paths``.
+        ``plan_roots`` absent means ``default_roots`` (the rig's plans folder,
+        when the config has one).
         """
         problems: list[str] = []
         for key in data:
@@ -95,6 +118,11 @@ class Policy:
         for path in protect:
             if path and _absolute(path, base) not in protected:
                 protected.append(_absolute(path, base))
+        writable = _paths(data, "writable_paths", base, problems) or []
+        secrets = _paths(data, "secret_paths", base, problems) or []
+        for path in (*default_secret(), *secret):
+            if path and _absolute(path, base) not in secrets:
+                secrets.append(_absolute(path, base))
         patterns = data.get("refused_patterns", list(DEFAULT_REFUSED_PATTERNS))
         if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
             problems.append(
@@ -111,7 +139,9 @@ class Policy:
             raise PolicyError(problems)
         return cls(
             plan_roots=tuple(roots),
+            writable_paths=tuple(writable),
             protected_paths=tuple(protected),
+            secret_paths=tuple(secrets),
             refused_patterns=tuple(patterns),
             rlimits=rlimits,
         )
@@ -123,6 +153,11 @@ def default_protected() -> tuple[str, ...]:
     if sys.prefix != sys.base_prefix:
         return (os.path.normpath(sys.prefix),)
     return ()
+
+
+def default_secret() -> tuple[str, ...]:
+    """Secret whatever the config says: the worker's user's ``~/.ssh``."""
+    return (os.path.normpath(os.path.join(os.path.expanduser("~"), ".ssh")),)
 
 
 def _absolute(path: str, base: str) -> str:

@@ -21,8 +21,11 @@ inside the task makes those). A process that calls ``setsid`` itself leaves
 the session and cannot be found this way.
 
 Resource limits of the task's class (``worker.rlimits.Rlimits``) are set in
-the child between fork and exec; without any, the spawn stays a plain
-vfork/exec.
+the child between fork and exec, and then the kernel confinement
+(``worker.landlock``): ``no_new_privs`` and the attempt's Landlock ruleset,
+built in the worker before the fork. A confined attempt gets a private
+temporary folder (``TMPDIR``), created before it starts and removed when it
+is reaped.
 
 Peak memory is sampled (``session_rss``) because the kernel's ``ru_maxrss``
 for a child includes the RSS of the parent it forked from, here the worker
@@ -34,13 +37,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from llmo.proto.messages import TaskAssign
+from llmo.worker import landlock
 from llmo.worker.rlimits import Rlimits, preexec
 
 # Variables a task inherits from the worker's own environment; nothing else
@@ -106,8 +112,10 @@ class ShellAttempt:
         log_path: str,
         log_offset: int,
         clock: Callable[[], float] = time.monotonic,
+        tmp: str = "",
     ) -> None:
         self.proc = proc
+        self.tmp = tmp  # the private temporary folder, removed at reap
         self.pid = proc.pid
         self.log_path = log_path
         self.log_offset = log_offset
@@ -132,6 +140,7 @@ class ShellAttempt:
         log_path: str,
         header: str = "",
         rlimits: Rlimits | None = None,
+        confine: landlock.Confinement | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> ShellAttempt:
         if not os.path.isdir(cwd):
@@ -148,22 +157,32 @@ class ShellAttempt:
                 log.flush()
             offset = log.tell()
             limits = preexec(rlimits.settings()) if rlimits is not None else None
+            env = dict(env)
+            tmp, ruleset = "", -1
+            if confine is not None:
+                tmp, ruleset = _confined(confine, env)
+                limits = landlock.preexec(ruleset, limits)
             try:
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", command],
                     cwd=cwd,
-                    env=dict(env),
+                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
-                    preexec_fn=limits,  # only setrlimit calls, and only when limits are set
+                    preexec_fn=limits,  # setrlimit, prctl and Landlock calls only
                 )
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
                 # ValueError: a NUL byte, or an environment name holding "=".
+                if tmp:
+                    shutil.rmtree(tmp, ignore_errors=True)
                 raise SpawnError(f"cannot start /bin/sh in {cwd}: {exc}") from None
-        return cls(proc, log_path, offset, clock)
+            finally:
+                if ruleset >= 0:
+                    os.close(ruleset)
+        return cls(proc, log_path, offset, clock, tmp)
 
     # --- state -------------------------------------------------------------------------
 
@@ -215,6 +234,8 @@ class ShellAttempt:
         except ChildProcessError:
             status = 0
         self._reaped = True
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         code = os.waitstatus_to_exitcode(status)
         self.proc.returncode = code
         if self.pidfd >= 0:
@@ -228,6 +249,21 @@ class ShellAttempt:
             log_tail=read_tail(self.log_path, self.log_offset),
             stopped=self.stopped,
         )
+
+
+def _confined(confine: landlock.Confinement, env: dict[str, str]) -> tuple[str, int]:
+    """The attempt's private temporary folder (set as ``TMPDIR`` in ``env``) and its
+    Landlock ruleset fd (-1 without Landlock); raises ``SpawnError``."""
+    try:
+        tmp = tempfile.mkdtemp(prefix="llmo-task-")
+    except OSError as exc:
+        raise SpawnError(f"cannot make the task's temporary folder: {exc}") from None
+    env["TMPDIR"] = tmp
+    try:
+        return tmp, confine.ruleset(tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SpawnError(f"cannot build the task's Landlock ruleset: {exc}") from None
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -1,60 +1,34 @@
-"""Reading ``/bin/sh`` text as words, for the command policy.
+"""Reading ``/bin/sh`` text as words, for the command policy's early refusals.
 
 Theory of operation
 -------------------
 ``simple_commands(text)`` splits shell text into simple commands, each as
-its words and its redirection targets, with quotes removed. It is a reader,
-not a shell: it knows separators (``;``, ``&&``, ``||``, ``|``, newlines,
-parentheses, backquotes), redirection operators and quoting (``'...'``,
-``"..."``, backslashes), and nothing of expansion. Quoted code stays one
-word, so a caller that wants to look inside ``sh -c '...'`` or ``$(...)``
-reads such a word again (``CODE_CHARS`` says which words may hold code).
-An unclosed quote runs to the end of the text.
+its words and its redirection targets, with quotes and backslashes removed
+(``shlex`` in POSIX mode, operators split off by ``punctuation_chars``).
+It is a reader, not a shell: it knows separators (``;``, ``&``, ``|``,
+newlines, parentheses, backquotes, ``$(``), redirection operators and
+quoting, and nothing of expansion. Quoted code stays one word, so a caller
+that wants to look inside ``sh -c '...'`` or ``"$(...)"`` reads such a word
+again (``CODE_CHARS`` says which words may hold code). An unclosed quote
+runs to the end of the text; ``#`` is read as text, never as a comment.
 
 What a program does with its arguments is listed here too: the programs
 that write the paths they are given (``WRITE_PROGRAMS``), which of their
-arguments they write (``written``), in-place editors, and the interpreters
-whose inline code (``inline_code``) may name any path.
+arguments they write (``written``), and the interpreters whose inline code
+may name any path. These lists cover the obvious cases only: the kernel
+rules (``worker.landlock``) are what holds.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import shlex
 
-# Programs that write to or remove the paths they are given.
 WRITE_PROGRAMS = frozenset(
-    {
-        "rm",
-        "rmdir",
-        "unlink",
-        "mv",
-        "cp",
-        "ln",
-        "link",
-        "install",
-        "tee",
-        "dd",
-        "truncate",
-        "shred",
-        "touch",
-        "mkdir",
-        "mkfifo",
-        "mknod",
-        "chmod",
-        "chown",
-        "chgrp",
-        "chattr",
-        "setfacl",
-        "rsync",
-        "tar",
-        "unzip",
-        "cpio",
-        "patch",
-        "sponge",
-        "split",
-        "csplit",
-    }
+    {"rm", "rmdir", "unlink", "mv", "cp", "ln", "link", "install", "tee", "dd", "truncate"}
+    | {"shred", "touch", "mkdir", "mkfifo", "mknod", "chmod", "chown", "chgrp", "chattr"}
+    | {"setfacl", "rsync", "tar", "unzip", "cpio", "patch", "sponge", "split", "csplit"}
 )
 IN_PLACE_EDITORS = frozenset({"sed", "perl", "ruby"})
 INTERPRETERS = re.compile(r"^(python[0-9.]*|perl|ruby|node|nodejs|php|awk|gawk|mawk|nawk|lua)$")
@@ -63,59 +37,49 @@ IN_PLACE = re.compile(r"^(-[a-zA-Z]*i|--in-place)")
 VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 CODE_CHARS = frozenset(" \t\n;&|<>()`$")
 GLOB_CHARS = frozenset("*?[")
-
-_TOKEN = re.compile(
-    r"""
-    (?P<space>[ \t\r]+)
-  | (?P<sep>\n|&&|\|\||;;|\|&|[;&|()`])
-  | (?P<redir>\d*(?:&>>|&>|>>|>\||>&|<>|>)|\d*<(?:<<|<-|<&|<)?)
-  | (?P<word>(?:[^\s;&|()<>`'"\\]|\\.|\\$|'[^']*(?:'|$)|"(?:[^"\\]|\\.)*(?:"|$))+)
-    """,
-    re.X | re.S,
-)
-_QUOTED = re.compile(r"""'([^']*)'?|"((?:[^"\\]|\\.)*)"?|\\(.)|\\$""", re.S)
-_DQ_ESCAPE = re.compile(r"\\([\\$`\"\n])")
+_OPERATOR = re.compile(r"&&|\|\||;;|\|&|&>>|&>|>>|>\||>&|<>|<<<|<<-|<<|<&|[<>;&|()\n]")
 
 
-def unquote(word: str) -> str:
-    """A word with its quotes and backslashes removed, as the shell would pass it."""
-
-    def piece(m: re.Match[str]) -> str:
-        if m.group(1) is not None:
-            return m.group(1)
-        if m.group(2) is not None:
-            return _DQ_ESCAPE.sub(r"\1", m.group(2))
-        return m.group(3) or ""
-
-    return _QUOTED.sub(piece, word)
+def words(text: str) -> list[str]:
+    """The tokens of ``text``: words unquoted, each run of operator characters as is."""
+    text = text.replace("`", " ; ").replace("$(", " ; (")
+    for close in ("", '"', "'"):  # an unclosed quote runs to the end
+        lexer = shlex.shlex(text + close, posix=True, punctuation_chars=";&|()<>\n")
+        lexer.whitespace = " \t\r"
+        lexer.whitespace_split = True
+        lexer.commenters = ""
+        try:
+            return list(lexer)
+        except ValueError:
+            continue
+    return text.split()
 
 
 def simple_commands(text: str) -> list[tuple[list[str], list[str]]]:
     """Split shell text into simple commands: (words, redirection targets) for each."""
     out: list[tuple[list[str], list[str]]] = []
-    words: list[str] = []
+    current: list[str] = []
     targets: list[str] = []
-    expect_target = ""
-    for m in _TOKEN.finditer(text):
-        kind = m.lastgroup
-        if kind == "space":
-            continue
-        if kind == "sep":
-            if words or targets:
-                out.append((words, targets))
-            words, targets, expect_target = [], [], ""
-        elif kind == "redir":
-            expect_target = m.group()
-        elif kind == "word":
-            word = unquote(m.group())
-            if expect_target:
-                op, expect_target = expect_target, ""
-                if ">" in op and not (op.endswith("&") and (word.isdigit() or word == "-")):
-                    targets.append(word)
+    pending = ""  # the redirection operator waiting for its target
+    for token in words(text):
+        operators = _OPERATOR.findall(token) if token and set(token) <= set(";&|()<>\n") else []
+        if not operators:
+            if pending:
+                op, pending = pending, ""
+                if ">" in op and not (op.endswith("&") and (token.isdigit() or token == "-")):
+                    targets.append(token)
                     continue
-            words.append(word)
-    if words or targets:
-        out.append((words, targets))
+            current.append(token)
+            continue
+        for op in operators:
+            if "<" in op or ">" in op:
+                pending = op
+                continue
+            if current or targets:
+                out.append((current, targets))
+            current, targets, pending = [], [], ""
+    if current or targets:
+        out.append((current, targets))
     return out
 
 
@@ -127,13 +91,9 @@ def written(program: str, args: list[str]) -> list[str]:
     if program not in DESTINATION_ONLY:
         return args
     out = [a for a in args if a.startswith("--target-directory=")]
-    for flag, value in itertools.pairwise(args):
-        if flag in ("-t", "--target-directory"):
-            out.append(value)
+    out += [v for f, v in itertools.pairwise(args) if f in ("-t", "--target-directory")]
     operands = [a for a in args if not a.startswith("-")]
-    if operands:
-        out.append(operands[-1])
-    return out
+    return out + operands[-1:]
 
 
 def inline_code(program: str, args: list[str]) -> list[str]:
@@ -141,9 +101,8 @@ def inline_code(program: str, args: list[str]) -> list[str]:
     an awk program (for awk, every operand: the program and its files)."""
     if "awk" in program:
         return [a for a in args if not a.startswith("-")]
-    code = []
-    for flag, value in itertools.pairwise(args):
-        short = flag.startswith("-") and not flag.startswith("--")
-        if (short and flag[-1:] in ("c", "e", "E", "r")) or flag == "--eval":
-            code.append(value)
-    return code
+    return [
+        value
+        for flag, value in itertools.pairwise(args)
+        if (flag[:1] == "-" and flag[1:2] != "-" and flag[-1:] in "ceEr") or flag == "--eval"
+    ]
