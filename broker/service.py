@@ -314,8 +314,8 @@ class Broker:
             self._refuse(
                 identity,
                 ErrorCode.SPOOFED_SOURCE,
-                f"this connection holds the CurveZMQ key of {key_name!r}: it speaks as "
-                f"{key_name!r} (a tool key also as 'NAME{KEY_SEPARATOR}{key_name}'), "
+                f"{self._whose(name)}this connection holds the CurveZMQ key of {key_name!r}: "
+                f"it speaks as {key_name!r} (a tool key also as 'NAME{KEY_SEPARATOR}{key_name}'), "
                 f"not as {name!r}",
                 reply_to=env.id,
             )
@@ -345,6 +345,13 @@ class Broker:
         else:
             log.debug("%r connected (role %s)", name, route.role.value)
         return route
+
+    def _whose(self, name: str) -> str:
+        """Why a claim for ``name`` names someone else: the start of a refusal's detail."""
+        owner = name.rpartition(KEY_SEPARATOR)[2]
+        if self.guard is not None and owner in self.guard.allow_list.names():
+            return f"{owner!r} is the name of another CurveZMQ key; "
+        return ""
 
     def _still_connected(self, holder: Route, now: float) -> bool:
         """Whether ``holder``'s connection is still there. Tells it (at most once per

@@ -153,16 +153,19 @@ def test_spoofed_source_is_refused(running_broker, raw_dealer, client_factory):
 def test_malformed_flood_then_valid_message_still_routes(
     running_broker, raw_dealer, client_factory
 ):
-    receiver = client_factory("gpu-2", running_broker.endpoint)
+    receiver = client_factory(BRAIN, running_broker.endpoint)
     receiver.send(Heartbeat(dst=BROKER))
     attacker = raw_dealer(running_broker.endpoint, b"fuzzer")
+    # The attacker's first message claims its name; from then on it speaks as "fuzzer".
+    attacker.send(encode(Heartbeat(src="fuzzer", dst=BROKER, id="hello", ts=1.0)))
+    running_broker.wait_heard("fuzzer")
     rng = random.Random(7)
     good_envelope = {
         "v": PROTOCOL_VERSION,
         "type": "heartbeat",
         "id": "1",
         "src": "fuzzer",
-        "dst": "gpu-2",
+        "dst": BROKER,
         "ts": 1.0,
     }
     samples = [

@@ -17,7 +17,7 @@ import zmq
 
 from llmo.broker.roles import Roles
 from llmo.proto import BROKER, Heartbeat, TaskStarted, encode
-from llmo.proto.messages import BRAIN
+from llmo.proto.messages import BRAIN, BatchCancel, SnapshotRequest
 from llmo.proto.pubsub import Subscriber, topic
 from llmo.proto.security import ClientKeys, ServerKeys, curve_available, generate
 from tests.waiting import wait_until
@@ -100,9 +100,12 @@ def nothing_arrives(intruder, brain, seconds: float = 1.0) -> None:
 
 def test_a_known_key_routes_and_subscribes(curve_broker, brain, client_factory, keys_dir):
     pi = client_factory("submit-1", curve_broker.endpoint, keys=client_keys(keys_dir, "pi"))
-    sent = pi.send(started(marker="hello-brain"))
+    sent = pi.send(SnapshotRequest(dst=BRAIN, batch_id="hello-brain"))
     got = brain.recv(timeout=5)
-    assert got is not None and got.id == sent.id and got.src == "submit-1"
+    while got is not None and got.src == BROKER:  # the broker's peer.up for the newcomer
+        got = brain.recv(timeout=5)
+    # A tool with the Pi's key speaks as NAME@pi, and what it sends reaches the brain.
+    assert got is not None and got.id == sent.id and got.src == "submit-1@pi"
 
     sub = Subscriber(
         curve_broker.pub_endpoint, topics=(topic("heartbeat"),), keys=client_keys(keys_dir, "pi")
@@ -267,12 +270,15 @@ def test_the_wire_shows_no_plaintext_with_curve(curve, broker_factory, client_fa
     try:
         sender = client_factory("submit-4", proxy.endpoint, keys=pi_keys)
         got = None
+        sent = set()
         deadline = time.monotonic() + 5
         while got is None and time.monotonic() < deadline:
             brain.send(Heartbeat(dst=BROKER))
-            sent = sender.send(started(marker=MARKER))
+            sent.add(sender.send(BatchCancel(dst=BRAIN, batch_id="b1", reason=MARKER)).id)
             got = brain.recv(timeout=0.2)
-        assert got is not None and got.id == sent.id, "the message did not pass the proxy"
+            while got is not None and got.src == BROKER:  # peer.up, not the message
+                got = brain.recv(timeout=0.2)
+        assert got is not None and got.id in sent, "the message did not pass the proxy"
         with proxy._lock:
             wire = bytes(proxy.captured)
         assert len(wire) > 100
@@ -286,16 +292,25 @@ def test_an_allowed_key_cannot_speak_as_an_actor_with_a_key_of_its_own(
     curve_broker, brain, client_factory, keys_dir
 ):
     pi_keys = client_keys(keys_dir, "pi")
-    # The Pi's key connecting under the brain's worker's name: refused, named.
+    # The Pi's key connecting under the brain's worker's name (a raw source: the
+    # client itself would speak as gpu-1@pi) and reporting as that worker: refused, named.
     impostor = client_factory("gpu-1", curve_broker.endpoint, keys=pi_keys)
-    reply = impostor.request(started(), timeout=5)
+    forged = TaskStarted(
+        src="gpu-1", dst=BRAIN, id="forged-1", ts=1.0, batch_id="b1", task_id="t1", attempt_id="a1"
+    )
+    impostor.socket.send(encode(forged))
+    reply = impostor.recv(timeout=5)
     assert reply is not None and reply.code == "spoofed_source", reply
+    assert reply.reply_to == "forged-1"
     assert "'gpu-1' is the name of another CurveZMQ key" in reply.detail
     assert "'pi'" in reply.detail
+    got = brain.recv(timeout=0.5)
+    assert got is None or got.src != "gpu-1", "the forged report reached the brain"
     # The same key under a tool's name, which no key owns: routed.
     tool = client_factory("submit-1234", curve_broker.endpoint, keys=pi_keys)
-    sent = tool.send(started())
+    assert tool.name == "submit-1234@pi"
+    sent = tool.send(SnapshotRequest(dst=BRAIN))
     got = brain.recv(timeout=5)
-    while got is not None and got.src != "submit-1234":
+    while got is not None and got.src != tool.name:
         got = brain.recv(timeout=5)
     assert got is not None and got.id == sent.id
