@@ -213,10 +213,13 @@ def test_peer_down_within_liveness_then_up_again(broker_factory, client_factory)
     running = broker_factory(interval=0.1, liveness=3)
     brain = client_factory(BRAIN, running.endpoint)
     brain.send(Heartbeat(dst=BROKER))
+    running.wait_heard(BRAIN)  # the brain's route exists: the worker's peer.up reaches it
     worker = client_factory("gpu-1", running.endpoint)
     worker.send(Heartbeat(dst=BROKER))
-    seen = drain(brain, timeout=0.1)
-    assert PeerUp in {type(m) for m in seen}
+    up = brain.recv(timeout=5)
+    while up is not None and not (isinstance(up, PeerUp) and up.peer == "gpu-1"):
+        up = brain.recv(timeout=5)
+    assert up is not None, "the brain was not told that gpu-1 is up"
     # The brain keeps talking; the worker falls silent.
     went_silent = time.monotonic()
     down = None
