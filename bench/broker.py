@@ -6,6 +6,11 @@ The floor is a DEALER talking straight to a ROUTER echo (no broker), measured
 in the same run with the same message bytes. Through the broker the path is
 DEALER -> broker ROUTER -> echo DEALER and back, so the broker's own cost is
 what the ratio shows beyond the extra hop. Each side runs in its own process.
+
+The peers speak in their roles, as on a rig: the bench is the configured
+worker ``bench`` reporting ``TaskProgress`` to the brain, and the echo (or the
+sink) is the brain, which claims its name with a heartbeat and answers each
+report with an ``Ack``. The broker assigns the routing identities.
 """
 
 from __future__ import annotations
@@ -14,19 +19,24 @@ import argparse
 import multiprocessing as mp
 import statistics
 import sys
+import threading
 import time
 
 import zmq
 
+from llmo.broker.roles import Roles
 from llmo.broker.service import Broker
-from llmo.proto import BROKER, Heartbeat, TaskProgress, encode
+from llmo.proto import BRAIN, BROKER, Ack, Heartbeat, TaskProgress, decode, encode
+
+WORKER = "bench"
 
 
-def message(src: str, dst: str, n: int = 0) -> bytes:
+def message(n: int = 0) -> bytes:
+    """What the worker sends: a progress report to the brain."""
     return encode(
         TaskProgress(
-            src=src,
-            dst=dst,
+            src=WORKER,
+            dst=BRAIN,
             id=f"m{n}",
             ts=time.time(),
             batch_id="20261129_000000",
@@ -38,13 +48,31 @@ def message(src: str, dst: str, n: int = 0) -> bytes:
     )
 
 
-def run_broker(ready, stop) -> None:
-    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", interval=5.0)
-    ready.put(broker.router_endpoint)
-    import threading
+def answer() -> bytes:
+    """What the brain answers: an acknowledgement to the worker."""
+    return encode(Ack(src=BRAIN, dst=WORKER, id="a0", ts=time.time(), reply_to="m0"))
 
+
+def run_broker(ready, stop) -> None:
+    broker = Broker(
+        "tcp://127.0.0.1:*",
+        "tcp://127.0.0.1:*",
+        interval=5.0,
+        roles=Roles(workers=frozenset({WORKER})),
+    )
+    ready.put(broker.router_endpoint)
     threading.Thread(target=lambda: (stop.wait(), broker.stop()), daemon=True).start()
     broker.run()
+
+
+def brain_socket(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A DEALER that has claimed the name ``brain`` at the broker."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(endpoint)
+    sock.send(encode(Heartbeat(src=BRAIN, dst=BROKER, id="h", ts=time.time())))
+    return sock
 
 
 def run_echo_direct(ready, stop) -> None:
@@ -52,22 +80,20 @@ def run_echo_direct(ready, stop) -> None:
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
+    reply = answer()
     ready.put(f"tcp://127.0.0.1:{port}")
     while not stop.is_set():
         if sock.poll(100):
-            sock.send_multipart(sock.recv_multipart())
+            identity, _ = sock.recv_multipart()
+            sock.send_multipart([identity, reply])
     sock.close()
     ctx.term()
 
 
 def run_echo_brokered(endpoint, ready, stop) -> None:
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IDENTITY, b"echo")
-    sock.connect(endpoint)
-    sock.send(encode(Heartbeat(src="echo", dst=BROKER, id="h", ts=time.time())))
-    reply = message("echo", "bench")
+    sock = brain_socket(ctx, endpoint)
+    reply = answer()
     ready.put("ok")
     while not stop.is_set():
         if sock.poll(100):
@@ -77,20 +103,16 @@ def run_echo_brokered(endpoint, ready, stop) -> None:
     ctx.term()
 
 
-def run_sink(endpoint, identity, expected, ready, result) -> None:
+def run_sink(endpoint, expected, ready, result) -> None:
     ctx = zmq.Context()
-    if identity:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, identity.encode())
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(endpoint)
-        sock.send(encode(Heartbeat(src=identity, dst=BROKER, id="h", ts=time.time())))
+    if endpoint:
+        sock = brain_socket(ctx, endpoint)
     else:
         sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         port = sock.bind_to_random_port("tcp://127.0.0.1")
         endpoint = f"tcp://127.0.0.1:{port}"
-    sock.setsockopt(zmq.LINGER, 0)
     ready.put(endpoint)
     sock.recv_multipart()
     first = time.perf_counter()
@@ -101,10 +123,20 @@ def run_sink(endpoint, identity, expected, ready, result) -> None:
     ctx.term()
 
 
+def worker_socket(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.connect(endpoint)
+    return sock
+
+
 def round_trips(sock: zmq.Socket, body: bytes, count: int) -> list[float]:
     for _ in range(200):  # warm up
         sock.send(body)
-        sock.recv()
+        reply = decode(sock.recv())
+    if not isinstance(reply, Ack):  # the broker refused: it answered with an Error
+        raise SystemExit(f"the echo did not answer: {reply}")
     samples = []
     for _ in range(count):
         start = time.perf_counter()
@@ -121,19 +153,13 @@ def pct(samples: list[float], q: float) -> float:
 
 def throughput(endpoint: str | None, count: int) -> float:
     ready, result = mp.Queue(), mp.Queue()
-    sink = mp.Process(
-        target=run_sink, args=(endpoint, "sink" if endpoint else "", count, ready, result)
-    )
+    sink = mp.Process(target=run_sink, args=(endpoint, count, ready, result))
     sink.start()
     target = ready.get(timeout=10)
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.IDENTITY, b"bench")
-    sock.connect(target)
+    sock = worker_socket(ctx, target)
     time.sleep(0.3)
-    body = message("bench", "sink")
+    body = message()
     for _ in range(count):
         sock.send(body)
     rate = result.get(timeout=120)
@@ -164,15 +190,12 @@ def main() -> int:
 
     ctx = zmq.Context()
     results = {}
-    for label, endpoint, dst in (
-        ("direct (floor)", direct_endpoint, "echo"),
-        ("through broker", broker_endpoint, "echo"),
+    for label, endpoint in (
+        ("direct (floor)", direct_endpoint),
+        ("through broker", broker_endpoint),
     ):
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, b"bench")
-        sock.connect(endpoint)
-        samples = round_trips(sock, message("bench", dst), args.round_trips)
+        sock = worker_socket(ctx, endpoint)
+        samples = round_trips(sock, message(), args.round_trips)
         results[label] = samples
         sock.close()
     stop.set()
@@ -181,7 +204,10 @@ def main() -> int:
     ctx.term()
 
     floor = results["direct (floor)"]
-    print(f"round trips: {args.round_trips} each, message {len(message('bench', 'echo'))} bytes")
+    print(
+        f"round trips: {args.round_trips} each, "
+        f"messages {len(message())} bytes out, {len(answer())} bytes back"
+    )
     for label, samples in results.items():
         print(
             f"  {label:15s} p50 {pct(samples, 0.5):7.1f} us  p99 {pct(samples, 0.99):7.1f} us"

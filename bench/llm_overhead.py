@@ -33,11 +33,11 @@ import threading
 import time
 from pathlib import Path
 
+from llmo.broker.roles import Roles
 from llmo.broker.service import Broker
 from llmo.proto.client import Client
 from llmo.proto.messages import (
-    BROKER,
-    Heartbeat,
+    BRAIN,
     Message,
     ModelLoad,
     ModelStatus,
@@ -49,6 +49,7 @@ from llmo.proto.messages import (
 from llmo.proto.vocab import model_alias
 from llmo.worker.llm import LoadSpec, open_llama
 
+WORKER = "bench-worker"
 PROMPT = (
     "The following is a long, detailed chapter from a history of the printing press, "
     "covering its invention, its spread across Europe and its effects on science.\n\n"
@@ -92,7 +93,7 @@ def worker_round(brain: Client, folder: Path, n: int, max_tokens: int) -> tuple[
     body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0})
     command = f"{sys.executable} client.py '{body}' > round{n}.json"
     task = TaskAssign(
-        dst="bench-worker",
+        dst=WORKER,
         batch_id="bench",
         task_id=f"round{n}",
         attempt_id=f"bench:round{n}:1",
@@ -140,10 +141,15 @@ def main() -> int:
 
     # The bench's brain is silent while the direct side generates; that is not news.
     logging.getLogger("llmo.broker").setLevel(logging.ERROR)
-    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    # The broker knows its worker by name, as with ``[[workers]]`` on a rig; the bench
+    # itself is the brain (heartbeating as the real one does) and the only sender of
+    # assignments and model loads.
+    broker = Broker(
+        "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", roles=Roles(workers=frozenset({WORKER}))
+    )
     threading.Thread(target=broker.run, daemon=True).start()
-    brain = Client("brain", broker.router_endpoint)
-    brain.send(Heartbeat(dst=BROKER))
+    brain = Client(BRAIN, broker.router_endpoint)
+    brain.tick()
     folder = Path(tempfile.mkdtemp(prefix="llmo-bench-"))
     (folder / "client.py").write_text(CLIENT)
     worker = subprocess.Popen(
@@ -153,7 +159,7 @@ def main() -> int:
             "llmo.cli.main",
             "worker",
             "--name",
-            "bench-worker",
+            WORKER,
             "--broker",
             broker.router_endpoint,
             "--model",
@@ -170,9 +176,9 @@ def main() -> int:
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     try:
-        expect(brain, lambda m: isinstance(m, Register) and m.src == "bench-worker", 60)
+        expect(brain, lambda m: isinstance(m, Register) and m.src == WORKER, 60)
         sent = time.perf_counter()
-        brain.send(ModelLoad(dst="bench-worker", model=alias, n_ctx=args.ctx))
+        brain.send(ModelLoad(dst=WORKER, model=alias, n_ctx=args.ctx))
         hot = expect(
             brain,
             lambda m: isinstance(m, ModelStatus) and m.state in ("hot", "failed"),

@@ -155,6 +155,15 @@ def on_error(cx: Ctx, msg: Error) -> None:
         if worker.alive:
             liveness.worker_down(cx, worker, "the broker does not know it")
         return
+    if msg.code == ErrorCode.NAME_IN_USE and not msg.reply_to:
+        # The broker refused a newcomer that claimed this brain's name; this brain
+        # holds it and carries on (the refused one stops: brain.service).
+        cx.log(
+            "warning",
+            f"another connection claimed the name 'brain' and was refused: "
+            f"{msg.detail}; this brain keeps running",
+        )
+        return
     cx.log("warning", f"error from {msg.src}: {msg.code}: {msg.detail}")
 
 

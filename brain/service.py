@@ -23,6 +23,15 @@ for attempts the brain no longer expects are ignored by the core.
 
 A failed write to the shared drive (history files) is logged and does not
 stop the loop: queue truth is the journal, not those files.
+
+One brain per broker: when the broker refuses one of this brain's messages
+with ``name_in_use``, another brain holds the name ``brain`` there (on
+another journal, or another host). Nothing this brain sends would be
+routed, so it stops: it journals nothing more, logs one line naming the
+broker as its last, and ``run`` returns 2, which ``llmo up`` does not
+restart. The refusal answers a message of this brain (``reply_to``); the
+broker's notice to the brain that holds the name has none, goes to the core
+like any error, and that brain keeps running.
 """
 
 from __future__ import annotations
@@ -53,12 +62,13 @@ from llmo.brain.journal import FSYNC_INTERVAL_S, Journal
 from llmo.brain.state import BrainState
 from llmo.proto.client import Client
 from llmo.proto.codec import decode
-from llmo.proto.errors import ProtocolError
-from llmo.proto.messages import BRAIN
+from llmo.proto.errors import ErrorCode, ProtocolError
+from llmo.proto.messages import BRAIN, BROKER, Error, Message
 
 log = logging.getLogger("llmo.brain")
 
 TICK_S = 0.5
+REFUSED_EXIT = 2  # another brain holds the name at the broker: not for a restart
 BURST = 1000
 SNAPSHOT_EVERY = 200_000  # journal records between snapshots
 FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile)
@@ -88,6 +98,7 @@ class BrainService:
         self.state: BrainState | None = None
         self.client: Client | None = None
         self.pending: list[Command] = []
+        self.refused: Error | None = None  # the broker's name_in_use answer, once refused
         self._running = False
 
     # --- the loop ------------------------------------------------------------------
@@ -127,11 +138,15 @@ class BrainService:
                     wait_ms = min(wait_ms, int(FSYNC_INTERVAL_S * 1000))
                 if socket.poll(min(wait_ms, int(self.client.heartbeat_due_in() * 1000) + 1)):
                     for _ in range(BURST):
+                        if not self._running:
+                            break
                         try:
                             raw = socket.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
                         self.receive(raw)
+                if not self._running:
+                    break
                 if self.clock() >= next_tick:
                     self.feed(Tick())
                     next_tick = self.clock() + self.tick_s
@@ -140,6 +155,14 @@ class BrainService:
                 self.journal.sync_due()
         finally:
             self.close()
+        if self.refused is not None:
+            log.error(
+                "brain: another brain is connected to the broker at %s; this one stops "
+                "(the broker said: %s)",
+                self.endpoint,
+                self.refused.detail,
+            )
+            return REFUSED_EXIT
         return 0
 
     def stop(self) -> None:
@@ -160,6 +183,11 @@ class BrainService:
             msg = decode(raw)
         except ProtocolError as exc:
             log.warning("brain: dropped a malformed message: %s", exc)
+            return
+        if refuses_this_brain(msg):
+            assert isinstance(msg, Error)
+            self.refused = msg
+            self.stop()
             return
         self.feed(Received(msg), raw)
 
@@ -216,6 +244,17 @@ class BrainService:
                     log.log(LOG_LEVELS.get(level, logging.INFO), "%s", text)
         except (OSError, zmq.ZMQError) as exc:
             log.error("brain: %s failed: %s", type(command).__name__, exc)
+
+
+def refuses_this_brain(msg: Message) -> bool:
+    """Whether ``msg`` is the broker refusing one of this brain's messages because
+    another connection holds the name ``brain`` (not the notice to the holder)."""
+    return (
+        isinstance(msg, Error)
+        and msg.code == ErrorCode.NAME_IN_USE
+        and msg.src == BROKER
+        and bool(msg.reply_to)
+    )
 
 
 def read_plan(command: ReadPlan, roots: tuple[str, ...] = ()) -> PlanLoaded:

@@ -2,6 +2,10 @@
 
 One brain per journal: a journal that a live brain holds (``<journal>.lock``)
 is refused with exit code 2 and one line naming the holder's pid and broker.
+One brain per broker: when the broker refuses this brain because another
+live brain holds the name (``name_in_use``), it logs "another brain is
+connected to the broker at ...; this one stops" and exits 2; ``llmo up``
+does not restart a child that exits 2, it stops the rig with that line.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 client per worker, all connected to a real broker on loopback. The test
 scripts it from its own thread through a queue: publish batch events (sent
 to the broker, which publishes them, as the real brain does), send worker
-heartbeats, change the state the snapshot shows. The brain answers
+heartbeats, change the state the snapshot shows. Each worker client registers
+first, as a real worker does, so the broker gives it the worker role and
+admits its worker heartbeats. The brain answers
 ``SnapshotRequest`` from that state and control requests with an ``Ack``,
 and records every request it got.
 """
@@ -32,6 +34,7 @@ from llmo.proto.messages import (
     Message,
     ModelLoad,
     ModelUnload,
+    Register,
     SnapshotReply,
     SnapshotRequest,
     TaskInfo,
@@ -217,6 +220,8 @@ class FakeRig:
         self.clients = {
             name: Client(name, self.endpoint, context=self.context) for name in self._worker_names
         }
+        for client in self.clients.values():
+            client.send(Register(dst=BRAIN))
         self._ready.set()
         try:
             while not self._stop.is_set():
@@ -235,7 +240,7 @@ class FakeRig:
                 client.close()
 
     def _answer(self, msg: Message) -> None:
-        if isinstance(msg, Heartbeat | TaskProgress):
+        if isinstance(msg, Heartbeat | TaskProgress | Register):
             return
         with self._lock:
             self.requests.append(msg)

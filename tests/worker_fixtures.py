@@ -20,20 +20,26 @@ import zmq
 
 from llmo.broker.service import Broker
 from llmo.proto.client import Client
-from llmo.proto.messages import BROKER, Heartbeat, Message, Telemetry
+from llmo.proto.messages import Heartbeat, Message, Telemetry
 from llmo.worker.config import WorkerConfig
 from llmo.worker.service import Worker
 from tests.waiting import WAIT_S, wait_for, wait_until
 
 
 class FakeBrain:
-    """A client named ``brain`` that records everything it receives."""
+    """A client named ``brain`` that records everything it receives.
+
+    Like the real brain it heartbeats the broker every second (``Client.tick``)
+    while it waits for messages: the first heartbeat claims the name, and after
+    a broker restart the next one claims it again, so the broker has a route
+    to it once more.
+    """
 
     def __init__(self, endpoint: str, context: zmq.Context) -> None:
         self.client = Client("brain", endpoint, context=context)
         self.seen: list[Message] = []
         self.backlog: list[Message] = []
-        self.client.send(Heartbeat(dst=BROKER))  # makes the broker know the name
+        self.client.tick()  # makes the broker know the name
 
     def send(self, msg: Message) -> Message:
         return self.client.send(msg)
@@ -54,7 +60,8 @@ class FakeBrain:
                 return msg
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            msg = self.client.recv(min(left, 0.2))
+            self.client.tick()
+            msg = self.client.recv(min(left, self.client.heartbeat_due_in(), 0.2))
             if msg is None:
                 continue
             self.seen.append(msg)
