@@ -20,6 +20,7 @@ from llmo.broker.roles import Roles
 from llmo.proto import BRAIN, BROKER, ErrorCode, Heartbeat, encode
 from llmo.proto.messages import Error, Register, TaskCancel, TaskDone, TaskStarted
 from llmo.proto.security import ClientKeys, ServerKeys, curve_available, generate
+from tests.reporting import say
 from tests.waiting import wait_for, wait_until
 
 WORKERS = Roles(workers=frozenset({"cpu-1", "brain-llm"}))
@@ -80,7 +81,7 @@ def still_routed(brain, worker, impostor, task: str) -> None:
 
 
 @pytest.mark.parametrize("victim", [BRAIN, "cpu-1"])
-def test_an_impostor_cannot_take_a_live_route(broker_factory, client_factory, victim):
+def test_an_impostor_cannot_take_a_live_route(broker_factory, client_factory, victim, request):
     running = broker_factory(interval=0.2, liveness=100, roles=WORKERS)
     brain = client_factory(BRAIN, running.endpoint)
     worker = client_factory("cpu-1", running.endpoint)
@@ -109,7 +110,7 @@ def test_an_impostor_cannot_take_a_live_route(broker_factory, client_factory, vi
     still_routed(brain, worker, impostor, "after-the-impostor")
     for msg in iter(lambda: raw.recv(timeout=0.3), None):
         assert isinstance(msg, Error), f"the raw impostor received {msg!r}"
-    print(f"route theft without keys ({victim}): {tried} tried, {refused} refused")
+    say(request.config, f"route theft without keys ({victim}): {tried} tried, {refused} refused")
     assert tried == refused
 
 
@@ -159,7 +160,7 @@ def test_a_second_brain_is_refused_while_the_first_is_live(broker_factory, clien
 # --- roles ------------------------------------------------------------------------------------
 
 
-def test_a_tool_cannot_report_results_or_register(broker_factory, client_factory):
+def test_a_tool_cannot_report_results_or_register(broker_factory, client_factory, request):
     running = broker_factory(interval=0.2, liveness=100, roles=WORKERS)
     brain = client_factory(BRAIN, running.endpoint)
     worker = client_factory("cpu-1", running.endpoint)
@@ -176,7 +177,7 @@ def test_a_tool_cannot_report_results_or_register(broker_factory, client_factory
         assert isinstance(reply, Error) and reply.code == ErrorCode.FORBIDDEN, (msg, reply)
     assert brain.recv(timeout=0.3) is None, "a forged message reached the brain"
     assert worker.recv(timeout=0.1) is None, "a tool reached a worker"
-    print(f"tool forgeries: {len(forged)} tried, {len(forged)} refused")
+    say(request.config, f"tool forgeries: {len(forged)} tried, {len(forged)} refused")
     # A worker cannot act as the brain either.
     reply = worker.request(cancel("brain-llm"), timeout=5)
     assert isinstance(reply, Error) and reply.code == ErrorCode.FORBIDDEN
@@ -226,7 +227,7 @@ def curve_rig(broker_factory, client_factory, keys_dir):
 
 @needs_curve
 @pytest.mark.parametrize("victim", [BRAIN, "cpu-1"])
-def test_the_pi_key_cannot_take_a_route(curve_rig, client_factory, keys_dir, victim):
+def test_the_pi_key_cannot_take_a_route(curve_rig, client_factory, keys_dir, victim, request):
     running, brain, worker = curve_rig
     pi = ClientKeys.load(keys_dir, "pi")
     raw = client_factory("raw", running.endpoint, keys=pi)
@@ -245,7 +246,10 @@ def test_the_pi_key_cannot_take_a_route(curve_rig, client_factory, keys_dir, vic
         assert error is not None and error.code == ErrorCode.SPOOFED_SOURCE, error
         refused += 1
     still_routed(brain, worker, raw, "after-the-pi")
-    print(f"route theft with the Pi's key ({victim}): {tried} tried, {refused} refused")
+    say(
+        request.config,
+        f"route theft with the Pi's key ({victim}): {tried} tried, {refused} refused",
+    )
 
 
 @needs_curve

@@ -33,6 +33,7 @@ from llmo.proto.messages import TaskAssign, TaskDone, TaskFailed
 from llmo.worker import landlock
 from llmo.worker.policy import check
 from llmo.worker.rules import Policy
+from tests.reporting import say
 from tests.worker_fixtures import brain_factory, worker_factory  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
@@ -63,15 +64,7 @@ def attacks(request: pytest.FixtureRequest) -> Iterator[Attacks]:
     cache = getattr(request.config, "cache", None)
     if cache is not None:
         cache.set("llmo/attacks", {"tried": tally.tried, **tally.stopped})
-    plugins = request.config.pluginmanager
-    reporter = plugins.get_plugin("terminalreporter")
-    capture = plugins.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():  # shown without -s too
-        reporter.write_line("")
-        reporter.write_line(line)
+    say(request.config, line)
 
 
 @dataclasses.dataclass

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.reporting import say
+
 ENV = "LLMO_FUZZ_EXAMPLES"
 
 
@@ -64,15 +66,7 @@ def fuzz_tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
     cache = getattr(request.config, "cache", None)
     if cache is not None:
         cache.set("llmo/fuzz_inputs", {"total": TALLY.total, **TALLY.counts})
-    plugins = request.config.pluginmanager
-    reporter = plugins.get_plugin("terminalreporter")
-    capture = plugins.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():  # shown without -s too
-        reporter.write_line("")
-        reporter.write_line(line)
+    say(request.config, line)
 
 
 def test_examples_grow_with_the_environment(monkeypatch):

@@ -24,6 +24,7 @@ from llmo.plans import PlanError, Task, expand_foreach, read_foreach_items, reso
 from llmo.plans.model import ForeachError
 from llmo.plans.shellvalues import ShellCommand, env_name
 from tests.e2e_fixtures import Rig, module_rig_factory, one_test
+from tests.reporting import say
 
 __all__ = ["module_rig_factory"]
 
@@ -287,7 +288,7 @@ def new_plan(rig: Rig, name: str, text: str) -> Path:
     return plan
 
 
-def test_manifest_values_run_as_data_on_a_real_rig(rig, tmp_path):
+def test_manifest_values_run_as_data_on_a_real_rig(rig, tmp_path, request):
     marks = tmp_path / "marks"
     marks.mkdir()
     values = attacks(marks)
@@ -306,7 +307,7 @@ def test_manifest_values_run_as_data_on_a_real_rig(rig, tmp_path):
     assert (run.history / "config.txt").read_bytes() == values[0].encode()
     tried += 1
     assert list(marks.iterdir()) == [], "a value ran as code"
-    print(f"values as data: {tried} injection attempts tried, {tried} inert")
+    say(request.config, f"values as data: {tried} injection attempts tried, {tried} inert")
 
 
 @pytest.mark.parametrize("how", ["dotdot", "symlink"])
