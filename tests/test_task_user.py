@@ -32,6 +32,7 @@ from tests.worker_fixtures import FakeTelemetry, brain_factory, worker_factory  
 pytestmark = pytest.mark.timeout(120)
 
 SECRET = "curve-secret-task-user-5c1e"
+CLI = [sys.executable, "-m", "llmo.cli.main"]
 
 
 def _nobody() -> pwd.struct_passwd | None:
@@ -240,3 +241,24 @@ def test_a_non_root_worker_with_ambient_capabilities_leaves_none_to_its_tasks():
     held = [line for line in lines if line.startswith("Cap") and not line.startswith("CapBnd")]
     assert held and all(line.endswith("0000000000000000") for line in held), held
     assert lines[-1] == f"killed by {signal.SIGKILL.value}", result.stdout
+
+
+def test_the_task_user_of_a_workers_entry_is_checked_at_start(tmp_path):
+    config = tmp_path / "llmo.toml"
+    config.write_text(
+        '[endpoints]\nbroker = "tcp://127.0.0.1:1"\n\n'
+        '[[workers]]\nname = "gpu-t"\ntask_user = "no-such-user-llmo"\n'
+    )
+    result = subprocess.run(
+        [*CLI, "worker", "--config", str(config), "--name", "gpu-t"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.strip().splitlines() == [
+        "llmo worker: --task-user no-such-user-llmo: task user 'no-such-user-llmo' does not "
+        "exist on this machine (create it: useradd --system --no-create-home --shell "
+        "/usr/sbin/nologin no-such-user-llmo)"
+    ]
