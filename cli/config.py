@@ -66,6 +66,7 @@ class WorkerSpec:
     threads: int = 0
     slots: int = 2
     vram_mb: int = 0
+    task_user: str = ""  # run its shell tasks as this user; empty: as the worker's
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -105,6 +106,7 @@ _WORKER_KEYS: dict[str, type | tuple[type, ...]] = {
     "threads": int,
     "slots": int,
     "vram_mb": int,
+    "task_user": str,
 }
 
 

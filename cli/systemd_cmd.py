@@ -23,6 +23,14 @@ no home folders, a private /tmp, writes only to rig_dir (and the plans
 folder for the brain and the workers). The workers keep /dev (the GPUs), so
 they go without PrivateDevices and ProtectClock.
 
+Capabilities: none, except that a worker runs its shell tasks as the task
+user (``--task-user llmo-task``), for which it holds ``CAP_SETUID``,
+``CAP_SETGID`` (to switch each task's child) and ``CAP_KILL`` (to abort and
+kill a process of another user) as ambient capabilities, and nothing else
+in its bounding set; the tasks themselves hold none (``worker.taskuser``).
+The brain and the workers run with ``UMask=0007`` so that batch folders and
+logs they make in the plans share are writable by its group.
+
 The files in ``deploy/systemd/`` are ``render`` of ``deploy/llmo.example.toml``
 with llmo in /opt/llmo; a test keeps them equal.
 """
@@ -51,7 +59,6 @@ WORKER_TEMPLATE = "llmo-worker@.service"
 # For every service: what it may not do. Devices and writable paths are per unit.
 _HARDENING = """\
 NoNewPrivileges=yes
-CapabilityBoundingSet=
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
@@ -65,8 +72,14 @@ RestrictRealtime=yes
 RestrictNamespaces=yes
 LockPersonality=yes
 SystemCallArchitectures=native
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-UMask=0027"""
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK"""
+# What a worker needs to run its tasks as the task user: switch groups and uid in
+# the task's child, and signal (abort, kill) processes of another user.
+TASK_USER_CAPABILITIES = "CAP_SETUID CAP_SETGID CAP_KILL"
+DEFAULT_TASK_USER = "llmo-task"
+# The brain and the workers: files and folders they make are group-writable (the
+# plans share's group holds the task user), never open to others.
+SHARED_UMASK = "0007"
 
 
 def _arg(text: str) -> str:
@@ -98,6 +111,8 @@ def _service(
     private_devices: bool,
     stop_timeout_s: int,
     kill_mode: str = "",
+    capabilities: str = "",
+    umask: str = "0027",
 ) -> str:
     unit = [
         header,
@@ -131,7 +146,11 @@ def _service(
         "StandardError=journal",
         f"SyslogIdentifier={identifier}",
         _HARDENING,
+        f"CapabilityBoundingSet={capabilities}",
     ]
+    if capabilities:
+        unit.append(f"AmbientCapabilities={capabilities}")
+    unit += [f"UMask={umask}"]
     if private_devices:
         # ProtectClock adds a device rule, which would close /dev to all else:
         # only for the units that need no devices (not the workers' GPUs).
@@ -142,8 +161,15 @@ def _service(
     return "\n".join(unit)
 
 
-def render(config, llmo: str, config_path: str, user: str = DEFAULT_USER) -> dict[str, str]:
-    """The unit files (name -> text) for ``config`` (a ``cli.config.RigConfig``)."""
+def render(
+    config,
+    llmo: str,
+    config_path: str,
+    user: str = DEFAULT_USER,
+    task_user: str = DEFAULT_TASK_USER,
+) -> dict[str, str]:
+    """The unit files (name -> text) for ``config`` (a ``cli.config.RigConfig``);
+    the workers run their tasks as ``task_user`` (empty: as ``user``)."""
     header = _header(config_path)
     run = f"{_arg(llmo)} {{}} --config {_arg(config_path)}"
     rig_dir = config.rig_dir or DEFAULT_RIG_DIR
@@ -173,13 +199,16 @@ def render(config, llmo: str, config_path: str, user: str = DEFAULT_USER) -> dic
             writable=[rig_dir, *plans],
             private_devices=True,
             stop_timeout_s=30,
+            umask=SHARED_UMASK,  # batch folders the task user writes in
         ),
         WORKER_TEMPLATE: _service(
             header=header,
             description="llmo worker %i: its GPUs and model come from the config",
             after=[BROKER_UNIT],
             mounts=plans,
-            exec_start=run.format("worker") + " --name %i",
+            exec_start=run.format("worker")
+            + " --name %i"
+            + (f" --task-user {_arg(task_user)}" if task_user else ""),
             user=user,
             identifier="llmo-worker@%i",
             # Not the rig folder: the brain's journal lives there, and tasks run
@@ -190,6 +219,8 @@ def render(config, llmo: str, config_path: str, user: str = DEFAULT_USER) -> dic
             # grace); only the worker gets it, so it can do that to its tasks.
             stop_timeout_s=60,
             kill_mode="mixed",
+            capabilities=TASK_USER_CAPABILITIES if task_user else "",
+            umask=SHARED_UMASK,
         ),
     }
     wants = [BROKER_UNIT, BRAIN_UNIT, *(f"llmo-worker@{w.name}.service" for w in config.workers)]
@@ -253,6 +284,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--user", default=DEFAULT_USER, help=f"the user the services run as ({DEFAULT_USER})"
     )
     install.add_argument(
+        "--task-user",
+        default=DEFAULT_TASK_USER,
+        help=f"the user the workers run shell tasks as ({DEFAULT_TASK_USER}; '' for the "
+        "service user, and the workers hold no capability)",
+    )
+    install.add_argument(
         "--dry-run", action="store_true", help="print the units instead of writing them"
     )
 
@@ -267,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"llmo systemd: {exc}", file=sys.stderr)
         return 2
-    units = render(config, llmo, config_path, args.user)
+    units = render(config, llmo, config_path, args.user, args.task_user)
     if args.dry_run:
         for name, text in units.items():
             print(f"# --- {Path(args.unit_dir) / name}")

@@ -4,7 +4,10 @@ With ``--config llmo.toml`` the worker takes its ``[[workers]]`` entry (the
 one named ``--name``: GPUs, role, model, slots, VRAM budget, threads,
 context), the ``[limits]``, the endpoints, the heartbeat interval and its
 CurveZMQ keys from the file; a flag given as well wins. This is how the
-systemd unit ``llmo-worker@NAME`` runs it. The GPUs are pinned with
+systemd unit ``llmo-worker@NAME`` runs it, with ``--task-user llmo-task``:
+shell tasks then run as that user (``worker.taskuser``), and a user that
+does not exist, or a worker without the privilege to switch to it, stops
+the start with exit code 2 and the reason. The GPUs are pinned with
 ``CUDA_VISIBLE_DEVICES`` before anything can load CUDA.
 """
 
@@ -101,6 +104,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(default: [policy] of --config, with the config and keys protected; the keys "
         "folder is secret from tasks either way)",
     )
+    parser.add_argument(
+        "--task-user",
+        metavar="NAME",
+        default=None,
+        help="run shell tasks as this user (needs root, or CAP_SETUID, CAP_SETGID and "
+        "CAP_KILL); default: [[workers]] task_user, else the worker's own user; "
+        "'' for the worker's user",
+    )
     limits = parser.add_argument_group("resource limits")
     limits.add_argument("--max-temp", type=float, help="GPU warning, °C (default 75)")
     limits.add_argument("--critical-temp", type=float, help="GPU critical, °C (default 90)")
@@ -180,6 +191,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # The keys this worker connects with are secret from its tasks, whatever the file says.
     policy = policy.with_secret(keys_dir(rig, args.keys_dir))
+    task_user = _pick(args.task_user, spec and spec.task_user, "")
+    if task_user:
+        from llmo.worker.taskuser import TaskUserError, resolve
+
+        try:
+            resolve(task_user)
+        except TaskUserError as exc:
+            print(f"llmo worker: --task-user {task_user}: {exc}", file=sys.stderr)
+            return 2
     config = WorkerConfig(
         name=args.name,
         role=_pick(args.role, spec and spec.role, "worker"),
@@ -199,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         exit_when_idle_s=args.exit_when_idle,
         limits=LimitsConfig(**limits),
         policy=policy,
+        task_user=task_user,
     )
     worker = Worker(config, endpoints(rig, args.broker, args.pub).broker)
     return worker.run(install_signals=True)

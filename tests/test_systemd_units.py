@@ -72,16 +72,42 @@ def test_services_are_sandboxed_and_write_only_to_the_rig_and_plans(units):
         for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
             assert service[key] == "yes", (name, key)
         assert service["ProtectSystem"] == "strict"
-        assert service["CapabilityBoundingSet"] == ""
         assert service.get("ReadWritePaths") == paths
+    broker, brain = (
+        parsed(units[n])["Service"] for n in ("llmo-broker.service", "llmo-brain.service")
+    )
+    for service in (broker, brain):
+        assert service["CapabilityBoundingSet"] == ""
+        assert "AmbientCapabilities" not in service
+    assert broker["UMask"] == "0027"
     worker = parsed(units["llmo-worker@.service"])["Service"]
     assert "PrivateDevices" not in worker and "ProtectClock" not in worker  # the GPUs
+
+
+def test_workers_run_tasks_as_the_task_user_with_only_the_capabilities_to_switch(units):
+    worker = parsed(units["llmo-worker@.service"])["Service"]
+    assert worker["ExecStart"].endswith(" --name %i --task-user llmo-task")
+    assert worker["AmbientCapabilities"] == "CAP_SETUID CAP_SETGID CAP_KILL"
+    assert worker["CapabilityBoundingSet"] == "CAP_SETUID CAP_SETGID CAP_KILL"
+    assert worker["NoNewPrivileges"] == "yes"
+    # What the brain and the worker make in the plans share is group-writable, for the
+    # task user in the share's group; nothing for others.
+    for name in ("llmo-brain.service", "llmo-worker@.service"):
+        assert parsed(units[name])["Service"]["UMask"] == "0007", name
+
+
+def test_without_a_task_user_the_worker_holds_no_capability():
+    units = render(load(EXAMPLE), "/opt/llmo/bin/llmo", "/etc/llmo/llmo.toml", task_user="")
+    worker = parsed(units["llmo-worker@.service"])["Service"]
+    assert worker["ExecStart"].endswith(" --name %i")
+    assert worker["CapabilityBoundingSet"] == ""
+    assert "AmbientCapabilities" not in worker
 
 
 def test_each_worker_instance_reads_its_gpus_from_the_config(units):
     worker = parsed(units["llmo-worker@.service"])
     assert worker["Service"]["ExecStart"] == (
-        "/opt/llmo/bin/llmo worker --config /etc/llmo/llmo.toml --name %i"
+        "/opt/llmo/bin/llmo worker --config /etc/llmo/llmo.toml --name %i --task-user llmo-task"
     )
     assert worker["Service"]["KillMode"] == "mixed"  # the worker stops its own tasks
     assert "llmo-broker.service" in worker["Unit"]["After"]

@@ -6,7 +6,8 @@ Theory of operation
 policy, then the worker's state) and spawns it as a ``ShellAttempt`` with
 its class's resource limits (``Policy.rlimits``), confined by the kernel
 (``worker.landlock``: writes only beneath its plan roots, batch folder and a
-private temporary folder; no reads of the secret paths; ``no_new_privs``).
+private temporary folder; no reads of the secret paths; ``no_new_privs``),
+and as the configured task user when there is one (``worker.taskuser``).
 Each attempt has a token
 ``Meter`` whose key its environment carries, so what it generates through
 the endpoint is counted for it and reported in ``TaskProgress`` and the
@@ -42,7 +43,7 @@ from llmo.proto.messages import (
     TaskFailed,
     TaskProgress,
 )
-from llmo.worker import admission, landlock, results
+from llmo.worker import admission, landlock, results, taskuser
 from llmo.worker.config import WorkerConfig
 from llmo.worker.leftovers import GroupLedger
 from llmo.worker.limits import Level
@@ -97,6 +98,10 @@ class Attempts:
         self._by_fd: dict[int, Attempt] = {}
         self.ledger: GroupLedger | None = None  # running groups, for a successor to end
         self._recent = results.Recent()
+        # Raises TaskUserError (the worker does not start) when the user cannot be used.
+        self.task_user = taskuser.resolve(config.task_user) if config.task_user else None
+        if self.task_user is not None:
+            log.info("tasks run as %s (uid %d)", self.task_user.name, self.task_user.uid)
         self.landlock_abi, why = landlock.probe(config.landlock_abi)
         if self.landlock_abi < 1:
             log.warning(
@@ -168,6 +173,7 @@ class Attempts:
                 confine=landlock.for_task(
                     self.config.policy, a.plan_path, a.batch_path, self.landlock_abi
                 ),
+                user=self.task_user,
                 clock=self.clock,
             )
         except SpawnError as exc:

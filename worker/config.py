@@ -42,6 +42,8 @@ class WorkerConfig:
     # The Landlock ABI to confine tasks with: None asks the kernel, 0 confines by
     # no_new_privs only (a lower number than the kernel's uses fewer rights).
     landlock_abi: int | None = None
+    # Run shell tasks as this user (``worker.taskuser``); empty: as the worker's user.
+    task_user: str = ""
 
     def budget(self, vram_total_mb: int) -> int:
         if self.vram_mb is not None:

@@ -55,6 +55,7 @@ from llmo.proto.messages import (
     WorkerDrain,
 )
 from llmo.proto.states import WorkerState
+from llmo.worker import taskuser
 from llmo.worker.admission import GPU_CLASSES
 from llmo.worker.api import ApiServer
 from llmo.worker.attempts import Attempts
@@ -93,6 +94,8 @@ class Worker:
         context: zmq.Context | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if config.task_user:  # before any socket: a worker that cannot switch does not start
+            taskuser.resolve(config.task_user)
         self.config = config
         self.clock = clock
         self.telemetry = telemetry if telemetry is not None else SystemTelemetry(config.gpus)

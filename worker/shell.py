@@ -20,12 +20,15 @@ still in the task's session under another group id (a job-control shell
 inside the task makes those). A process that calls ``setsid`` itself leaves
 the session and cannot be found this way.
 
-Resource limits of the task's class (``worker.rlimits.Rlimits``) are set in
-the child between fork and exec, and then the kernel confinement
-(``worker.landlock``): ``no_new_privs`` and the attempt's Landlock ruleset,
-built in the worker before the fork. A confined attempt gets a private
-temporary folder (``TMPDIR``), created before it starts and removed when it
-is reaped.
+Between fork and exec the child sets, in this order: the resource limits
+of the task's class (``worker.rlimits.Rlimits``); the task user, when the
+worker has one (``worker.taskuser``: groups, gid, uid, capabilities
+dropped); then the kernel confinement (``worker.landlock``):
+``no_new_privs`` and the attempt's Landlock ruleset, built in the worker
+before the fork. A confined attempt gets a private temporary folder
+(``TMPDIR``), created before it starts and removed when it is reaped; with
+a task user it belongs to that user and is the task's ``HOME`` as well
+(``USER`` and ``LOGNAME`` name the task user).
 
 Peak memory is sampled (``session_rss``) because the kernel's ``ru_maxrss``
 for a child includes the RSS of the parent it forked from, here the worker
@@ -36,6 +39,7 @@ largest sample taken, possibly 0.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -48,6 +52,9 @@ from dataclasses import dataclass
 from llmo.proto.messages import TaskAssign
 from llmo.worker import landlock
 from llmo.worker.rlimits import Rlimits, preexec
+from llmo.worker.taskuser import TaskUser
+
+log = logging.getLogger("llmo.worker.shell")
 
 # Variables a task inherits from the worker's own environment; nothing else
 # leaks in (no broker keys, no tokens, no operator's shell settings).
@@ -113,9 +120,11 @@ class ShellAttempt:
         log_offset: int,
         clock: Callable[[], float] = time.monotonic,
         tmp: str = "",
+        user: TaskUser | None = None,
     ) -> None:
         self.proc = proc
         self.tmp = tmp  # the private temporary folder, removed at reap
+        self.user = user  # the task's user, None: the worker's
         self.pid = proc.pid
         self.log_path = log_path
         self.log_offset = log_offset
@@ -141,6 +150,7 @@ class ShellAttempt:
         header: str = "",
         rlimits: Rlimits | None = None,
         confine: landlock.Confinement | None = None,
+        user: TaskUser | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> ShellAttempt:
         if not os.path.isdir(cwd):
@@ -157,10 +167,14 @@ class ShellAttempt:
                 log.flush()
             offset = log.tell()
             limits = preexec(rlimits.settings()) if rlimits is not None else None
+            if user is not None:
+                limits = _then(limits, user.become)  # before no_new_privs and Landlock
             env = dict(env)
             tmp, ruleset = "", -1
+            if user is not None:
+                env.update(USER=user.name, LOGNAME=user.name)
             if confine is not None:
-                tmp, ruleset = _confined(confine, env)
+                tmp, ruleset = _confined(confine, env, user)
                 limits = landlock.preexec(ruleset, limits)
             try:
                 proc = subprocess.Popen(
@@ -172,17 +186,18 @@ class ShellAttempt:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
-                    preexec_fn=limits,  # setrlimit, prctl and Landlock calls only
+                    # setrlimit, set*id, capset, prctl and Landlock calls only
+                    preexec_fn=limits,
                 )
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
                 # ValueError: a NUL byte, or an environment name holding "=".
                 if tmp:
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    _remove_tmp(tmp, user)
                 raise SpawnError(f"cannot start /bin/sh in {cwd}: {exc}") from None
             finally:
                 if ruleset >= 0:
                     os.close(ruleset)
-        return cls(proc, log_path, offset, clock, tmp)
+        return cls(proc, log_path, offset, clock, tmp, user)
 
     # --- state -------------------------------------------------------------------------
 
@@ -235,7 +250,7 @@ class ShellAttempt:
             status = 0
         self._reaped = True
         if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            _remove_tmp(self.tmp, self.user)
         code = os.waitstatus_to_exitcode(status)
         self.proc.returncode = code
         if self.pidfd >= 0:
@@ -251,19 +266,46 @@ class ShellAttempt:
         )
 
 
-def _confined(confine: landlock.Confinement, env: dict[str, str]) -> tuple[str, int]:
-    """The attempt's private temporary folder (set as ``TMPDIR`` in ``env``) and its
-    Landlock ruleset fd (-1 without Landlock); raises ``SpawnError``."""
+def _confined(
+    confine: landlock.Confinement, env: dict[str, str], user: TaskUser | None = None
+) -> tuple[str, int]:
+    """The attempt's private temporary folder (set as ``TMPDIR`` in ``env``, and as
+    ``HOME`` for a task user) and its Landlock ruleset fd (-1 without Landlock);
+    raises ``SpawnError``."""
     try:
-        tmp = tempfile.mkdtemp(prefix="llmo-task-")
+        tmp = user.make_tmp() if user is not None else tempfile.mkdtemp(prefix="llmo-task-")
     except OSError as exc:
         raise SpawnError(f"cannot make the task's temporary folder: {exc}") from None
     env["TMPDIR"] = tmp
+    if user is not None:
+        env["HOME"] = tmp  # the task user has no home; the worker's is the rig folder
     try:
         return tmp, confine.ruleset(tmp)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tmp(tmp, user)
         raise SpawnError(f"cannot build the task's Landlock ruleset: {exc}") from None
+
+
+def _remove_tmp(tmp: str, user: TaskUser | None) -> None:
+    """Remove a private temporary folder; a task user's own files go as that user."""
+    if user is not None:
+        try:
+            user.remove_tmp(tmp)
+        except OSError as exc:
+            log.warning("cannot remove the task's temporary folder %s: %s", tmp, exc)
+        return
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _then(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    """A ``preexec_fn`` that runs ``first`` (if any), then ``second``."""
+
+    def apply() -> None:
+        if first is not None:
+            first()
+        second()
+
+    return apply
 
 
 def _signal_group(pgid: int, sig: int) -> None:
