@@ -47,6 +47,29 @@ def llmo_argv() -> list[str]:
     return [sys.executable, "-P", "-m", "llmo.cli.main"]
 
 
+def start_brain(endpoint: str, journal: Path, log: Path, *extra: str) -> subprocess.Popen:
+    """A real ``llmo brain`` on ``journal`` (ticking every 0.1 s), its output in ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llmo.cli.main",
+                "brain",
+                "--broker",
+                endpoint,
+                "--journal",
+                str(journal),
+                "--tick",
+                "0.1",
+                *extra,
+            ],
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

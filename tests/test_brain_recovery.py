@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -23,11 +22,10 @@ from llmo.broker.service import Broker
 from llmo.proto.client import Client
 from llmo.proto.messages import PlanAccepted, PlanSubmit, SnapshotReply, SnapshotRequest
 from tests.brain_fixtures import FakeWorker, plan_text
+from tests.e2e_fixtures import start_brain as e2e_start_brain
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -41,26 +39,7 @@ def broker():
 
 
 def start_brain(endpoint: str, journal: Path, log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmo.cli.main",
-                "brain",
-                "--broker",
-                endpoint,
-                "--journal",
-                str(journal),
-                "--tick",
-                "0.1",
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    return e2e_start_brain(endpoint, journal, log, "--log-level", "WARNING")
 
 
 def snapshot(client: Client, batch_id: str) -> SnapshotReply | None:

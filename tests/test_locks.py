@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -26,12 +25,16 @@ from llmo.brain.lockfile import FileLock, Locked
 from llmo.broker.service import Broker
 from llmo.proto.client import Client
 from llmo.proto.messages import SnapshotReply, SnapshotRequest
-from tests.e2e_fixtures import free_port, llmo_argv, rig_factory  # noqa: F401 (fixture)
+from tests.e2e_fixtures import (  # noqa: F401 (rig_factory: a fixture)
+    free_port,
+    llmo_argv,
+    rig_factory,
+    start_brain,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
-ROOT = Path(__file__).resolve().parent.parent
 REFUSED_S = 30.0  # bounds a hang: a refusal comes before anything starts
 
 
@@ -50,24 +53,7 @@ def brains():
     started: list[subprocess.Popen] = []
 
     def start(endpoint: str, journal: Path, log: Path) -> subprocess.Popen:
-        with log.open("ab") as out:
-            brain = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "llmo.cli.main",
-                    "brain",
-                    "--broker",
-                    endpoint,
-                    "--journal",
-                    str(journal),
-                    "--tick",
-                    "0.1",
-                ],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        brain = start_brain(endpoint, journal, log)
         started.append(brain)
         return brain
 
