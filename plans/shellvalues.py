@@ -103,15 +103,8 @@ def quoting(literals: Sequence[str]) -> list[str]:
                     stack.pop()
                 elif c == "`":
                     stack.append("bq")
-                elif c == "$" and text.startswith("$((", i):
-                    stack.append("arith")
-                    i += 2
-                elif c == "$" and text.startswith("$(", i):
-                    stack.append("cmd")
-                    i += 1
-                elif c == "$" and text.startswith("${", i):
-                    stack.append("param")
-                    i += 1
+                elif c == "$":
+                    i += _open_expansion(text, i, stack)
             else:
                 if c == "'":
                     stack.append("sq")
@@ -122,15 +115,8 @@ def quoting(literals: Sequence[str]) -> list[str]:
                         stack.pop()
                     else:
                         stack.append("bq")
-                elif c == "$" and text.startswith("$((", i):
-                    stack.append("arith")
-                    i += 2
-                elif c == "$" and text.startswith("$(", i):
-                    stack.append("cmd")
-                    i += 1
-                elif c == "$" and text.startswith("${", i):
-                    stack.append("param")
-                    i += 1
+                elif c == "$":
+                    i += _open_expansion(text, i, stack)
                 elif c == "(":
                     stack.append("paren")
                 elif c == ")":
@@ -151,6 +137,21 @@ def quoting(literals: Sequence[str]) -> list[str]:
         context = _context(stack)
         contexts.append(f"escaped-{context}" if escaped else context)
     return contexts
+
+
+def _open_expansion(text: str, i: int, stack: list[str]) -> int:
+    """At the ``$`` of ``text[i]``: push the expansion it opens, if any; the
+    characters beyond the ``$`` that the opening takes."""
+    if text.startswith("$((", i):
+        stack.append("arith")
+        return 2
+    if text.startswith("$(", i):
+        stack.append("cmd")
+        return 1
+    if text.startswith("${", i):
+        stack.append("param")
+        return 1
+    return 0
 
 
 def _context(stack: list[str]) -> str:
