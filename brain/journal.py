@@ -516,14 +516,16 @@ class Journal:
         found = scan(read_bytes(self.path))
         if found.damage:
             raise JournalDamaged(damage_text(self.path, found), self.path, found.damage[0].offset)
-        if found.base is None:  # no journal yet (or only a torn header): start one
-            if found.torn is not None:
-                log.warning(
-                    "journal %s: cut a torn header record (%d bytes)",
+        if found.base is None:
+            if found.size:  # the header is written whole (by rename): this is no torn tail
+                raise JournalDamaged(
+                    f"journal {self.path} has no valid record in its {found.size} bytes "
+                    "(damaged at offset 0, or not a brain journal); not starting on it: "
+                    f"run `llmo journal check {self.path}`",
                     self.path,
-                    found.torn.length,
+                    0,
                 )
-            self._start_file(state.events)
+            self._start_file(state.events)  # no journal yet
             return state
         base = found.base
         skip = state.events - base

@@ -54,17 +54,21 @@ def check(path: str) -> int:
     print(
         f"journal {path}: {found.size} bytes, {len(found.records)} valid records{span_text}{kind}"
     )
+    damaged = bool(found.damage)
     if found.base is None and found.size:
-        print("header: lost (where the journal starts is taken from the snapshot on repair)")
+        if not found.records:
+            damaged = True
+            print("damaged: offset 0: no valid record at all (or not a brain journal)")
+        else:
+            print("header: lost (where the journal starts is taken from the snapshot on repair)")
     for span in found.damage:
         lost = _records(span.lost) + " lost" if span.lost is not None else "records lost: unknown"
         print(f"damaged: offset {span.offset}, {span.length} bytes, {lost}")
-    if found.torn is not None:
+    if found.torn is not None and found.records:
         print(
             f"torn last record: offset {found.torn.offset}, {found.torn.length} bytes "
             "(a crash mid-write: recovery cuts it off)"
         )
-    damaged = bool(found.damage)
     snapshot = path + ".snap"
     if os.path.exists(snapshot):
         try:

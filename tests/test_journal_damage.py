@@ -345,3 +345,16 @@ def test_a_journal_written_before_framing_is_read_and_rewritten_framed(tmp_path)
     with open(path, "rb") as handle:
         found = scan(handle.read())
     assert not found.legacy and found.base == 0 and len(found.records) == len(rig.events)
+
+
+def test_a_file_with_no_valid_record_is_refused_not_replaced(tmp_path):
+    path = str(tmp_path / "j")
+    garbage = bytes(range(256)) * 4
+    with open(path, "wb") as handle:
+        handle.write(garbage)
+    with pytest.raises(JournalDamaged, match="no valid record"):
+        Journal(path).recover()
+    with open(path, "rb") as handle:
+        assert handle.read() == garbage
+    check = llmo("journal", "check", path)
+    assert check.returncode == 1 and "no valid record" in check.stdout
