@@ -114,15 +114,20 @@ def finished_batch(broker, tmp_path: Path) -> tuple[Path, str, Path]:
     return journal, batch_id, log
 
 
-def finished_after_restart(broker, journal: Path, batch_id: str, log: Path) -> SnapshotReply:
+def finished_after_restart(
+    broker, journal: Path, batch_id: str, log: Path, while_running=None
+) -> SnapshotReply:
     brain = start_brain(broker.router_endpoint, journal, log)
     tool = Client("status-test", broker.router_endpoint)
     try:
-        return wait_for(
+        snap = wait_for(
             lambda: snapshot(tool, batch_id),
             30,
             lambda: f"the restarted brain to answer\n{log.read_text()[-3000:]}",
         )
+        if while_running is not None:
+            while_running(brain)
+        return snap
     finally:
         tool.close()
         stop(brain)
@@ -181,7 +186,14 @@ def test_a_torn_last_record_is_still_cut_with_a_log_line(broker, tmp_path):
     with open(journal, "r+b") as handle:
         handle.truncate(last + (end - last) // 2)  # the last record, cut halfway
 
-    snap = finished_after_restart(broker, journal, batch_id, log)
+    def repair_is_refused(brain: subprocess.Popen) -> None:
+        size = os.path.getsize(journal)
+        refused = llmo("journal", "repair", str(journal))
+        assert refused.returncode == 1 and f"pid {brain.pid}" in refused.stderr, refused.stderr
+        assert not list(journal.parent.glob("brain.journal.damaged-*"))
+        assert os.path.getsize(journal) >= size
+
+    snap = finished_after_restart(broker, journal, batch_id, log, repair_is_refused)
     assert snap.batches[0].state == "complete" and snap.batches[0].counts == {"done": TASKS}
     assert f"torn last record at offset {last}" in log.read_text()
 
