@@ -7,12 +7,16 @@ check that the core still decides the same. A trace line is::
     +12.500 recv task.done from gpu-1 [b:t:1]
         send task.assign to gpu-2 [b:u:1] "python u.py"
         event task_succeeded b/t
+
+Replay of a damaged journal folds every valid record and says, in its place
+in the trace, where each damaged span is and how many records it lost
+(``!! journal damaged at offset ...``), and where a torn last record was.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from llmo.brain.commands import (
     AppendLines,
@@ -26,7 +30,14 @@ from llmo.brain.commands import (
 )
 from llmo.brain.core import new_state, step
 from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
-from llmo.brain.journal import Journal, event_of, read_records
+from llmo.brain.journal import (
+    JournalDamaged,
+    Scan,
+    event_of,
+    load_snapshot_file,
+    read_bytes,
+    scan,
+)
 from llmo.brain.state import BrainState
 from llmo.proto.messages import BatchEvent, Message
 
@@ -95,9 +106,14 @@ def trace(
     *,
     quiet_ticks: bool = False,
     batch: str | None = None,
+    notes: Mapping[int, list[str]] | None = None,
 ) -> Iterator[str]:
+    """The trace of ``events`` from ``state``; ``notes[i]`` are lines said before event
+    ``i`` (``notes[len(events)]`` after the last), whatever the filters."""
+    notes = notes or {}
     start = events[0][0] if events else 0.0
-    for now, event in events:
+    for index, (now, event) in enumerate(events):
+        yield from notes.get(index, [])
         state, commands = step(state, event, now)
         if quiet_ticks and isinstance(event, Tick) and not commands:
             continue
@@ -108,16 +124,44 @@ def trace(
         yield head
         for line in lines:
             yield "    " + line
+    yield from notes.get(len(events), [])
+
+
+DAMAGE_MARK = "!! journal damaged"
+
+
+def damage_notes(path: str, found: Scan, first: int) -> dict[int, list[str]]:
+    """Where the damage is, keyed by the index (from ``first``) of the record after it."""
+    notes: dict[int, list[str]] = {}
+    for span in found.damage:
+        count = "1 record" if span.lost == 1 else f"{span.lost} records"
+        lost = f"{count} lost" if span.lost is not None else "records lost: unknown"
+        notes.setdefault(max(0, span.before - first), []).append(
+            f"{DAMAGE_MARK} at offset {span.offset} ({span.length} bytes, {lost}): "
+            f"run `llmo journal repair {path}`"
+        )
+    if found.torn is not None:
+        notes.setdefault(len(found.records) - first, []).append(
+            f"!! the last record is cut short at offset {found.torn.offset} "
+            f"({found.torn.length} bytes): a crash mid-write; recovery cuts it off"
+        )
+    return notes
 
 
 def replay_lines(
     path: str, *, quiet_ticks: bool = False, batch: str | None = None, use_snapshot: bool = True
 ) -> Iterator[str]:
-    journal = Journal(path)
-    state = journal.load_snapshot() if use_snapshot else new_state()
-    base, records, _ = read_records(path)
-    skip = max(0, state.events - base) if use_snapshot else 0
+    state = new_state()
+    if use_snapshot:
+        try:
+            state = load_snapshot_file(path + ".snap")
+        except JournalDamaged as exc:
+            yield f"{DAMAGE_MARK}: {exc} (replaying the journal alone)"
+    found = scan(read_bytes(path))
+    # By sequence number: the records the snapshot already holds, even past damage.
+    skip = sum(1 for seq in found.seqs if seq < state.events) if use_snapshot else 0
     if use_snapshot and state.events:
         yield f"(from the snapshot: {state.events} events, {len(state.batches)} batches)"
-    events = [event_of(r) for r in records[skip:]]
-    yield from trace(state, events, quiet_ticks=quiet_ticks, batch=batch)
+    events = [event_of(r) for r in found.records[skip:]]
+    notes = damage_notes(path, found, skip)
+    yield from trace(state, events, quiet_ticks=quiet_ticks, batch=batch, notes=notes)

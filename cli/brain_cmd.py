@@ -6,6 +6,9 @@ One brain per broker: when the broker refuses this brain because another
 live brain holds the name (``name_in_use``), it logs "another brain is
 connected to the broker at ...; this one stops" and exits 2; ``llmo up``
 does not restart a child that exits 2, it stops the rig with that line.
+A journal damaged anywhere but its last record (valid records after the
+damage) is refused the same way, exit 2, with one line naming the journal,
+the offset and ``llmo journal repair``; the file is left as it is.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def load_settings(path: str | None) -> dict:
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     from llmo.brain.config import BrainConfig
-    from llmo.brain.journal import JournalError, JournalLocked
+    from llmo.brain.journal import JournalDamaged, JournalError, JournalLocked
     from llmo.brain.service import BrainService
     from llmo.cli.config import RigConfig, client_keys, load
     from llmo.cli.config import endpoints as rig_endpoints
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         service.start()
-    except JournalLocked as exc:
+    except (JournalLocked, JournalDamaged) as exc:
         print(f"llmo brain: {exc}", file=sys.stderr)
         return 2
     except (JournalError, OSError) as exc:

@@ -30,6 +30,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "llmo.cli.replay_cmd",
         "print the decision trace of a brain journal (replay JOURNAL)",
     ),
+    "journal": (
+        "llmo.cli.journal_cmd",
+        "find and repair damage in a brain journal (journal check|repair JOURNAL)",
+    ),
     "keys": ("llmo.cli.keys_cmd", "CurveZMQ keys for the broker and its peers (keys generate DIR)"),
     "systemd": ("llmo.cli.systemd_cmd", "the rig's systemd units from llmo.toml (systemd install)"),
 }

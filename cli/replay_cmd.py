@@ -2,7 +2,9 @@
 
 Folds the journal through the core (from its snapshot, if it has one) and
 prints one line per event with the commands it produced. Nothing is sent
-or written: replay is pure.
+or written: replay is pure. A damaged journal is replayed as far as it can
+be: every valid record, with a line where each damaged span is; the exit
+code is then 1, with the damage named on stderr too.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmo.brain.journal import JournalError
-    from llmo.brain.trace import replay_lines
+    from llmo.brain.trace import DAMAGE_MARK, replay_lines
 
+    damage: list[str] = []
     try:
         for line in replay_lines(
             args.journal,
@@ -34,9 +37,13 @@ def run(args: argparse.Namespace) -> int:
             use_snapshot=not args.no_snapshot,
         ):
             print(line)
+            if line.startswith(DAMAGE_MARK):
+                damage.append(line)
     except (JournalError, OSError) as exc:
         print(f"llmo replay: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0
-    return 0
+    for line in damage:
+        print(f"llmo replay: {line}", file=sys.stderr)
+    return 1 if damage else 0
