@@ -306,6 +306,8 @@ class BrainState:
     idle_since: float = 0.0  # when the last batch ended (0 = never idle yet)
     pending_plans: dict[str, PlanSubmit] = field(default_factory=dict)  # by request id
     dispatch_due: bool = False
+    last_now: float = 0.0  # the time of the previous event: a long gap is a pause or a jump
+    hush_until: float = 0.0  # no attempt is judged lost by a heartbeat before this time
 
     def active_batches(self) -> list[Batch]:
         """Running batches, highest priority first, then oldest."""
