@@ -6,10 +6,10 @@ rule. (The process-level counterparts are in tests/test_exactly_once.py.)"""
 from __future__ import annotations
 
 from llmo.brain.config import BrainConfig
-from llmo.brain.events import Resumed
+from llmo.brain.events import Received, Resumed
 from llmo.broker.liveness import Liveness
 from llmo.proto.errors import ErrorCode
-from llmo.proto.messages import Error, Register, TaskDone
+from llmo.proto.messages import Error, PeerDown, Register, TaskCancel, TaskDone
 from llmo.worker.link import Link
 from tests.brain_fixtures import Rig, plan_text
 
@@ -112,3 +112,39 @@ def test_a_heartbeat_lists_attempts_whose_result_is_held():
         Error(src="broker", dst="w1", code=ErrorCode.UNKNOWN_DESTINATION, reply_to="d1"), 0.1
     )
     assert link.unsettled() == ("b:a:1",)  # bounced: held until the brain is back
+
+
+def test_a_late_result_of_a_lost_attempt_is_accepted_and_the_newer_attempt_aborted():
+    rig = Rig()
+    batch, a = running(rig)
+    rig.worker("w2")
+    rig.feed(Received(PeerDown(src="broker", dst="brain", id="p1", peer="w1")))
+    again = rig.assigns()[-1]
+    assert again.dst == "w2" and again.attempt_id.endswith(":2")
+    rig.start(again)
+    rig.worker("w1")  # back; it had finished attempt 1 and held the result
+    rig.done(a)
+    task = rig.task(batch, "a")
+    assert task.state == "done" and task.attempt_id == a.attempt_id, task.state
+    assert task.attempts == 1
+    cancels = rig.of(TaskCancel)
+    assert [(c.dst, c.attempt_id, c.mode) for c in cancels] == [("w2", again.attempt_id, "abort")]
+    rig.done(again)  # the aborted attempt's own late answer changes nothing
+    assert rig.task(batch, "a").state == "done" and rig.task(batch, "a").attempts == 1
+    assert rig.state.batches[batch].state == "complete"
+
+
+def test_a_late_result_never_overrides_a_task_that_ended():
+    rig = Rig()
+    batch, a = running(rig)
+    rig.worker("w2")
+    rig.feed(Received(PeerDown(src="broker", dst="brain", id="p1", peer="w1")))
+    again = rig.assigns()[-1]
+    rig.start(again)
+    rig.done(again, exit_code=0)
+    rig.worker("w1")
+    rig.done(a)
+    task = rig.task(batch, "a")
+    assert task.attempt_id == again.attempt_id and task.attempts == 1
+    ran = [e for e in rig.commands if getattr(e, "text", "").startswith("accepted the late")]
+    assert ran == []
