@@ -13,7 +13,10 @@ decision.
 
 Messages are handled by a table, ``MESSAGE_HANDLERS`` (one small function
 per type, in the module for its family); events by ``EVENT_HANDLERS``.
-After the handler, dispatch runs if anything may have freed a worker or
+Before the handler, the gap since the previous event is measured: a gap
+past a worker's expiry means the brain itself stood still, and liveness
+verdicts wait for fresh heartbeats (``liveness.check_gap``). After the
+handler, dispatch runs if anything may have freed a worker or
 readied a task, and a tick also runs the timers, backoff, model policy and
 summary refreshes. Any exception inside a handler is caught and becomes an
 error ``Log`` command: bad input never crashes the core. (A handler that
@@ -304,6 +307,7 @@ def on_resumed(cx: Ctx, ev: Resumed) -> None:
     for worker in st.workers.values():
         if worker.alive:
             worker.last_seen = cx.now
+    liveness.hush_after_restart(cx)
     for request_id, req in st.pending_plans.items():
         cx.out.append(ReadPlan(request_id, req.plan_path))
     for batch in st.active_batches():
@@ -335,7 +339,10 @@ def step(state: BrainState, event: Event, now: float) -> tuple[BrainState, list[
     state.events += 1
     cx = new_ctx(state, now)
     requester = _requester(state, event)
+    gap = now - state.last_now if state.last_now else 0.0
+    state.last_now = max(state.last_now, now)
     try:
+        liveness.check_gap(cx, gap)
         EVENT_HANDLERS[type(event)](cx, event)
         if state.dispatch_due:
             dispatch.dispatch(cx)

@@ -8,6 +8,13 @@ anything else is stale (a worker that came back after being declared dead,
 a late answer to an aborted attempt) and is ignored, apart from freeing the
 slot it held. So a task is recorded done at most once.
 
+One exception keeps finished work from running twice: a ``TaskDone`` for an
+earlier attempt of a task that is not done yet (the attempt was judged lost,
+with its worker or missing from a heartbeat, and its result was held and
+came late) is accepted (``late_done``): the work did finish. The task is
+recorded done with that attempt, and a newer attempt that is out is aborted
+and not counted. A late result never overrides a task that has ended.
+
 A result whose start was never heard counts the attempt first. A failure
 is sorted by its reason: exit code 75 (``retry_later``) requeues without
 spending an attempt, a lost attempt is ``retry.lose``, a refusal by a worker
@@ -20,7 +27,7 @@ from __future__ import annotations
 from llmo.brain import retry, tasks
 from llmo.brain.ctx import Ctx, cut
 from llmo.brain.state import Batch, TaskRun
-from llmo.proto.messages import TaskDone, TaskFailed, TaskProgress, TaskStarted
+from llmo.proto.messages import TaskCancel, TaskDone, TaskFailed, TaskProgress, TaskStarted
 from llmo.proto.states import TASK_ACTIVE
 from llmo.proto.vocab import EXIT_RETRY_LATER
 
@@ -69,7 +76,7 @@ def on_progress(cx: Ctx, msg: TaskProgress) -> None:
 
 
 def on_done(cx: Ctx, msg: TaskDone) -> None:
-    found = current(cx, msg)
+    found = late_done(cx, msg) or current(cx, msg)
     if found is None:
         return
     batch, task = found
@@ -79,6 +86,56 @@ def on_done(cx: Ctx, msg: TaskDone) -> None:
     task.tokens = msg.tokens or task.tokens
     task.tok_s = msg.tok_s or task.tok_s
     tasks.succeed(cx, batch, task, exit_code=msg.exit_code, duration_s=task.duration_s)
+
+
+LATE_STATES = frozenset({"ready", "delayed", *TASK_ACTIVE})
+
+
+def late_done(cx: Ctx, msg: TaskDone) -> tuple[Batch, TaskRun] | None:
+    """A finished earlier attempt of a task not yet done: take it over as the task's attempt.
+
+    The attempt must be one the brain judged lost (``retry.lose``), and the
+    result must come from the worker it was given to. A newer attempt that is
+    out is aborted and given back (it is not spent).
+    """
+    st = cx.state
+    batch = st.batches.get(msg.batch_id)
+    task = batch.tasks.get(msg.task_id) if batch is not None else None
+    if batch is None or task is None or batch.state != "running" or msg.src not in st.workers:
+        return None
+    lost = task.lost_attempts
+    if not lost or lost.get(msg.attempt_id) != msg.src or task.state not in LATE_STATES:
+        return None
+    del lost[msg.attempt_id]
+    newer = task.attempt_id
+    if task.state == "delayed":
+        tasks.move(cx, batch, task, "due")  # its entry in the backoff heap is skipped
+    elif task.state in TASK_ACTIVE:
+        worker, started = task.worker, bool(task.started_at)
+        cx.send(
+            TaskCancel(
+                dst=worker,
+                batch_id=batch.id,
+                task_id=task.id,
+                attempt_id=newer,
+                mode="abort",
+                reason=f"attempt {msg.attempt_id} already finished the task",
+            )
+        )
+        tasks.free_attempt(cx, worker, newer)
+        if started:
+            task.attempts -= 1  # the newer attempt is not spent: the task is done
+        tasks.clear_attempt(task)
+        tasks.move(cx, batch, task, "requeue")  # to ready, from where it succeeds
+    cx.log(
+        "info",
+        f"accepted the late result of attempt {msg.attempt_id} from {msg.src}"
+        + (f"; attempt {newer} is aborted" if newer else ""),
+    )
+    task.attempt_id = msg.attempt_id
+    task.worker = msg.src
+    task.attempts += 1  # the finished attempt was given back when it was judged lost
+    return batch, task
 
 
 def on_failed(cx: Ctx, msg: TaskFailed) -> None:

@@ -58,7 +58,14 @@ def attempt_failed(
 
 
 def lose(cx: Ctx, batch: Batch, task: TaskRun, why: str) -> None:
-    """The attempt's worker went away: requeue without spending, unless it is poison."""
+    """The attempt's worker went away: requeue without spending, unless it is poison.
+
+    The attempt and its worker are remembered: if its result comes after all
+    (held by the worker), ``results.late_done`` accepts it."""
+    if task.attempt_id and task.worker:
+        if task.lost_attempts is None:
+            task.lost_attempts = {}
+        task.lost_attempts[task.attempt_id] = task.worker
     task.lost_workers += 1
     if task.lost_workers >= cx.cfg.max_lost_workers:
         tasks.fail(cx, batch, task, f"poison task: took down {task.lost_workers} workers ({why})")

@@ -3,12 +3,16 @@
 Theory of operation
 -------------------
 The loop is small: wait for a message or the next tick, decode, step,
-journal, then act. Every event is stepped and appended to the journal; once
-per loop iteration the journal is committed (one fsync for the whole burst)
-and only then are the collected commands carried out, so nothing is sent or
-written that the journal does not already explain; the history files of an
-iteration are written before its messages are sent. File reads the core asks
-for (``ReadPlan``, ``ReadManifest``) become events that are stepped and
+journal, then act. A tick (the timers: liveness, backoff, timeouts) runs
+only once the socket is drained, so messages that queued up while the loop
+stood still are read before any timer judges by them; the core itself sees
+how long the loop stood still from the times of consecutive events. Every
+event is stepped and appended to the journal; once per loop iteration the
+journal is committed (one fsync for the whole burst) and only then are the
+collected commands carried out, so nothing is sent or written that the
+journal does not already explain; the history files of an iteration are
+written before its messages are sent. File reads the core asks for
+(``ReadPlan``, ``ReadManifest``) become events that are stepped and
 journaled in turn, in the same iteration.
 
 On start the brain locks its journal (``Journal.recover``: one brain per
@@ -16,8 +20,10 @@ journal; a second one is refused with ``JournalLocked`` naming the holder's
 pid and broker, before it reads anything), the journal is replayed
 (snapshot first) and two events are
 journaled: ``Configure`` with the settings of this run and ``Resumed``,
-which gives known workers a fresh expiry window and asks again for reads
-that were pending at the crash. Workers hold their results while the brain
+which gives known workers a fresh expiry window, holds back for one expiry
+any verdict that an assigned attempt is lost (its result may be held by the
+worker and on its way), and asks again for reads that were pending at the
+crash. Workers hold their results while the brain
 is away and send them again when it is back (see ``worker.link``); results
 for attempts the brain no longer expects are ignored by the core.
 
@@ -136,18 +142,24 @@ class BrainService:
                 wait_ms = max(0, int((next_tick - self.clock()) * 1000))
                 if self.journal.unsynced:
                     wait_ms = min(wait_ms, int(FSYNC_INTERVAL_S * 1000))
+                drained = True
                 if socket.poll(min(wait_ms, int(self.client.heartbeat_due_in() * 1000) + 1)):
+                    drained = False
                     for _ in range(BURST):
                         if not self._running:
                             break
                         try:
                             raw = socket.recv(zmq.NOBLOCK)
                         except zmq.Again:
+                            drained = True
                             break
                         self.receive(raw)
                 if not self._running:
                     break
-                if self.clock() >= next_tick:
+                now = self.clock()
+                # Timers run once what arrived meanwhile is read (a flood delays them
+                # by at most a few ticks): a heartbeat queued behind a pause counts.
+                if now >= next_tick and (drained or now >= next_tick + 4 * self.tick_s):
                     self.feed(Tick())
                     next_tick = self.clock() + self.tick_s
                 self.client.tick()

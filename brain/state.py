@@ -180,10 +180,12 @@ class TaskRun:
     error: str = ""
     failures: list[FailedAttempt] | None = None  # one entry per failed attempt, with log tail
     env: dict[str, str] | None = None  # the values of the command's placeholders
+    lost_attempts: dict[str, str] | None = None  # attempt id -> worker, for attempts judged lost
 
     def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
         """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
         self.env = None
+        self.lost_attempts = None
         for name, value in state[1].items():
             object.__setattr__(self, name, value)
 
@@ -306,6 +308,14 @@ class BrainState:
     idle_since: float = 0.0  # when the last batch ended (0 = never idle yet)
     pending_plans: dict[str, PlanSubmit] = field(default_factory=dict)  # by request id
     dispatch_due: bool = False
+    last_now: float = 0.0  # the time of the previous event: a long gap is a pause or a jump
+    hush_until: float = 0.0  # no attempt is judged lost by a heartbeat before this time
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
+        self.last_now = self.hush_until = 0.0
+        for name, value in state[1].items():
+            object.__setattr__(self, name, value)
 
     def active_batches(self) -> list[Batch]:
         """Running batches, highest priority first, then oldest."""

@@ -211,8 +211,9 @@ class Broker:
                         key_name = user if isinstance(user, str) else None
                         frames = [part.bytes for part in parts]
                 except zmq.Again:
-                    pass
+                    idle = True
                 else:
+                    idle = False
                     try:
                         self.handle(frames, key_name)
                     except Exception:  # a bug here must not stop all routing
@@ -222,7 +223,9 @@ class Broker:
                 if now >= next_drain:
                     self.subscriptions.drain()
                     next_drain = now + DRAIN_EVERY_S
-                if now >= next_check:
+                # Liveness is judged once the socket is drained (or, under a flood,
+                # an interval late): what queued while the loop stood still counts.
+                if now >= next_check and (idle or now >= next_check + self.liveness.interval):
                     self.check_liveness(now)
                     self.subscriptions.prune()
                     if self.guard is not None:
@@ -433,7 +436,15 @@ class Broker:
     # --- liveness and publishing --------------------------------------------------------
 
     def check_liveness(self, now: float) -> None:
-        for peer, silent in self.liveness.expire(now):
+        jumped = self.liveness.jumped
+        gone = self.liveness.expire(now)
+        if self.liveness.jumped != jumped:
+            log.warning(
+                "the broker stood still for %.1fs (paused, or the clock jumped): peers get "
+                "fresh heartbeats' time before they are judged silent",
+                self.liveness.jumped,
+            )
+        for peer, silent in gone:
             log.warning("peer %r is down (silent %.1fs)", peer, silent)
             self._peer_event(PeerDown(peer=peer, silent_s=round(silent, 3)))
         for route in self.routes.forget_silent(now):

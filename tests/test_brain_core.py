@@ -343,7 +343,7 @@ def test_poison_task_fails_after_taking_down_three_workers():
     assert rig.state.batches[batch].state == "failed"
 
 
-def test_stale_results_are_ignored():
+def test_stale_results_are_ignored_and_a_late_finish_is_recorded_once():
     rig = Rig()
     rig.worker("w1")
     batch = rig.submit(plan_text("a | cpu | a", "b | cpu | b | a")).batch_id
@@ -354,8 +354,9 @@ def test_stale_results_are_ignored():
     new = rig.assigns()[-1]
     rig.start(new)
     rig.heartbeat("w1")  # the lost worker comes back and reports its old attempt
-    rig.done(old)
-    assert rig.task(batch, "a").state == "running"
+    rig.done(old)  # the work did finish: recorded, and the newer attempt is aborted
+    assert rig.task(batch, "a").state == "done"
+    assert [(c.attempt_id, c.mode) for c in rig.of(TaskCancel)] == [(new.attempt_id, "abort")]
     rig.done(new)
     rig.done(new)  # a duplicate
     succeeded = [m for m in rig.of(BatchEvent) if m.event == "task_succeeded" and m.task_id == "a"]

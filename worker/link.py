@@ -28,6 +28,11 @@ While the broker is away results are held without being sent (ZeroMQ would
 queue them and deliver them twice), and the caller skips heartbeats and
 progress. The brain ignores a result for an attempt it no longer wants, so a
 result that arrives twice does no harm.
+
+A heartbeat that reaches a restarted brain before the held results must not
+tell it that the attempt is gone: the worker lists every attempt whose result
+is held and not on its way (``unsettled``) as active, so the brain keeps the
+attempt until its result arrives.
 """
 
 from __future__ import annotations
@@ -81,6 +86,19 @@ class Link:
     @property
     def held(self) -> int:
         return len(self._held)
+
+    def unsettled(self) -> tuple[str, ...]:
+        """Attempts whose result is held and not on its way: bounced, never sent, or
+        sent on a connection that has since dropped. A heartbeat lists them as
+        active, so that it never tells the brain an attempt is gone while its
+        result is still to come."""
+        found = dict.fromkeys(
+            attempt_id
+            for entry in self._held
+            if (entry.undelivered or entry.epoch != self.epoch)
+            and (attempt_id := getattr(entry.msg, "attempt_id", ""))
+        )
+        return tuple(found)
 
     # --- outbound --------------------------------------------------------------------
 

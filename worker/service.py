@@ -203,7 +203,7 @@ class Worker:
             slots_free=max(0, c.slots - self.attempts.slots_used),
             vram_budget_mb=self.budget_mb,
             vram_used_mb=self.attempts.vram_used,
-            active=self.attempts.active(),
+            active=active_with(self.attempts.active(), self.link.unsettled()),
             tok_s=self.tok_s,
             interval_s=c.heartbeat_s,
             telemetry=telemetry,
@@ -426,3 +426,8 @@ class Worker:
         self.client.socket.close(linger=1000)
         self.inbox.close()
         log.info("worker %s stopped", self.config.name)
+
+
+def active_with(running: tuple[str, ...], held: tuple[str, ...]) -> tuple[str, ...]:
+    """The attempts a heartbeat lists: those running, then those whose result is held."""
+    return tuple(dict.fromkeys((*running, *held)))

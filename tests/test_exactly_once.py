@@ -1,0 +1,128 @@
+"""Finished work is never run again: the brain killed or paused while tasks finish.
+
+Real ``llmo up`` rigs. Each task appends to ``starts.txt`` when it begins and
+to ``runs.txt`` when it ends, so a task run twice shows in the files whatever
+the brain recorded.
+
+- Killed: the supervisor is held (SIGSTOP) so that the brain stays down
+  while the running tasks finish; the workers hold the results; the brain is
+  then restarted. Its workers' first heartbeats may reach it before the held
+  results: the tasks must be recorded done once and never run again.
+- Paused: the brain is stopped (SIGSTOP) for several times the liveness expiry
+  while tasks run and finish, then continued: no worker is declared down and
+  no finished task runs again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_fixtures import Rig, Submitted, rig_factory
+from tests.waiting import wait_for
+
+__all__ = ["rig_factory"]
+
+pytestmark = pytest.mark.timeout(180)
+
+SCRIPT = """#!/bin/sh
+echo "$1" >> "$3/starts.txt"
+sleep "$2"
+echo "$1" >> "$3/runs.txt"
+"""
+
+
+def counting_plan(rig: Rig, name: str, rounds: list[list[str]], sleep_s: float) -> Path:
+    """Tasks in rounds (each round waits for the one before), each counting its runs."""
+    plan = rig.plans_dir / name
+    plan.mkdir(parents=True)
+    (plan / "count.sh").write_text(SCRIPT)
+    out = [f"# Plan: {name}", "", "## Objective", "count runs", "", "## Tasks", ""]
+    before: list[str] = []
+    for tasks in rounds:
+        for task in tasks:
+            out += [
+                f"### {task}",
+                "- **executor**: worker",
+                "- **task_class**: cpu",
+                f"- **command**: `sh {{PLAN_PATH}}/count.sh {task} {sleep_s} {{PLAN_PATH}}`",
+                f"- **depends_on**: {', '.join(before) or 'none'}",
+                "",
+            ]
+        before = tasks
+    (plan / "plan.md").write_text("\n".join(out))
+    return plan
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def finish(submit, timeout: float = 120.0) -> Submitted:
+    out, err = submit.communicate(timeout=timeout)
+    return Submitted(submit.returncode, out, err)
+
+
+def assert_ran_once(plan: Path, run: Submitted, tasks: list[str]) -> None:
+    runs = Counter(lines(plan / "runs.txt"))
+    starts = Counter(lines(plan / "starts.txt"))
+    print(f"runs per task: {dict(runs)}; starts per task: {dict(starts)}")
+    assert run.returncode == 0 and run.state == "complete", run
+    assert runs == Counter(tasks) and starts == Counter(tasks), (runs, starts)
+    assert all(row["attempts"] == 1 for row in run.rows().values()), run.rows()
+    done = Counter(e["task_id"] for e in run.events() if e["event"] == "task_succeeded")
+    assert done == Counter(tasks), done
+
+
+def test_results_finished_while_the_brain_was_killed_are_recorded_and_not_run_again(
+    rig_factory,
+):
+    rig = rig_factory()
+    rounds = [["a1", "a2"], ["b1", "b2"], ["c1", "c2"]]
+    # Longer than the brain's grace for an attempt missing from a heartbeat (5 s).
+    plan = counting_plan(rig, "killed", rounds, 6.0)
+    submit = rig.submit_background(plan)
+    supervisor = rig.process.pid
+    started = 0
+    for tasks in rounds:
+        started += len(tasks)
+        wait_for(lambda n=started: len(lines(plan / "starts.txt")) >= n, 60, "tasks to start")
+        time.sleep(2.5)  # the fault lands mid-task, after heartbeats listed the attempts
+        os.kill(supervisor, signal.SIGSTOP)  # no restart until the results are held
+        try:
+            old = rig.kill("brain")
+            wait_for(lambda n=started: len(lines(plan / "runs.txt")) >= n, 60, "tasks to end")
+        finally:
+            os.kill(supervisor, signal.SIGCONT)
+        rig.wait_restarted("brain", old)
+    run = finish(submit)
+    assert_ran_once(plan, run, [t for tasks in rounds for t in tasks])
+
+
+def test_a_paused_brain_declares_no_worker_down_and_runs_nothing_again(rig_factory):
+    rig = rig_factory(workers=3)
+    rounds = [["a1", "a2", "a3"], ["b1", "b2", "b3"]]
+    plan = counting_plan(rig, "paused", rounds, 1.0)
+    submit = rig.submit_background(plan)
+    brain = rig.children()["brain"]
+    wait_for(lambda: len(lines(plan / "starts.txt")) >= 3, 60, "tasks to start")
+    os.kill(brain, signal.SIGSTOP)
+    try:
+        # The injected fault: a pause well past the expiry (3 heartbeats of 1 s), long
+        # enough for the broker to declare the brain down and bounce what the
+        # workers send it; the running tasks finish meanwhile.
+        wait_for(lambda: len(lines(plan / "runs.txt")) >= 3, 60, "tasks to end")
+        time.sleep(10.0)
+    finally:
+        os.kill(brain, signal.SIGCONT)
+    run = finish(submit)
+    brain_log = (rig.rig_dir / "logs" / "brain.log").read_text()
+    assert rig.children()["brain"] == brain  # the same brain, paused and continued
+    assert "is down" not in brain_log, brain_log
+    assert "stood still" in brain_log, brain_log
+    assert_ran_once(plan, run, [t for tasks in rounds for t in tasks])
