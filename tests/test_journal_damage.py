@@ -19,7 +19,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,6 @@ from llmo.brain.journal import (
     scan,
 )
 from llmo.brain.trace import replay_lines
-from llmo.broker.service import Broker
 from llmo.proto.client import Client
 from llmo.proto.messages import PlanAccepted, PlanSubmit, SnapshotReply, SnapshotRequest
 from tests.brain_fixtures import FakeWorker, plan_text
@@ -49,13 +47,8 @@ TASKS = 20
 
 
 @pytest.fixture
-def broker():
-    b = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", interval=0.3)
-    thread = threading.Thread(target=b.run, daemon=True)
-    thread.start()
-    yield b
-    b.stop()
-    thread.join(5)
+def broker(broker_factory):
+    return broker_factory(interval=0.3).broker
 
 
 def snapshot(client: Client, batch_id: str) -> SnapshotReply | None:

@@ -16,13 +16,11 @@ import json
 import os
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
 from llmo.brain.lockfile import FileLock, Locked
-from llmo.broker.service import Broker
 from llmo.proto.client import Client
 from llmo.proto.messages import SnapshotReply, SnapshotRequest
 from tests.e2e_fixtures import (  # noqa: F401 (rig_factory: a fixture)
@@ -39,13 +37,8 @@ REFUSED_S = 30.0  # bounds a hang: a refusal comes before anything starts
 
 
 @pytest.fixture
-def broker():
-    b = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", interval=0.3)
-    thread = threading.Thread(target=b.run, daemon=True)
-    thread.start()
-    yield b
-    b.stop()
-    thread.join(5)
+def broker(broker_factory):
+    return broker_factory(interval=0.3).broker
 
 
 @pytest.fixture
