@@ -18,6 +18,7 @@ from llmo.broker.pub import MAX_SUBSCRIPTIONS, MAX_TOPIC_BYTES
 from llmo.proto import BRAIN, BROKER, Heartbeat
 from llmo.proto.messages import PeerDown
 from llmo.proto.pubsub import Subscriber, topic
+from tests.reporting import say
 from tests.waiting import WAIT_S, wait_for, wait_until
 
 
@@ -48,15 +49,21 @@ def routed(sender, receiver, n: int) -> bool:
     return False
 
 
-def test_oversize_and_excess_subscriptions_are_refused_while_routing_continues(
-    broker_factory, client_factory, raw_sub
-):
+def brain_and_worker(broker_factory, client_factory):
+    """A broker with the brain and the worker ``cpu-1`` both heard (so routed)."""
     running = broker_factory(interval=0.2, liveness=5)
     brain = client_factory(BRAIN, running.endpoint)
     worker = client_factory("cpu-1", running.endpoint)
     for peer in (brain, worker):
         peer.send(Heartbeat(dst=BROKER))
         running.wait_heard(peer.name)
+    return running, brain, worker
+
+
+def test_oversize_and_excess_subscriptions_are_refused_while_routing_continues(
+    broker_factory, client_factory, raw_sub, request
+):
+    running, brain, worker = brain_and_worker(broker_factory, client_factory)
     watcher = Subscriber(running.pub_endpoint, topics=(topic("peer.down"), topic("heartbeat")))
     try:
         # A monitor that works as before: heartbeats of cpu-1 reach it.
@@ -102,20 +109,15 @@ def test_oversize_and_excess_subscriptions_are_refused_while_routing_continues(
             if isinstance(published.message, PeerDown):
                 downs.append(published.message.peer)
         assert downs == []
-        print(f"refused subscriptions: {dict(refused)}")
+        say(request.config, f"refused subscriptions: {dict(refused)}")
     finally:
         watcher.close()
 
 
 def test_a_connection_flooding_subscriptions_is_cut_and_routing_goes_on(
-    broker_factory, client_factory, raw_sub
+    broker_factory, client_factory, raw_sub, request
 ):
-    running = broker_factory(interval=0.2, liveness=5)
-    brain = client_factory(BRAIN, running.endpoint)
-    worker = client_factory("cpu-1", running.endpoint)
-    for peer in (brain, worker):
-        peer.send(Heartbeat(dst=BROKER))
-        running.wait_heard(peer.name)
+    running, brain, worker = brain_and_worker(broker_factory, client_factory)
     refused = running.stats.refused
     flood = [topic("heartbeat", f"f{i:05d}") for i in range(3 * MAX_SUBSCRIPTIONS)]
     raw_sub(running.pub_endpoint, flood)
@@ -128,4 +130,4 @@ def test_a_connection_flooding_subscriptions_is_cut_and_routing_goes_on(
         assert routed(worker, brain, n), f"probe {n} from cpu-1 to the brain was lost"
     # What the broker applied stays within the limit, whatever libzmq was sent.
     assert running.broker.subscriptions.subscriptions <= MAX_SUBSCRIPTIONS
-    print(f"refused subscriptions: {dict(refused)}")
+    say(request.config, f"refused subscriptions: {dict(refused)}")
