@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck faults bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("llmo needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -20,6 +20,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest
+
+# The fault-injection suite alone (also part of `make test`), ending with its
+# table: each fault injected, whether it was survived with nothing lost, and
+# how many finished tasks ran again.
+faults: $(STAMP)
+	$(BIN)/python -m pytest tests/faults -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
