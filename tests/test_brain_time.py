@@ -1,7 +1,7 @@
 """The brain's time rules, on the pure core with a fake clock: a result is not
 judged lost before it can arrive, and a brain that stood still judges no
 worker by the silence it slept through. The broker's tracker follows the same
-rule. (The process-level counterparts are in tests/test_exactly_once.py.)"""
+rule. (The process-level counterparts are in tests/faults/test_exactly_once.py.)"""
 
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def finished_after_restart(
         stop(brain)
 
 
-def test_a_bad_byte_mid_journal_is_refused_checked_and_repaired(broker, tmp_path):
+def test_a_bad_byte_mid_journal_is_refused_checked_and_repaired(broker, tmp_path, fault_table):
     journal, batch_id, log = finished_batch(broker, tmp_path)
     data = bytearray(journal.read_bytes())
     # One bad byte in a tick record a third of the way in, well before the batch ended.
@@ -168,10 +168,12 @@ def test_a_bad_byte_mid_journal_is_refused_checked_and_repaired(broker, tmp_path
     assert llmo("journal", "check", str(journal)).returncode == 0
 
     snap = finished_after_restart(broker, journal, batch_id, log)
+    lost = TASKS - snap.batches[0].counts.get("done", 0)
+    fault_table.row("one bad byte mid-journal, then repair", lost=lost, rerun=0)
     assert snap.batches[0].state == "complete" and snap.batches[0].counts == {"done": TASKS}
 
 
-def test_a_torn_last_record_is_still_cut_with_a_log_line(broker, tmp_path):
+def test_a_torn_last_record_is_still_cut_with_a_log_line(broker, tmp_path, fault_table):
     journal, batch_id, log = finished_batch(broker, tmp_path)
     found = scan(journal.read_bytes())
     last = found.offsets[-1]
@@ -187,6 +189,8 @@ def test_a_torn_last_record_is_still_cut_with_a_log_line(broker, tmp_path):
         assert os.path.getsize(journal) >= size
 
     snap = finished_after_restart(broker, journal, batch_id, log, repair_is_refused)
+    lost = TASKS - snap.batches[0].counts.get("done", 0)
+    fault_table.row("journal's last record torn", lost=lost, rerun=0)
     assert snap.batches[0].state == "complete" and snap.batches[0].counts == {"done": TASKS}
     assert f"torn last record at offset {last}" in log.read_text()
 

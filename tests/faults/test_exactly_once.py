@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e_fixtures import Rig, Submitted, rig_factory
+from tests.faults.conftest import FaultTable
 from tests.waiting import wait_for
 
 __all__ = ["rig_factory"]
@@ -68,10 +69,22 @@ def finish(submit, timeout: float = 120.0) -> Submitted:
     return Submitted(submit.returncode, out, err)
 
 
-def assert_ran_once(plan: Path, run: Submitted, tasks: list[str]) -> None:
+def tally(plan: Path, tasks: list[str]) -> tuple[int, int]:
+    """Tasks that never finished, and finished runs beyond the first, from the
+    files the tasks themselves write."""
+    runs = Counter(lines(plan / "runs.txt"))
+    lost = sum(1 for task in tasks if runs[task] == 0)
+    return lost, sum(count - 1 for count in runs.values() if count > 1)
+
+
+def assert_ran_once(
+    plan: Path, run: Submitted, tasks: list[str], fault_table: FaultTable, fault: str
+) -> None:
     runs = Counter(lines(plan / "runs.txt"))
     starts = Counter(lines(plan / "starts.txt"))
     print(f"runs per task: {dict(runs)}; starts per task: {dict(starts)}")
+    lost, rerun = tally(plan, tasks)
+    fault_table.row(fault, lost=lost, rerun=rerun)
     assert run.returncode == 0 and run.state == "complete", run
     assert runs == Counter(tasks) and starts == Counter(tasks), (runs, starts)
     assert all(row["attempts"] == 1 for row in run.rows().values()), run.rows()
@@ -80,7 +93,7 @@ def assert_ran_once(plan: Path, run: Submitted, tasks: list[str]) -> None:
 
 
 def test_results_finished_while_the_brain_was_killed_are_recorded_and_not_run_again(
-    rig_factory,
+    rig_factory, fault_table
 ):
     rig = rig_factory()
     rounds = [["a1", "a2"], ["b1", "b2"], ["c1", "c2"]]
@@ -101,10 +114,11 @@ def test_results_finished_while_the_brain_was_killed_are_recorded_and_not_run_ag
             os.kill(supervisor, signal.SIGCONT)
         rig.wait_restarted("brain", old)
     run = finish(submit)
-    assert_ran_once(plan, run, [t for tasks in rounds for t in tasks])
+    fault = "brain killed 3 times while its tasks finish"
+    assert_ran_once(plan, run, [t for tasks in rounds for t in tasks], fault_table, fault)
 
 
-def test_a_paused_brain_declares_no_worker_down_and_runs_nothing_again(rig_factory):
+def test_a_paused_brain_declares_no_worker_down_and_runs_nothing_again(rig_factory, fault_table):
     rig = rig_factory(workers=3)
     rounds = [["a1", "a2", "a3"], ["b1", "b2", "b3"]]
     plan = counting_plan(rig, "paused", rounds, 1.0)
@@ -123,6 +137,7 @@ def test_a_paused_brain_declares_no_worker_down_and_runs_nothing_again(rig_facto
     run = finish(submit)
     brain_log = (rig.rig_dir / "logs" / "brain.log").read_text()
     assert rig.children()["brain"] == brain  # the same brain, paused and continued
+    fault = "brain paused (SIGSTOP) 10 s past the liveness expiry"
+    assert_ran_once(plan, run, [t for tasks in rounds for t in tasks], fault_table, fault)
     assert "is down" not in brain_log, brain_log
     assert "stood still" in brain_log, brain_log
-    assert_ran_once(plan, run, [t for tasks in rounds for t in tasks])
