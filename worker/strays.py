@@ -81,6 +81,20 @@ def _environ_mark(pid: int, proc: str) -> str | None:
     return ""
 
 
+def marked_by(worker_pid: int, proc: str = "/proc") -> list[int]:
+    """Live processes whose marker names the worker process ``worker_pid``: what
+    the tasks of a dead worker left, for its successor to end (``worker.leftovers``)."""
+    prefix = f"{worker_pid}."
+    found = []
+    for name in os.listdir(proc):
+        if name.isdigit():
+            got = _environ_mark(int(name), proc)
+            state = _ppid_state(int(name), proc)
+            if got and got.startswith(prefix) and state is not None and state[1] != "Z":
+                found.append(int(name))
+    return found
+
+
 @dataclass(slots=True)
 class Strays:
     """The sweep of the processes attempts left behind."""

@@ -325,6 +325,24 @@ def test_nothing_a_task_started_outlives_it(
         fault_table.row(f"{escape} descendant, then {when}", lost=0, rerun=0, note=f"{count} left")
 
 
+def test_a_killed_workers_escaped_descendants_are_ended_by_its_successor(
+    worker, tmp_path, attempts_seen, fault_table
+):
+    brain, first = worker()
+    msg = brain.send(assign(tmp_path, "orphan", f"{ESCAPES['setsid']} sleep 1000"))
+    attempts_seen.append(msg.attempt_id)
+    brain.expect(TaskStarted, attempt_id=msg.attempt_id, timeout=30)
+    wait_for(lambda: len(attempt_processes(msg.attempt_id)) >= 3, 30, "the task's processes")
+    first.process.kill()  # SIGKILL: no sweep, no clean stop
+    first.process.wait()
+    assert attempt_processes(msg.attempt_id), "the task outlives a killed worker"
+    _, second = worker()
+    assert wait_until(lambda: not attempt_processes(msg.attempt_id), 30)
+    assert "outside their group" in second.text(), second.text()[-3000:]
+    left = len(attempt_processes(msg.attempt_id))
+    fault_table.row("worker SIGKILLed, setsid descendant", lost=0, rerun=0, note=f"{left} left")
+
+
 def test_heartbeats_flow_while_a_task_floods_its_output(worker, tmp_path):
     brain, _ = worker("--max-output-mb", "1")
     msg = brain.send(assign(tmp_path, "flood", "yes flooding | head -c 200000000"))
@@ -339,6 +357,7 @@ FAULTS = [
     "disk full while a task writes its log",
     "task printed 20 MB past a 1 MB cap",
     "setsid / double-fork descendant, then task ended, cancelled, worker stopped",
+    "worker SIGKILLed with a setsid descendant running; its successor starts",
 ]
 
 __all__ = ["brain_factory"]
