@@ -24,7 +24,7 @@ checked by their owners, which ``load`` calls so all errors surface at once.
                                         the rig folder to the protected paths,
                                         the keys and rig folders to the secret ones
     [[workers]]  name, gpus, role, model, n_gpu_layers, tensor_split, n_ctx,
-                 threads, slots, vram_mb
+                 threads, slots, vram_mb, task_user, max_output_mb
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class WorkerSpec:
     slots: int = 2
     vram_mb: int = 0
     task_user: str = ""  # run its shell tasks as this user; empty: as the worker's
+    max_output_mb: float | None = None  # a task's output cap; None: the worker's default
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -107,6 +108,7 @@ _WORKER_KEYS: dict[str, type | tuple[type, ...]] = {
     "slots": int,
     "vram_mb": int,
     "task_user": str,
+    "max_output_mb": (int, float),
 }
 
 
@@ -215,6 +217,10 @@ def _worker(raw: Any, index: int, seen: set[str], problems: list[str]) -> Worker
             f"{label} tensor_split: {len(split)} shares for {len(gpus)} GPUs {gpus!r}; "
             "give one share per GPU"
         )
+        ok = False
+    cap = raw.get("max_output_mb")
+    if isinstance(cap, int | float) and not isinstance(cap, bool) and cap < 0:
+        problems.append(f"{label} max_output_mb: must be 0 (no cap) or more, got {cap!r}")
         ok = False
     for key in ("slots", "n_ctx"):
         if isinstance(raw.get(key), int) and raw[key] < 1:

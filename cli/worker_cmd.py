@@ -112,6 +112,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "CAP_KILL); default: [[workers]] task_user, else the worker's own user; "
         "'' for the worker's user",
     )
+    parser.add_argument(
+        "--max-output-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="a task's output past this many MB is dropped, the log saying where it was "
+        "cut (default: [[workers]] max_output_mb, else 100; 0: no cap)",
+    )
     limits = parser.add_argument_group("resource limits")
     limits.add_argument("--max-temp", type=float, help="GPU warning, °C (default 75)")
     limits.add_argument("--critical-temp", type=float, help="GPU critical, °C (default 90)")
@@ -165,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
 
     from llmo.worker.config import WorkerConfig
     from llmo.worker.limits import LimitsConfig
+    from llmo.worker.output import DEFAULT_CAP_MB
     from llmo.worker.service import Worker
+    from llmo.worker.strays import become_subreaper
 
     slots = _pick(args.slots, spec and spec.slots, 1)
     if slots < 1:
@@ -200,6 +210,10 @@ def run(args: argparse.Namespace) -> int:
         except TaskUserError as exc:
             print(f"llmo worker: --task-user {task_user}: {exc}", file=sys.stderr)
             return 2
+    max_output_mb = _pick(args.max_output_mb, spec and spec.max_output_mb, DEFAULT_CAP_MB)
+    if max_output_mb < 0:
+        print("llmo worker: --max-output-mb must be 0 (no cap) or more", file=sys.stderr)
+        return 2
     config = WorkerConfig(
         name=args.name,
         role=_pick(args.role, spec and spec.role, "worker"),
@@ -220,8 +234,12 @@ def run(args: argparse.Namespace) -> int:
         limits=LimitsConfig(**limits),
         policy=policy,
         task_user=task_user,
+        max_output_mb=max_output_mb,
     )
+    # Orphaned descendants of tasks come back to this process, to be swept and reaped.
+    reaper = become_subreaper()
     worker = Worker(config, endpoints(rig, args.broker, args.pub).broker)
+    worker.attempts.strays.reaper = reaper
     return worker.run(install_signals=True)
 
 

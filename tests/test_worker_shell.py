@@ -129,6 +129,7 @@ def test_environment_is_clean_and_complete(setup, tmp_path, monkeypatch):
         "ATTEMPT_ID",
         "PYTHONUNBUFFERED",
         "MY_SETTING",
+        "LLMO_TASK_MARK",  # the attempt's marker, for the sweep of its strays
         "PWD",  # the shell's own
     }
     assert set(env) <= allowed, set(env) - allowed

@@ -20,6 +20,15 @@ assignment) later if it is still there; kill = SIGKILL at once. A second
 abort does not move the kill. An attempt over its ``timeout_s`` is aborted
 by the worker itself, as a backstop to the brain's own stuck detection.
 
+Output: each attempt's output pipe sits in the poll set; ``on_fd`` pumps it
+into the log (``worker.output``), capped at ``max_output_mb``. A log the
+disk will not take aborts the attempt with the reason ("disk full under
+..."); it fails like any attempt, and the worker serves on.
+
+Strays: each attempt's environment carries a marker (``worker.strays``);
+when it ends, whatever it started that still runs, even outside its session,
+gets SIGTERM, and SIGKILL after the grace.
+
 Results (``worker.results``) go through the link (held until delivered).
 The last results are remembered, so an assignment or cancel that arrives
 again for an attempt that already ended is answered with its result instead
@@ -50,6 +59,7 @@ from llmo.worker.limits import Level
 from llmo.worker.llm import LoadSpec, Runtime
 from llmo.worker.meter import Meter, Meters
 from llmo.worker.shell import ShellAttempt, SpawnError, default_log_path, task_env
+from llmo.worker.strays import MARK, Strays, new_mark
 
 log = logging.getLogger("llmo.worker.attempts")
 
@@ -63,6 +73,7 @@ class Attempt:
     kill_at: float | None = None
     why: str = ""  # why the worker itself stopped it
     reported: int = 0  # tokens in the last TaskProgress
+    mark: str = ""  # the marker its processes carry (LLMO_TASK_MARK)
 
     @property
     def id(self) -> str:
@@ -96,6 +107,8 @@ class Attempts:
         self.clock = clock
         self.running: dict[str, Attempt] = {}
         self._by_fd: dict[int, Attempt] = {}
+        self._by_output: dict[int, Attempt] = {}
+        self.strays = Strays(clock=clock)
         self.ledger: GroupLedger | None = None  # running groups, for a successor to end
         self._recent = results.Recent()
         # Raises TaskUserError (the worker does not start) when the user cannot be used.
@@ -162,11 +175,12 @@ class Attempts:
             return
         started = self.clock()
         meter = self.meters.add(Meter(a.attempt_id, llm=a.task_class in admission.LLM_CLASSES))
+        mark = new_mark(a.attempt_id)
         try:
             shell = ShellAttempt.spawn(
                 a.command,
                 cwd=a.batch_path or os.getcwd(),
-                env=task_env(a, base=os.environ, extra=self.api_env(meter)),
+                env=task_env(a, base=os.environ, extra={**self.api_env(meter), MARK: mark}),
                 log_path=a.log_path or default_log_path(a),
                 header=self._header(a),
                 rlimits=self.config.policy.limits_for(a.task_class),
@@ -175,18 +189,23 @@ class Attempts:
                 ),
                 user=self.task_user,
                 clock=self.clock,
+                max_output=int(self.config.max_output_mb * 1024 * 1024),
             )
         except SpawnError as exc:
+            log.warning("attempt %s not started: %s", a.attempt_id, exc)
             self.meters.remove(a.attempt_id)
             self._end(a, results.failed(a, "spawn_error", error=str(exc)))
             return
-        attempt = Attempt(assign=a, meter=meter, started=started, shell=shell)
+        attempt = Attempt(assign=a, meter=meter, started=started, shell=shell, mark=mark)
         self.running[a.attempt_id] = attempt
         if self.ledger is not None:
             self.ledger.add(shell.pid)
         if shell.pidfd >= 0:
             self._by_fd[shell.pidfd] = attempt
             self.watch(shell.pidfd)
+        if shell.output is not None:
+            self._by_output[shell.output.fd] = attempt
+            self.watch(shell.output.fd)
         self.deliver(results.started(a, shell.pid))
 
     def _header(self, a: TaskAssign) -> str:
@@ -246,6 +265,7 @@ class Attempts:
         return len(chosen)
 
     def tick(self, now: float) -> None:
+        self.strays.tick(now, self.sessions())
         for attempt in list(self.running.values()):
             shell = attempt.shell
             if attempt.kill_at is not None and now >= attempt.kill_at and shell.stopped != "killed":
@@ -254,6 +274,26 @@ class Attempts:
             elif attempt.kill_at is None and now - attempt.started > attempt.assign.timeout_s:
                 limit = attempt.assign.timeout_s
                 self.stop(attempt, "abort", f"no result after its timeout of {limit:.0f}s")
+
+    def on_fd(self, fd: int) -> None:
+        """A watched fd is readable: an attempt's output, or its shell's exit."""
+        attempt = self._by_output.get(fd)
+        if attempt is None:
+            self.check_exits(fd)
+            return
+        output = attempt.shell.output
+        assert output is not None
+        output.pump()
+        if output.eof:
+            self._unwatch_output(attempt)
+        if output.error and not attempt.shell.stopped:
+            log.error("attempt %s: %s; aborting it", attempt.id, output.error)
+            self.stop(attempt, "abort", output.error)
+
+    def _unwatch_output(self, attempt: Attempt) -> None:
+        output = attempt.shell.output
+        if output is not None and self._by_output.pop(output.fd, None) is not None:
+            self.unwatch(output.fd)
 
     def check_exits(self, fd: int | None = None) -> None:
         """Collect attempts whose shell has exited (one pidfd, or all of them)."""
@@ -292,10 +332,12 @@ class Attempts:
         if fd >= 0:
             self.unwatch(fd)
             self._by_fd.pop(fd, None)
+        self._unwatch_output(attempt)
+        self.running.pop(attempt.id, None)
+        self.sweep(attempt, attempt.assign.grace_s)
         outcome = attempt.shell.reap()
         if self.ledger is not None:
             self.ledger.remove(attempt.shell.pid)
-        self.running.pop(attempt.id, None)
         self.meters.remove(attempt.id)
         a = attempt.assign
         limits = self.config.policy.limits_for(a.task_class)
@@ -304,6 +346,16 @@ class Attempts:
             results.result(
                 a, attempt.meter, outcome, now=self.clock(), why=attempt.why, limits=limits
             ),
+        )
+
+    def sweep(self, attempt: Attempt, grace_s: float) -> int:
+        """End what the attempt started that still runs outside its group."""
+        others = [a for a in self.running.values() if a is not attempt]
+        return self.strays.sweep(
+            attempt.mark,
+            grace_s,
+            spare=[attempt.shell.pid, *(a.shell.pid for a in others)],
+            alone=not others,
         )
 
     def _end(self, a: TaskAssign, msg: Message) -> None:

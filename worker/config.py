@@ -10,6 +10,7 @@ from llmo.proto.messages import ModelLoad
 from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, model_alias, model_names
 from llmo.worker.limits import LimitsConfig
 from llmo.worker.llm import LoadSpec
+from llmo.worker.output import DEFAULT_CAP_MB
 from llmo.worker.rules import Policy
 
 VRAM_SHARE = 0.8  # of the card's VRAM, the budget the brain may assign against
@@ -42,6 +43,9 @@ class WorkerConfig:
     # The Landlock ABI to confine tasks with: None asks the kernel, 0 confines by
     # no_new_privs only (a lower number than the kernel's uses fewer rights).
     landlock_abi: int | None = None
+    # A task's output past this many MB is dropped (the log says where it was
+    # cut and how much went); 0: no cap.
+    max_output_mb: float = DEFAULT_CAP_MB
     # Run shell tasks as this user (``worker.taskuser``); empty: as the worker's user.
     task_user: str = ""
 

@@ -13,7 +13,9 @@ A worker starting under the same name on the same broker reads the ledger.
 If the process that wrote it is gone, every group still alive with the
 recorded start time gets SIGKILL, before the new worker takes any work.
 Under systemd the unit's control group does the same on a crash; this
-covers ``llmo up`` and hand-started workers.
+covers ``llmo up`` and hand-started workers. Processes that left their
+task's group (``setsid``) are found by the marker their environment carries
+(``worker.strays``), which names the dead worker's pid, and killed too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import signal
 import tempfile
 
 from llmo.worker.shell import stat_fields
+from llmo.worker.strays import marked_by
 
 log = logging.getLogger("llmo.worker")
 
@@ -95,6 +98,15 @@ class GroupLedger:
                     killed += 1
         if killed:
             log.warning("killed %d task process group(s) left running by an earlier worker", killed)
+        strays = marked_by(owner[0])
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if strays:
+            log.warning(
+                "killed %d process(es) that tasks of an earlier worker started outside their group",
+                len(strays),
+            )
         self._rewrite()
         return killed
 

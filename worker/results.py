@@ -4,7 +4,10 @@
 ``TaskFailed``: stopped by the worker (``aborted`` / ``killed``, with the
 reason it was stopped), exit code 0 (done), ``EXIT_RETRY_LATER``
 (``retry_later``), another exit code, or a signal the worker did not send
-(``exit``; SIGXCPU is named as the class's CPU time limit). ``Recent`` keeps
+(``exit``; SIGXCPU is named as the class's CPU time limit). An attempt whose
+log the disk would not take fails with that reason ("disk full under ...")
+whatever its exit; output cut at the cap is said in the log's last line,
+which the result's ``log_tail`` carries, and in a failure's error. ``Recent`` keeps
 the last results, so an assignment or cancel that comes again for an
 attempt that already ended is answered with its result.
 """
@@ -84,12 +87,22 @@ def result(
         tokens=meter.tokens,
         log_tail=out.log_tail,
     )
+    cut = f"; output truncated: {out.dropped} bytes dropped" if out.dropped else ""
+    if out.disk_error and not out.stopped:
+        return failed(
+            a,
+            "exit",
+            error=f"the task's output was lost: {out.disk_error}",
+            exit_code=out.exit_code,
+            signal=out.signal,
+            **common,
+        )
     if out.stopped:
         how = f"exit code {out.exit_code}" if out.signal is None else f"signal {out.signal}"
         return failed(
             a,
             "killed" if out.stopped == "killed" else "aborted",
-            error=f"{out.stopped}: {why} ({how})",
+            error=f"{out.stopped}: {why} ({how}){cut}",
             exit_code=out.exit_code,
             signal=out.signal,
             **common,
@@ -105,7 +118,9 @@ def result(
             **common,
         )
     error = f"exit code {out.exit_code}" if out.signal is None else signalled(a, out.signal, limits)
-    return failed(a, "exit", error=error, exit_code=out.exit_code, signal=out.signal, **common)
+    return failed(
+        a, "exit", error=error + cut, exit_code=out.exit_code, signal=out.signal, **common
+    )
 
 
 def signalled(a: TaskAssign, number: int, limits: Rlimits | None) -> str:

@@ -324,7 +324,7 @@ class Worker:
                 elif isinstance(event, RuntimeEvent):
                     self.on_runtime(event)
         else:
-            self.attempts.check_exits(item)
+            self.attempts.on_fd(item)
 
     def _timers(self, now: float) -> None:
         attempts = self.attempts
@@ -411,9 +411,11 @@ class Worker:
         ledger = self.attempts.ledger
         for attempt in list(self.attempts.running.values()):
             attempt.shell.kill()  # no orphans, even when the loop dies
+            self.attempts.sweep(attempt, 0.0)
             attempt.shell.reap()
             if ledger is not None:
                 ledger.remove(attempt.shell.pid)
+        self.attempts.strays.finish()
         if ledger is not None:
             ledger.discard()
         self.runtime.shutdown()

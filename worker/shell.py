@@ -5,8 +5,11 @@ Theory of operation
 ``ShellAttempt.spawn`` runs ``/bin/sh -c <command>`` in a new session (so in
 a new process group whose id is the shell's pid), in the batch folder, with
 a clean environment (``task_env``), stdin from /dev/null and stdout and
-stderr appended straight to the task's log file: the output never passes
-through the worker, so it costs the worker nothing and survives it.
+stderr on one pipe that the worker pumps into the task's log
+(``worker.output``: capped at ``max_output_mb``, and a failed write to the
+log fails the attempt with the reason instead of the worker). The log's
+header is written first; a disk that cannot take it is a ``SpawnError``
+naming the folder and its free bytes, and nothing the spawn made is left.
 
 The worker learns of the exit without a thread per task: a pidfd (Linux
 5.3+) becomes readable when the shell exits and sits in the worker's poll
@@ -18,7 +21,8 @@ then collect the status.
 Abort is SIGTERM to the group, kill is SIGKILL to the group plus any process
 still in the task's session under another group id (a job-control shell
 inside the task makes those). A process that calls ``setsid`` itself leaves
-the session and cannot be found this way.
+the session and cannot be found this way: ``worker.strays`` sweeps those by the
+attempt's marker when the attempt ends.
 
 Between fork and exec the child sets, in this order: the resource limits
 of the task's class (``worker.rlimits.Rlimits``); the task user, when the
@@ -51,6 +55,7 @@ from dataclasses import dataclass
 
 from llmo.proto.messages import TaskAssign
 from llmo.worker import landlock
+from llmo.worker.output import OutputPump, disk_reason
 from llmo.worker.rlimits import Rlimits, preexec
 from llmo.worker.taskuser import TaskUser
 
@@ -110,6 +115,8 @@ class Outcome:
     peak_rss_mb: float
     log_tail: str
     stopped: str  # "", "aborted" or "killed": what the worker did to it
+    dropped: int = 0  # output bytes past the cap, not written to the log
+    disk_error: str = ""  # why the log could not be written, "" if it could
 
 
 class ShellAttempt:
@@ -121,8 +128,10 @@ class ShellAttempt:
         clock: Callable[[], float] = time.monotonic,
         tmp: str = "",
         user: TaskUser | None = None,
+        output: OutputPump | None = None,
     ) -> None:
         self.proc = proc
+        self.output = output  # the pipe from the task to its log
         self.tmp = tmp  # the private temporary folder, removed at reap
         self.user = user  # the task's user, None: the worker's
         self.pid = proc.pid
@@ -152,52 +161,47 @@ class ShellAttempt:
         confine: landlock.Confinement | None = None,
         user: TaskUser | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_output: int = 0,
     ) -> ShellAttempt:
         if not os.path.isdir(cwd):
             raise SpawnError(f"batch folder {cwd} does not exist or is not a folder")
+        offset = _open_log(log_path, header)
+        limits = preexec(rlimits.settings()) if rlimits is not None else None
+        if user is not None:
+            limits = _then(limits, user.become)  # before no_new_privs and Landlock
+        env = dict(env)
+        tmp, ruleset = "", -1
+        if user is not None:
+            env.update(USER=user.name, LOGNAME=user.name)
+        if confine is not None:
+            tmp, ruleset = _confined(confine, env, user)
+            limits = landlock.preexec(ruleset, limits)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-            log = open(log_path, "ab")  # noqa: SIM115  (closed by the with below)
-        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-            why = getattr(exc, "strerror", None) or exc
-            raise SpawnError(f"cannot open log {log_path}: {why}") from None
-        with log:
-            if header:
-                log.write(header.encode("utf-8", "replace"))
-                log.flush()
-            offset = log.tell()
-            limits = preexec(rlimits.settings()) if rlimits is not None else None
-            if user is not None:
-                limits = _then(limits, user.become)  # before no_new_privs and Landlock
-            env = dict(env)
-            tmp, ruleset = "", -1
-            if user is not None:
-                env.update(USER=user.name, LOGNAME=user.name)
-            if confine is not None:
-                tmp, ruleset = _confined(confine, env, user)
-                limits = landlock.preexec(ruleset, limits)
-            try:
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", command],
-                    cwd=cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                    # setrlimit, set*id, capset, prctl and Landlock calls only
-                    preexec_fn=limits,
-                )
-            except (OSError, ValueError, subprocess.SubprocessError) as exc:
-                # ValueError: a NUL byte, or an environment name holding "=".
-                if tmp:
-                    _remove_tmp(tmp, user)
-                raise SpawnError(f"cannot start /bin/sh in {cwd}: {exc}") from None
-            finally:
-                if ruleset >= 0:
-                    os.close(ruleset)
-        return cls(proc, log_path, offset, clock, tmp, user)
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", command],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                # setrlimit, set*id, capset, prctl and Landlock calls only
+                preexec_fn=limits,
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            # ValueError: a NUL byte, or an environment name holding "=".
+            os.close(read_end)
+            if tmp:
+                _remove_tmp(tmp, user)
+            raise SpawnError(f"cannot start /bin/sh in {cwd}: {exc}") from None
+        finally:
+            os.close(write_end)
+            if ruleset >= 0:
+                os.close(ruleset)
+        output = OutputPump(read_end, log_path, max_output)
+        return cls(proc, log_path, offset, clock, tmp, user, output)
 
     # --- state -------------------------------------------------------------------------
 
@@ -251,6 +255,10 @@ class ShellAttempt:
         self._reaped = True
         if self.tmp:
             _remove_tmp(self.tmp, self.user)
+        dropped, disk_error = 0, ""
+        if self.output is not None:
+            self.output.close()
+            dropped, disk_error = self.output.dropped, self.output.error
         code = os.waitstatus_to_exitcode(status)
         self.proc.returncode = code
         if self.pidfd >= 0:
@@ -263,7 +271,35 @@ class ShellAttempt:
             peak_rss_mb=round(self.peak_kb / 1024, 1),
             log_tail=read_tail(self.log_path, self.log_offset),
             stopped=self.stopped,
+            dropped=dropped,
+            disk_error=disk_error,
         )
+
+
+def _open_log(log_path: str, header: str) -> int:
+    """Create the log's folder, append the header; the offset after it. A log that
+    cannot be written is a ``SpawnError`` with the reason, and a log file this
+    call created is not left behind empty."""
+    made = not os.path.exists(log_path)
+    try:
+        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except ValueError as exc:  # a NUL byte in the path
+        raise SpawnError(f"cannot open log {log_path}: {exc}") from None
+    except OSError as exc:
+        raise SpawnError(f"cannot open log {log_path}: {disk_reason(log_path, exc)}") from None
+    try:
+        data = memoryview(header.encode("utf-8", "replace"))
+        while data:
+            data = data[os.write(fd, data) :]
+        return os.lseek(fd, 0, os.SEEK_END)
+    except OSError as exc:
+        if made:
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
+        raise SpawnError(disk_reason(log_path, exc)) from None
+    finally:
+        os.close(fd)
 
 
 def _confined(
