@@ -1,0 +1,188 @@
+"""A full disk under the rig folder is a state of the brain, not a crash.
+
+A real ``llmo up`` rig whose rig folder (the brain's journal) is a small
+tmpfs (its logs folder bind-mounted from ordinary disk, so they stay
+readable). The tmpfs is filled with a file; then:
+
+- ``llmo submit`` is refused with ``disk_full``, and that plan never runs,
+  not even once space is back;
+- ``llmo status`` answers and says the brain is in ``disk_full``;
+- the brain neither crashes nor restarts while the disk stays full, and a
+  brain killed then (restarted by ``llmo up``) comes up in ``disk_full``
+  without a crash loop;
+- once the file is deleted the brain resumes by itself, without a restart,
+  and a batch then completes with each task recorded once.
+
+Root may mount a tmpfs; elsewhere the test is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_fixtures import Rig, Submitted
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+SCRIPT = """#!/bin/sh
+echo "$1" >> "$3/starts.txt"
+sleep "$2"
+echo "$1" >> "$3/runs.txt"
+"""
+TASKS = ["a1", "a2", "b1"]
+
+
+def counting_plan(root: Path, name: str) -> Path:
+    plan = root / name
+    plan.mkdir(parents=True)
+    (plan / "count.sh").write_text(SCRIPT)
+    out = [f"# Plan: {name}", "", "## Objective", "count runs", "", "## Tasks", ""]
+    for task, deps in (("a1", "none"), ("a2", "none"), ("b1", "a1, a2")):
+        out += [
+            f"### {task}",
+            "- **executor**: worker",
+            "- **task_class**: cpu",
+            f"- **command**: `sh {{PLAN_PATH}}/count.sh {task} 0.2 {{PLAN_PATH}}`",
+            f"- **depends_on**: {deps}",
+            "",
+        ]
+    (plan / "plan.md").write_text("\n".join(out))
+    return plan
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def small_rig(tmp_path: Path) -> Iterator[tuple[Rig, Path]]:
+    """A rig whose rig folder is a 2 MiB tmpfs (logs on ordinary disk)."""
+    rig_dir, logs = tmp_path / "rig", tmp_path / "logs"
+    rig_dir.mkdir()
+    logs.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs for the rig folder")
+    done = mount("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(rig_dir))
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    mounted = [rig_dir]
+    rig = None
+    try:
+        (rig_dir / "logs").mkdir()
+        done = mount("--bind", str(logs), str(rig_dir / "logs"))
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount the logs folder: {done.stderr.strip()}")
+        mounted.append(rig_dir / "logs")
+        rig = Rig(tmp_path, workers=1)
+        rig.wait_ready()
+        rig.children()
+        yield rig, rig_dir
+    finally:
+        if rig is not None:
+            left = rig.stop()
+            print(rig.logs())
+        for path in reversed(mounted):
+            subprocess.run(["umount", "-l", str(path)], check=False)
+    assert not left, left
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of ``folder`` to its last byte."""
+    filler = folder / "filler"
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    # The buffered tail that did not fit: write it byte by byte until none fits.
+    fd = os.open(filler, os.O_WRONLY | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, b"\0" * 512)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+    return filler
+
+
+def status(rig: Rig) -> dict:
+    done = rig.llmo("status", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def disk_full_said(rig: Rig) -> str:
+    """What ``llmo status`` says of the brain's disk ("" too while no brain answers)."""
+    done = rig.llmo("status", "--json")
+    return json.loads(done.stdout).get("disk_full", "") if done.returncode == 0 else ""
+
+
+def test_full_rig_folder_refuses_work_then_resumes(small_rig, fault_table) -> None:
+    rig, rig_dir = small_rig
+    refused_plan = counting_plan(rig.plans_dir, "refused")
+    later_plan = counting_plan(rig.plans_dir, "later")
+    brain = rig.children()["brain"]
+
+    filler = fill(rig_dir)
+    # The journal's last page may still take a few records: the workers' heartbeats
+    # (journaled like every message) use it up.
+    full = wait_for(lambda: disk_full_said(rig), 30, "llmo status to report disk_full")
+    assert "brain.journal" in full, full
+    submitted = rig.llmo("submit", str(refused_plan))
+    assert submitted.returncode == 2, (submitted.stdout, submitted.stderr)
+    assert "disk_full" in submitted.stderr, submitted.stderr
+    assert "will not run" in submitted.stderr, submitted.stderr
+    text = rig.llmo("status")
+    assert text.returncode == 0 and "disk full" in text.stdout, text.stdout
+    assert rig.children().get("brain") == brain, "the brain restarted while the disk was full"
+
+    # A brain started on a full disk comes up in disk_full and stays up.
+    restarted = rig.wait_restarted("brain", rig.kill("brain"))
+    wait_for(lambda: disk_full_said(rig), 30, "the new brain to report disk_full")
+    wait_for(lambda: "cannot write its journal" in rig.logs(), 30, "the disk_full line in the log")
+    submitted = rig.llmo("submit", str(refused_plan))
+    assert "disk_full" in submitted.stderr, submitted.stderr
+    assert rig.children().get("brain") == restarted, "the brain crash-looped on a full disk"
+
+    filler.unlink()
+    wait_for(lambda: not status(rig).get("disk_full"), 30, "the brain to resume by itself")
+    assert rig.children().get("brain") == restarted, "the brain restarted to resume"
+    done = rig.llmo("submit", str(later_plan), "--watch", "--json", timeout=150)
+    run = Submitted(done.returncode, done.stdout, done.stderr)
+    assert run.returncode == 0 and run.state == "complete", run
+
+    runs = Counter(lines(later_plan / "runs.txt"))
+    starts = Counter(lines(later_plan / "starts.txt"))
+    never = lines(refused_plan / "starts.txt")
+    plans = [b["plan"] for b in status(rig)["batches"]]
+    print(f"runs: {dict(runs)}; starts: {dict(starts)}; refused plan ran: {never}; {plans}")
+    lost = len(set(TASKS) - set(runs))
+    rerun = sum(n - 1 for n in starts.values() if n > 1)
+    fault_table.row(
+        "rig folder full: submit refused, brain killed while full",
+        lost=lost,
+        rerun=rerun,
+        note=f"refused plan ran {len(never)} tasks",
+    )
+    assert never == [], "a submit refused with disk_full ran later"
+    assert "refused" not in plans, plans
+    assert runs == Counter(TASKS) and starts == Counter(TASKS), (runs, starts)
+
+
+FAULTS = ["rig folder (journal) full: submit while full, brain restart while full, space freed"]
