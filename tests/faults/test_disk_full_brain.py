@@ -28,6 +28,11 @@ from pathlib import Path
 
 import pytest
 
+from llmo.brain.commands import AppendLines, WriteFile
+from llmo.brain.core import step
+from llmo.brain.events import Tick
+from llmo.brain.journal import Journal, read_bytes, scan
+from llmo.brain.service import BrainService
 from tests.e2e_fixtures import Rig, Submitted
 from tests.waiting import wait_for
 
@@ -185,4 +190,93 @@ def test_full_rig_folder_refuses_work_then_resumes(small_rig, fault_table) -> No
     assert runs == Counter(TASKS) and starts == Counter(TASKS), (runs, starts)
 
 
-FAULTS = ["rig folder (journal) full: submit while full, brain restart while full, space freed"]
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, unmounted at the end."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    done = mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder))
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_record_cut_short_by_a_full_disk_is_rolled_back(small_fs, fault_table) -> None:
+    journal = Journal(str(small_fs / "brain.journal"), fsync="batch")
+    state = journal.recover()
+    committed = 0
+    for n in range(20):
+        journal.append(float(n), Tick())
+        journal.commit()
+        state, _ = step(state, Tick(), float(n))
+        committed += 1
+    filler = fill(small_fs)
+    with pytest.raises(OSError) as failed:
+        for n in range(20, 100_000):
+            journal.append(float(n), Tick())
+            journal.commit()
+            committed += 1
+    assert failed.value.errno == errno.ENOSPC
+    rolled = journal.rollback()
+    found = scan(read_bytes(journal.path))
+    print(f"committed {committed} records; the journal holds {len(found.records)} after rollback")
+    assert found.torn is None and not found.damage, found
+    assert len(found.records) == committed == rolled.events
+    assert os.path.getsize(journal.path) == journal.committed
+
+    filler.unlink()
+    journal.append(1e6, Tick())
+    journal.commit()
+    journal.close()
+    again = Journal(journal.path)
+    assert again.recover().events == committed + 1
+    again.close()
+    fault_table.row(
+        "journal append on a full disk",
+        lost=committed - len(found.records),
+        rerun=0,
+        note="half-written record cut, journal replays clean",
+    )
+
+
+def test_history_files_wait_for_space(small_fs, tmp_path, fault_table) -> None:
+    service = BrainService("tcp://127.0.0.1:9", str(tmp_path / "brain.journal"))
+    history = small_fs / "plan" / "history" / "b1"
+    history.mkdir(parents=True)
+    filler = fill(small_fs)
+    summary = "# Run summary\n" + "all tasks done\n" * 2000
+    service.execute(AppendLines(str(history / "events.jsonl"), ('{"event": "a"}',) * 500))
+    service.execute(WriteFile(str(history / "RUN_SUMMARY.md"), summary))
+    service.execute(WriteFile(str(history / "ESCALATION.md"), "escalate\n" * 1000))
+    assert len(service.unwritten) == 3, service.unwritten
+    assert not (history / "RUN_SUMMARY.md").exists()
+    service.retry_unwritten()  # still full: kept
+    assert len(service.unwritten) == 3
+
+    filler.unlink()
+    service.retry_unwritten()
+    left = sorted(p.name for p in history.iterdir())
+    print(f"history after space returned: {left}")
+    assert service.unwritten == []
+    assert (history / "RUN_SUMMARY.md").read_text() == summary
+    assert (history / "ESCALATION.md").exists()
+    assert (history / "events.jsonl").read_text().splitlines() == ['{"event": "a"}'] * 500
+    assert left == ["ESCALATION.md", "RUN_SUMMARY.md", "events.jsonl"], left
+    fault_table.row(
+        "history files on a full disk",
+        lost=3 - len([n for n in left if not n.endswith(".tmp")]),
+        rerun=0,
+        note="events, RUN_SUMMARY, ESCALATION written once space returned",
+    )
+
+
+FAULTS = [
+    "journal append on a full disk",
+    "history files (events, RUN_SUMMARY, ESCALATION) on a full disk",
+    "rig folder (journal) full: submit while full, brain restart while full, space freed",
+]
