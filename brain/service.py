@@ -28,7 +28,14 @@ is away and send them again when it is back (see ``worker.link``); results
 for attempts the brain no longer expects are ignored by the core.
 
 A failed write to the shared drive (history files) is logged and does not
-stop the loop: queue truth is the journal, not those files.
+stop the loop: queue truth is the journal, not those files. One that failed
+for lack of space (``brain.diskfull.DISK_ERRNOS``) is kept, and written on a
+later tick once space allows, in order with the files that follow it.
+
+A journal that cannot be written is the ``disk_full`` state, not a crash
+(``brain.diskfull``): what was not committed is rolled back, the commands of
+those events are dropped, the brain answers from its last good state and
+refuses what would change it, and each tick tries to journal again.
 
 One brain per broker: when the broker refuses one of this brain's messages
 with ``name_in_use``, another brain holds the name ``brain`` there (on
