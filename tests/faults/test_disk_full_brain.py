@@ -22,8 +22,10 @@ import errno
 import json
 import os
 import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,9 @@ from llmo.brain.core import step
 from llmo.brain.events import Tick
 from llmo.brain.journal import Journal, read_bytes, scan
 from llmo.brain.service import BrainService
-from tests.e2e_fixtures import Rig, Submitted
+from llmo.proto.errors import ErrorCode
+from llmo.proto.messages import BRAIN, Error, PlanSubmit
+from tests.e2e_fixtures import Rig, Submitted, llmo_argv
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -273,6 +277,66 @@ def test_history_files_wait_for_space(small_fs, tmp_path, fault_table) -> None:
         rerun=0,
         note="events, RUN_SUMMARY, ESCALATION written once space returned",
     )
+
+
+class StandInBrain:
+    """A ``brain`` on a real broker that answers each ``plan_submit`` with ``answer``
+    (an ``Error``), or not at all (``answer`` None)."""
+
+    def __init__(self, client, answer) -> None:
+        self.client, self.answer = client, answer
+        self.seen: list[PlanSubmit] = []
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while self.running:
+            self.client.tick()
+            msg = self.client.recv(timeout=0.05)
+            if isinstance(msg, PlanSubmit):
+                self.seen.append(msg)
+                if self.answer is not None:
+                    self.client.send(replace(self.answer, dst=msg.src, reply_to=msg.id))
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["disk_full", "no_answer"])
+def test_submit_says_what_is_known(answered, running_broker, client_factory, tmp_path) -> None:
+    plan = counting_plan(tmp_path, "p")
+    detail = "the brain cannot write its journal /rig/brain.journal (No space left on device)"
+    answer = Error(code=ErrorCode.DISK_FULL, detail=detail) if answered else None
+    brain = StandInBrain(client_factory(BRAIN, running_broker.endpoint), answer)
+    try:
+        running_broker.wait_heard(BRAIN)
+        done = subprocess.run(
+            [
+                *llmo_argv(),
+                "submit",
+                str(plan),
+                "--broker",
+                running_broker.endpoint,
+                "--timeout",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        brain.stop()
+    print(done.stderr)
+    assert len(brain.seen) == 1, brain.seen
+    if answered:
+        assert done.returncode == 2, done
+        assert "disk_full" in done.stderr and "will not run" in done.stderr, done.stderr
+    else:
+        assert done.returncode == 3, done
+        assert "may have been accepted" in done.stderr and "llmo status" in done.stderr
+        assert "no answer from the broker" not in done.stderr, done.stderr
 
 
 FAULTS = [
