@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The brain acts only on what its journal explains, so when the journal cannot
 be written (``ENOSPC``, ``EDQUOT``, or ``EIO`` on the journal file: on
-append, commit, fsync, snapshot, or on start) the shell does not crash: it
+append, commit, fsync, or on start) the shell does not crash: it
 rolls the journal back to the end of its last committed record (a
 half-written record never replays later), folds the journal again to get the
 last good state, and enters ``disk_full``. While in it the shell steps
@@ -26,6 +26,11 @@ nothing and journals nothing; each message that arrives is sorted by
   drains, model loads) changes state, and is answered with an ``Error`` of
   code ``disk_full``: nothing of it was journaled, so it never runs later.
 
+A snapshot that finds no space is only put off: the journal it would have
+replaced is still whole and still written, so the brain goes on (and enters
+``disk_full`` when the journal itself cannot be written).
+
+While full no tick is stepped: liveness, task timeouts and backoff wait too.
 On each tick the shell tries again: it journals ``Resumed`` (and
 ``Configure`` first, for a brain that started on a full disk); once that
 commits it logs that it resumed and steps the deferred messages. No restart

@@ -134,6 +134,7 @@ class BrainService:
         self.configured = False  # this run's Configure is journaled
         self._tried_at = 0.0
         self._retrying = False
+        self._snapshot_at = snapshot_every  # journal records before the next snapshot
 
     # --- the loop ------------------------------------------------------------------
 
@@ -293,15 +294,35 @@ class BrainService:
                 return
             self.journal.commit()
             self.uncommitted.clear()
-            if self.journal.since_snapshot >= self.snapshot_every:
-                assert self.state is not None, "records were journaled, so start() has run"
-                started = time.monotonic()
-                self.journal.snapshot(self.state)
-                log.info("brain: snapshot written in %.2fs", time.monotonic() - started)
+            if self.journal.since_snapshot >= self._snapshot_at:
+                self.snapshot()
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
             self._fail_disk(exc)
+
+    def snapshot(self) -> None:
+        """Snapshot the state. One that finds no space is put off (the journal it
+        would replace stays whole and goes on) by a tenth of ``snapshot_every``."""
+        assert self.state is not None, "records were journaled, so start() has run"
+        started = time.monotonic()
+        try:
+            self.journal.snapshot(self.state)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._snapshot_at = self.journal.since_snapshot + max(1, self.snapshot_every // 10)
+            log.warning(
+                "brain: snapshot %s not written (%s, %s bytes free); the journal goes on, "
+                "and a snapshot is tried again after %d more records",
+                self.journal.snapshot_path,
+                exc.strerror or exc,
+                free_bytes(self.journal.snapshot_path),
+                self._snapshot_at - self.journal.since_snapshot,
+            )
+            return
+        self._snapshot_at = self.snapshot_every
+        log.info("brain: snapshot written in %.2fs", time.monotonic() - started)
 
     def sync_due(self) -> None:
         if self.disk is not None or not self.recovered:

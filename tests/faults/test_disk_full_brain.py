@@ -248,6 +248,30 @@ def test_a_record_cut_short_by_a_full_disk_is_rolled_back(small_fs, fault_table)
     )
 
 
+def test_a_snapshot_without_space_leaves_the_journal_whole(small_fs, fault_table) -> None:
+    journal = Journal(str(small_fs / "brain.journal"), fsync="batch")
+    state = journal.recover()
+    for n in range(50):
+        journal.append(float(n), Tick())
+        state, _ = step(state, Tick(), float(n))
+    journal.commit()
+    filler = fill(small_fs)
+    with pytest.raises(OSError):
+        journal.snapshot(state)
+    left = sorted(p.name for p in small_fs.iterdir())
+    assert left == ["brain.journal", "brain.journal.lock", "filler"], left
+    filler.unlink()
+    journal.append(50.0, Tick())  # the journal is still open, and still the one
+    journal.commit()
+    journal.close()
+    again = Journal(journal.path)
+    events = again.recover().events
+    again.close()
+    print(f"events after a failed snapshot: {events}")
+    assert events == 51
+    fault_table.row("snapshot on a full disk", lost=51 - events, rerun=0, note="put off")
+
+
 def test_history_files_wait_for_space(small_fs, tmp_path, fault_table) -> None:
     service = BrainService("tcp://127.0.0.1:9", str(tmp_path / "brain.journal"))
     history = small_fs / "plan" / "history" / "b1"
@@ -341,6 +365,7 @@ def test_submit_says_what_is_known(answered, running_broker, client_factory, tmp
 
 FAULTS = [
     "journal append on a full disk",
+    "snapshot on a full disk",
     "history files (events, RUN_SUMMARY, ESCALATION) on a full disk",
     "rig folder (journal) full: submit while full, brain restart while full, space freed",
 ]
