@@ -443,6 +443,7 @@ class BrainService:
             free if free is not None else "unknown",
             len(self.deferred),
         )
+        self._retrying = False  # from here a full disk is news again
         while self.deferred and self.disk is None:
             self.receive(self.deferred.popleft())
             if len(self.pending) >= BURST:
