@@ -50,7 +50,7 @@ echo "$1" >> "$3/runs.txt"
 TASKS = ["a1", "a2", "b1"]
 
 
-def counting_plan(root: Path, name: str) -> Path:
+def counting_plan(root: Path, name: str, sleep_s: float = 0.2) -> Path:
     plan = root / name
     plan.mkdir(parents=True)
     (plan / "count.sh").write_text(SCRIPT)
@@ -60,7 +60,7 @@ def counting_plan(root: Path, name: str) -> Path:
             f"### {task}",
             "- **executor**: worker",
             "- **task_class**: cpu",
-            f"- **command**: `sh {{PLAN_PATH}}/count.sh {task} 0.2 {{PLAN_PATH}}`",
+            f"- **command**: `sh {{PLAN_PATH}}/count.sh {task} {sleep_s} {{PLAN_PATH}}`",
             f"- **depends_on**: {deps}",
             "",
         ]
@@ -192,6 +192,34 @@ def test_full_rig_folder_refuses_work_then_resumes(small_rig, fault_table) -> No
     assert never == [], "a submit refused with disk_full ran later"
     assert "refused" not in plans, plans
     assert runs == Counter(TASKS) and starts == Counter(TASKS), (runs, starts)
+
+
+def test_tasks_that_finish_while_full_are_recorded_once(small_rig, fault_table) -> None:
+    rig, rig_dir = small_rig
+    plan = counting_plan(rig.plans_dir, "during", sleep_s=3)
+    brain = rig.children()["brain"]
+    submit = rig.submit_background(plan)
+    wait_for(lambda: len(lines(plan / "starts.txt")) == 2, 60, "a1 and a2 to start")
+    filler = fill(rig_dir)
+    wait_for(lambda: disk_full_said(rig), 30, "llmo status to report disk_full")
+    wait_for(lambda: len(lines(plan / "runs.txt")) == 2, 60, "a1 and a2 to finish while full")
+    still_full = disk_full_said(rig)
+    filler.unlink()
+    out, err = submit.communicate(timeout=120)
+    run = Submitted(submit.returncode, out, err)
+    runs, starts = Counter(lines(plan / "runs.txt")), Counter(lines(plan / "starts.txt"))
+    print(f"runs: {dict(runs)}; starts: {dict(starts)}")
+    fault_table.row(
+        "rig folder full while tasks finish",
+        lost=len(set(TASKS) - set(runs)),
+        rerun=sum(n - 1 for n in starts.values() if n > 1),
+        note="results kept in memory, recorded once space returned",
+    )
+    assert still_full, "the brain left disk_full before space was freed"
+    assert rig.children().get("brain") == brain, "the brain restarted"
+    assert run.returncode == 0 and run.state == "complete", run
+    assert runs == Counter(TASKS) and starts == Counter(TASKS), (runs, starts)
+    assert all(row["attempts"] == 1 for row in run.rows().values()), run.rows()
 
 
 @pytest.fixture
@@ -364,6 +392,7 @@ def test_submit_says_what_is_known(answered, running_broker, client_factory, tmp
 
 
 FAULTS = [
+    "rig folder (journal) full while tasks finish",
     "journal append on a full disk",
     "snapshot on a full disk",
     "history files (events, RUN_SUMMARY, ESCALATION) on a full disk",
