@@ -16,5 +16,5 @@ above or beside it in a circle (``tests/test_brain_layers.py`` checks this;
   to workers;
 * ``core``: ``step``, the message and event tables, and the wiring of the
   goal policy into the lifecycle (``Ctx.goal_policy``);
-* ``journal``, ``trace``, ``service``: the shell around the core.
+* ``journal``, ``trace``, ``diskfull``, ``service``: the shell around the core.
 """

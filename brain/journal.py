@@ -19,15 +19,22 @@ record carries its file's base). The payloads are:
     ["f", now, batch, task, items, error] ManifestRead
 
 The shell steps an event, appends its record, commits the journal, and only
-then carries out the commands. ``commit`` always hands the records to the
-operating system first (``flush``), which is all that surviving a killed
-brain (``kill -9``) needs: the page cache outlives the process. The fsync
-policy decides what a power cut may take: ``always`` fsyncs every record,
-``batch`` once per loop iteration, ``interval`` (the default) at most every
-``FSYNC_INTERVAL_S`` (so under load one fsync covers many iterations, and
-``sync_due`` catches up once the loop is idle), ``never`` leaves it to the
-OS. What a power cut takes is at most the last interval of events: the rig's
-workers go down with it, and the tasks of those events run again.
+then carries out the commands. ``committed`` is the journal's length up to the
+last commit that succeeded; when a commit fails (a full disk: the shell's
+``disk_full`` state, see ``brain.diskfull``), ``rollback`` cuts the file back
+to it (a record half written is never replayed) and folds the journal again,
+so the brain keeps the state its journal explains and nothing it did not act
+on. A snapshot that cannot be written leaves the journal as it was.
+
+``commit`` always hands the records to the operating system first
+(``flush``), which is all that surviving a killed brain (``kill -9``) needs:
+the page cache outlives the process. The fsync policy decides what a power
+cut may take: ``always`` fsyncs every record, ``batch`` once per loop
+iteration, ``interval`` (the default) at most every ``FSYNC_INTERVAL_S`` (so
+under load one fsync covers many iterations, and ``sync_due`` catches up
+once the loop is idle), ``never`` leaves it to the OS. What a power cut
+takes is at most the last interval of events: the rig's workers go down with
+it, and the tasks of those events run again.
 
 Damage
 ------
@@ -445,6 +452,13 @@ def _repair(path: str, directory: str) -> RepairReport:
     return report
 
 
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def _free_name(name: str) -> str:
     candidate, n = name, 1
     while os.path.exists(candidate):
@@ -485,6 +499,7 @@ class Journal:
         self.handle: BinaryIO | None = None
         self.since_snapshot = 0
         self.next_seq = 0
+        self.committed = 0  # the journal's length up to its last committed record
         self._dirty = False
         self._unsynced = False  # flushed to the OS, not yet fsynced
         self._synced_at = time.monotonic()
@@ -553,8 +568,38 @@ class Journal:
         elif found.torn is not None:
             with open(self.path, "r+b") as handle:
                 handle.truncate(found.good)
-        self.handle = open(self.path, "ab")  # noqa: SIM115 (held open for appends)
+        self._open()
         return state
+
+    def read_state(self) -> BrainState:
+        """The state the snapshot and journal hold, read only: no lock, no write (a
+        brain that cannot write starts on it, in ``disk_full``)."""
+        state = self.load_snapshot()
+        found = scan(read_bytes(self.path))
+        if found.damage:
+            raise JournalDamaged(damage_text(self.path, found), self.path, found.damage[0].offset)
+        skip = state.events - (found.base or 0)
+        for record in found.records[max(0, skip) :]:
+            now, event = event_of(record)
+            state, _ = step(state, event, now)
+        return state
+
+    def rollback(self) -> BrainState:
+        """Cut what was appended after the last commit (a record cut short by a full
+        disk included), and return the state the journal then holds.
+
+        The handle is dropped with whatever its buffer still held, the file is cut
+        to ``committed`` and folded again: the last good state."""
+        if self.handle is not None:
+            handle, self.handle = self.handle, None
+            try:
+                handle.close()  # flushes what it can, then closes the file either way
+            except OSError:
+                pass
+        self._dirty = False
+        if os.path.exists(self.path) and os.path.getsize(self.path) > self.committed:
+            os.truncate(self.path, self.committed)
+        return self._recover()
 
     def load_snapshot(self) -> BrainState:
         return load_snapshot_file(self.snapshot_path)
@@ -574,13 +619,20 @@ class Journal:
         """Make every appended record durable (per the fsync policy)."""
         if not self._dirty or self.handle is None:
             return
-        self.handle.flush()
-        self._dirty = False
-        if self.fsync == "interval":
-            self._unsynced = True
-            self.sync_due()
-        elif self.fsync != "never":
-            os.fsync(self.handle.fileno())
+        before = self.committed
+        try:
+            self.handle.flush()
+            self._dirty = False
+            self.committed = self.handle.tell()
+            if self.fsync == "interval":
+                self._unsynced = True
+                self.sync_due()
+            elif self.fsync != "never":
+                os.fsync(self.handle.fileno())
+        except OSError:
+            # Nothing of this commit was acted on: ``rollback`` cuts all of it.
+            self.committed = before
+            raise
 
     @property
     def unsynced(self) -> bool:
@@ -598,23 +650,41 @@ class Journal:
     # --- compaction ---------------------------------------------------------------------
 
     def snapshot(self, state: BrainState) -> None:
-        """Write the state beside the journal and start an empty journal after it."""
+        """Write the state beside the journal and start an empty journal after it.
+
+        A snapshot that cannot be written (a full disk) raises and leaves the
+        journal as it was, open for appends: recovery never needs the snapshot."""
         self.commit()
         tmp = self.snapshot_path + ".tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(snapshot_bytes(state))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(snapshot_bytes(state))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            _remove(tmp)
+            raise
         os.replace(tmp, self.snapshot_path)
-        if self.handle is not None:
-            self.handle.close()
-        self._start_file(state.events)
+        try:
+            self._start_file(state.events)
+        except OSError:
+            _remove(self.path + ".tmp")
+            if self.handle is None or self.handle.closed:
+                self._open()  # the old journal: its records past the snapshot are skipped
+            raise
         self.since_snapshot = 0
 
     def _start_file(self, base: int) -> None:
         _rewrite(self.path, base, [])
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
         self.next_seq = base
+        self._open()
+
+    def _open(self) -> None:
         self.handle = open(self.path, "ab")  # noqa: SIM115 (held open for appends)
+        self.committed = self.handle.tell()
 
     def close(self) -> None:
         self.commit()

@@ -28,7 +28,14 @@ is away and send them again when it is back (see ``worker.link``); results
 for attempts the brain no longer expects are ignored by the core.
 
 A failed write to the shared drive (history files) is logged and does not
-stop the loop: queue truth is the journal, not those files.
+stop the loop: queue truth is the journal, not those files. One that failed
+for lack of space (``brain.diskfull.DISK_ERRNOS``) is kept, and written on a
+later tick once space allows, in order with the files that follow it.
+
+A journal that cannot be written is the ``disk_full`` state, not a crash
+(``brain.diskfull``): what was not committed is rolled back, the commands of
+those events are dropped, the brain answers from its last good state and
+refuses what would change it, and each tick tries to journal again.
 
 One brain per broker: when the broker refuses one of this brain's messages
 with ``name_in_use``, another brain holds the name ``brain`` there (on
@@ -46,11 +53,13 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 
 import zmq
 
 from llmo import plans
+from llmo.brain import view
 from llmo.brain.commands import (
     AppendLines,
     Command,
@@ -63,13 +72,21 @@ from llmo.brain.commands import (
 )
 from llmo.brain.config import BrainConfig
 from llmo.brain.core import step
+from llmo.brain.diskfull import (
+    MAX_DEFERRED,
+    DiskFull,
+    disk_full,
+    disposition,
+    free_bytes,
+    is_disk_full,
+)
 from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
 from llmo.brain.journal import FSYNC_INTERVAL_S, Journal
 from llmo.brain.state import BrainState
 from llmo.proto.client import Client
-from llmo.proto.codec import decode
+from llmo.proto.codec import decode, encode
 from llmo.proto.errors import ErrorCode, ProtocolError
-from llmo.proto.messages import BRAIN, BROKER, Error, Message
+from llmo.proto.messages import BRAIN, BROKER, Error, Message, SnapshotReply, SnapshotRequest
 
 log = logging.getLogger("llmo.brain")
 
@@ -79,6 +96,8 @@ BURST = 1000
 SNAPSHOT_EVERY = 200_000  # journal records between snapshots
 FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+RETRY_FREE_BYTES = 64 * 1024  # a full brain tries to journal again once this much is free
+RETRY_EVERY_S = 30.0  # ... or this often anyway (quotas, EIO: free bytes do not tell)
 
 
 class BrainService:
@@ -106,12 +125,30 @@ class BrainService:
         self.pending: list[Command] = []
         self.refused: Error | None = None  # the broker's name_in_use answer, once refused
         self._running = False
+        # The disk_full state (``brain.diskfull``): why the journal cannot be written.
+        self.disk: DiskFull | None = None
+        self.deferred: deque[bytes] = deque()  # worker reports kept while full
+        self.uncommitted: list[tuple[Event, bytes | None]] = []  # appended since the commit
+        self.unwritten: list[Command] = []  # history file commands waiting for space
+        self.recovered = False  # the journal is locked and open for appends
+        self.configured = False  # this run's Configure is journaled
+        self._tried_at = 0.0
+        self._retrying = False
+        self._snapshot_at = snapshot_every  # journal records before the next snapshot
 
     # --- the loop ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Recover from the journal and connect (``run`` calls it)."""
-        self.state = self.journal.recover({"broker": self.endpoint})
+        """Recover from the journal and connect (``run`` calls it). On a disk too full
+        to recover on, the brain starts on the state it reads, in ``disk_full``."""
+        try:
+            self.state = self.journal.recover({"broker": self.endpoint})
+            self.recovered = True
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.state = self.journal.read_state()
+            self._fail_disk(exc)
         resumed = self.state.events > 0
         log.info(
             "brain: journal %s holds %d events, %d batches (%d running)",
@@ -121,10 +158,12 @@ class BrainService:
             len(self.state.active_batches()),
         )
         self.client = Client(BRAIN, self.endpoint, context=self.context, clock=self.clock)
-        self.feed(Configure(self.config.to_dict()))
-        if resumed:
-            self.feed(Resumed())
-        self.flush()
+        if self.disk is None:
+            self.feed(Configure(self.config.to_dict()))
+            if resumed:
+                self.feed(Resumed())
+            self.flush()
+            self.configured = self.disk is None
 
     def run(self, *, install_signals: bool = False) -> int:
         if install_signals:
@@ -160,11 +199,15 @@ class BrainService:
                 # Timers run once what arrived meanwhile is read (a flood delays them
                 # by at most a few ticks): a heartbeat queued behind a pause counts.
                 if now >= next_tick and (drained or now >= next_tick + 4 * self.tick_s):
-                    self.feed(Tick())
+                    if self.disk is None:
+                        self.feed(Tick())
+                    else:
+                        self.retry_disk()
+                    self.retry_unwritten()
                     next_tick = self.clock() + self.tick_s
                 self.client.tick()
                 self.flush()
-                self.journal.sync_due()
+                self.sync_due()
         finally:
             self.close()
         if self.refused is not None:
@@ -181,9 +224,13 @@ class BrainService:
         self._running = False
 
     def close(self) -> None:
-        if self.state is not None and self.journal.handle is not None:
+        if self.state is not None and self.journal.handle is not None and self.disk is None:
             self.flush()
-        self.journal.close()
+        try:
+            self.journal.close()
+        except OSError as exc:
+            log.error("brain: closing the journal %s failed: %s", self.journal.path, exc)
+            self.journal.unlock()
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -201,14 +248,26 @@ class BrainService:
             self.refused = msg
             self.stop()
             return
+        if self.disk is not None:
+            self.while_full(msg, raw)
+            return
         self.feed(Received(msg), raw)
 
     def feed(self, event: Event, raw: bytes | None = None) -> None:
         """Step one event and journal it; its commands wait for ``flush``."""
         assert self.state is not None, "start() first"
+        if self.disk is not None:
+            return  # nothing is stepped that cannot be journaled
         now = self.clock()
         self.state, commands = step(self.state, event, now)
-        self.journal.append(now, event, raw)
+        self.uncommitted.append((event, raw))
+        try:
+            self.journal.append(now, event, raw)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._fail_disk(exc)
+            return
         self.pending.extend(commands)
 
     def flush(self) -> None:
@@ -217,21 +276,193 @@ class BrainService:
         The history files go first: whoever hears of an event (a batch that
         ended) then finds its events, RUN_SUMMARY and ESCALATION on disk.
         """
-        while self.pending:
+        try:
+            while self.pending and self.disk is None:
+                self.journal.commit()
+                self.uncommitted.clear()
+                commands, self.pending = self.pending, []
+                for command in commands:
+                    if type(command) in FILE_COMMANDS:
+                        if self.unwritten:  # in order, behind those waiting for space
+                            self.unwritten.append(command)
+                        else:
+                            self.execute(command)
+                for command in commands:
+                    if type(command) not in FILE_COMMANDS:
+                        self.execute(command)
+            if self.disk is not None or not self.recovered:
+                return
             self.journal.commit()
-            commands, self.pending = self.pending, []
-            for command in commands:
-                if type(command) in FILE_COMMANDS:
-                    self.execute(command)
-            for command in commands:
-                if type(command) not in FILE_COMMANDS:
-                    self.execute(command)
-        self.journal.commit()
-        if self.journal.since_snapshot >= self.snapshot_every:
-            assert self.state is not None, "records were journaled, so start() has run"
-            started = time.monotonic()
+            self.uncommitted.clear()
+            if self.journal.since_snapshot >= self._snapshot_at:
+                self.snapshot()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._fail_disk(exc)
+
+    def snapshot(self) -> None:
+        """Snapshot the state. One that finds no space is put off (the journal it
+        would replace stays whole and goes on) by a tenth of ``snapshot_every``."""
+        assert self.state is not None, "records were journaled, so start() has run"
+        started = time.monotonic()
+        try:
             self.journal.snapshot(self.state)
-            log.info("brain: snapshot written in %.2fs", time.monotonic() - started)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._snapshot_at = self.journal.since_snapshot + max(1, self.snapshot_every // 10)
+            log.warning(
+                "brain: snapshot %s not written (%s, %s bytes free); the journal goes on, "
+                "and a snapshot is tried again after %d more records",
+                self.journal.snapshot_path,
+                exc.strerror or exc,
+                free_bytes(self.journal.snapshot_path),
+                self._snapshot_at - self.journal.since_snapshot,
+            )
+            return
+        self._snapshot_at = self.snapshot_every
+        log.info("brain: snapshot written in %.2fs", time.monotonic() - started)
+
+    def sync_due(self) -> None:
+        if self.disk is not None or not self.recovered:
+            return
+        try:
+            self.journal.sync_due()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._fail_disk(exc)
+
+    # --- the disk_full state (brain.diskfull) -------------------------------------------
+
+    def _fail_disk(self, exc: OSError) -> None:
+        """The journal cannot be written: cut what it did not commit, go back to the
+        state it explains, drop the commands of what was cut, and answer, keep or drop
+        the messages that were cut as a full brain does (``while_full``)."""
+        first = self.disk is None and not self._retrying
+        self.disk = disk_full(self.journal.path, exc, self.clock())
+        self._tried_at = self.clock()
+        self.pending = []
+        cut, self.uncommitted = self.uncommitted, []
+        if self.recovered:
+            try:
+                self.state = self.journal.rollback()
+            except OSError as again:
+                if not is_disk_full(again):
+                    raise
+                self.recovered = False
+                self.journal.unlock()
+                self.state = self.journal.read_state()
+        if first:
+            log.error("brain: disk_full: %s", self.disk.text())
+        again_first = [
+            raw if raw is not None else encode(event.msg)
+            for event, raw in cut
+            if isinstance(event, Received) and disposition(event.msg.TYPE) == "defer"
+        ]
+        self.deferred.extendleft(reversed(again_first))
+        for event, _ in cut:
+            if isinstance(event, Received) and disposition(event.msg.TYPE) != "defer":
+                self.while_full(event.msg, None)
+
+    def while_full(self, msg: Message, raw: bytes | None) -> None:
+        """What a brain that cannot journal does with ``msg`` (``brain.diskfull``)."""
+        assert self.disk is not None and self.state is not None
+        what = disposition(msg.TYPE)
+        if what == "answer" and isinstance(msg, SnapshotRequest):
+            workers, batches, tasks = view.snapshot(self.state, msg.batch_id)
+            reply: Message = SnapshotReply(
+                dst=msg.src,
+                reply_to=msg.id,
+                rev=self.state.rev,
+                workers=tuple(workers),
+                batches=tuple(batches),
+                tasks=tuple(tasks),
+                disk_full=self.disk.text(),
+            )
+        elif what == "defer":
+            self.deferred.append(raw if raw is not None else encode(msg))
+            if len(self.deferred) > MAX_DEFERRED:
+                self.deferred.popleft()
+                log.warning(
+                    "brain: disk_full: over %d worker reports kept; dropped the oldest",
+                    MAX_DEFERRED,
+                )
+            return
+        elif what == "refuse" and msg.src and msg.id:
+            reply = Error(
+                dst=msg.src,
+                code=ErrorCode.DISK_FULL,
+                reply_to=msg.id,
+                detail=f"{self.disk.text()}; this {msg.TYPE.value} was not journaled "
+                "and will not run: send it again once space is freed",
+            )
+        else:
+            return
+        self.execute(Send(reply))
+
+    def retry_disk(self) -> None:
+        """On a tick while full: journal ``Resumed`` (``Configure`` first if this run's
+        is not journaled yet); once that commits, step the reports kept meanwhile."""
+        assert self.disk is not None
+        now = self.clock()
+        free = free_bytes(self.journal.path)
+        if (free is None or free < RETRY_FREE_BYTES) and now - self._tried_at < RETRY_EVERY_S:
+            return
+        self._tried_at = now
+        held, self.disk = self.disk, None
+        self._retrying = True
+        try:
+            self._resume(held, free)
+        finally:
+            self._retrying = False
+
+    def _resume(self, held: DiskFull, free: int | None) -> None:
+        if not self.recovered:
+            try:
+                self.state = self.journal.recover({"broker": self.endpoint})
+                self.recovered = True
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self.disk = held
+                return
+        if not self.configured:
+            self.feed(Configure(self.config.to_dict()))
+        self.feed(Resumed())
+        self.flush()
+        if self.disk is not None:
+            self.disk = held  # still full: keep the first line's time and say nothing more
+            return
+        self.configured = True
+        log.warning(
+            "brain: disk_full is over: journal %s is written again (%s bytes free); "
+            "resuming work, %d worker reports kept meanwhile follow",
+            self.journal.path,
+            free if free is not None else "unknown",
+            len(self.deferred),
+        )
+        self._retrying = False  # from here a full disk is news again
+        while self.deferred and self.disk is None:
+            self.receive(self.deferred.popleft())
+            if len(self.pending) >= BURST:
+                self.flush()
+        self.flush()
+
+    def retry_unwritten(self) -> None:
+        """Write, in order, the history files that found no space before."""
+        while self.unwritten:
+            command = self.unwritten[0]
+            try:
+                write_files(command)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    return
+                log.error("brain: %s failed: %s", type(command).__name__, exc)
+            self.unwritten.pop(0)
+            if not self.unwritten:
+                log.warning("brain: the history files waiting for space are written")
 
     # --- commands ------------------------------------------------------------------
 
@@ -241,21 +472,39 @@ class BrainService:
                 case Send(msg=msg):
                     assert self.client is not None, "start() first"
                     self.client.send(msg)
-                case AppendLines(path=path, lines=lines):
-                    append_lines(path, lines)
-                case WriteFile(path=path, text=text):
-                    write_file(path, text)
-                case MakeDirs(paths=paths):
-                    for path in paths:
-                        os.makedirs(path, exist_ok=True)
+                case AppendLines() | WriteFile() | MakeDirs():
+                    write_files(command)
                 case ReadPlan():
                     self.feed(read_plan(command, self.config.plan_roots))
                 case ReadManifest():
                     self.feed(read_manifest(command, self.config.plan_roots))
                 case Log(level=level, text=text):
                     log.log(LOG_LEVELS.get(level, logging.INFO), "%s", text)
-        except (OSError, zmq.ZMQError) as exc:
+        except OSError as exc:
+            if type(command) in FILE_COMMANDS and is_disk_full(exc):
+                if not self.unwritten:
+                    log.error(
+                        "brain: %s failed: %s; kept, and written once space allows",
+                        type(command).__name__,
+                        exc,
+                    )
+                self.unwritten.append(command)
+                return
             log.error("brain: %s failed: %s", type(command).__name__, exc)
+        except zmq.ZMQError as exc:
+            log.error("brain: %s failed: %s", type(command).__name__, exc)
+
+
+def write_files(command: Command) -> None:
+    """Carry out one history file command (``MakeDirs``, ``AppendLines``, ``WriteFile``)."""
+    match command:
+        case AppendLines(path=path, lines=lines):
+            append_lines(path, lines)
+        case WriteFile(path=path, text=text):
+            write_file(path, text)
+        case MakeDirs(paths=paths):
+            for path in paths:
+                os.makedirs(path, exist_ok=True)
 
 
 def refuses_this_brain(msg: Message) -> bool:
@@ -302,14 +551,34 @@ def read_manifest(command: ReadManifest, roots: tuple[str, ...] = ()) -> Manifes
 
 
 def append_lines(path: str, lines: tuple[str, ...]) -> None:
+    """Append whole lines: on a failed write the file is cut back to where it was,
+    so writing the lines again later leaves no half line."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    data = ("\n".join(lines) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view_ = memoryview(data)
+            while view_:
+                view_ = view_[os.write(fd, view_) :]
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_file(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     os.replace(tmp, path)

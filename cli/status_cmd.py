@@ -104,7 +104,8 @@ def worker_json(w: WorkerInfo) -> dict[str, Any]:
 
 
 def render(reply: SnapshotReply) -> str:
-    lines = [
+    lines = [f"brain: disk full: {reply.disk_full}"] if reply.disk_full else []
+    lines += [
         f"{'WORKER':14} {'ROLE':7} {'STATE':12} {'SLOTS':6} {'TEMP':7} {'GPU MB':>11} "
         f"{'TOK/S':>6}  MODEL"
     ]
@@ -153,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             "broker": session.endpoints.broker,
             "workers": [worker_json(w) for w in reply.workers],
             "batches": [b.to_wire() for b in reply.batches],
+            "disk_full": reply.disk_full,
         }
         print(json.dumps(out, indent=2, sort_keys=True))
     else:

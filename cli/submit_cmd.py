@@ -9,6 +9,16 @@ Otherwise the plan's folder path is sent in a ``PlanSubmit`` and the batch id
 printed. ``--watch`` follows the batch (``cli.watch``) until it ends: exit 0
 when it completed, 1 when it failed or was cancelled. ``--json`` prints the
 final state (and ``RUN_SUMMARY.json`` when this machine can read it) as JSON.
+
+The brain journals a submission before it answers it, and answers only once
+the journal holds it: an answer is the truth. A brain that cannot write its
+journal answers ``disk_full``; nothing of that submission was kept, it will
+never run, and ``llmo submit`` says so (exit 2). When no answer comes within
+``--timeout``, what is known is only that: the submission may have reached the
+brain and been journaled, in which case it runs. ``llmo submit`` then says so
+(exit 3) and how to find out (``llmo status`` lists the batch under the
+plan's name, and its history folder appears under the plan) rather than
+claiming a failure; submitting again blindly could run the plan twice.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from llmo.cli.tools import add_tool_flags, fail, open_session
 from llmo.proto.session import ToolError
 
 PRIORITY_CHOICES = ("low", "normal", "high", "urgent")
+UNKNOWN_EXIT = 3  # no answer: the submission may or may not have been journaled
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -64,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> int:
     from llmo.cli.watch import BatchView, Screen, follow
+    from llmo.proto.errors import ErrorCode
     from llmo.proto.messages import (
         BRAIN,
+        Error,
         PlanAccepted,
         PlanRejected,
         PlanSubmit,
@@ -83,7 +96,27 @@ def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> 
                 session.endpoints.pub, topics=(topic("batch.event"), topic("task.progress"))
             )
         msg = PlanSubmit(dst=BRAIN, plan_path=plan_dir, config=config, priority=args.priority or "")
-        reply = session.ask(msg)
+        reply = session.client.request(msg, timeout=session.timeout)
+        if reply is None:
+            print(
+                f"llmo submit: no answer within {session.timeout:g} s from the brain (broker "
+                f"{session.endpoints.broker}). The plan may have been accepted and journaled, "
+                f"and then it runs: check `llmo status` for a batch of this plan, or a new "
+                f"folder under {plan_dir}/history, before submitting it again.",
+                file=sys.stderr,
+            )
+            return UNKNOWN_EXIT
+        if isinstance(reply, Error) and reply.code == ErrorCode.DISK_FULL:
+            print(f"llmo submit: disk_full: {reply.detail}", file=sys.stderr)
+            print(f"llmo submit: {plan_dir} was not accepted and will not run", file=sys.stderr)
+            return 2
+        if isinstance(reply, Error):
+            if reply.code == ErrorCode.UNKNOWN_DESTINATION and reply.peer == BRAIN:
+                raise ToolError(
+                    f"the broker at {session.endpoints.broker} answered, but no brain is "
+                    "connected to it: start `llmo brain` (or `llmo up`); the plan was not sent"
+                )
+            raise ToolError(f"{reply.code}: {reply.detail}")
         if isinstance(reply, PlanRejected):
             for error in reply.errors:
                 print(f"error: {error}", file=sys.stderr)

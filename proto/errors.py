@@ -33,6 +33,7 @@ class ErrorCode(enum.StrEnum):
     # Problems an actor reports about a well-formed message it cannot act on.
     UNEXPECTED = "unexpected"
     REFUSED = "refused"
+    DISK_FULL = "disk_full"  # the brain cannot write its journal: nothing was changed
     INTERNAL = "internal"  # the receiver failed on a well-formed request (a bug)
 
 

@@ -556,6 +556,7 @@ class SnapshotReply(Message):
     workers: tuple[WorkerInfo, ...] = ()
     batches: tuple[BatchInfo, ...] = ()
     tasks: tuple[TaskInfo, ...] = ()
+    disk_full: str = ""  # why the brain cannot journal (it takes no new work); "" when it can
 
 
 # --- liveness, replies, errors ---------------------------------------------------
