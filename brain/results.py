@@ -27,7 +27,7 @@ from __future__ import annotations
 from llmo.brain import retry, tasks
 from llmo.brain.ctx import Ctx, cut
 from llmo.brain.state import Batch, TaskRun
-from llmo.proto.messages import TaskCancel, TaskDone, TaskFailed, TaskProgress, TaskStarted
+from llmo.proto.messages import Ack, TaskCancel, TaskDone, TaskFailed, TaskProgress, TaskStarted
 from llmo.proto.states import TASK_ACTIVE
 from llmo.proto.vocab import EXIT_RETRY_LATER
 
@@ -75,7 +75,19 @@ def on_progress(cx: Ctx, msg: TaskProgress) -> None:
     task.tok_s = msg.tok_s
 
 
+def acknowledge(cx: Ctx, msg: TaskDone | TaskFailed) -> None:
+    """Tell the worker its final result is in hand, whatever the brain made of it.
+
+    Like every command the ``Ack`` goes out only after the journal holds the
+    event, so a worker that has it may forget the result; a worker without
+    it sends the result again, and a copy is acknowledged and ignored.
+    """
+    if msg.src:
+        cx.send(Ack(dst=msg.src, reply_to=msg.id))
+
+
 def on_done(cx: Ctx, msg: TaskDone) -> None:
+    acknowledge(cx, msg)
     found = late_done(cx, msg) or current(cx, msg)
     if found is None:
         return
@@ -139,6 +151,7 @@ def late_done(cx: Ctx, msg: TaskDone) -> tuple[Batch, TaskRun] | None:
 
 
 def on_failed(cx: Ctx, msg: TaskFailed) -> None:
+    acknowledge(cx, msg)
     found = current(cx, msg)
     if found is None:
         return

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from llmo.proto.messages import (
     MESSAGE_CLASSES,
+    Ack,
     Message,
     TaskAssign,
     TaskCancel,
@@ -67,6 +68,8 @@ class Bench:
         while missing and time.monotonic() < deadline:
             msg = self.brain.client.recv(0.05)
             if isinstance(msg, TaskDone | TaskFailed):
+                # Acknowledged as the brain would, or the worker sends it again.
+                self.brain.client.send(Ack(dst=msg.src, reply_to=msg.id))
                 self.results.setdefault(msg.attempt_id, []).append(msg)
                 missing.discard(msg.attempt_id)
         return missing

@@ -20,7 +20,7 @@ import zmq
 
 from llmo.broker.service import Broker
 from llmo.proto.client import Client
-from llmo.proto.messages import Heartbeat, Message, Telemetry
+from llmo.proto.messages import Ack, Heartbeat, Message, TaskDone, TaskFailed, Telemetry
 from llmo.worker.config import WorkerConfig
 from llmo.worker.service import Worker
 from tests.waiting import WAIT_S, wait_for, wait_until
@@ -32,13 +32,15 @@ class FakeBrain:
     Like the real brain it heartbeats the broker every second (``Client.tick``)
     while it waits for messages: the first heartbeat claims the name, and after
     a broker restart the next one claims it again, so the broker has a route
-    to it once more.
+    to it once more. And like the real brain it acknowledges each ``TaskDone``
+    and ``TaskFailed`` it receives, unless ``ack_results`` is set False.
     """
 
     def __init__(self, endpoint: str, context: zmq.Context) -> None:
         self.client = Client("brain", endpoint, context=context)
         self.seen: list[Message] = []
         self.backlog: list[Message] = []
+        self.ack_results = True
         self.client.tick()  # makes the broker know the name
 
     def send(self, msg: Message) -> Message:
@@ -65,6 +67,8 @@ class FakeBrain:
             if msg is None:
                 continue
             self.seen.append(msg)
+            if self.ack_results and isinstance(msg, TaskDone | TaskFailed):
+                self.client.send(Ack(dst=msg.src, reply_to=msg.id))
             if matches(msg):
                 return msg
             if not isinstance(msg, Heartbeat):

@@ -21,7 +21,7 @@ Stopping: ``WorkerDrain`` (and SIGTERM, which drains with a deadline of
 ``stop_deadline_s``) takes no new work; at the deadline what still runs is
 aborted (SIGTERM to its group, SIGKILL ``stop_grace_s`` later) and reported.
 A second stop aborts at once. A stopping worker exits once nothing runs and
-its last results have had a moment to draw a delivery error.
+the brain has acknowledged its last results (or ``FLUSH_S`` has passed).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ from llmo.worker.telemetry import SystemTelemetry
 log = logging.getLogger("llmo.worker")
 
 BUSY_POLL_S = 0.1  # longest sleep while attempts run or results are held
-FLUSH_S = 1.0  # how long a stopping worker gives its last results
+FLUSH_S = 3.0  # how long a stopping worker waits for its last results' acknowledgements
 _STOP = object()
 MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
@@ -305,6 +305,8 @@ class Worker:
     def _readable(self, item: Any) -> None:
         if item is self.client.socket:
             while (msg := self.client.recv(timeout=0)) is not None:
+                if msg.src == BRAIN:
+                    self.link.heard_brain(self.clock())
                 handler = self.handlers.get(type(msg))
                 if handler is None:
                     log.debug("ignored %s from %s", msg.TYPE.value, msg.src)
@@ -404,7 +406,13 @@ class Worker:
             return
         if self._flush_until is None:
             self._flush_until = now + FLUSH_S
-        if now >= self._flush_until or (self.link.held == 0 and self.link.connected):
+        if now >= self._flush_until or (self.link.awaiting_ack == 0 and self.link.connected):
+            if self.link.awaiting_ack:
+                log.warning(
+                    "stopping with %d results the brain has not acknowledged; their tasks "
+                    "run again when the brain judges the attempts lost",
+                    self.link.awaiting_ack,
+                )
             self._running = False
 
     def _close(self) -> None:
