@@ -350,7 +350,7 @@ def _factory(root: Callable[[], Path]) -> Iterator[Callable[..., Rig]]:
 
     yield start
     problems = []
-    for rig in rigs:
+    for rig in reversed(rigs):  # a rig started again on a folder stops before the first one
         left = rig.stop()
         print(rig.logs())
         if left:
