@@ -146,7 +146,7 @@ class BrainService:
     def run(self, *, install_signals: bool = False) -> int:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda n, _: self.stop(f"{signal.Signals(n).name}"))
+                signal.signal(sig, lambda n, _: self.stop(signal.Signals(n).name))
         if self.state is None:
             self.start()
         assert self.client is not None

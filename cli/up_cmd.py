@@ -19,6 +19,7 @@ the rig in order:
    ``interrupted`` and journals the stop;
 3. the broker.
 
+A second Ctrl-C or SIGTERM while the workers stop ends their grace at once.
 ``llmo up`` again on the same rig folder resumes those batches from the
 journal: tasks recorded done are not run again. A child that exits with code 2
 (a configuration error, such as an endpoint the broker cannot bind) is not
@@ -336,9 +337,15 @@ def run_locked(args: argparse.Namespace) -> int:
     env = dict(os.environ, LLMO_BROKER=where["connect"], LLMO_PUB=where["connect_pub"])
     logs = Path(where["logs"])
     supervisor = Supervisor(say=say)
-    stopping = []
+    stopping: list[bool] = []
+
+    def on_signal(*_: object) -> None:
+        if stopping:  # asked again while stopping: what still runs is interrupted now
+            supervisor.hurry()
+        stopping.append(True)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.append(True))
+        signal.signal(sig, on_signal)
     # Whatever happens from here (a closed stdout pipe, a bug), the children
     # are stopped: they run in their own sessions and would outlive us.
     try:

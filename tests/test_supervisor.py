@@ -164,3 +164,31 @@ def test_a_later_stage_that_dies_while_an_earlier_one_stops_is_restarted(tmp_pat
     crasher.join()
     assert brain.process is not first  # restarted while w1 stopped, then stopped in turn
     assert notes.read_text().count("brain up") == 2
+
+
+def test_hurry_asks_the_children_being_stopped_again(tmp_path):
+    """A second Ctrl-C to ``llmo up``: the stopping workers get SIGTERM again, which
+    ends their grace at once."""
+    script = (
+        "import signal, sys, time\n"
+        "path = sys.argv[1]\n"
+        "asked = []\n"
+        "signal.signal(signal.SIGTERM, lambda *_: asked.append(1))\n"
+        "open(path, 'a').write('up\\n')\n"
+        "while len(asked) < 2:\n"
+        "    if asked and 'term' not in open(path).read():\n"
+        "        open(path, 'a').write('term\\n')\n"
+        "    time.sleep(0.01)\n"
+        "open(path, 'a').write('asked twice\\n')\n"
+    )
+    sup = Supervisor(say=lambda _: None)
+    notes = tmp_path / "notes"
+    sup.add("w1", [sys.executable, "-c", script, str(notes)], tmp_path / "w1.log")
+    wait_for(lambda: notes.exists() and "up" in notes.read_text(), 20, "w1 up")
+    stopper = threading.Thread(target=sup.stop, kwargs={"stages": [(["w1"], 120.0)]})
+    stopper.start()
+    wait_for(lambda: "term" in notes.read_text(), 20, "w1 to be asked once")
+    sup.hurry()
+    stopper.join(60)
+    assert not stopper.is_alive()
+    assert notes.read_text().splitlines() == ["up", "term", "asked twice"]
