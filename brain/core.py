@@ -44,7 +44,16 @@ from llmo.brain import (
 from llmo.brain.commands import Command, Log, ReadManifest, ReadPlan
 from llmo.brain.config import BrainConfig
 from llmo.brain.ctx import Ctx
-from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from llmo.brain.events import (
+    Configure,
+    Event,
+    ManifestRead,
+    PlanLoaded,
+    Received,
+    Resumed,
+    Stopped,
+    Tick,
+)
 from llmo.brain.state import BrainState, Worker, advance
 from llmo.proto.errors import ErrorCode
 from llmo.proto.messages import (
@@ -62,6 +71,7 @@ from llmo.proto.messages import (
     SnapshotRequest,
     WorkerDrain,
 )
+from llmo.proto.states import TASK_ACTIVE
 
 # Beyond these a heartbeat figure is a broken or hostile peer, not a worker.
 MAX_SLOTS = 4096
@@ -315,12 +325,36 @@ def on_resumed(cx: Ctx, ev: Resumed) -> None:
             source = task.spec.foreach  # set on every template, the only tasks that expand
             if task.state == "expanding" and source is not None:
                 cx.out.append(ReadManifest(batch.id, task.id, source, dict(batch.variables)))
+    for batch in st.active_batches():
+        if batch.interrupted_at:
+            batch.interrupted_at = 0.0
+            batch.summary_due = True  # its RUN_SUMMARY reads running again
+            cx.publish(batch, "batch_resumed")
     cx.publish(None, "brain_resumed", batches=len(st.active_batches()), workers=len(st.workers))
+
+
+def on_stopped(cx: Ctx, ev: Stopped) -> None:
+    """An orderly stop: each unfinished batch is marked interrupted, in its events
+    and its RUN_SUMMARY, and nothing more is dispatched."""
+    batches = cx.state.active_batches()
+    for batch in batches:
+        batch.interrupted_at = cx.now
+        out = sum(1 for t in batch.tasks.values() if t.state in TASK_ACTIVE)
+        left = sum(1 for t in batch.tasks.values() if not tasks.is_terminal(t))
+        cx.publish(batch, "batch_interrupted", reason=ev.why, unfinished=left, out=out)
+        tasks.write_summary(cx, batch)
+    cx.state.dispatch_due = False
+    cx.log(
+        "info",
+        f"stopping ({ev.why}): {len(batches)} unfinished batch(es) marked interrupted; "
+        "they resume when the brain starts again",
+    )
 
 
 # Each handler takes the event class of its key (see MESSAGE_HANDLERS).
 EVENT_HANDLERS: dict[type, Callable[[Ctx, Any], None]] = {
     Resumed: on_resumed,
+    Stopped: on_stopped,
     Received: on_received,
     Tick: on_tick,
     PlanLoaded: submit.on_plan_loaded,

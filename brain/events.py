@@ -5,7 +5,7 @@ backoff, liveness, model policy); ``PlanLoaded`` and ``ManifestRead`` carry
 what the shell read from the shared drive because the core asked
 (``ReadPlan`` / ``ReadManifest``); ``Configure`` sets the settings, first in
 every journal and again whenever the brain starts; ``Resumed`` marks a
-restart from the journal.
+restart from the journal; ``Stopped`` marks an orderly stop.
 """
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ class Resumed:
 
 
 @dataclass(frozen=True, slots=True)
+class Stopped:
+    """The brain is stopping in order (SIGTERM, Ctrl-C), ``why`` says how: every
+    unfinished batch is marked interrupted (``batch_interrupted``, its summary
+    rewritten) and resumes when the brain starts again from the journal."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class PlanLoaded:
     """The text of ``plan.md`` for a pending submission, or why it could not be read."""
 
@@ -57,4 +66,4 @@ class ManifestRead:
     error: str = ""
 
 
-Event = Configure | Received | Tick | Resumed | PlanLoaded | ManifestRead
+Event = Configure | Received | Tick | Resumed | Stopped | PlanLoaded | ManifestRead

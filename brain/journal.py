@@ -15,6 +15,7 @@ record carries its file's base). The payloads are:
     ["m", now, bytes]                    Received (the message as it came off the wire)
     ["t", now]                           Tick
     ["r", now]                           Resumed
+    ["s", now, why]                      Stopped
     ["p", now, request_id, text, error]  PlanLoaded
     ["f", now, batch, task, items, error] ManifestRead
 
@@ -95,7 +96,16 @@ from typing import Any, BinaryIO
 import msgpack
 
 from llmo.brain.core import new_state, step
-from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from llmo.brain.events import (
+    Configure,
+    Event,
+    ManifestRead,
+    PlanLoaded,
+    Received,
+    Resumed,
+    Stopped,
+    Tick,
+)
 from llmo.brain.lockfile import FileLock, Locked
 from llmo.brain.state import BrainState
 from llmo.proto.codec import decode, encode
@@ -151,6 +161,8 @@ def record_of(now: float, event: Event, raw: bytes | None = None) -> list[Any]:
             return ["c", now, settings]
         case Resumed():
             return ["r", now]
+        case Stopped(why=why):
+            return ["s", now, why]
     raise TypeError(f"not an event: {event!r}")
 
 
@@ -170,6 +182,8 @@ def event_of(record: list[Any]) -> tuple[float, Event]:
         return now, Configure(record[2])
     if kind == "r":
         return now, Resumed()
+    if kind == "s":
+        return now, Stopped(str(record[2]))
     raise JournalError(f"unknown journal record kind {kind!r}")
 
 

@@ -16,10 +16,12 @@ recorded done with that attempt, and a newer attempt that is out is aborted
 and not counted. A late result never overrides a task that has ended.
 
 A result whose start was never heard counts the attempt first. A failure
-is sorted by its reason: exit code 75 (``retry_later``) requeues without
-spending an attempt, a lost attempt is ``retry.lose``, a refusal by a worker
-gives the attempt back up to ``max_refusals``; anything else is a spent
-attempt for ``retry.attempt_failed``.
+is sorted by its reason: exit code 75 (``retry_later``) and ``interrupted``
+(its worker was stopping) requeue without spending an attempt (an
+interrupted one does not count toward a poison task either), a lost attempt
+is ``retry.lose``, a refusal by a worker gives the attempt back up to
+``max_refusals``; anything else is a spent attempt for
+``retry.attempt_failed``.
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ def on_failed(cx: Ctx, msg: TaskFailed) -> None:
     )
     if reason == "retry_later":
         tasks.requeue(cx, batch, task, "exit 75: retry later", delay=cx.cfg.retry_later_s)
+        return
+    if reason == "interrupted":  # its worker stopped: neither spent nor held against the task
+        tasks.requeue(cx, batch, task, f"interrupted: {msg.src} stopped")
         return
     if reason == "lost":
         retry.lose(cx, batch, task, f"worker {msg.src} lost the attempt")

@@ -23,9 +23,16 @@ journaled: ``Configure`` with the settings of this run and ``Resumed``,
 which gives known workers a fresh expiry window, holds back for one expiry
 any verdict that an assigned attempt is lost (its result may be held by the
 worker and on its way), and asks again for reads that were pending at the
-crash. Workers hold their results while the brain
-is away and send them again when it is back (see ``worker.link``); results
-for attempts the brain no longer expects are ignored by the core.
+crash. Workers hold their results while the brain is away and send them
+again when it is back (see ``worker.link``); results for attempts the brain
+no longer expects are ignored by the core.
+
+On SIGTERM or SIGINT the loop ends and one more event is journaled,
+``Stopped``: each unfinished batch gets ``batch_interrupted`` in its events
+and a RUN_SUMMARY whose status is ``interrupted``, written before the brain
+exits; the next start resumes them (``batch_resumed``). ``llmo up`` and the
+systemd units stop the workers first, so results finished in their stop
+grace reach the brain before it stops.
 
 A failed write to the shared drive (history files) is logged and does not
 stop the loop: queue truth is the journal, not those files. One that failed
@@ -80,7 +87,16 @@ from llmo.brain.diskfull import (
     free_bytes,
     is_disk_full,
 )
-from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from llmo.brain.events import (
+    Configure,
+    Event,
+    ManifestRead,
+    PlanLoaded,
+    Received,
+    Resumed,
+    Stopped,
+    Tick,
+)
 from llmo.brain.journal import FSYNC_INTERVAL_S, Journal
 from llmo.brain.state import BrainState
 from llmo.proto.client import Client
@@ -135,6 +151,7 @@ class BrainService:
         self._tried_at = 0.0
         self._retrying = False
         self._snapshot_at = snapshot_every  # journal records before the next snapshot
+        self._stop_why = ""  # an orderly stop (a signal): journaled as ``Stopped``
 
     # --- the loop ------------------------------------------------------------------
 
@@ -168,7 +185,7 @@ class BrainService:
     def run(self, *, install_signals: bool = False) -> int:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: self.stop())
+                signal.signal(sig, lambda n, _: self.stop(signal.Signals(n).name))
         if self.state is None:
             self.start()
         assert self.client is not None
@@ -208,6 +225,8 @@ class BrainService:
                 self.client.tick()
                 self.flush()
                 self.sync_due()
+            if self._stop_why and self.refused is None:
+                self.feed(Stopped(self._stop_why))
         finally:
             self.close()
         if self.refused is not None:
@@ -220,8 +239,11 @@ class BrainService:
             return REFUSED_EXIT
         return 0
 
-    def stop(self) -> None:
+    def stop(self, why: str = "") -> None:
+        """End the loop; with ``why`` (a signal's name) it is an orderly stop: the
+        unfinished batches are marked interrupted and the stop is journaled."""
         self._running = False
+        self._stop_why = self._stop_why or why
 
     def close(self) -> None:
         if self.state is not None and self.journal.handle is not None and self.disk is None:

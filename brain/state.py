@@ -231,6 +231,7 @@ class Batch:
     goal: GoalRun | None = None
     summary_due: bool = False
     summary_at: float = 0.0
+    interrupted_at: float = 0.0  # the brain stopped with it unfinished (0: not since)
     plan_tasks: dict[str, plans.Task] = field(default_factory=dict)  # by plan task id
 
     @property

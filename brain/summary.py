@@ -25,7 +25,7 @@ LOG_LINES = 20  # lines of a failed task's log in ESCALATION.md
 
 def status_of(batch: Batch) -> str:
     if batch.state == "running":
-        return "running"
+        return "interrupted" if batch.interrupted_at else "running"
     if batch.state == "cancelled":
         return "cancelled"
     if batch.state == "failed":

@@ -29,7 +29,16 @@ from llmo.brain.commands import (
     WriteFile,
 )
 from llmo.brain.core import new_state, step
-from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
+from llmo.brain.events import (
+    Configure,
+    Event,
+    ManifestRead,
+    PlanLoaded,
+    Received,
+    Resumed,
+    Stopped,
+    Tick,
+)
 from llmo.brain.journal import (
     JournalDamaged,
     Scan,
@@ -62,6 +71,8 @@ def describe_event(event: Event) -> str:
             return "tick"
         case Resumed():
             return "resumed"
+        case Stopped(why=why):
+            return f"stopped ({why})"
         case Configure(settings=settings):
             return "configure " + json.dumps(settings, sort_keys=True)[:200]
         case PlanLoaded(request_id=request_id, text=text, error=error):

@@ -16,8 +16,12 @@ reason it printed), and ``llmo up`` stops the rig and shows that line.
 
 ``Supervisor`` owns the processes. Each child runs in its own process group
 with its output appended to ``<logs>/<name>.log``. ``poll`` reaps exits and
-schedules restarts; ``stop`` sends SIGTERM to every group, waits, and sends
-SIGKILL to what is left, so no child outlives ``llmo up``.
+schedules restarts; ``stop`` stops the children in stages, one stage after
+the other: SIGTERM to each group of the stage, a wait of up to the stage's
+timeout, SIGKILL to what is left, so no child outlives ``llmo up``. While a
+stage stops, the children of the later stages keep running and are still
+restarted if they die: ``llmo up`` stops the workers first, and the brain
+that records their last results must be there to hear them.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ log = logging.getLogger("llmo.up")
 PR_SET_PDEATHSIG = 1
 CONFIG_ERROR_EXIT = 2  # a child that exits with this is misconfigured, not crashed
 _TAIL_BYTES = 4096
+STOP_POLL_S = 0.05
 
 
 def _die_with_parent() -> None:
@@ -79,6 +84,7 @@ class Child:
     restarts: list[float] = field(default_factory=list)
     restart_at: float | None = None
     given_up: bool = False
+    stopping: bool = False  # being stopped: never restarted
     exit_codes: list[int] = field(default_factory=list)
 
     @property
@@ -137,7 +143,7 @@ class Supervisor:
         """Reap children that exited and restart the ones whose delay has passed."""
         now = self._clock()
         for child in self.children.values():
-            if child.given_up:
+            if child.given_up or child.stopping:
                 continue
             if child.process is not None and child.restart_at is None:
                 code = child.process.poll()
@@ -177,12 +183,37 @@ class Supervisor:
         if process is not None and process.poll() is None:
             os.killpg(process.pid, sig)
 
-    def stop(self, timeout: float = 10.0, order: list[str] | None = None) -> None:
-        """SIGTERM every child's group (in ``order``, others last), then SIGKILL stragglers."""
-        names = list(order or []) + [n for n in self.children if n not in (order or [])]
-        for name in names:
-            child = self.children.get(name)
-            process = child.process if child is not None else None
+    def stop(
+        self,
+        timeout: float = 10.0,
+        order: list[str] | None = None,
+        stages: list[tuple[list[str], float]] | None = None,
+    ) -> None:
+        """Stop every child: the ``stages`` ((names, timeout s) each) one after the
+        other, then the rest together (in ``order``) within ``timeout``."""
+        staged = [name for names, _ in stages or [] for name in names]
+        rest = [n for n in (order or []) if n not in staged]
+        rest += [n for n in self.children if n not in staged and n not in rest]
+        for names, stage_timeout in [*(stages or []), (rest, timeout)]:
+            self._stop_stage([n for n in names if n in self.children], stage_timeout)
+
+    def hurry(self) -> None:
+        """SIGTERM again to the children being stopped (a worker asked twice interrupts
+        its running tasks at once instead of waiting for their grace)."""
+        for child in self.children.values():
+            if child.stopping and child.running and child.process is not None:
+                try:
+                    os.killpg(child.process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def _stop_stage(self, names: list[str], timeout: float) -> None:
+        """SIGTERM each child's group, wait (still supervising the others), SIGKILL what is left."""
+        stage = [self.children[name] for name in names]
+        for child in stage:
+            child.stopping = True
+            child.restart_at = None
+            process = child.process
             if process is None or process.poll() is not None:
                 continue
             try:
@@ -190,16 +221,17 @@ class Supervisor:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + timeout
-        for child in self.children.values():
+        while any(c.running for c in stage) and time.monotonic() < deadline:
+            self.poll()  # a later stage's child that died meanwhile is restarted
+            time.sleep(STOP_POLL_S)
+        for child in stage:
             if child.process is None:
                 continue
-            left = max(0.0, deadline - time.monotonic())
-            try:
-                child.process.wait(timeout=left)
-            except subprocess.TimeoutExpired:
+            if child.running:
                 log.warning("%s did not stop within %.0f s; killing it", child.name, timeout)
+                self._say(f"llmo up: {child.name} did not stop within {timeout:.0f} s; killing it")
                 try:
                     os.killpg(child.process.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                child.process.wait()
+            child.process.wait()

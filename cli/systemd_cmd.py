@@ -13,6 +13,15 @@ and the config's own path it makes four unit files::
                             CUDA_VISIBLE_DEVICES before CUDA loads
     llmo.target             wants the broker, the brain and every worker instance
 
+Stopping (``systemctl stop llmo.target``): systemd stops units in the
+reverse of their start order, and each worker is ordered after the brain
+and the brain after the broker, so the workers stop first. A worker given
+SIGTERM takes no new work and lets its running tasks finish for
+``WORKER_STOP_GRACE_S`` (the worker's ``--stop-deadline``); what still runs then is
+interrupted (SIGTERM, SIGKILL ``WORKER_KILL_S`` later) and reported so; its
+``TimeoutStopSec`` covers all of that and the delivery of its last results.
+Then the brain marks unfinished batches interrupted, then the broker goes.
+
 Restarts: ``Restart=on-failure`` after ``RestartSec``, at most 6 starts in
 300 s (``StartLimitBurst`` / ``StartLimitIntervalSec``); after that the unit
 stays failed and says so in ``systemctl status``, instead of the relaunch
@@ -49,6 +58,12 @@ DEFAULT_RIG_DIR = "/var/lib/llmo"
 RESTART_SEC = 5
 START_LIMIT_INTERVAL_S = 300
 START_LIMIT_BURST = 6
+# A worker's own stop (``llmo worker --stop-deadline``, WorkerConfig): running tasks
+# may finish this long, then get SIGTERM and, this much later, SIGKILL.
+WORKER_STOP_GRACE_S = 30
+WORKER_KILL_S = 5
+# ... and its last results reach the brain: systemd's own SIGKILL comes after all that
+WORKER_STOP_TIMEOUT_S = WORKER_STOP_GRACE_S + WORKER_KILL_S + 25
 USAGE_EXIT = 2  # llmo's exit code for a bad config or missing keys: retrying cannot help
 
 TARGET = "llmo.target"
@@ -204,7 +219,9 @@ def render(
         WORKER_TEMPLATE: _service(
             header=header,
             description="llmo worker %i: its GPUs and model come from the config",
-            after=[BROKER_UNIT],
+            # After the brain: at stop (reverse order) the workers go first, and the
+            # brain records the results finished in their grace.
+            after=[BROKER_UNIT, BRAIN_UNIT],
             mounts=plans,
             exec_start=run.format("worker")
             + " --name %i"
@@ -215,9 +232,9 @@ def render(
             # as the worker. A worker writes only task history (plans folder).
             writable=plans or [rig_dir],
             private_devices=False,
-            # SIGTERM lets running attempts finish (30 s), then aborts them (5 s
-            # grace); only the worker gets it, so it can do that to its tasks.
-            stop_timeout_s=60,
+            # SIGTERM lets running attempts finish, then aborts them (reported
+            # interrupted); only the worker gets it, so it can do that to its tasks.
+            stop_timeout_s=WORKER_STOP_TIMEOUT_S,
             kill_mode="mixed",
             capabilities=TASK_USER_CAPABILITIES if task_user else "",
             umask=SHARED_UMASK,

@@ -6,7 +6,22 @@ endpoints from flags, LLMO_BROKER / LLMO_PUB, the config, or the loopback
 defaults. With no model given anywhere it uses the embedded Gemma 3 270M.
 It prints where everything is, restarts a child that dies (``cli.supervisor``:
 back-off, at most 6 restarts in 5 minutes), and on Ctrl-C or SIGTERM stops
-the workers, then the brain, then the broker. A child that exits with code 2
+the rig in order:
+
+1. the workers, given ``--stop-grace`` seconds (default 10): they take no
+   new work, running tasks may finish, and their results still reach the
+   brain and are journaled (the brain and the broker stay up, and are
+   restarted if they die). A task still running at the end of the grace is
+   stopped (SIGTERM to its group, SIGKILL 5 s later) and reported
+   ``interrupted``: it runs again later without spending an attempt;
+2. the brain, which writes ``batch_interrupted`` to each unfinished batch's
+   ``batch_events.jsonl``, rewrites its RUN_SUMMARY with status
+   ``interrupted`` and journals the stop;
+3. the broker.
+
+A second Ctrl-C or SIGTERM while the workers stop ends their grace at once.
+``llmo up`` again on the same rig folder resumes those batches from the
+journal: tasks recorded done are not run again. A child that exits with code 2
 (a configuration error, such as an endpoint the broker cannot bind) is not
 restarted: the rig stops and ``llmo up`` exits 2 with that child's reason.
 ``--broker``/``--pub`` may list several endpoints for the broker to bind;
@@ -42,6 +57,23 @@ if TYPE_CHECKING:
     from llmo.brain.lockfile import FileLock
 
 
+STOP_GRACE_S = 10.0  # running tasks may finish this long when the rig stops
+WORKER_KILL_S = 5.0  # a worker's SIGTERM-to-SIGKILL grace for its tasks (WorkerConfig)
+WORKER_FLUSH_S = 5.0  # then its last results reach the brain and it exits
+MAX_STOP_GRACE_S = 24 * 3600.0
+BRAIN_STOP_S = 30.0  # the brain writes the summaries of unfinished batches
+BROKER_STOP_S = 10.0
+
+
+def stop_stages(where: dict, grace_s: float) -> list[tuple[list[str], float]]:
+    """Who stops when, and how long each stage may take before its stragglers are killed."""
+    return [
+        (list(where["workers"]), grace_s + WORKER_KILL_S + WORKER_FLUSH_S),
+        (["brain"], BRAIN_STOP_S),
+        (["broker"], BROKER_STOP_S),
+    ]
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_endpoint_flags(parser)
     parser.add_argument("--workers", type=int, default=2, help="CPU workers to start (default 2)")
@@ -52,6 +84,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="model threads per worker")
     parser.add_argument(
         "--no-brain-worker", action="store_true", help="do not start the brain-role worker"
+    )
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=STOP_GRACE_S,
+        metavar="S",
+        help="on Ctrl-C or SIGTERM, seconds running tasks may finish before they are "
+        f"interrupted (default {STOP_GRACE_S:g})",
     )
     parser.add_argument(
         "--ready-file", help="write this file (endpoints as JSON) once every child is started"
@@ -165,6 +205,8 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
             str(config.interval_s),
             "--ctx",
             str(w.n_ctx),
+            "--stop-deadline",
+            str(args.stop_grace),
         ]
         if w.vram_mb:
             argv += ["--vram-mb", str(w.vram_mb)]
@@ -272,6 +314,13 @@ def run_locked(args: argparse.Namespace) -> int:
     from llmo.proto.endpoints import EndpointError
     from llmo.proto.security import SecurityError
 
+    if not 0 <= args.stop_grace <= MAX_STOP_GRACE_S:  # NaN fails too
+        print(
+            f"llmo up: --stop-grace {args.stop_grace:g}: give seconds from 0 to "
+            f"{MAX_STOP_GRACE_S:g}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         where, children = plan_children(args)
     except (ConfigError, SecurityError, EndpointError, RuntimeError, OSError) as exc:
@@ -288,9 +337,15 @@ def run_locked(args: argparse.Namespace) -> int:
     env = dict(os.environ, LLMO_BROKER=where["connect"], LLMO_PUB=where["connect_pub"])
     logs = Path(where["logs"])
     supervisor = Supervisor(say=say)
-    stopping = []
+    stopping: list[bool] = []
+
+    def on_signal(*_: object) -> None:
+        if stopping:  # asked again while stopping: what still runs is interrupted now
+            supervisor.hurry()
+        stopping.append(True)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.append(True))
+        signal.signal(sig, on_signal)
     # Whatever happens from here (a closed stdout pipe, a bug), the children
     # are stopped: they run in their own sessions and would outlive us.
     try:
@@ -310,9 +365,11 @@ def run_locked(args: argparse.Namespace) -> int:
             supervisor.poll()
             time.sleep(0.2)
     finally:
-        say("llmo up: stopping workers, brain, broker")
-        order = [*where["workers"], "brain", "broker"]
-        supervisor.stop(timeout=15.0, order=order)
+        say(
+            f"llmo up: stopping the workers (running tasks have {args.stop_grace:g} s to "
+            "finish), then the brain, then the broker"
+        )
+        supervisor.stop(stages=stop_stages(where, args.stop_grace))
         say("llmo up: stopped")
     if supervisor.config_error is not None:
         name, reason = supervisor.config_error

@@ -365,7 +365,15 @@ class TaskDone(Message):
 
 # Why an attempt failed, as a ``TaskFailed`` says it.
 FailReason = Literal[
-    "exit", "retry_later", "aborted", "killed", "refused", "policy", "spawn_error", "lost"
+    "exit",
+    "retry_later",
+    "aborted",
+    "killed",
+    "refused",
+    "policy",
+    "spawn_error",
+    "lost",
+    "interrupted",
 ]
 
 
@@ -377,7 +385,9 @@ class TaskFailed(Message):
     requeue without spending an attempt), ``aborted`` / ``killed`` (after a
     cancel), ``refused`` (no capacity now: worth trying again), ``policy`` (the
     command policy forbids it: final), ``spawn_error`` (could not
-    start), ``lost`` (the worker no longer knows the attempt).
+    start), ``lost`` (the worker no longer knows the attempt), ``interrupted``
+    (the worker was stopping and ended the attempt: not the task's failure, so
+    it is run again without spending an attempt).
     """
 
     TYPE = MsgType.TASK_FAILED

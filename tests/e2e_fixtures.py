@@ -125,7 +125,7 @@ class Rig:
             config.write_text("\n".join(lines) + "\n")
             argv += ["--config", str(config)]
         self.up_log = root / "up.log"
-        with open(self.up_log, "wb") as out:
+        with open(self.up_log, "ab") as out:  # a rig started again on it appends
             self.process = subprocess.Popen(
                 argv,
                 cwd=root,
@@ -338,8 +338,11 @@ def running_attempt(rig: Rig, plan: Path, task: str, timeout: float = 30.0) -> d
 def _factory(root: Callable[[], Path]) -> Iterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
 
-    def start(*, workers: int = 2, brain: dict[str, Any] | None = None) -> Rig:
-        rig = Rig(root(), workers=workers, brain=brain)
+    def start(
+        *, workers: int = 2, brain: dict[str, Any] | None = None, again: Rig | None = None
+    ) -> Rig:
+        """A new rig, or (``again``) ``llmo up`` once more on a stopped rig's folders."""
+        rig = Rig(again.root if again is not None else root(), workers=workers, brain=brain)
         rigs.append(rig)
         rig.wait_ready()
         rig.children()
@@ -347,7 +350,7 @@ def _factory(root: Callable[[], Path]) -> Iterator[Callable[..., Rig]]:
 
     yield start
     problems = []
-    for rig in rigs:
+    for rig in reversed(rigs):  # a rig started again on a folder stops before the first one
         left = rig.stop()
         print(rig.logs())
         if left:
@@ -357,7 +360,8 @@ def _factory(root: Callable[[], Path]) -> Iterator[Callable[..., Rig]]:
 
 @pytest.fixture
 def rig_factory(tmp_path_factory) -> Iterator[Callable[..., Rig]]:
-    """Start ``llmo up``: ``start(workers=2, brain={...})``; stopped and checked at teardown."""
+    """Start ``llmo up``: ``start(workers=2, brain={...}, again=rig)``; stopped and
+    checked at teardown."""
     yield from _factory(lambda: tmp_path_factory.mktemp("rig"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 from llmo.cli.supervisor import RestartPolicy, Supervisor
 from tests.waiting import wait_for
@@ -88,3 +89,106 @@ def test_children_stop_when_the_supervisor_is_killed(tmp_path):
         up.send_signal(sig.SIGKILL)
         up.wait(timeout=10)
     wait_for(lambda: not _alive(child), 10, f"the supervised child {child} to stop")
+
+
+# A child that, on SIGTERM, notes it in a shared file, takes ``linger`` seconds
+# (a worker letting its tasks finish) and notes its exit.
+_STAGED = (
+    "import signal, sys, time\n"
+    "name, linger, path = sys.argv[1], float(sys.argv[2]), sys.argv[3]\n"
+    "def note(what):\n"
+    "    with open(path, 'a') as f:\n"
+    "        f.write(f'{name} {what}\\n')\n"
+    "def term(*_):\n"
+    "    note('term')\n"
+    "    time.sleep(linger)\n"
+    "    note('exit')\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "note('up')\n"
+    "while True:\n"
+    "    time.sleep(1)\n"
+)
+
+
+def test_stop_in_stages_keeps_the_later_stages_up_until_the_earlier_ones_exited(tmp_path):
+    said: list[str] = []
+    sup = Supervisor(say=said.append)
+    notes = tmp_path / "notes"
+    for name, linger in (("broker", 0), ("brain", 0), ("w1", 0.5), ("w2", 0.2)):
+        argv = [sys.executable, "-c", _STAGED, name, str(linger), str(notes)]
+        sup.add(name, argv, tmp_path / f"{name}.log")
+    wait_for(lambda: notes.exists() and notes.read_text().count("up") == 4, 20, "children up")
+    sup.stop(stages=[(["w1", "w2"], 20.0), (["brain"], 20.0), (["broker"], 20.0)])
+    order = notes.read_text().splitlines()[4:]
+    print(order)
+    assert order.index("brain term") > order.index("w1 exit")
+    assert order.index("brain term") > order.index("w2 exit")
+    assert order.index("broker term") > order.index("brain exit")
+    assert not any(child.running for child in sup.children.values())
+    assert not said  # nobody had to be killed
+
+
+def test_a_stage_past_its_timeout_is_killed_and_the_next_stage_follows(tmp_path):
+    said: list[str] = []
+    sup = Supervisor(say=said.append)
+    notes = tmp_path / "notes"
+    for name, linger in (("brain", 0), ("w1", 60)):
+        argv = [sys.executable, "-c", _STAGED, name, str(linger), str(notes)]
+        sup.add(name, argv, tmp_path / f"{name}.log")
+    wait_for(lambda: notes.exists() and notes.read_text().count("up") == 2, 20, "children up")
+    sup.stop(stages=[(["w1"], 0.5), (["brain"], 20.0)])
+    order = notes.read_text().splitlines()[2:]
+    assert order == ["w1 term", "brain term", "brain exit"], order
+    assert any("w1 did not stop within" in line for line in said), said
+
+
+def test_a_later_stage_that_dies_while_an_earlier_one_stops_is_restarted(tmp_path):
+    sup = Supervisor(RestartPolicy(base_delay_s=0.01), say=lambda _: None)
+    notes = tmp_path / "notes"
+    for name, linger in (("brain", 0), ("w1", 5)):
+        argv = [sys.executable, "-c", _STAGED, name, str(linger), str(notes)]
+        sup.add(name, argv, tmp_path / f"{name}.log")
+    wait_for(lambda: notes.exists() and notes.read_text().count("up") == 2, 20, "children up")
+    brain = sup.children["brain"]
+    first = brain.process
+    assert first is not None
+
+    def crash_brain() -> None:
+        wait_for(lambda: "w1 term" in notes.read_text(), 20, "w1 to be stopping")
+        sup.kill("brain")
+
+    crasher = threading.Thread(target=crash_brain)
+    crasher.start()
+    sup.stop(stages=[(["w1"], 20.0), (["brain"], 20.0)])
+    crasher.join()
+    assert brain.process is not first  # restarted while w1 stopped, then stopped in turn
+    assert notes.read_text().count("brain up") == 2
+
+
+def test_hurry_asks_the_children_being_stopped_again(tmp_path):
+    """A second Ctrl-C to ``llmo up``: the stopping workers get SIGTERM again, which
+    ends their grace at once."""
+    script = (
+        "import signal, sys, time\n"
+        "path = sys.argv[1]\n"
+        "asked = []\n"
+        "signal.signal(signal.SIGTERM, lambda *_: asked.append(1))\n"
+        "open(path, 'a').write('up\\n')\n"
+        "while len(asked) < 2:\n"
+        "    if asked and 'term' not in open(path).read():\n"
+        "        open(path, 'a').write('term\\n')\n"
+        "    time.sleep(0.01)\n"
+        "open(path, 'a').write('asked twice\\n')\n"
+    )
+    sup = Supervisor(say=lambda _: None)
+    notes = tmp_path / "notes"
+    sup.add("w1", [sys.executable, "-c", script, str(notes)], tmp_path / "w1.log")
+    wait_for(lambda: notes.exists() and "up" in notes.read_text(), 20, "w1 up")
+    stopper = threading.Thread(target=sup.stop, kwargs={"stages": [(["w1"], 120.0)]})
+    stopper.start()
+    wait_for(lambda: "term" in notes.read_text(), 20, "w1 to be asked once")
+    sup.hurry()
+    stopper.join(60)
+    assert not stopper.is_alive()
+    assert notes.read_text().splitlines() == ["up", "term", "asked twice"]

@@ -12,6 +12,7 @@ import pytest
 from llmo.cli.config import load
 from llmo.cli.main import main
 from llmo.cli.systemd_cmd import render
+from llmo.worker.config import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "llmo.example.toml"
@@ -196,3 +197,18 @@ def test_systemd_analyze_verify_would_catch_a_broken_unit(tmp_path):
     result = _verify(tmp_path, ["llmo-broker.service"])
     assert result.returncode != 0
     assert any("not executable" in line for line in _our_complaints(result))
+
+
+def test_workers_stop_first_then_the_brain_then_the_broker(units):
+    """systemd stops in the reverse of start order: a worker, ordered after the brain,
+    is stopped (its grace and its last results included) before the brain is."""
+    worker = parsed(units["llmo-worker@.service"])
+    brain = parsed(units["llmo-brain.service"])
+    assert "llmo-brain.service" in worker["Unit"]["After"].split()
+    assert "llmo-broker.service" in worker["Unit"]["After"].split()
+    assert "llmo-broker.service" in brain["Unit"]["After"].split()
+    # The worker's grace for running tasks, its SIGTERM-to-SIGKILL wait, then a few
+    # seconds for its last results: systemd must not kill it before that.
+    defaults = WorkerConfig(name="w")
+    need = defaults.stop_deadline_s + defaults.stop_grace_s + 5
+    assert int(worker["Service"]["TimeoutStopSec"]) >= need

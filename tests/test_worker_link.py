@@ -170,7 +170,7 @@ def test_sigterm_drains_then_aborts_what_is_left_and_exits(
         brain.heartbeat("gpu-cli", state="draining")
         brain.expect(TaskDone, attempt_id=quick.attempt_id)
         failed = brain.expect(TaskFailed, attempt_id=stuck.attempt_id)
-        assert failed.reason == "aborted" and failed.log_tail.strip() == ""
+        assert failed.reason == "interrupted" and failed.log_tail.strip() == ""
         assert proc.wait(timeout=15) == 0
     finally:
         if proc.poll() is None:

@@ -37,6 +37,8 @@ EVENT_LEVELS: dict[str, str] = {
     "batch_completed": "good",
     "batch_failed": "error",
     "batch_cancelled": "warning",
+    "batch_interrupted": "warning",
+    "batch_resumed": "info",
     "worker_up": "info",
     "worker_registered": "info",
     "worker_down": "error",

@@ -72,6 +72,7 @@ class Attempt:
     shell: ShellAttempt
     kill_at: float | None = None
     why: str = ""  # why the worker itself stopped it
+    interrupted: bool = False  # stopped because the worker stops: not the task's failure
     reported: int = 0  # tokens in the last TaskProgress
     mark: str = ""  # the marker its processes carry (LLMO_TASK_MARK)
 
@@ -256,11 +257,21 @@ class Attempts:
             grace = attempt.assign.grace_s if grace_s is None else grace_s
             attempt.kill_at = self.clock() + grace
 
-    def stop_all(self, why: str, *, classes: frozenset[str] | None = None, grace_s: float) -> int:
+    def stop_all(
+        self,
+        why: str,
+        *,
+        classes: frozenset[str] | None = None,
+        grace_s: float,
+        interrupt: bool = False,
+    ) -> int:
+        """Abort the running attempts (of ``classes``); ``interrupt``: they are
+        reported ``interrupted`` (the worker stops), not ``aborted``."""
         chosen = [
             a for a in self.running.values() if classes is None or a.assign.task_class in classes
         ]
         for attempt in chosen:
+            attempt.interrupted = attempt.interrupted or interrupt
             self.stop(attempt, "abort", why, grace_s=grace_s)
         return len(chosen)
 
@@ -344,7 +355,13 @@ class Attempts:
         self._end(
             a,
             results.result(
-                a, attempt.meter, outcome, now=self.clock(), why=attempt.why, limits=limits
+                a,
+                attempt.meter,
+                outcome,
+                now=self.clock(),
+                why=attempt.why,
+                limits=limits,
+                interrupted=attempt.interrupted,
             ),
         )
 

@@ -2,14 +2,15 @@
 
 ``result`` turns a shell attempt's ``Outcome`` into ``TaskDone`` or
 ``TaskFailed``: stopped by the worker (``aborted`` / ``killed``, with the
-reason it was stopped), exit code 0 (done), ``EXIT_RETRY_LATER``
-(``retry_later``), another exit code, or a signal the worker did not send
-(``exit``; SIGXCPU is named as the class's CPU time limit). An attempt whose
-log the disk would not take fails with that reason ("disk full under ...")
-whatever its exit; output cut at the cap is said in the log's last line,
-which the result's ``log_tail`` carries, and in a failure's error. ``Recent`` keeps
-the last results, so an assignment or cancel that comes again for an
-attempt that already ended is answered with its result.
+reason it was stopped; ``interrupted`` when the worker was stopping), exit
+code 0 (done), ``EXIT_RETRY_LATER`` (``retry_later``), another exit code,
+or a signal the worker did not send (``exit``; SIGXCPU is named as the
+class's CPU time limit). An attempt whose log the disk would not take fails
+with that reason ("disk full under ...") whatever its exit; output cut at
+the cap is said in the log's last line, which the result's ``log_tail``
+carries, and in a failure's error. ``Recent`` keeps the last results, so an
+assignment or cancel that comes again for an attempt that already ended is
+answered with its result.
 """
 
 from __future__ import annotations
@@ -78,9 +79,17 @@ def failed(a: TaskAssign, reason: FailReason, **fields: Unpack[FailedFields]) ->
 
 
 def result(
-    a: TaskAssign, meter: Meter, out: Outcome, *, now: float, why: str, limits: Rlimits | None
+    a: TaskAssign,
+    meter: Meter,
+    out: Outcome,
+    *,
+    now: float,
+    why: str,
+    limits: Rlimits | None,
+    interrupted: bool = False,
 ) -> Message:
-    """The answer for an attempt that ended at ``now``; ``why``: why the worker stopped it."""
+    """The answer for an attempt that ended at ``now``; ``why``: why the worker stopped it
+    (``interrupted``: because the worker itself was stopping)."""
     common = Measured(
         duration_s=out.duration_s,
         peak_rss_mb=out.peak_rss_mb,
@@ -101,7 +110,7 @@ def result(
         how = f"exit code {out.exit_code}" if out.signal is None else f"signal {out.signal}"
         return failed(
             a,
-            "killed" if out.stopped == "killed" else "aborted",
+            "interrupted" if interrupted else "killed" if out.stopped == "killed" else "aborted",
             error=f"{out.stopped}: {why} ({how}){cut}",
             exit_code=out.exit_code,
             signal=out.signal,

@@ -18,9 +18,11 @@ State reported to the brain, most important first: ``draining``,
 ``constrained`` (limits not OK), ``loading``, ``hot``, ``cold``.
 
 Stopping: ``WorkerDrain`` (and SIGTERM, which drains with a deadline of
-``stop_deadline_s``) takes no new work; at the deadline what still runs is
-aborted (SIGTERM to its group, SIGKILL ``stop_grace_s`` later) and reported.
-A second stop aborts at once. A stopping worker exits once nothing runs and
+``stop_deadline_s``) takes no new work; what finishes meanwhile is reported
+as usual. At the deadline what still runs is aborted (SIGTERM to its group,
+SIGKILL ``stop_grace_s`` later) and reported ``interrupted``: the brain runs
+it again without spending an attempt or counting it against the task. A
+second stop aborts at once. A stopping worker exits once nothing runs and
 the brain has acknowledged its last results (or ``FLUSH_S`` has passed).
 """
 
@@ -388,7 +390,7 @@ class Worker:
         if self._aborted_all:
             return
         self._aborted_all = True
-        count = self.attempts.stop_all(why, grace_s=self.config.stop_grace_s)
+        count = self.attempts.stop_all(why, grace_s=self.config.stop_grace_s, interrupt=True)
         if count:
             log.warning("%s: aborting %d attempts", why, count)
 
