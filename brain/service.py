@@ -65,6 +65,7 @@ from llmo.brain.config import BrainConfig
 from llmo.brain.core import step
 from llmo.brain.events import Configure, Event, ManifestRead, PlanLoaded, Received, Resumed, Tick
 from llmo.brain.journal import FSYNC_INTERVAL_S, Journal
+from llmo.brain.snapshot import SnapshotPolicy
 from llmo.brain.state import BrainState
 from llmo.proto.client import Client
 from llmo.proto.codec import decode
@@ -76,7 +77,6 @@ log = logging.getLogger("llmo.brain")
 TICK_S = 0.5
 REFUSED_EXIT = 2  # another brain holds the name at the broker: not for a restart
 BURST = 1000
-SNAPSHOT_EVERY = 200_000  # journal records between snapshots
 FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -90,15 +90,14 @@ class BrainService:
         *,
         fsync: str = "interval",
         tick_s: float = TICK_S,
-        snapshot_every: int = SNAPSHOT_EVERY,
+        snapshots: SnapshotPolicy | None = None,
         clock: Callable[[], float] = time.time,
         context: zmq.SyncContext | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.config = config or BrainConfig()
-        self.journal = Journal(journal_path, fsync=fsync)
+        self.journal = Journal(journal_path, fsync=fsync, policy=snapshots)
         self.tick_s = tick_s
-        self.snapshot_every = snapshot_every
         self.clock = clock
         self.context = context
         self.state: BrainState | None = None
@@ -114,11 +113,12 @@ class BrainService:
         self.state = self.journal.recover({"broker": self.endpoint})
         resumed = self.state.events > 0
         log.info(
-            "brain: journal %s holds %d events, %d batches (%d running)",
+            "brain: journal %s holds %d events, %d batches (%d running): %s",
             self.journal.path,
             self.state.events,
             len(self.state.batches),
             len(self.state.active_batches()),
+            self.journal.recovery.text() if self.journal.recovery else "",
         )
         self.client = Client(BRAIN, self.endpoint, context=self.context, clock=self.clock)
         self.feed(Configure(self.config.to_dict()))
@@ -227,11 +227,8 @@ class BrainService:
                 if type(command) not in FILE_COMMANDS:
                     self.execute(command)
         self.journal.commit()
-        if self.journal.since_snapshot >= self.snapshot_every:
-            assert self.state is not None, "records were journaled, so start() has run"
-            started = time.monotonic()
-            self.journal.snapshot(self.state)
-            log.info("brain: snapshot written in %.2fs", time.monotonic() - started)
+        if self.state is not None:  # a snapshot is written by a child: the loop goes on
+            self.journal.maybe_snapshot(self.state, time.monotonic())
 
     # --- commands ------------------------------------------------------------------
 
