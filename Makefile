@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/broker.py
 	$(BIN)/python bench/plans.py
 	$(BIN)/python bench/brain_core.py
+	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/llm_overhead.py
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/tui.py

@@ -56,18 +56,41 @@ Journals written before framing (a bare msgpack stream, which starts with the
 header ``["h", base]``) are still read, without damage detection, and are
 rewritten framed by the first recovery.
 
+``walk`` yields the frames and damaged spans one by one, from bytes or from
+a mapped file (``mapped``): ``llmo replay`` and ``events`` stream a journal
+of any length in the memory of one record.
+
 Snapshots
 ---------
-A snapshot is the whole state (pickled: the file is the brain's own, on
-local disk) with the number of events it holds, behind a header with its
-length and a crc32 (``SNAPSHOT_MAGIC``), so a damaged snapshot is refused as
-``JournalDamaged`` too. It is written beside the journal
-(``<journal>.snap``) by write-then-rename, after which the journal is
-replaced by an empty one whose header says where it starts. Recovery loads
-the snapshot, then folds the journal records it does not already hold, so a
-crash between any two of these steps loses nothing and applies nothing
-twice. Replay is a fold of ``step``; its commands are discarded (they were
-carried out the first time).
+A snapshot is the whole state with the number of events it holds, in a
+checksummed file (``brain.snapshot``), so a damaged snapshot is refused as
+``JournalDamaged`` too.
+
+When: ``SnapshotPolicy`` says, from the records and bytes journaled since
+the last snapshot and its age (a time the shell passes in), so recovery
+replays a bounded tail of the journal, however long the brain has run.
+
+How, without stalling the loop: ``begin_snapshot`` forks. The child holds
+the state as it was at the fork (copy-on-write) and writes it to
+``<journal>.snap.tmp-<pid>`` and fsyncs it; it takes nothing the parent's
+other threads may hold, and leaves by ``os._exit``. The parent goes on
+stepping and journaling; between loop iterations ``poll_snapshot`` reaps
+the child and, only if it succeeded, installs the snapshot: rename over
+``<journal>.snap``, fsync the folder, then replace the journal by one whose
+header says where the snapshot ends followed by the records written since
+the fork (copied from the old file, already framed). The child never renames
+anything, so a snapshot is trusted only once it is complete and the brain
+that took it still holds the lock; an unfinished one (the brain killed
+meanwhile) is removed at the next start. A failed child (a full disk) is
+logged; the journal keeps every record and the next try waits
+``SnapshotPolicy.retry_s``. Recovery loads the snapshot, then folds the
+journal records it does not already hold (by sequence number), so a crash
+between any two of these steps loses nothing and applies nothing twice.
+``snapshot`` does the same in the calling process, for tools and tests.
+Replay is a fold of ``step``; its commands are discarded (they were carried
+out the first time). While a large state is replayed the cyclic garbage
+collector is held off (as while a snapshot is loaded). ``recovery`` reports
+what was loaded and replayed.
 
 One brain writes a journal. ``recover`` first takes an exclusive lock on
 ``<journal>.lock`` (``brain.lockfile``: released by the operating system
@@ -82,16 +105,19 @@ journal file. Reading a journal (``llmo replay``, ``read_records``, ``scan``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import mmap
 import os
-import pickle
 import shutil
+import signal
 import struct
 import time
+import warnings
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeAlias
 
 import msgpack
 
@@ -107,18 +133,25 @@ from llmo.brain.events import (
     Tick,
 )
 from llmo.brain.lockfile import FileLock, Locked
+from llmo.brain.snapshot import (
+    SnapshotInvalid,
+    SnapshotPolicy,
+    SnapshotUnknown,
+    collector_paused,
+    parse_snapshot,
+    write_snapshot,
+)
 from llmo.brain.state import BrainState
 from llmo.proto.codec import decode, encode
 
 log = logging.getLogger("llmo.brain.journal")
 
-SNAPSHOT_VERSION = 2
-SNAPSHOT_MAGIC = b"LLMOSNAP"
-SNAPSHOT_HEADER = struct.Struct(">8sIQI")  # magic, version, length, crc32 of the pickle
 MAGIC = b"\xc1J"  # 0xc1 is the one byte msgpack never uses as a type
 HEADER = struct.Struct(">2sQII")  # magic, seq, length, crc32(seq + length + payload)
 FSYNC_POLICIES = ("always", "batch", "interval", "never")
 FSYNC_INTERVAL_S = 0.1  # the "interval" policy: at most this long between fsyncs
+
+Buffer: TypeAlias = "bytes | mmap.mmap"  # a journal's bytes, read or mapped
 
 
 class JournalError(Exception):
@@ -197,7 +230,7 @@ def framed(seq: int, record: list[Any]) -> bytes:
     return MAGIC + head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
-def _record_at(data: bytes, pos: int) -> tuple[int, list[Any], int] | None:
+def _record_at(data: Buffer, pos: int) -> tuple[int, list[Any], int] | None:
     """``(seq, record, end)`` of a valid frame at ``pos``, or None."""
     if len(data) - pos < HEADER.size or data[pos : pos + 2] != MAGIC:
         return None
@@ -216,7 +249,7 @@ def _record_at(data: bytes, pos: int) -> tuple[int, list[Any], int] | None:
     return seq, record, end
 
 
-def _next_record(data: bytes, start: int) -> int | None:
+def _next_record(data: Buffer, start: int) -> int | None:
     """Where the next valid frame at or after ``start`` begins: resynchronisation."""
     pos = data.find(MAGIC, start)
     while pos != -1:
@@ -229,12 +262,24 @@ def _next_record(data: bytes, start: int) -> int | None:
 @dataclass(frozen=True)
 class Span:
     """``length`` damaged bytes at ``offset``; ``lost`` records (None: unknown), and
-    ``before``: the index in ``Scan.records`` of the first record after it."""
+    ``before``: the index in ``Scan.records`` of the first record after it. ``torn``:
+    nothing valid follows it (a crash cut the last record short)."""
 
     offset: int
     length: int
     lost: int | None = None
     before: int = 0
+    torn: bool = False
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One valid frame: its sequence number, its record, and where it lies in the file."""
+
+    seq: int
+    record: list[Any]
+    offset: int
+    end: int
 
 
 @dataclass
@@ -257,37 +302,70 @@ class Scan:
         return sum(span.lost or 0 for span in self.damage)
 
 
-def scan(data: bytes) -> Scan:
-    """Every valid record of a journal's bytes, and every damaged span between them."""
-    if data[:1] == b"\x92":
-        return _scan_legacy(data)
-    found = Scan(base=None, size=len(data))
+def walk(data: Buffer) -> Iterator[Frame | Span]:
+    """The valid frames of a framed journal's bytes (its header too) and, in their
+    places, the damaged spans between them (the last one ``torn`` when nothing valid
+    follows it). ``data`` may be an ``mmap``: only the frame in hand is copied."""
     previous: int | None = None  # seq of the last valid event (base - 1 after the header)
+    records = 0
+    header = False
     pos = 0
-    while pos < len(data):
+    size = len(data)
+    while pos < size:
         valid = _record_at(data, pos)
         if valid is None:
             after = _next_record(data, pos + 1)
             if after is None:
-                found.torn = Span(pos, len(data) - pos, None, len(found.records))
-                break
+                yield Span(pos, size - pos, None, records, torn=True)
+                return
             nxt = _record_at(data, after)
             assert nxt is not None
             lost = None if previous is None else max(0, nxt[0] - previous - 1)
-            found.damage.append(Span(pos, after - pos, lost, len(found.records)))
+            yield Span(pos, after - pos, lost, records)
             pos = after
             continue
         seq, record, end = valid
-        found.offsets.append(pos)
-        if record[0] == "h" and found.base is None and not found.records:
-            found.base = int(record[1])
-            previous = found.base - 1
+        if record[0] == "h" and not header and not records:
+            header = True
+            previous = int(record[1]) - 1
         else:
-            found.records.append(record)
-            found.seqs.append(seq)
+            records += 1
             previous = seq
-        found.good = pos = end
+        yield Frame(seq, record, pos, end)
+        pos = end
+
+
+def scan(data: Buffer) -> Scan:
+    """Every valid record of a journal's bytes, and every damaged span between them."""
+    if data[:1] == b"\x92":
+        return _scan_legacy(bytes(data))
+    found = Scan(base=None, size=len(data))
+    for item in walk(data):
+        if isinstance(item, Span):
+            if item.torn:
+                found.torn = item
+            else:
+                found.damage.append(item)
+            continue
+        found.offsets.append(item.offset)
+        found.good = item.end
+        if item.record[0] == "h" and found.base is None and not found.records:
+            found.base = int(item.record[1])
+        else:
+            found.records.append(item.record)
+            found.seqs.append(item.seq)
     return found
+
+
+@contextlib.contextmanager
+def mapped(path: str) -> Iterator[Buffer]:
+    """A journal file's bytes without reading them into memory (an ``mmap``; empty bytes
+    for an empty or missing file)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        yield b""
+        return
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        yield mm
 
 
 def _scan_legacy(data: bytes) -> Scan:
@@ -327,10 +405,18 @@ def read_records(path: str) -> tuple[int, list[list[Any]], int]:
 
 
 def events(path: str) -> Iterator[tuple[float, Event]]:
-    """The events of a journal file, in order (not those already in its snapshot)."""
-    _, records, _ = read_records(path)
-    for record in records:
-        yield event_of(record)
+    """The events of a journal file, in order (not those already in its snapshot),
+    read as they are folded: memory does not grow with the journal."""
+    with mapped(path) as data:
+        if data[:1] == b"\x92":
+            records: Iterable[Frame | Span] = (
+                Frame(0, r, 0, 0) for r in _scan_legacy(bytes(data)).records
+            )
+        else:
+            records = walk(data)
+        for item in records:
+            if isinstance(item, Frame) and item.record[0] != "h":
+                yield event_of(item.record)
 
 
 def damage_text(path: str, found: Scan) -> str:
@@ -348,44 +434,53 @@ def damage_text(path: str, found: Scan) -> str:
 # --- snapshots ---------------------------------------------------------------------------
 
 
-def snapshot_bytes(state: BrainState) -> bytes:
-    body = pickle.dumps((SNAPSHOT_VERSION, state), protocol=pickle.HIGHEST_PROTOCOL)
-    head = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(body), zlib.crc32(body))
-    return head + body
-
-
 def load_snapshot_file(path: str) -> BrainState:
     """The state in a snapshot file (a new state if there is none); ``JournalDamaged``
     if it does not validate."""
     if not os.path.exists(path):
         return new_state()
-    data = read_bytes(path)
-
-    def damaged(why: str) -> JournalDamaged:
-        return JournalDamaged(
-            f"the snapshot {path} is damaged ({why}); not starting on it: "
+    try:
+        return parse_snapshot(read_bytes(path))
+    except SnapshotInvalid as exc:
+        raise JournalDamaged(
+            f"the snapshot {path} is damaged ({exc}); not starting on it: "
             f"run `llmo journal check {path.removesuffix('.snap')}`",
             path,
-        )
+        ) from exc
+    except SnapshotUnknown as exc:
+        raise JournalError(f"{path}: {exc}") from exc
 
-    if data.startswith(SNAPSHOT_MAGIC):
-        if len(data) < SNAPSHOT_HEADER.size:
-            raise damaged("cut short in its header")
-        _, version, length, crc = SNAPSHOT_HEADER.unpack_from(data)
-        body = data[SNAPSHOT_HEADER.size :]
-        if len(body) != length:
-            raise damaged(f"{len(body)} bytes where its header says {length}")
-        if zlib.crc32(body) != crc:
-            raise damaged("its checksum fails")
-    else:
-        body = data  # a version 1 snapshot: a bare pickle, no checksum
-    try:
-        version, state = pickle.loads(body)
-    except Exception as exc:
-        raise damaged(f"cannot unpickle it: {exc}") from exc
-    if version not in (1, SNAPSHOT_VERSION) or not isinstance(state, BrainState):
-        raise JournalError(f"{path} is not a version {SNAPSHOT_VERSION} snapshot")
-    return state
+
+@dataclass(frozen=True)
+class Recovery:
+    """What recovery did: the snapshot it loaded and the journal records it replayed."""
+
+    snapshot_events: int  # events the snapshot held (0: none)
+    snapshot_bytes: int
+    replayed: int  # journal records folded after the snapshot
+    load_s: float
+    replay_s: float
+
+    def text(self) -> str:
+        snap = (
+            f"a snapshot of {self.snapshot_events} events ({self.snapshot_bytes} bytes) "
+            f"loaded in {self.load_s:.2f}s"
+            if self.snapshot_bytes
+            else "no snapshot"
+        )
+        return f"{snap}, {self.replayed} journal records replayed in {self.replay_s:.2f}s"
+
+
+@dataclass
+class _Writing:
+    """A snapshot being written by a child process."""
+
+    pid: int
+    tmp: str
+    base: int  # the events it holds: the journal's records from this seq on follow it
+    offset: int  # where, in the journal file, the records after it start
+    started: float
+    why: str
 
 
 # --- repair --------------------------------------------------------------------------------
@@ -502,7 +597,14 @@ def _sync_dir(directory: str) -> None:
 
 
 class Journal:
-    def __init__(self, path: str, *, fsync: str = "interval") -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        fsync: str = "interval",
+        policy: SnapshotPolicy | None = None,
+        fork: bool = hasattr(os, "fork"),
+    ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy {fsync!r}: use one of {', '.join(FSYNC_POLICIES)}")
         self.path = path
@@ -510,10 +612,18 @@ class Journal:
         self.lock_path = path + ".lock"
         self.lock: FileLock | None = None
         self.fsync = fsync
+        self.policy = policy or SnapshotPolicy()
+        self.fork = fork
         self.handle: BinaryIO | None = None
-        self.since_snapshot = 0
+        self.since_snapshot = 0  # records written since the last snapshot
+        self.bytes_since_snapshot = 0
+        self.snapshot_at: float | None = None  # when the state of the last snapshot was taken
+        self.snapshots = 0  # snapshots written by this journal
+        self.recovery: Recovery | None = None
         self.next_seq = 0
         self.committed = 0  # the journal's length up to its last committed record
+        self._writing: _Writing | None = None
+        self._retry_at = float("-inf")
         self._dirty = False
         self._unsynced = False  # flushed to the OS, not yet fsynced
         self._synced_at = time.monotonic()
@@ -524,7 +634,8 @@ class Journal:
         """Lock the journal, then the state it (and its snapshot) hold; then opens it
         for appending. ``holder`` (the broker endpoint, ...) goes into the lock file
         with the pid; ``JournalLocked`` if another brain holds it, ``JournalDamaged``
-        (nothing changed) if the journal is damaged anywhere but its last record."""
+        (nothing changed) if the journal is damaged anywhere but its last record.
+        ``recovery`` then says what was loaded and replayed."""
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         if self.lock is None:
@@ -541,7 +652,11 @@ class Journal:
             raise
 
     def _recover(self) -> BrainState:
+        self._remove_partial_snapshots()
+        started = time.perf_counter()
         state = self.load_snapshot()
+        loaded = time.perf_counter()
+        snap_size = os.path.getsize(self.snapshot_path) if os.path.exists(self.snapshot_path) else 0
         found = scan(read_bytes(self.path))
         if found.damage:
             raise JournalDamaged(damage_text(self.path, found), self.path, found.damage[0].offset)
@@ -555,6 +670,7 @@ class Journal:
                     0,
                 )
             self._start_file(state.events)  # no journal yet
+            self.recovery = Recovery(state.events, snap_size, 0, loaded - started, 0.0)
             return state
         base = found.base
         skip = state.events - base
@@ -563,11 +679,21 @@ class Journal:
                 f"{self.path} starts at event {base} but the snapshot holds only "
                 f"{state.events}: events are missing"
             )
-        for record in found.records[skip:]:
-            now, event = event_of(record)
-            state, _ = step(state, event, now)
+        replay = time.perf_counter()
+        with collector_paused():
+            for record in found.records[skip:]:
+                now, event = event_of(record)
+                state, _ = step(state, event, now)
         self.since_snapshot = len(found.records) - skip
+        self.bytes_since_snapshot = found.good
         self.next_seq = base + len(found.records)
+        self.recovery = Recovery(
+            state.events - self.since_snapshot,
+            snap_size,
+            self.since_snapshot,
+            loaded - started,
+            time.perf_counter() - replay,
+        )
         if found.torn is not None:
             log.warning(
                 "journal %s: cut a torn last record at offset %d (%d bytes), "
@@ -618,13 +744,24 @@ class Journal:
     def load_snapshot(self) -> BrainState:
         return load_snapshot_file(self.snapshot_path)
 
+    def _remove_partial_snapshots(self) -> None:
+        """Snapshots a dead brain's writer left unfinished (never renamed: never trusted)."""
+        directory = os.path.dirname(os.path.abspath(self.snapshot_path))
+        prefix = os.path.basename(self.snapshot_path) + ".tmp"
+        for name in os.listdir(directory):
+            if name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(directory, name))
+
     # --- appending -------------------------------------------------------------------
 
     def append(self, now: float, event: Event, raw: bytes | None = None) -> None:
         assert self.handle is not None, "recover() first"
-        self.handle.write(framed(self.next_seq, record_of(now, event, raw)))
+        frame = framed(self.next_seq, record_of(now, event, raw))
+        self.handle.write(frame)
         self.next_seq += 1
         self.since_snapshot += 1
+        self.bytes_since_snapshot += len(frame)
         self._dirty = True
         if self.fsync == "always":
             self.commit()
@@ -663,22 +800,176 @@ class Journal:
 
     # --- compaction ---------------------------------------------------------------------
 
-    def snapshot(self, state: BrainState) -> None:
-        """Write the state beside the journal and start an empty journal after it.
+    @property
+    def snapshot_writing(self) -> bool:
+        return self._writing is not None
 
-        A snapshot that cannot be written (a full disk) raises and leaves the
-        journal as it was, open for appends: recovery never needs the snapshot."""
+    def maybe_snapshot(self, state: BrainState, now: float) -> bool:
+        """Between loop iterations (every record of ``state`` appended): install a
+        snapshot whose writer has finished, and start one if the policy says it is due.
+        ``now`` is a monotonic time. True when a snapshot was installed."""
+        installed = self.poll_snapshot(now)
+        if self._writing is not None or now < self._retry_at:
+            return installed
+        if self.snapshot_at is None:
+            self.snapshot_at = now  # the age of a snapshot counts from the start
+        why = self.policy.due(
+            self.since_snapshot, self.bytes_since_snapshot, now - self.snapshot_at
+        )
+        if why is not None:
+            if self.fork:
+                self.begin_snapshot(state, now, why)
+            else:
+                self.snapshot(state)
+                self.snapshot_at = now
+                installed = True
+        return installed
+
+    def begin_snapshot(self, state: BrainState, now: float, why: str = "") -> None:
+        """Fork a child that writes ``state`` as a snapshot while this process goes on;
+        ``poll_snapshot`` installs it once the child is done."""
+        assert self.handle is not None, "recover() first"
+        if state.events != self.next_seq:
+            raise JournalError(
+                f"snapshot of {state.events} events with {self.next_seq} journaled: "
+                "every event must be journaled before a snapshot"
+            )
         self.commit()
-        tmp = self.snapshot_path + ".tmp"
+        offset = self.handle.tell()
+        with warnings.catch_warnings():
+            # The child only pickles and writes a file: it touches no lock another
+            # thread (the sockets' I/O threads) may hold.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: write, fsync, and leave without running any cleanup
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                if self.lock is not None:
+                    self.lock.forget()  # a dead brain's lock must not outlive it here
+                tmp = f"{self.snapshot_path}.tmp-{os.getpid()}"
+                with open(tmp, "wb") as handle:
+                    write_snapshot(handle, state)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                code = 0
+            except BaseException as exc:
+                with contextlib.suppress(BaseException):
+                    os.write(2, f"llmo brain: snapshot writer failed: {exc!r}\n".encode())
+            finally:
+                os._exit(code)
+        self._writing = _Writing(
+            pid, f"{self.snapshot_path}.tmp-{pid}", state.events, offset, now, why
+        )
+        log.info("journal %s: writing a snapshot of %d events (%s)", self.path, state.events, why)
+
+    def poll_snapshot(self, now: float, *, block: bool = False) -> bool:
+        """Install the snapshot being written if its writer is done (``block``: wait for
+        it). True when one was installed."""
+        writing = self._writing
+        if writing is None:
+            return False
+        pid, status = os.waitpid(writing.pid, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return False
+        self._writing = None
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not os.path.exists(writing.tmp):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(writing.tmp)
+            self._retry_at = now + self.policy.retry_s
+            log.error(
+                "journal %s: the snapshot writer (pid %d) failed (exit %d); the journal "
+                "keeps every record, next try in %.0fs",
+                self.path,
+                writing.pid,
+                code,
+                self.policy.retry_s,
+            )
+            return False
+        size = os.path.getsize(writing.tmp)
+        os.replace(writing.tmp, self.snapshot_path)
+        _sync_dir(os.path.dirname(os.path.abspath(self.path)))
+        self._cut_before(writing.base, writing.offset)
+        self.snapshot_at = writing.started
+        self.snapshots += 1
+        log.info(
+            "journal %s: snapshot of %d events installed (%d bytes, written in %.2fs); "
+            "%d records since",
+            self.path,
+            writing.base,
+            size,
+            now - writing.started,
+            self.since_snapshot,
+        )
+        return True
+
+    def wait_snapshot(self, limit_s: float = 30.0) -> bool:
+        """Wait (at most ``limit_s``) for a snapshot being written and install it; past
+        the limit the writer is stopped and the journal kept whole. True if installed."""
+        writing = self._writing
+        if writing is None:
+            return False
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if self.poll_snapshot(time.monotonic()):
+                return True
+            if self._writing is None:
+                return False
+            time.sleep(0.01)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(writing.pid, signal.SIGKILL)
+        self.poll_snapshot(time.monotonic(), block=True)
+        return False
+
+    def put_off_snapshot(self, now: float) -> None:
+        """A snapshot could not be written or installed here (a full disk): the journal
+        goes on whole, and the next one is tried ``policy.retry_s`` later."""
+        self._retry_at = now + self.policy.retry_s
+
+    def _cut_before(self, base: int, offset: int) -> None:
+        """Replace the journal by one that starts at event ``base``: its records from
+        file offset ``offset`` on (those written since the snapshot was taken)."""
+        assert self.handle is not None
+        self.commit()
+        with open(self.path, "rb") as old:
+            old.seek(offset)
+            tail = old.read()
+        tmp = self.path + ".tmp"
         try:
             with open(tmp, "wb") as handle:
-                handle.write(snapshot_bytes(state))
+                handle.write(framed(base, ["h", base]))
+                handle.write(tail)
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError:
-            _remove(tmp)
+            _remove(tmp)  # the journal stays whole; its records the snapshot holds are skipped
+            raise
+        os.replace(tmp, self.path)
+        _sync_dir(os.path.dirname(os.path.abspath(self.path)))
+        self.handle.close()
+        self._open()
+        self._unsynced = False
+        self.since_snapshot = self.next_seq - base
+        self.bytes_since_snapshot = len(tail)
+
+    def snapshot(self, state: BrainState) -> None:
+        """Write the state beside the journal and start an empty journal after it, in
+        this process (``maybe_snapshot`` writes in a child and does not stall)."""
+        self.wait_snapshot()
+        self.commit()
+        tmp = f"{self.snapshot_path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as handle:
+                write_snapshot(handle, state)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            _remove(tmp)  # a snapshot that cannot be written leaves the journal as it was
             raise
         os.replace(tmp, self.snapshot_path)
+        _sync_dir(os.path.dirname(os.path.abspath(self.path)))
         try:
             self._start_file(state.events)
         except OSError:
@@ -687,6 +978,8 @@ class Journal:
                 self._open()  # the old journal: its records past the snapshot are skipped
             raise
         self.since_snapshot = 0
+        self.bytes_since_snapshot = 0
+        self.snapshots += 1
 
     def _start_file(self, base: int) -> None:
         _rewrite(self.path, base, [])
@@ -702,6 +995,7 @@ class Journal:
 
     def close(self) -> None:
         self.commit()
+        self.wait_snapshot()
         if self.handle is not None:
             if self._unsynced:
                 os.fsync(self.handle.fileno())

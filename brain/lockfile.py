@@ -78,6 +78,13 @@ class FileLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def forget(self) -> None:
+        """Close this process's descriptor without unlocking: for a forked child, so
+        that the lock ends with the process that took it."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def release(self) -> None:
         if self._fd is None:
             return

@@ -98,6 +98,7 @@ from llmo.brain.events import (
     Tick,
 )
 from llmo.brain.journal import FSYNC_INTERVAL_S, Journal
+from llmo.brain.snapshot import SnapshotPolicy
 from llmo.brain.state import BrainState
 from llmo.proto.client import Client
 from llmo.proto.codec import decode, encode
@@ -109,7 +110,6 @@ log = logging.getLogger("llmo.brain")
 TICK_S = 0.5
 REFUSED_EXIT = 2  # another brain holds the name at the broker: not for a restart
 BURST = 1000
-SNAPSHOT_EVERY = 200_000  # journal records between snapshots
 FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 RETRY_FREE_BYTES = 64 * 1024  # a full brain tries to journal again once this much is free
@@ -125,15 +125,14 @@ class BrainService:
         *,
         fsync: str = "interval",
         tick_s: float = TICK_S,
-        snapshot_every: int = SNAPSHOT_EVERY,
+        snapshots: SnapshotPolicy | None = None,
         clock: Callable[[], float] = time.time,
         context: zmq.SyncContext | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.config = config or BrainConfig()
-        self.journal = Journal(journal_path, fsync=fsync)
+        self.journal = Journal(journal_path, fsync=fsync, policy=snapshots)
         self.tick_s = tick_s
-        self.snapshot_every = snapshot_every
         self.clock = clock
         self.context = context
         self.state: BrainState | None = None
@@ -150,7 +149,6 @@ class BrainService:
         self.configured = False  # this run's Configure is journaled
         self._tried_at = 0.0
         self._retrying = False
-        self._snapshot_at = snapshot_every  # journal records before the next snapshot
         self._stop_why = ""  # an orderly stop (a signal): journaled as ``Stopped``
 
     # --- the loop ------------------------------------------------------------------
@@ -168,11 +166,12 @@ class BrainService:
             self._fail_disk(exc)
         resumed = self.state.events > 0
         log.info(
-            "brain: journal %s holds %d events, %d batches (%d running)",
+            "brain: journal %s holds %d events, %d batches (%d running): %s",
             self.journal.path,
             self.state.events,
             len(self.state.batches),
             len(self.state.active_batches()),
+            self.journal.recovery.text() if self.journal.recovery else "",
         )
         self.client = Client(BRAIN, self.endpoint, context=self.context, clock=self.clock)
         if self.disk is None:
@@ -316,35 +315,32 @@ class BrainService:
                 return
             self.journal.commit()
             self.uncommitted.clear()
-            if self.journal.since_snapshot >= self._snapshot_at:
-                self.snapshot()
+            self.snapshot()
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
             self._fail_disk(exc)
 
     def snapshot(self) -> None:
-        """Snapshot the state. One that finds no space is put off (the journal it
-        would replace stays whole and goes on) by a tenth of ``snapshot_every``."""
+        """Install a finished snapshot, or start one when the policy says it is due
+        (written by a child: the loop goes on). One that finds no space is put off
+        (the journal it would replace stays whole and goes on)."""
         assert self.state is not None, "records were journaled, so start() has run"
-        started = time.monotonic()
+        now = time.monotonic()
         try:
-            self.journal.snapshot(self.state)
+            self.journal.maybe_snapshot(self.state, now)
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            self._snapshot_at = self.journal.since_snapshot + max(1, self.snapshot_every // 10)
+            self.journal.put_off_snapshot(now)
             log.warning(
                 "brain: snapshot %s not written (%s, %s bytes free); the journal goes on, "
-                "and a snapshot is tried again after %d more records",
+                "and a snapshot is tried again in %.0fs",
                 self.journal.snapshot_path,
                 exc.strerror or exc,
                 free_bytes(self.journal.snapshot_path),
-                self._snapshot_at - self.journal.since_snapshot,
+                self.journal.policy.retry_s,
             )
-            return
-        self._snapshot_at = self.snapshot_every
-        log.info("brain: snapshot written in %.2fs", time.monotonic() - started)
 
     def sync_due(self) -> None:
         if self.disk is not None or not self.recovered:

@@ -11,12 +11,16 @@ check that the core still decides the same. A trace line is::
 Replay of a damaged journal folds every valid record and says, in its place
 in the trace, where each damaged span is and how many records it lost
 (``!! journal damaged at offset ...``), and where a torn last record was.
+
+Replay streams: the journal is mapped, not read, and each record is decoded,
+folded and printed before the next is read, so its memory is the state's,
+whatever the journal's length.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from llmo.brain.commands import (
     AppendLines,
@@ -40,12 +44,14 @@ from llmo.brain.events import (
     Tick,
 )
 from llmo.brain.journal import (
+    Buffer,
     JournalDamaged,
-    Scan,
+    Span,
     event_of,
     load_snapshot_file,
-    read_bytes,
+    mapped,
     scan,
+    walk,
 )
 from llmo.brain.state import BrainState
 from llmo.proto.messages import BatchEvent, Message
@@ -113,18 +119,28 @@ def describe_command(command: Command) -> str:
 
 def trace(
     state: BrainState,
-    events: list[tuple[float, Event]],
+    events: Iterable[tuple[float, Event] | str],
     *,
     quiet_ticks: bool = False,
     batch: str | None = None,
     notes: Mapping[int, list[str]] | None = None,
 ) -> Iterator[str]:
-    """The trace of ``events`` from ``state``; ``notes[i]`` are lines said before event
-    ``i`` (``notes[len(events)]`` after the last), whatever the filters."""
+    """The trace of ``events`` from ``state``, folded as they come (a stream: nothing
+    is kept but the state). A string among the events is a line said in its place,
+    whatever the filters; so are ``notes[i]``, before event ``i`` (``notes[n]`` after
+    the last of ``n``)."""
     notes = notes or {}
-    start = events[0][0] if events else 0.0
-    for index, (now, event) in enumerate(events):
+    start: float | None = None
+    index = 0
+    for item in events:
+        if isinstance(item, str):
+            yield item
+            continue
+        now, event = item
         yield from notes.get(index, [])
+        index += 1
+        if start is None:
+            start = now
         state, commands = step(state, event, now)
         if quiet_ticks and isinstance(event, Tick) and not commands:
             continue
@@ -135,44 +151,63 @@ def trace(
         yield head
         for line in lines:
             yield "    " + line
-    yield from notes.get(len(events), [])
+    yield from notes.get(index, [])
 
 
 DAMAGE_MARK = "!! journal damaged"
 
 
-def damage_notes(path: str, found: Scan, first: int) -> dict[int, list[str]]:
-    """Where the damage is, keyed by the index (from ``first``) of the record after it."""
-    notes: dict[int, list[str]] = {}
-    for span in found.damage:
-        count = "1 record" if span.lost == 1 else f"{span.lost} records"
-        lost = f"{count} lost" if span.lost is not None else "records lost: unknown"
-        notes.setdefault(max(0, span.before - first), []).append(
-            f"{DAMAGE_MARK} at offset {span.offset} ({span.length} bytes, {lost}): "
-            f"run `llmo journal repair {path}`"
+def damage_line(path: str, span: Span) -> str:
+    if span.torn:
+        return (
+            f"!! the last record is cut short at offset {span.offset} "
+            f"({span.length} bytes): a crash mid-write; recovery cuts it off"
         )
-    if found.torn is not None:
-        notes.setdefault(len(found.records) - first, []).append(
-            f"!! the last record is cut short at offset {found.torn.offset} "
-            f"({found.torn.length} bytes): a crash mid-write; recovery cuts it off"
-        )
-    return notes
+    count = "1 record" if span.lost == 1 else f"{span.lost} records"
+    lost = f"{count} lost" if span.lost is not None else "records lost: unknown"
+    return (
+        f"{DAMAGE_MARK} at offset {span.offset} ({span.length} bytes, {lost}): "
+        f"run `llmo journal repair {path}`"
+    )
+
+
+def journal_items(path: str, data: Buffer, skip_before: int) -> Iterator[tuple[float, Event] | str]:
+    """The events of a journal's bytes from sequence number ``skip_before`` on (those a
+    snapshot does not hold), with a line in place of each damaged span."""
+    if data[:1] == b"\x92":  # unframed: read whole (journals from before framing)
+        found = scan(bytes(data))
+        records = [
+            r for r, seq in zip(found.records, found.seqs, strict=True) if seq >= skip_before
+        ]
+        yield from (event_of(record) for record in records)
+        if found.torn is not None:
+            yield damage_line(path, found.torn)
+        return
+    header = False
+    for item in walk(data):
+        if isinstance(item, Span):
+            yield damage_line(path, item)
+        elif item.record[0] == "h" and not header:
+            header = True
+        elif item.seq >= skip_before:
+            yield event_of(item.record)
 
 
 def replay_lines(
     path: str, *, quiet_ticks: bool = False, batch: str | None = None, use_snapshot: bool = True
 ) -> Iterator[str]:
+    """``llmo replay``: the trace of a journal from its snapshot, streamed from the file:
+    memory holds the state, not the journal."""
     state = new_state()
     if use_snapshot:
         try:
             state = load_snapshot_file(path + ".snap")
         except JournalDamaged as exc:
             yield f"{DAMAGE_MARK}: {exc} (replaying the journal alone)"
-    found = scan(read_bytes(path))
-    # By sequence number: the records the snapshot already holds, even past damage.
-    skip = sum(1 for seq in found.seqs if seq < state.events) if use_snapshot else 0
     if use_snapshot and state.events:
         yield f"(from the snapshot: {state.events} events, {len(state.batches)} batches)"
-    events = [event_of(r) for r in found.records[skip:]]
-    notes = damage_notes(path, found, skip)
-    yield from trace(state, events, quiet_ticks=quiet_ticks, batch=batch, notes=notes)
+    # By sequence number: the records the snapshot already holds, even past damage.
+    skip_before = state.events if use_snapshot else 0
+    with mapped(path) as data:
+        items = journal_items(path, data, skip_before)
+        yield from trace(state, items, quiet_ticks=quiet_ticks, batch=batch)

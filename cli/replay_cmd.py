@@ -2,7 +2,9 @@
 
 Folds the journal through the core (from its snapshot, if it has one) and
 prints one line per event with the commands it produced. Nothing is sent
-or written: replay is pure. A damaged journal is replayed as far as it can
+or written: replay is pure. The journal is streamed (mapped, each record
+decoded, folded and printed before the next): its memory is the state's,
+not the journal's. A damaged journal is replayed as far as it can
 be: every valid record, with a line where each damaged span is; the exit
 code is then 1, with the damage named on stderr too.
 """
