@@ -165,6 +165,8 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
             str(config.interval_s),
             "--ctx",
             str(w.n_ctx),
+            "--parallel",
+            str(w.parallel),
         ]
         if w.vram_mb:
             argv += ["--vram-mb", str(w.vram_mb)]

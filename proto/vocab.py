@@ -27,6 +27,8 @@ HEARTBEAT_EXPIRY_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
 
 EXIT_RETRY_LATER = 75
 
+MAX_PARALLEL = 256  # LLM sequences one worker may batch (``Heartbeat.llm_slots``)
+
 # Meta commands that load a model, and whether the model is split across GPUs.
 META_LOADS: dict[str, bool] = {"load_llm": False, "load_split_llm": True}
 # Meta commands that unload (or reset) a runtime, and whether it is a split one.
