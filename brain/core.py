@@ -62,6 +62,7 @@ from llmo.proto.messages import (
     SnapshotRequest,
     WorkerDrain,
 )
+from llmo.proto.vocab import MAX_PARALLEL
 
 # Beyond these a heartbeat figure is a broken or hostile peer, not a worker.
 MAX_SLOTS = 4096
@@ -114,6 +115,7 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
         name
         for name, value, low, high in (
             ("slots_total", msg.slots_total, 0, MAX_SLOTS),
+            ("llm_slots", msg.llm_slots, 0, MAX_PARALLEL),
             ("vram_budget_mb", msg.vram_budget_mb, 0, MAX_VRAM_MB),
             ("vram_used_mb", msg.vram_used_mb, 0, MAX_VRAM_MB),
             ("tok_s", msg.tok_s, 0.0, 1e7),
@@ -131,6 +133,8 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
         worker.vram_used_mb = msg.vram_used_mb
     if "tok_s" not in absurd:
         worker.tok_s = msg.tok_s
+    if "llm_slots" not in absurd:
+        worker.llm_slots = msg.llm_slots
     worker.constraint = msg.constraint
     if msg.telemetry is not None:
         worker.gauges = view.gauges(msg.telemetry)
