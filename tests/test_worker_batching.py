@@ -193,5 +193,23 @@ def test_meters_count_what_usage_reports(engines, llm):
     ]
     done = [r.result(timeout=120) for r in requests]
     assert meter.tokens == sum(d.completion_tokens for d in done) > 0
+    assert meter.prompt_tokens == sum(d.prompt_tokens for d in done)
+    assert meter.cached_tokens == sum(d.cached_tokens for d in done)
     assert engine.total_tokens == meter.tokens
     assert meter.gen_started is None and meter.gen_s > 0 and meter.tok_s(0.0) > 0
+
+
+def test_closing_cancels_running_and_waiting_requests_cleanly(llm):
+    engine = Engine(llm, parallel=1, ctx=256)
+    sampling = no_end(llm)
+    running = engine.submit(
+        Request(prompt=tokens(llm, PROMPTS[0]), sampling=sampling, max_tokens=None)
+    )
+    waiting = engine.submit(Request(prompt=tokens(llm, PROMPTS[1]), sampling=sampling))
+    first_piece(running)
+    engine.close()  # returns once the batch thread has stopped; then the context is freed
+    for request in (running, waiting):
+        with pytest.raises(Cancelled, match="unloading"):
+            request.result(timeout=10)
+    with pytest.raises(Cancelled):
+        engine.submit(Request(prompt=tokens(llm, PROMPTS[2])))

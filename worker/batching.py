@@ -50,7 +50,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +103,7 @@ class Request:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def stream(self, timeout: float | None = None) -> Iterator[str]:
+    def stream(self, timeout: float | None = None) -> Generator[str, None, Done]:
         """Text pieces as they come; returns the ``Done`` (StopIteration.value)."""
         while True:
             event = self.events.get(timeout=timeout)
@@ -355,6 +355,8 @@ class Engine:
         )
         meter = request.meter
         if meter is not None:
+            meter.prompt_tokens += len(prompt)
+            meter.cached_tokens += reuse
             key = id(meter)
             self._meter_runs[key] = self._meter_runs.get(key, 0) + 1
             if self._meter_runs[key] == 1:
@@ -404,7 +406,9 @@ class Engine:
             self._decode_failed(status)
             return
         for slot, index in outputs:
-            self._sampled(slot, ll.llama_sampler_sample(slot.run.chain, self.ctx_p, index))
+            run = slot.run
+            if run is not None:
+                self._sampled(slot, ll.llama_sampler_sample(run.chain, self.ctx_p, index))
 
     def _decode_failed(self, status: int) -> None:
         """No room in the cache (or a backend error): fail the running requests, clean up."""

@@ -123,7 +123,7 @@ def build_chain(params: SamplingParams, n_vocab: int) -> Any:
     if bias:
         array = (ll.llama_logit_bias * len(bias))()
         for i, (token, value) in enumerate(bias):
-            array[i].token = token
+            array[i].token = token  # type: ignore[assignment]  # ctypes converts
             array[i].bias = value
         add(chain, ll.llama_sampler_init_logit_bias(n_vocab, len(bias), array))
     if params.penalised:
