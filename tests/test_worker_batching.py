@@ -184,6 +184,23 @@ def test_a_shared_prefix_is_copied_not_recomputed(engines, llm):
     print(f"prompt tokens reused: b={b.cached_tokens}, c={c.cached_tokens} of prefix {prefix}")
 
 
+def test_requests_arriving_together_compute_their_shared_prefix_once(engines, llm):
+    engine = engines(parallel=4)
+    prefix = len(tokens(llm, INSTRUCTIONS))
+    requests = [
+        Request(
+            prompt=tokens(llm, INSTRUCTIONS + f"Review: {r}\nSentiment:"),
+            sampling=GREEDY,
+            max_tokens=4,
+        )
+        for r in ("Great kettle.", "It broke.", "Nice, but late.")
+    ]
+    engine.submit_all(requests)  # all three in the loop's same turn
+    done = [r.result(timeout=120) for r in requests]
+    assert done[0].cached_tokens == 0
+    assert all(d.cached_tokens >= prefix - 1 for d in done[1:]), done
+
+
 def test_meters_count_what_usage_reports(engines, llm):
     engine = engines()
     meter = Meter("b:t:1")

@@ -33,6 +33,10 @@ prompt; if another slot (running or finished) shares a longer one, that
 prefix is copied (``llama_memory_seq_cp``) into the newcomer's slot instead.
 Only the rest of the prompt is computed (at least its last token, for the
 logits). ``Done.cached_tokens`` says how many prompt tokens were reused.
+Requests that arrive together (a ``foreach`` batch starting) would each
+compute the shared prefix; instead a newcomer whose prompt shares a long
+prefix with a sequence still computing its prompt waits until that prefix is
+in the cache (one decode step for a prompt under ``n_batch``), then copies it.
 
 A meter's busy time (``gen_s``) is the union of its requests' lifetimes in a
 slot, so an attempt's tok/s stays exact when its requests overlap.
@@ -58,6 +62,8 @@ from llmo.worker.meter import Meter
 from llmo.worker.sampling import SamplingParams, build_chain, free_chain
 
 log = logging.getLogger("llmo.worker.batching")
+
+WAIT_FOR_PREFIX = 32  # tokens of a prefix being computed worth waiting for
 
 
 class Cancelled(Exception):
@@ -231,19 +237,24 @@ class Engine:
     # --- any thread ----------------------------------------------------------------------
 
     def submit(self, request: Request) -> Request:
-        if not request.prompt:
-            raise ValueError("the prompt has no tokens")
-        if len(request.prompt) >= self.ctx:
-            raise ValueError(
-                f"the prompt has {len(request.prompt)} tokens; a sequence's context here "
-                f"is {self.ctx} tokens"
-            )
+        self.submit_all([request])
+        return request
+
+    def submit_all(self, requests: list[Request]) -> None:
+        """Queue ``requests`` at once: the loop sees them all in the same turn."""
+        for request in requests:
+            if not request.prompt:
+                raise ValueError("the prompt has no tokens")
+            if len(request.prompt) >= self.ctx:
+                raise ValueError(
+                    f"the prompt has {len(request.prompt)} tokens; a sequence's context here "
+                    f"is {self.ctx} tokens"
+                )
         with self._wake:
             if self._closing:
                 raise Cancelled("the model is unloading")
-            self._waiting.append(request)
+            self._waiting.extend(requests)
             self._wake.notify()
-        return request
 
     @property
     def active(self) -> int:
@@ -308,15 +319,39 @@ class Engine:
             request._emit(Failed(Cancelled("the request was cancelled")))
 
     def _admit(self) -> None:
+        deferred: list[Request] = []
         while True:
             free = [s for s in self.slots if s.run is None]
             if not free:
-                return
+                break
             with self._wake:
                 if not self._waiting:
-                    return
+                    break
                 request = self._waiting.popleft()
+            if self._worth_waiting(request):
+                deferred.append(request)
+                continue
             self._start(request, free)
+        if deferred:
+            with self._wake:
+                self._waiting.extendleft(reversed(deferred))
+
+    def _worth_waiting(self, request: Request) -> bool:
+        """Whether a running sequence is still computing a prefix of ``request``'s prompt
+        that is at least ``WAIT_FOR_PREFIX`` tokens longer than what the cache shares now:
+        then the request waits a step or two and copies it, rather than computing it too."""
+        prompt = request.prompt
+        usable = len(prompt) - 1
+        now = max(min(common_prefix(s.cached, prompt), usable) for s in self.slots)
+        coming = max(
+            (
+                min(common_prefix(s.run.request.prompt, prompt), usable)
+                for s in self.slots
+                if s.run is not None and s.run.left
+            ),
+            default=0,
+        )
+        return coming >= now + WAIT_FOR_PREFIX
 
     def _start(self, request: Request, free: list[_Slot]) -> None:
         ll = self.ll
