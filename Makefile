@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/plans.py
 	$(BIN)/python bench/brain_core.py
 	$(BIN)/python bench/llm_overhead.py
+	$(BIN)/python bench/llm_parallel.py
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/tui.py
 
