@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/brain_core.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/llm_overhead.py
+	$(BIN)/python bench/llm_parallel.py
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/tui.py
 

@@ -72,6 +72,7 @@ from llmo.proto.messages import (
     WorkerDrain,
 )
 from llmo.proto.states import TASK_ACTIVE
+from llmo.proto.vocab import MAX_PARALLEL
 
 # Beyond these a heartbeat figure is a broken or hostile peer, not a worker.
 MAX_SLOTS = 4096
@@ -124,6 +125,7 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
         name
         for name, value, low, high in (
             ("slots_total", msg.slots_total, 0, MAX_SLOTS),
+            ("llm_slots", msg.llm_slots, 0, MAX_PARALLEL),
             ("vram_budget_mb", msg.vram_budget_mb, 0, MAX_VRAM_MB),
             ("vram_used_mb", msg.vram_used_mb, 0, MAX_VRAM_MB),
             ("tok_s", msg.tok_s, 0.0, 1e7),
@@ -141,6 +143,8 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
         worker.vram_used_mb = msg.vram_used_mb
     if "tok_s" not in absurd:
         worker.tok_s = msg.tok_s
+    if "llm_slots" not in absurd:
+        worker.llm_slots = msg.llm_slots
     worker.constraint = msg.constraint
     if msg.telemetry is not None:
         worker.gauges = view.gauges(msg.telemetry)

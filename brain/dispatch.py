@@ -20,8 +20,12 @@ before any other work. Placement:
 * ``cpu`` -> any worker with a free slot, constrained ones included;
 * constrained and draining workers get nothing but ``cpu`` (draining: nothing).
 
-Among eligible workers the one with the most free slots wins (ties by the
-order workers first appeared), which spreads work without randomness.
+Among eligible workers the one with the most free credit wins (ties by the
+order workers first appeared), which spreads work without randomness. An
+``llm`` task's credit is the worker's announced LLM sequences (``llm_slots``,
+its hot model batches that many) not yet used by ``llm`` attempts, plus its
+free shell slots: a hot worker runs more LLM tasks than it has shell slots
+(``vocab.slot_free``, the rule the worker admits by).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from llmo.brain import meta, tasks
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import Batch, TaskRun, Worker
 from llmo.proto.messages import TaskAssign
+from llmo.proto.vocab import slot_free
 
 WORKER_BUSY_STATES = frozenset({"draining", "down"})
 
@@ -122,12 +127,30 @@ def dispatch(cx: Ctx) -> None:
                 assign(cx, batch, task, worker)
 
 
+def credit(cx: Ctx, worker: Worker, task: TaskRun) -> int:
+    """Free credit on ``worker`` for ``task`` (> 0: it fits)."""
+    llm_used = 0
+    batches = cx.state.batches
+    for batch_id, task_id, _ in worker.attempts.values():
+        batch = batches.get(batch_id)
+        other = batch.tasks.get(task_id) if batch is not None else None
+        if other is not None and other.spec.task_class == "llm":
+            llm_used += 1
+    return slot_free(
+        llm=task.spec.task_class == "llm",
+        slots=worker.slots,
+        llm_slots=worker.llm_slots,
+        llm_used=llm_used,
+        other_used=len(worker.attempts) + len(worker.foreign) - llm_used,
+    )
+
+
 def pick(cx: Ctx, workers: list[Worker], task: TaskRun) -> Worker | None:
-    """The eligible worker with the most free slots (the first of equals)."""
+    """The eligible worker with the most free credit (the first of equals)."""
     best = None
     best_slots = 0
     for worker in workers:
-        slots = worker.slots - len(worker.attempts) - len(worker.foreign)
+        slots = credit(cx, worker, task)
         if slots > best_slots and eligible(cx, worker, task):
             best = worker
             best_slots = slots

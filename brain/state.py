@@ -251,6 +251,7 @@ class Worker:
     gpus: tuple[int, ...] = ()
     models: tuple[str, ...] = ()
     slots: int = 1
+    llm_slots: int = 0  # LLM sequences its hot model batches, from its heartbeat
     vram_budget_mb: int = 0
     vram_used_mb: int = 0
     pid: int = 0

@@ -23,7 +23,7 @@ checked by their owners, which ``load`` calls so all errors surface at once.
                                         ``worker_policy`` adds this file, the keys and
                                         the rig folder to the protected paths,
                                         the keys and rig folders to the secret ones
-    [[workers]]  name, gpus, role, model, n_gpu_layers, tensor_split, n_ctx,
+    [[workers]]  name, gpus, role, model, n_gpu_layers, tensor_split, n_ctx, parallel,
                  threads, slots, vram_mb, task_user, max_output_mb
 """
 
@@ -62,7 +62,8 @@ class WorkerSpec:
     model: str = ""
     n_gpu_layers: int = -1
     tensor_split: tuple[float, ...] = ()
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # per LLM sequence
+    parallel: int = 4  # LLM sequences at once
     threads: int = 0
     slots: int = 2
     vram_mb: int = 0
@@ -104,6 +105,7 @@ _WORKER_KEYS: dict[str, type | tuple[type, ...]] = {
     "n_gpu_layers": int,
     "tensor_split": list,
     "n_ctx": int,
+    "parallel": int,
     "threads": int,
     "slots": int,
     "vram_mb": int,
@@ -222,7 +224,7 @@ def _worker(raw: Any, index: int, seen: set[str], problems: list[str]) -> Worker
     if isinstance(cap, int | float) and not isinstance(cap, bool) and cap < 0:
         problems.append(f"{label} max_output_mb: must be 0 (no cap) or more, got {cap!r}")
         ok = False
-    for key in ("slots", "n_ctx"):
+    for key in ("slots", "n_ctx", "parallel"):
         if isinstance(raw.get(key), int) and raw[key] < 1:
             problems.append(f"{label} {key}: must be at least 1")
             ok = False

@@ -207,6 +207,8 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
             str(w.n_ctx),
             "--stop-deadline",
             str(args.stop_grace),
+            "--parallel",
+            str(w.parallel),
         ]
         if w.vram_mb:
             argv += ["--vram-mb", str(w.vram_mb)]

@@ -19,7 +19,7 @@ import sys
 
 from llmo.cli.common import add_endpoint_flags, add_log_flags, setup_logging
 from llmo.cli.config import add_key_flags
-from llmo.proto.vocab import HEARTBEAT_INTERVAL_S
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, MAX_PARALLEL
 
 # [limits] keys of llmo.toml -> the flags that override them.
 LIMIT_FLAGS = {
@@ -70,7 +70,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=None, help="llama.cpp threads (default 0: its own)"
     )
     parser.add_argument(
-        "--ctx", type=int, default=None, help="context size of loaded models (default 4096)"
+        "--ctx",
+        type=int,
+        default=None,
+        help="context of each sequence of a loaded model (default 4096)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="LLM sequences generated at once, in one batch (default 4; context parallel x ctx)",
     )
     parser.add_argument(
         "--extra-bufts",
@@ -181,6 +190,10 @@ def run(args: argparse.Namespace) -> int:
     if slots < 1:
         print("llmo worker: --slots must be at least 1", file=sys.stderr)
         return 2
+    parallel = _pick(args.parallel, spec and spec.parallel, 4)
+    if not 1 <= parallel <= MAX_PARALLEL:
+        print(f"llmo worker: --parallel must be 1 to {MAX_PARALLEL}", file=sys.stderr)
+        return 2
     try:
         use_keys(client_keys(rig, args.name, args.keys_dir))
     except SecurityError as exc:
@@ -223,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         models=tuple(models),
         threads=_pick(args.threads, spec and spec.threads, 0),
         n_ctx=_pick(args.ctx, spec and spec.n_ctx, 4096),
+        parallel=parallel,
         n_gpu_layers=spec.n_gpu_layers if spec is not None else -1,
         tensor_split=spec.tensor_split if spec is not None else (),
         extra_bufts=args.extra_bufts,

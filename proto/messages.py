@@ -276,7 +276,9 @@ class Heartbeat(Message):
     ``slots_free`` and ``vram_budget_mb - vram_used_mb`` are the credit the
     brain may assign against; ``active`` lists the attempt ids running now.
     ``constraint`` says why a ``constrained`` worker is (which limit, which
-    reading); empty otherwise.
+    reading); empty otherwise. ``llm_slots`` is how many LLM sequences its hot
+    model generates at once (0 when cold): the brain may run that many LLM
+    attempts on it besides its shell slots (``vocab.slot_free``).
     """
 
     TYPE = MsgType.HEARTBEAT
@@ -292,6 +294,7 @@ class Heartbeat(Message):
     interval_s: float = 1.0
     telemetry: Telemetry | None = None
     constraint: str = ""
+    llm_slots: int = 0
 
 
 # --- tasks -----------------------------------------------------------------

@@ -27,6 +27,22 @@ HEARTBEAT_EXPIRY_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
 
 EXIT_RETRY_LATER = 75
 
+MAX_PARALLEL = 256  # LLM sequences one worker may batch (``Heartbeat.llm_slots``)
+
+
+def slot_free(*, llm: bool, slots: int, llm_slots: int, llm_used: int, other_used: int) -> int:
+    """Free credit on a worker for one more attempt (> 0: it fits).
+
+    LLM attempts first fill the LLM credit (``llm_slots``, the sequences a
+    hot model batches); only those beyond it take shell slots, which every
+    other attempt uses. The brain places by this and the worker admits by it.
+    """
+    shell_free = slots - other_used - max(0, llm_used - llm_slots)
+    if llm:
+        return max(0, llm_slots - llm_used) + max(0, shell_free)
+    return shell_free
+
+
 # Meta commands that load a model, and whether the model is split across GPUs.
 META_LOADS: dict[str, bool] = {"load_llm": False, "load_split_llm": True}
 # Meta commands that unload (or reset) a runtime, and whether it is a split one.

@@ -680,3 +680,42 @@ def test_absurd_heartbeat_figures_are_ignored_and_named():
     assert worker.interval_s == 1.0  # a dead worker is still noticed in seconds
     logs = [c.text for c in rig.commands if isinstance(c, Log)]
     assert any("slots_total, vram_used_mb, tok_s, interval_s" in text for text in logs), logs
+
+
+def test_a_hot_worker_runs_as_many_llm_tasks_as_it_batches():
+    plan = plan_text(*(f"gen{i} | llm | python gen.py | none | llm_model=m" for i in range(6)))
+    rig = Rig()
+    rig.worker("gpu-1", slots=1, state="hot", model="m")
+    rig.heartbeat("gpu-1", llm_slots=3)
+    rig.submit(plan)
+    # Three batched sequences, and one more in its shell slot.
+    assert [a.dst for a in rig.assigns()] == ["gpu-1"] * 4
+    # Without an announced LLM concurrency, LLM tasks take shell slots only.
+    rig = Rig()
+    rig.worker("gpu-1", slots=1, state="hot", model="m")
+    rig.submit(plan)
+    assert [a.dst for a in rig.assigns()] == ["gpu-1"]
+
+
+def test_llm_credit_leaves_the_shell_slots_to_other_work():
+    rig = Rig()
+    rig.worker("gpu-1", slots=1, state="hot", model="m")
+    rig.heartbeat("gpu-1", llm_slots=2)
+    rig.submit(
+        plan_text(
+            "gen0 | llm | python gen.py | none | llm_model=m",
+            "gen1 | llm | python gen.py | none | llm_model=m",
+            "sum | cpu | wc -l out",
+            "more | cpu | wc -l out",
+        )
+    )
+    assigned = sorted(a.task_id for a in rig.assigns())
+    assert assigned == ["gen0", "gen1", "more"] or assigned == ["gen0", "gen1", "sum"]
+
+
+def test_an_absurd_llm_concurrency_is_ignored_and_named():
+    rig = Rig()
+    rig.worker("gpu-1", slots=1, state="hot", model="m")
+    rig.heartbeat("gpu-1", llm_slots=10**9)
+    assert rig.state.workers["gpu-1"].llm_slots == 0
+    assert any("llm_slots" in c.text for c in rig.commands if isinstance(c, Log))

@@ -28,6 +28,7 @@ import math
 import os
 
 from llmo.proto.messages import TaskAssign
+from llmo.proto.vocab import slot_free
 from llmo.worker import policy
 from llmo.worker.limits import Level
 from llmo.worker.llm import Runtime
@@ -78,6 +79,7 @@ def refusal(
     slots_used: int,
     budget_mb: int,
     vram_used: int,
+    llm_used: int = 0,
 ) -> str | None:
     """Why ``worker``, in this state, does not take the assignment; None if it does."""
     cls = a.task_class
@@ -101,8 +103,17 @@ def refusal(
         spec = runtime.spec
         if a.model and spec is not None and not spec.answers_to(a.model):
             return f"model {a.model!r} is not loaded on {worker} (hot: {runtime.model})"
-    if slots_used >= slots:
-        return f"no free slot on {worker} ({slots_used} of {slots} in use)"
+    llm = cls == "llm"
+    free = slot_free(
+        llm=llm,
+        slots=slots,
+        llm_slots=runtime.slots,
+        llm_used=llm_used,
+        other_used=slots_used - llm_used,
+    )
+    if free <= 0:
+        batched = f", {llm_used} of {runtime.slots} LLM sequences" if llm else ""
+        return f"no free slot on {worker} ({slots_used} of {slots} in use{batched})"
     free = budget_mb - vram_used
     if a.vram_mb > free:
         return (

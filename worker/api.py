@@ -11,8 +11,15 @@ environment, and identify themselves with the bearer key ``LLM_API_KEY``
 Routes: ``GET /v1/models``, ``POST /v1/completions`` and
 ``POST /v1/chat/completions``, each with ``"stream": true`` answered as
 server-sent events (``data: {...}`` lines, then ``data: [DONE]``) on a
-connection that closes after the stream. Bodies are llama-cpp-python's
-OpenAI-shaped results with ``model`` set to the worker's model name.
+connection that closes after the stream. Bodies are OpenAI-shaped
+(``worker.shapes``) with ``model`` set to the worker's model name, and
+``usage.prompt_tokens_details.cached_tokens`` counting reused prompt tokens.
+
+Each request becomes one sequence in the worker's batch loop
+(``worker.batching``): a handler thread only tokenizes, submits, and reads
+the request's event queue, so concurrent requests generate together.
+Sampling values are checked first (``worker.sampling``): a bad one is a 400
+naming the field.
 
 A request naming a model other than the one loaded gets 404, never an answer
 from the wrong model; with no model loaded every generation gets 503. A
@@ -28,39 +35,31 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from llmo.worker.batching import Request
 from llmo.worker.llm import Cancelled, NotHot, Runtime
 from llmo.worker.meter import Meters
+from llmo.worker.sampling import SamplingParams
+from llmo.worker.shapes import Shape
 
 log = logging.getLogger("llmo.worker.api")
 
 MAX_BODY = 16 * 1024 * 1024
 ATTEMPT_HEADER = "X-LLMO-Attempt"
 
-# Request fields passed through to llama-cpp-python, per route.
-_COMMON = (
-    "max_tokens",
+SAMPLING_FIELDS = (
     "temperature",
     "top_p",
     "min_p",
     "top_k",
     "typical_p",
-    "stop",
     "seed",
     "presence_penalty",
     "frequency_penalty",
     "repeat_penalty",
     "logit_bias",
 )
-COMPLETION_FIELDS: tuple[str, ...] = (*_COMMON, "prompt", "suffix", "echo", "logprobs")
-CHAT_FIELDS: tuple[str, ...] = (
-    *_COMMON,
-    "messages",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "logprobs",
-    "top_logprobs",
-)
+# Fields that change what an answer means and that this endpoint cannot honour.
+UNSUPPORTED = ("suffix", "echo", "logprobs", "top_logprobs", "tools", "functions")
 
 
 class ApiError(Exception):
@@ -170,19 +169,20 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
             if path == "/v1/completions":
-                fields, chat = COMPLETION_FIELDS, False
+                chat = False
             elif path == "/v1/chat/completions":
-                fields, chat = CHAT_FIELDS, True
+                chat = True
             else:
                 raise ApiError(404, f"no route POST {path}")
             body = self._body()
-            self._generate(body, fields, chat)
+            self._generate(body, chat)
         except ApiError as error:
             self._send_error(error)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def _arguments(self, body: dict[str, Any], fields: tuple[str, ...], chat: bool) -> dict:
+    def _request(self, body: dict[str, Any], chat: bool) -> Request:
+        """The engine request for ``body``; ApiError names what is wrong with it."""
         if not self.api.serves(body.get("model")):
             runtime = self.api.runtime
             loaded = runtime.spec.name if runtime.spec and runtime.state == "hot" else "none"
@@ -193,62 +193,92 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if body.get("n", 1) != 1:
             raise ApiError(400, "only n=1 is supported")
-        if chat and not isinstance(body.get("messages"), list):
-            raise ApiError(400, "'messages' must be a list")
-        if not chat:
-            prompt = body.get("prompt", "")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                body["prompt"] = prompt[0]
-            elif not isinstance(prompt, str):
-                raise ApiError(400, "'prompt' must be a string")
-            body.setdefault("max_tokens", 16)
-        if chat and "max_tokens" not in body and "max_completion_tokens" in body:
-            body["max_tokens"] = body["max_completion_tokens"]
-        kwargs = {k: body[k] for k in fields if k in body and body[k] is not None}
-        if isinstance(kwargs.get("logit_bias"), dict):
-            try:
-                kwargs["logit_bias"] = {int(k): float(v) for k, v in kwargs["logit_bias"].items()}
-            except (TypeError, ValueError):
-                raise ApiError(400, "'logit_bias' maps token ids to numbers") from None
-        return kwargs
-
-    def _generate(self, body: dict[str, Any], fields: tuple[str, ...], chat: bool) -> None:
-        kwargs = self._arguments(body, fields, chat)
-        stream = bool(body.get("stream"))
-        auth = self.headers.get("Authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        meter = self.api.meters.resolve(key, self.headers.get(ATTEMPT_HEADER))
+        for name in UNSUPPORTED:
+            if body.get(name) not in (None, False, 0, "", [], {}):
+                raise ApiError(400, f"'{name}' is not supported by this endpoint")
         runtime = self.api.runtime
-        streaming = False
+        stops: tuple[str, ...] = ()
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise ApiError(400, "'messages' must be a non-empty list")
+            fmt = body.get("response_format")
+            if isinstance(fmt, dict) and fmt.get("type", "text") != "text":
+                raise ApiError(400, "'response_format' other than text is not supported")
+            prompt, stops = runtime.chat_prompt(messages)
+            max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        else:
+            text = body.get("prompt", "")
+            if isinstance(text, list) and len(text) == 1 and isinstance(text[0], str):
+                text = text[0]
+            if not isinstance(text, str):
+                raise ApiError(400, "'prompt' must be a string")
+            prompt = runtime.tokenize(text)
+            max_tokens = body.get("max_tokens", 16)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int | None):
+            raise ApiError(400, f"'max_tokens' must be an integer (got {max_tokens!r})")
+        stop = body.get("stop")
+        if isinstance(stop, str):
+            stop = [stop]
+        if stop is not None and not (
+            isinstance(stop, list) and all(isinstance(x, str) for x in stop)
+        ):
+            raise ApiError(400, "'stop' must be a string or a list of strings")
+        sampling = SamplingParams.checked(**{k: body.get(k) for k in SAMPLING_FIELDS})
+        return Request(
+            prompt=prompt,
+            sampling=sampling,
+            stop=tuple(x for x in (*stops, *(stop or ())) if x),
+            max_tokens=max_tokens,
+        )
+
+    def _generate(self, body: dict[str, Any], chat: bool) -> None:
+        runtime = self.api.runtime
         try:
-            with runtime.generate(meter) as gen:
-                name = runtime.spec.name if runtime.spec is not None else ""
-                call = gen.llm.create_chat_completion if chat else gen.llm.create_completion
-                if not stream:
-                    result = call(**kwargs)
-                    result["model"] = name
-                    self._send_json(200, result)
-                    return
-                chunks = call(stream=True, **kwargs)
-                streaming = True
-                self._start_stream()
-                try:
-                    for chunk in chunks:
-                        chunk["model"] = name
-                        self._event(chunk)
-                finally:
-                    chunks.close()
-                self._event("[DONE]")
+            request = self._request(body, chat)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
         except NotHot as exc:
             raise ApiError(503, str(exc), "model_not_loaded") from None
+        auth = self.headers.get("Authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        request.meter = self.api.meters.resolve(key, self.headers.get(ATTEMPT_HEADER))
+        name = runtime.spec.name if runtime.spec is not None else ""
+        shape = Shape(name=name, chat=chat)
+        try:
+            runtime.submit(request)
+        except NotHot as exc:
+            raise ApiError(503, str(exc), "model_not_loaded") from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        stream = bool(body.get("stream"))
+        streaming = False
+        try:
+            if not stream:
+                self._send_json(200, shape.result(request.result()))
+                return
+            self._start_stream()
+            streaming = True
+            if chat:
+                self._event(shape.chunk(role=True))
+            pieces = request.stream()
+            while True:
+                try:
+                    self._event(shape.chunk(text=next(pieces)))
+                except StopIteration as end:
+                    self._event(shape.chunk(done=end.value))
+                    break
+            self._event("[DONE]")
         except Cancelled as exc:
             if not streaming:
                 raise ApiError(503, f"generation stopped: {exc}", "cancelled") from None
             self._event({"error": {"message": f"generation stopped: {exc}", "type": "cancelled"}})
-        except (ValueError, TypeError) as exc:  # llama-cpp-python's own argument checks
+        except RuntimeError as exc:
             if not streaming:
-                raise ApiError(400, str(exc)) from None
-            self._event({"error": {"message": str(exc), "type": "invalid_request_error"}})
+                raise ApiError(500, str(exc), "server_error") from None
+            self._event({"error": {"message": str(exc), "type": "server_error"}})
+        finally:
+            request.cancel()  # a client gone mid-stream frees its slot at the next step
 
     def _start_stream(self) -> None:
         self.close_connection = True

@@ -169,6 +169,7 @@ class Attempts:
             slots_used=self.slots_used,
             budget_mb=self.budget_mb,
             vram_used=self.vram_used,
+            llm_used=sum(1 for r in self.running.values() if r.assign.task_class == "llm"),
         )
         if reason is not None:
             log.info("refused %s: %s", a.attempt_id, reason)

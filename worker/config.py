@@ -26,7 +26,8 @@ class WorkerConfig:
     vram_mb: int | None = None  # the budget; None = 80 % of the VRAM, or slots x 1 GiB without
     models: tuple[str, ...] = ()  # model files it may load; the first is the default
     threads: int = 0
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # per LLM sequence
+    parallel: int = 4  # LLM sequences generated at once (``worker.batching``)
     n_gpu_layers: int = -1
     tensor_split: tuple[float, ...] = ()  # shares of a split model per GPU; () = even
     extra_bufts: Literal["auto", "on", "off"] = "auto"
@@ -95,6 +96,7 @@ class WorkerConfig:
             n_gpu_layers=load.n_gpu_layers if load is not None else self.n_gpu_layers,
             tensor_split=(load.tensor_split if load is not None and load.tensor_split else split),
             n_ctx=load.n_ctx if load is not None else self.n_ctx,
+            parallel=self.parallel,
             threads=(load.threads if load is not None and load.threads else self.threads),
             extra_bufts=self.extra_bufts,
         )

@@ -14,12 +14,17 @@ the model and runs a real test completion. Only when that completion has
 sampled a token is the runtime ``hot``: a model that loads but cannot serve
 is a failed load, and the worker stays cold and usable.
 
-Generation (``generate``) holds the runtime's lock, so requests run one after
-another. Every sampled token goes through ``CountingLlama.sample``, which
-adds it to the request's ``Meter`` and the runtime's total, and stops the
-generation (``Cancelled``) when the meter's attempt has ended or an unload
-is waiting. The end-of-generation token is not counted, so the counts match
-the ``usage.completion_tokens`` that llama-cpp-python reports.
+Generation goes through ``worker.batching.Engine``: one scheduler thread per
+loaded model decodes up to ``parallel`` sequences in one batch (each with
+``n_ctx`` tokens of context), reuses shared prompt prefixes, and counts every
+sampled token on the request's ``Meter`` and the runtime's total. The
+end-of-generation token is not counted, so the counts match the response's
+``usage.completion_tokens``. ``submit`` is safe from any thread. An unload
+closes the engine first: running requests end ``Cancelled``, the batch
+thread is joined, and only then is the model freed.
+
+The ``Llama`` object is kept for loading, tokenizing and the chat template;
+its own context is small (``HOLDER_CTX``) and never generates.
 
 llama-cpp-python is imported on first use: the worker sets
 ``CUDA_VISIBLE_DEVICES`` before anything touches CUDA.
@@ -44,18 +49,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmo.proto.vocab import model_alias, names_model
-from llmo.worker.meter import Meter
+from llmo.worker.batching import Cancelled, Engine, Request
+from llmo.worker.chat import chat_prompt
+from llmo.worker.sampling import SamplingParams
 
 log = logging.getLogger("llmo.worker.llm")
 
 GGUF_MAGIC = b"GGUF"
 TEST_PROMPT = "The capital of France is"
+HOLDER_CTX = 256  # the ``Llama`` object only tokenizes; the batch loop has its own context
 
 ModelState = Literal["cold", "loading", "hot"]
-
-
-class Cancelled(Exception):
-    """A generation stopped because its attempt ended or the model is unloading."""
 
 
 class NotHot(Exception):
@@ -68,7 +72,8 @@ class LoadSpec:
     alias: str = ""
     n_gpu_layers: int = -1
     tensor_split: tuple[float, ...] = ()
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # per sequence
+    parallel: int = 4  # sequences generated at once; the context is parallel x n_ctx
     threads: int = 0  # 0 = llama.cpp's own choice
     extra_bufts: Literal["auto", "on", "off"] = "auto"
 
@@ -128,6 +133,15 @@ _PARAMS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
+def suppress_llama_logs() -> Iterator[None]:
+    """llama.cpp prints context set-up to the process's stderr; quiet, as ``Llama`` does."""
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with suppress_stdout_stderr(disable=False):
+        yield
+
+
+@contextlib.contextmanager
 def _model_params(extra_bufts: bool) -> Iterator[None]:
     """llama-cpp-python has no argument for ``use_extra_bufts``; while a model
     opens, its default model parameters are wrapped to set it. Loads are
@@ -156,54 +170,22 @@ def _model_params(extra_bufts: bool) -> Iterator[None]:
             low.llama_model_default_params = original
 
 
-_COUNTING_CLASS: Any = None
-
-
-def _counting_class() -> Any:
-    """A ``Llama`` whose every sampled token calls ``on_token(eog)``."""
-    global _COUNTING_CLASS
-    if _COUNTING_CLASS is None:
-        import llama_cpp
-
-        is_eog = llama_cpp.llama_vocab_is_eog
-
-        class CountingLlama(llama_cpp.Llama):
-            on_token: Callable[[bool], None] | None = None
-
-            def sample(self, *args: Any, **kwargs: Any) -> int:
-                token = super().sample(*args, **kwargs)
-                hook = self.on_token
-                if hook is not None:
-                    hook(bool(is_eog(self._model.vocab, token)))
-                return token
-
-        _COUNTING_CLASS = CountingLlama
-    return _COUNTING_CLASS
-
-
-def open_llama(spec: LoadSpec) -> Any:
+def open_llama(spec: LoadSpec, n_ctx: int | None = None) -> Any:
     """Open ``spec``'s model with the worker's parameters (the benchmark's
-    direct side uses this too, so both sides run the same configuration)."""
-    cls = _counting_class()
+    direct side uses this too, so both sides run the same configuration).
+    ``n_ctx`` overrides the context of the ``Llama`` object's own context."""
+    import llama_cpp
+
     with _model_params(use_extra_bufts(spec.extra_bufts)):
-        return cls(
+        return llama_cpp.Llama(
             model_path=spec.path,
             n_gpu_layers=spec.n_gpu_layers,
             tensor_split=list(spec.tensor_split) or None,
-            n_ctx=spec.n_ctx,
+            n_ctx=n_ctx or spec.n_ctx,
             n_threads=spec.threads or None,
             n_threads_batch=spec.threads or None,
             verbose=False,
         )
-
-
-@dataclass(slots=True)
-class Generation:
-    """One request holding the model: ``llm`` to call, ``tokens`` it generated."""
-
-    llm: Any = None
-    meter: Meter | None = None
-    tokens: int = 0
 
 
 class Runtime:
@@ -225,12 +207,12 @@ class Runtime:
         self.load_s = 0.0
         self.total_tokens = 0
         self._llm: Any = None
+        self._engine: Engine | None = None
         self._loaded: LoadSpec | None = None
         self._closing = False
         self._pending = 0  # loads submitted and not yet finished
         self._count_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._current = Generation()
         self._jobs = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="llm-runtime"
         )
@@ -238,6 +220,22 @@ class Runtime:
     @property
     def model(self) -> str:
         return self.spec.name if self.spec is not None and self.state != "cold" else ""
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    @property
+    def slots(self) -> int:
+        """Sequences the loaded model generates at once (0 when cold)."""
+        engine = self._engine
+        return engine.parallel if engine is not None and self.state == "hot" else 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting for or holding a sequence slot."""
+        engine = self._engine
+        return engine.active if engine is not None else 0
 
     # --- commands from the loop -------------------------------------------------------
 
@@ -250,7 +248,7 @@ class Runtime:
         self._jobs.submit(self._load, spec)
 
     def unload(self) -> None:
-        self._closing = True  # a generation running now stops at its next token
+        self._closing = True  # new requests are refused; running ones are cancelled
         self._jobs.submit(self._unload)
 
     def shutdown(self) -> None:
@@ -280,17 +278,28 @@ class Runtime:
         self.spec = spec
         started = self.clock()
         reason = check_gguf(spec.path)
-        llm = None
+        llm = engine = None
         if reason is None:
             try:
-                llm = open_llama(spec)
-                self._test(llm)
+                llm = open_llama(spec, n_ctx=HOLDER_CTX)
+                with suppress_llama_logs():
+                    engine = Engine(
+                        llm,
+                        parallel=spec.parallel,
+                        ctx=spec.n_ctx,
+                        threads=spec.threads,
+                        clock=self.clock,
+                    )
+                self._test(llm, engine)
+                engine.on_token = self._count
             except Exception as exc:
                 reason = f"cannot load {spec.path}: {type(exc).__name__}: {exc}"
-                if llm is not None:
-                    with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):
+                    if engine is not None:
+                        engine.close()
+                    if llm is not None:
                         llm.close()
-                llm = None
+                llm = engine = None
         load_s = round(self.clock() - started, 3)
         if reason is not None:
             log.warning("model load failed: %s", reason)
@@ -301,27 +310,31 @@ class Runtime:
             return
         with self._lock:
             self._llm = llm
+            self._engine = engine
             self._loaded = spec
             self.load_s = load_s
             self.state = "hot"
-        log.info("model %s is hot (%.2fs from load to first completion)", spec.name, load_s)
+        log.info(
+            "model %s is hot (%.2fs from load to first completion; %d sequences of %d tokens)",
+            spec.name,
+            load_s,
+            spec.parallel,
+            spec.n_ctx,
+        )
         self.post(RuntimeEvent("hot", spec.name, load_s=load_s))
 
-    def _test(self, llm: Any) -> None:
-        """A real completion; the model is hot only if it sampled a token."""
-        sampled = 0
-
-        def count(_eog: bool) -> None:
-            nonlocal sampled
-            sampled += 1
-
-        llm.on_token = count
-        try:
-            llm.create_completion(TEST_PROMPT, max_tokens=4, temperature=0.0)
-        finally:
-            llm.on_token = self._on_token
-        if sampled == 0:
+    def _test(self, llm: Any, engine: Engine) -> None:
+        """A real completion through the batch loop; hot only if it sampled a token."""
+        prompt = llm.tokenize(TEST_PROMPT.encode(), add_bos=True, special=True)
+        request = Request(prompt=prompt, sampling=SamplingParams(temperature=0.0), max_tokens=4)
+        done = engine.submit(request).result(timeout=600)
+        if done.completion_tokens == 0 and done.finish_reason != "stop":
             raise RuntimeError("the test completion produced no token")
+        if done.completion_tokens == 0:
+            raise RuntimeError("the test completion ended before its first token")
+
+    def _count(self) -> None:
+        self.total_tokens += 1  # the batch thread is the only writer
 
     def _unload(self, quiet: bool = False) -> None:
         name = self._loaded.name if self._loaded is not None else ""
@@ -334,45 +347,47 @@ class Runtime:
             self.post(RuntimeEvent("cold", name))
 
     def _release(self) -> None:
-        with self._lock:  # waits for a generation to notice _closing and stop
+        with self._lock:
             llm, self._llm, self._loaded = self._llm, None, None
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()  # cancels what runs and joins the batch thread: no decode races this
         if llm is not None:
             llm.close()
             log.info("model unloaded")
 
-    # --- generation (HTTP threads) --------------------------------------------------------
+    # --- generation (any thread) ------------------------------------------------------------
 
-    def _on_token(self, eog: bool) -> None:
-        current = self._current
-        meter = current.meter
-        if not eog:
-            current.tokens += 1
-            self.total_tokens += 1
-            if meter is not None:
-                meter.tokens += 1
-        if self._closing or (meter is not None and meter.cancelled):
-            raise Cancelled("the attempt ended" if not self._closing else "the model is unloading")
+    def submit(self, request: Request) -> Request:
+        """Queue ``request`` on the loaded model; read its ``events``.
 
-    @contextlib.contextmanager
-    def generate(self, meter: Meter | None, wait_s: float = 3600.0) -> Iterator[Generation]:
-        """Hold the model for one request; its tokens count towards ``meter``."""
-        deadline = self.clock() + wait_s
-        while not self._lock.acquire(timeout=0.2):
-            if (meter is not None and meter.cancelled) or self.clock() > deadline:
-                raise Cancelled("the attempt ended while waiting for the model")
-        try:
-            if self._llm is None or self._closing:
+        Raises NotHot with no model loaded (or one unloading), ValueError for a
+        prompt that does not fit a sequence's context.
+        """
+        with self._lock:
+            engine = self._engine
+            if engine is None or self._closing or self.state != "hot":
                 raise NotHot("no model is loaded")
-            current = self._current = Generation(llm=self._llm, meter=meter)
-            started = self.clock()
-            if meter is not None:
-                meter.gen_started = started
             try:
-                yield current
-            finally:
-                if meter is not None:
-                    meter.gen_s += self.clock() - started
-                    meter.gen_started = None
-                self._current = Generation()
-        finally:
-            self._lock.release()
+                return engine.submit(request)
+            except Cancelled:
+                raise NotHot("the model is unloading") from None
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        llm = self._llm
+        if llm is None:
+            raise NotHot("no model is loaded")
+        tokens: list[int] = llm.tokenize(text.encode(), add_bos=add_bos, special=True)
+        return tokens
+
+    def chat_prompt(self, messages: list[Any]) -> tuple[list[int], tuple[str, ...]]:
+        """A chat's prompt tokens and its template's stop strings.
+
+        The model's own template (GGUF ``tokenizer.chat_template``) when it has
+        one; otherwise a plain ``role: content`` transcript ending in
+        ``assistant:``, stopping where the next user turn would begin.
+        """
+        llm = self._llm
+        if llm is None:
+            raise NotHot("no model is loaded")
+        return chat_prompt(llm, messages)

@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-Generation runs on the HTTP server's threads, one at a time (the runtime's
-lock); the worker's loop reads the figures. Each attempt has a ``Meter``; the
-generating thread is its only writer, so plain attribute updates are safe
-under the GIL, and the loop only reads them.
+Generation runs on the batch loop's thread (``worker.batching``), several
+requests at once; the worker's loop reads the figures. Each attempt has a
+``Meter``; the batch thread is its only writer, so plain attribute updates
+are safe under the GIL, and the loop only reads them. ``gen_s`` is the time
+during which at least one of the attempt's requests held a sequence slot, so
+its tok/s stays exact when its requests overlap.
 
 A request finds its meter through ``Meters.resolve``: the bearer key the
 attempt's environment carries (``LLM_API_KEY``), else an ``X-LLMO-Attempt``
@@ -31,6 +33,8 @@ class Meter:
     key: str = field(default_factory=lambda: f"llmo-{secrets.token_hex(16)}")
     llm: bool = False  # an llm/brain-class attempt (a fallback owner for keyless requests)
     tokens: int = 0
+    prompt_tokens: int = 0  # prompt tokens of its requests, computed or reused
+    cached_tokens: int = 0  # of those, reused from the cache (``worker.batching``)
     gen_s: float = 0.0  # seconds spent generating, summed over requests
     gen_started: float | None = None  # when the request generating now started
     cancelled: bool = False

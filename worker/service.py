@@ -210,6 +210,7 @@ class Worker:
             interval_s=c.heartbeat_s,
             telemetry=telemetry,
             constraint=self._constraint,
+            llm_slots=self.runtime.slots,
         )
 
     def _send(self, msg: Message) -> object:
