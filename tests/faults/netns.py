@@ -102,8 +102,8 @@ def sweep_leftovers() -> list[str]:
         if not found:
             continue
         pid = int(found.group(1))
-        if pid != os.getpid() and os.path.exists(f"/proc/{pid}"):
-            continue  # a live run's
+        if os.path.exists(f"/proc/{pid}"):
+            continue  # a live run's, this one's included
         kill_inside(ns)
         ip("netns", "del", ns, check=False)
         swept.append(ns)

@@ -38,7 +38,15 @@ from pathlib import Path
 import pytest
 
 from tests.e2e_fixtures import Submitted
-from tests.faults.netns import NetRig, Network, sweep_leftovers, unavailable
+from tests.faults.netns import (
+    PREFIX,
+    NetRig,
+    Network,
+    ip,
+    namespaces,
+    sweep_leftovers,
+    unavailable,
+)
 from tests.reporting import say
 from tests.waiting import wait_for
 
@@ -84,6 +92,24 @@ def netrig() -> Iterator[NetRig]:
             net.close()
             left = [ns for ns in os.listdir("/run/netns") if ns.startswith(net.prefix)]
             assert not left, f"namespaces left: {left}"
+
+
+def test_namespaces_left_by_a_run_that_died_are_removed_by_the_next():
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    name = f"{PREFIX}{dead.pid}-dead-hub"
+    ip("netns", "add", name)
+    try:
+        sleeper = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "600"])
+        wait_for(lambda: ip("netns", "pids", name).stdout.split(), 15, "the sleeper in it")
+        assert name in sweep_leftovers()
+        assert name not in namespaces()
+        assert sleeper.wait(15) == -9  # what ran in it is gone too
+    finally:
+        ip("netns", "del", name, check=False)
 
 
 class Batch:
