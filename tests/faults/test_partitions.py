@@ -29,11 +29,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -69,7 +67,7 @@ echo "$1" >> "$3/runs.txt"
 
 
 @pytest.fixture(scope="module")
-def netrig() -> Iterator[NetRig]:
+def netrig(tmp_path_factory) -> Iterator[NetRig]:
     why = unavailable()
     if why:
         pytest.skip(why)
@@ -77,7 +75,7 @@ def netrig() -> Iterator[NetRig]:
     if swept:
         print(f"deleted namespaces left by an earlier run: {', '.join(swept)}")
     net = Network()
-    root = Path(tempfile.mkdtemp(prefix="llmo-netns-"))
+    root = tmp_path_factory.mktemp("netns")
     rig = NetRig(net, root, interval=INTERVAL, liveness=LIVENESS)
     try:
         rig.through_proxy(PROXIED)
