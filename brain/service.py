@@ -44,10 +44,12 @@ A journal that cannot be written is the ``disk_full`` state, not a crash
 those events are dropped, the brain answers from its last good state and
 refuses what would change it, and each tick tries to journal again.
 
-One brain per broker: when the broker refuses one of this brain's messages
-with ``name_in_use``, another brain holds the name ``brain`` there (on
-another journal, or another host). Nothing this brain sends would be
-routed, so it stops: it journals nothing more, logs one line naming the
+One brain per broker: when the broker refuses this brain's messages with
+``name_in_use`` for longer than the broker's expiry for a silent holder
+(``refusal_grace``: until then the holder may be this brain's own previous
+connection, cut off by a partition), another brain holds the name ``brain``
+there (on another journal, or another host). Nothing this brain sends would
+be routed, so it stops: it journals nothing more, logs one line naming the
 broker as its last, and ``run`` returns 2, which ``llmo up`` does not
 restart. The refusal answers a message of this brain (``reply_to``); the
 broker's notice to the brain that holds the name has none, goes to the core
@@ -58,6 +60,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from collections import deque
@@ -104,6 +107,7 @@ from llmo.proto.client import Client
 from llmo.proto.codec import decode, encode
 from llmo.proto.errors import ErrorCode, ProtocolError
 from llmo.proto.messages import BRAIN, BROKER, Error, Message, SnapshotReply, SnapshotRequest
+from llmo.proto.vocab import HEARTBEAT_INTERVAL_S
 
 log = logging.getLogger("llmo.brain")
 
@@ -150,6 +154,7 @@ class BrainService:
         self._tried_at = 0.0
         self._retrying = False
         self._stop_why = ""  # an orderly stop (a signal): journaled as ``Stopped``
+        self._refused_since: float | None = None  # name_in_use since, nothing routed here
 
     # --- the loop ------------------------------------------------------------------
 
@@ -266,13 +271,31 @@ class BrainService:
             return
         if refuses_this_brain(msg):
             assert isinstance(msg, Error)
-            self.refused = msg
-            self.stop()
+            self._refused_again(msg)
             return
+        self._refused_since = None  # routed to this brain: the name is its own
         if self.disk is not None:
             self.while_full(msg, raw)
             return
         self.feed(Received(msg), raw)
+
+    def _refused_again(self, msg: Error) -> None:
+        """The broker refused this brain's name. Its own previous connection (one cut
+        off by a partition, say) may still hold it until the broker judges it silent;
+        this connection's next heartbeat claims the name again. Only refusals for
+        longer than that (``refusal_grace``) mean another brain holds it."""
+        now = self.clock()
+        if self._refused_since is None:
+            self._refused_since = now
+            log.warning(
+                "brain: the broker refused the name 'brain' (%s); claiming it again for "
+                "%.0fs, in case the broker still holds this brain's previous connection",
+                msg.detail,
+                refusal_grace(msg),
+            )
+        if now - self._refused_since >= refusal_grace(msg):
+            self.refused = msg
+            self.stop()
 
     def feed(self, event: Event, raw: bytes | None = None) -> None:
         """Step one event and journal it; its commands wait for ``flush``."""
@@ -534,6 +557,18 @@ def refuses_this_brain(msg: Message) -> bool:
         and msg.src == BROKER
         and bool(msg.reply_to)
     )
+
+
+REFUSAL_GRACE_S = 10.0  # at least this long refused before another brain is assumed
+_SILENT_FOR = re.compile(r"silent ([0-9]+(?:\.[0-9]+)?)s")
+
+
+def refusal_grace(msg: Error) -> float:
+    """How long refusals must last before they mean another brain: the broker's
+    expiry for a silent holder (its refusal names it), plus two heartbeats."""
+    said = _SILENT_FOR.search(msg.detail)
+    expiry = float(said.group(1)) if said else 0.0
+    return max(REFUSAL_GRACE_S, expiry + 2 * HEARTBEAT_INTERVAL_S)
 
 
 def read_plan(command: ReadPlan, roots: tuple[str, ...] = ()) -> PlanLoaded:

@@ -17,6 +17,14 @@ envelope's ``ts`` and the heartbeat schedule) and ``monotonic`` (for the
 deadlines of ``recv`` and ``request``).
 With ``keys`` (or the process's keys, ``proto.security.use_keys``) the
 socket speaks CurveZMQ to the broker.
+
+A connection that carries nothing for ``DEAD_AFTER_S`` (ZeroMQ pings it
+every heartbeat interval, and the broker's side answers even when its loop is
+busy) is dead: it is closed and dialled again, and the broker is told (the
+ping's TTL) to drop its side too. Without this, a connection stuck in a
+network partition waits out TCP's retransmission back-off after the link is
+back (seen: 20-50 s after a 60 s partition); and a dial that hangs is given
+up after ``DIAL_S`` and tried afresh.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ log = logging.getLogger("llmo.client")
 
 SNDHWM = 100_000
 RCVHWM = 100_000
+DEAD_AFTER_S = 15.0  # no traffic at all on a connection for this long: closed and dialled again
+DIAL_S = 3.0  # a TCP connect that has not completed by then is tried afresh
 
 
 class Client:
@@ -66,6 +76,10 @@ class Client:
         self.socket.setsockopt(zmq.RCVHWM, RCVHWM)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(heartbeat_interval * 1000)))
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(DEAD_AFTER_S * 1000))
+        self.socket.setsockopt(zmq.HEARTBEAT_TTL, int(DEAD_AFTER_S * 1000))
+        self.socket.setsockopt(zmq.CONNECT_TIMEOUT, int(DIAL_S * 1000))
         self.keys = secure_client(self.socket, keys)
         self.name = name_for_key(name, self.keys)
         self.socket.connect(endpoint)

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from llmo.brain.service import refusal_grace
+from llmo.proto.client import Client
+from llmo.proto.errors import ErrorCode
+from llmo.proto.messages import BRAIN, Error, SnapshotRequest
 from tests.e2e_fixtures import free_port, llmo_argv
 from tests.waiting import wait_for
 
@@ -116,3 +120,56 @@ def test_a_second_brain_on_another_journal_is_refused_and_stops(processes, tmp_p
     assert "claimed the name 'brain' and was refused" in first_said, first_said
     assert "this brain keeps running" in first_said, first_said
     assert "name_in_use" in logs["broker"].read_text()
+
+
+def test_a_brain_whose_old_connection_still_holds_the_name_takes_it_back(processes, tmp_path):
+    """A connection cut off by a partition stays the name's holder at the broker until
+    it is silent past the expiry; the brain's new connection, refused meanwhile,
+    claims the name again and keeps running."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    logs = {name: tmp_path / f"{name}.log" for name in ("broker", "brain")}
+    processes(logs["broker"], "broker", "--broker", endpoint, "--pub", pub)
+    stale = Client(BRAIN, endpoint)  # the old connection: it claimed the name, then fell silent
+    probe = Client("probe", endpoint)
+    try:
+        stale.tick()
+        asked = wait_for(
+            lambda: probe.send(SnapshotRequest(dst=BRAIN)) and stale.recv(0.5),
+            30,
+            "the broker to route 'brain' to the old connection",
+        )
+        assert isinstance(asked, SnapshotRequest)
+        brain = processes(
+            logs["brain"],
+            "brain",
+            "--broker",
+            endpoint,
+            "--journal",
+            str(tmp_path / "brain.journal"),
+            "--tick",
+            "0.1",
+        )
+        wait_for(
+            lambda: status(endpoint, pub).returncode == 0,
+            60,
+            lambda: f"the new connection to take the name back\n{logs['brain'].read_text()}",
+        )
+        said = logs["brain"].read_text()
+        assert brain.poll() is None, said
+        assert "claiming it again" in said, said  # it was refused at first
+        assert "this one stops" not in said, said
+        assert "moves to a new connection" in logs["broker"].read_text()
+    finally:
+        stale.close()
+        probe.close()
+
+
+def test_refusals_mean_another_brain_only_past_the_brokers_expiry():
+    def refusal(detail: str) -> Error:
+        return Error(code=ErrorCode.NAME_IN_USE, reply_to="m1", src="broker", detail=detail)
+
+    said = "'brain' is held by another live connection (heard 0.2s ago); a second one is "
+    assert refusal_grace(refusal(said + "refused until the first is gone or silent 3s")) == 10.0
+    assert refusal_grace(refusal(said + "refused until the first is gone or silent 60s")) == 62.0
+    assert refusal_grace(refusal("no figure here")) == 10.0
