@@ -45,6 +45,7 @@ from llmo.worker.service import Worker
 from tests.conftest import RunningBroker
 from tests.strategies import record
 from tests.test_fuzz_tally import examples, fuzz_tally  # noqa: F401  (fixture)
+from tests.waiting import wait_until
 from tests.worker_fixtures import FakeBrain, FakeTelemetry, RunningWorker
 
 pytestmark = pytest.mark.timeout(180)
@@ -245,6 +246,9 @@ def test_every_input_is_answered_and_the_worker_stays_up(bench, data, fuzz_tally
 
 def test_the_worker_still_runs_an_ordinary_task(bench, fuzz_tally):  # noqa: F811
     assert bench.worker.thread.is_alive()
+    # A fuzzed cancel can answer for an attempt id before a fuzzed assignment of the
+    # same id ends, so attempts of the examples may still be running: let them end.
+    assert wait_until(lambda: not bench.worker.worker.attempts.running, 60)
     msg = TaskAssign(
         dst=NAME,
         batch_id="fuzz",
