@@ -5,7 +5,7 @@
 #
 #   bench/gpu_check.sh [--skip-build] [--cpu-only] [--quick] [--gpu N]
 #                      [--wheel PATH] [--into-venv] [--no-build-isolation]
-#                      [--threads N] [--timeout S]
+#                      [--model GGUF] [--threads N] [--timeout S]
 #
 #   --skip-build          use the CUDA build made by an earlier run (or the venv's)
 #   --cpu-only            no GPU: no build, the CPU side alone (machines without one)
@@ -17,6 +17,7 @@
 #                         its llama-cpp-python (default: a separate site folder,
 #                         ~/.cache/llmo/gpu-check/, put first on PYTHONPATH)
 #   --no-build-isolation  build with the venv's scikit-build-core and cmake (no index)
+#   --model GGUF          serve this model file (default: the embedded Gemma 3 270M)
 #   --threads N           llama.cpp threads of the workers (default: llama.cpp's own)
 #   --timeout S           hard limit on the whole run (default 570 s)
 #
@@ -43,11 +44,11 @@ failed() {
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 skip_build=0 cpu_only=0 quick=0 into_venv=0 isolation=1
-wheel="" gpu=0 threads=0 limit=570
+wheel="" model="" gpu=0 threads=0 limit=570
 while (($#)); do
     option=$1
     case $option in
-    --wheel | --gpu | --threads | --timeout)
+    --wheel | --gpu | --model | --threads | --timeout)
         (($# >= 2)) || missing "$option needs a value (see --help)"
         value=$2
         shift
@@ -61,6 +62,7 @@ while (($#)); do
     --no-build-isolation) isolation=0 ;;
     --wheel) wheel=$value ;;
     --gpu) gpu=$value ;;
+    --model) model=$value ;;
     --threads) threads=$value ;;
     --timeout) limit=$value ;;
     -h | --help)
@@ -93,6 +95,10 @@ version=$("$PY" -c 'import importlib.metadata as m; print(m.version("llama-cpp-p
 
 helper=(--gpu "$gpu" --threads "$threads")
 ((quick)) && helper+=(--quick)
+if [[ -n $model ]]; then
+    [[ -f $model ]] || missing "--model $model: no such file"
+    helper+=(--model "$model")
+fi
 if ((cpu_only)); then
     echo "CPU only: no build, no GPU side"
     exec "$PY" "$ROOT/bench/gpu_check.py" --cpu-only "${helper[@]}"

@@ -56,7 +56,9 @@ def run_script(
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_cpu_only_quick_prints_the_table_and_no_gpu_telemetry(model_path, tmp_path):  # noqa: F811
-    done = run_script("--cpu-only", "--quick", "--threads", "2", tmp=tmp_path)
+    done = run_script(
+        "--cpu-only", "--quick", "--threads", "2", "--model", str(model_path), tmp=tmp_path
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "no GPU telemetry" in done.stdout, out
@@ -73,6 +75,41 @@ def test_cpu_only_quick_prints_the_table_and_no_gpu_telemetry(model_path, tmp_pa
         assert float(cpu) > 0
     assert not re.search(r"^(4|8|16)\s", done.stdout, re.M), "quick runs levels 1 and 2 only"
     assert re.search(r"^load to hot, s\s+-\s+\d+\.\d+", done.stdout, re.M), done.stdout
+
+
+def nvml_present() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(nvml_present(), reason="NVML answers here: the GPU side really runs")
+def test_a_gpu_worker_without_nvml_reports_no_gpu_telemetry_and_fails_the_check(
+    model_path,  # noqa: F811
+    tmp_path,
+):
+    done = subprocess.run(
+        # 4 tokens a request: the figures do not matter here, the report does
+        [sys.executable, "bench/gpu_check.py", "--quick", "--threads", "2", "--max-tokens", "4"],
+        cwd=ROOT,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "after load: no GPU telemetry: NVML unavailable" in done.stdout
+    assert "FAILED: GPU 0: cannot confirm offload: no GPU telemetry" in done.stderr
+    rows = re.findall(r"^(1 \(single stream\)|2)\s+(\d+\.\d)\s+(\d+\.\d)\s", done.stdout, re.M)
+    assert [label for label, _, _ in rows] == ["1 (single stream)", "2"], done.stdout
 
 
 def test_without_a_working_nvidia_smi_it_says_what_is_missing(tmp_path):
