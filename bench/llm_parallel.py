@@ -57,7 +57,7 @@ from llmo.worker.llm import LoadSpec, open_llama
 WORKER = "bench-worker"
 PROMPT = "The following is a long, detailed chapter from a history of the printing press.\n\n"
 
-CLIENT = """
+CLIENT_REQUESTS = """
 import json, os, sys, threading, time, urllib.request
 
 args = json.loads(sys.argv[1])
@@ -90,8 +90,11 @@ def together(n):
         t.join()
     wall = time.perf_counter() - started
     return sum(r["usage"]["completion_tokens"] for r in out), wall
+"""
 
-
+CLIENT = (
+    CLIENT_REQUESTS
+    + """
 post(body("Hello", 4))  # warm
 figures = {}
 for n in (1, 2, 4, 8):
@@ -112,12 +115,14 @@ figures["prefix"] = {"seconds": prompt_s, "cached": cached,
                      "prompt_tokens": r["usage"]["prompt_tokens"]}
 json.dump(figures, sys.stdout)
 """
+)
 
 
-def run_task(brain: Client, folder: Path, args: dict) -> dict:
+def run_task(brain: Client, folder: Path, args: dict, worker: str = WORKER) -> dict:
+    """Run ``client.py`` of ``folder`` as one ``llm`` task on ``worker``; its figures."""
     (folder / "args.json").write_text(json.dumps(args))
     task = TaskAssign(
-        dst=WORKER,
+        dst=worker,
         batch_id="bench",
         task_id="parallel",
         attempt_id="bench:parallel:1",
