@@ -16,6 +16,7 @@ import threading
 import openai
 import pytest
 
+from llmo.proto.messages import Register
 from tests.test_worker_llm import llm_setup, load  # noqa: F401  (fixture)
 from tests.waiting import wait_until
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
@@ -227,3 +228,21 @@ def test_health_reports_the_model_slots_and_queue(hot):
     assert health["state"] == "hot" and health["model"] == MODEL
     assert health["slots"] == {"busy": 0, "total": 4}
     assert health["queued"] == 0 and health["max_queued"] > 0
+
+
+def test_the_brain_hears_of_the_endpoint_and_of_requests_in_flight(llm_setup):  # noqa: F811
+    brain, running = llm_setup(slots=1, parallel=4)
+    worker = running.worker
+    assert brain.expect(Register, src="gpu-t").endpoint == worker.api.base_url
+    load(brain)
+    assert brain.heartbeat("gpu-t", state="hot").llm_requests == 0
+    body = {"prompt": "Write a long story.", "max_tokens": LONG, "stream": True}
+    sock = _send_raw(worker, {**body, "logit_bias": {"1": -100, "106": -100}})
+    try:
+        assert brain.heartbeat("gpu-t", llm_requests=1)  # one in flight, beat after beat
+        assert brain.heartbeat("gpu-t", llm_requests=1)
+    finally:
+        sock.close()
+    assert wait_until(lambda: worker.runtime.in_flight == 0)
+    brain.heartbeat("gpu-t")  # the beat that may still count the request
+    assert brain.heartbeat("gpu-t").llm_requests == 0

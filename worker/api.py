@@ -49,7 +49,7 @@ import logging
 import queue
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -279,7 +279,7 @@ class ApiServer:
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
 
-    async def generation(self, request: Request) -> AsyncIterator[Event]:
+    async def generation(self, request: Request) -> AsyncGenerator[Event, None]:
         """``request``'s events: ``Delta`` pieces, then one ``Done`` (a ``Failed`` raises).
 
         Raises NotHot or ValueError before the first event when the runtime
