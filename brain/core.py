@@ -72,7 +72,7 @@ from llmo.proto.messages import (
     WorkerDrain,
 )
 from llmo.proto.states import TASK_ACTIVE
-from llmo.proto.vocab import MAX_PARALLEL
+from llmo.proto.vocab import MAX_LLM_REQUESTS, MAX_PARALLEL
 
 # Beyond these a heartbeat figure is a broken or hostile peer, not a worker.
 MAX_SLOTS = 4096
@@ -113,6 +113,7 @@ def on_register(cx: Ctx, msg: Register) -> None:
     worker.slots = max(1, msg.slots)
     worker.vram_budget_mb = msg.vram_budget_mb
     worker.pid = msg.pid
+    worker.endpoint = msg.endpoint
     cx.publish(None, "worker_registered", worker=msg.src, role=msg.role, slots=worker.slots)
     cx.state.dispatch_due = True
 
@@ -126,6 +127,7 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
         for name, value, low, high in (
             ("slots_total", msg.slots_total, 0, MAX_SLOTS),
             ("llm_slots", msg.llm_slots, 0, MAX_PARALLEL),
+            ("llm_requests", msg.llm_requests, 0, MAX_LLM_REQUESTS),
             ("vram_budget_mb", msg.vram_budget_mb, 0, MAX_VRAM_MB),
             ("vram_used_mb", msg.vram_used_mb, 0, MAX_VRAM_MB),
             ("tok_s", msg.tok_s, 0.0, 1e7),
@@ -145,6 +147,10 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
         worker.tok_s = msg.tok_s
     if "llm_slots" not in absurd:
         worker.llm_slots = msg.llm_slots
+    if "llm_requests" not in absurd:
+        worker.llm_requests = msg.llm_requests
+        if msg.llm_requests:
+            worker.llm_request_at = cx.now
     worker.constraint = msg.constraint
     if msg.telemetry is not None:
         worker.gauges = view.gauges(msg.telemetry)

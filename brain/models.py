@@ -19,7 +19,11 @@ batches, per model (tasks of finished or cancelled batches never count).
   with a model nobody waits for is unloaded so it becomes one.
 * Unload: a hot, idle worker whose model has had no demand for
   ``unload_idle_s`` (``split_unload_idle_s`` for multi-GPU workers) is told to
-  unload, except for the ``default_hot`` models while the rig is idle.
+  unload, except for the ``default_hot`` models while the rig is idle. A
+  worker whose endpoint serves requests (``Heartbeat.llm_requests``), say for
+  a model an operator loaded, is not idle: neither this rule nor a swap
+  unloads it, and its idle time counts from the last heartbeat that reported
+  a request.
 * Return to default: after ``default_idle_s`` with no running batch, the
   models in ``default_hot`` are loaded on cold workers.
 * A load that fails, or reports nothing within ``load_timeout_s``, leaves
@@ -137,6 +141,7 @@ def plan(cx: Ctx) -> None:
             or not usable(worker)
             or worker.model_state != "hot"
             or worker.attempts
+            or worker.llm_requests
             or worker.loading
             or worker.name in protected
             or wanted.get(worker.model)
@@ -144,7 +149,12 @@ def plan(cx: Ctx) -> None:
         ):
             continue
         limit = cfg.split_unload_idle_s if len(worker.gpus) >= 2 else cfg.unload_idle_s
-        last = max(st.llm_demand_at.get(worker.model, 0.0), worker.hot_since, worker.idle_since)
+        last = max(
+            st.llm_demand_at.get(worker.model, 0.0),
+            worker.hot_since,
+            worker.idle_since,
+            worker.llm_request_at,
+        )
         if now - last >= limit:
             unload(cx, worker, f"no LLM demand for {limit:.0f}s")
     if idle_rig and st.idle_since and now - st.idle_since >= cfg.default_idle_s:
@@ -172,6 +182,7 @@ def ensure_hot(cx: Ctx, workers: list[Worker], model: str, count: int) -> None:
             and usable(worker)
             and worker.model_state == "hot"
             and not worker.attempts
+            and not worker.llm_requests
             and not worker.loading
             and worker.model != model
             and cx.now - worker.hot_since >= SWAP_MIN_HOT_S

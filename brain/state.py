@@ -252,6 +252,9 @@ class Worker:
     models: tuple[str, ...] = ()
     slots: int = 1
     llm_slots: int = 0  # LLM sequences its hot model batches, from its heartbeat
+    llm_requests: int = 0  # requests its endpoint serves (or served since its last heartbeat)
+    llm_request_at: float = 0.0  # when a heartbeat last reported requests
+    endpoint: str = ""  # its OpenAI-compatible endpoint's URL, from its registration
     vram_budget_mb: int = 0
     vram_used_mb: int = 0
     pid: int = 0

@@ -38,6 +38,7 @@ def worker_view(worker: Worker) -> WorkerInfo:
         tok_s=worker.tok_s,
         constraint=worker.constraint,
         gpu=GpuGauges(**worker.gauges) if worker.gauges else None,
+        endpoint=worker.endpoint,
     )
 
 

@@ -5,6 +5,7 @@
     {"rev": 42, "broker": "tcp://...",
      "workers": [{"name", "role", "state", "model", "slots", "slots_free",
                   "vram_budget_mb", "vram_used_mb", "attempts", "tok_s",
+                  "endpoint" (its OpenAI-compatible endpoint, on its host),
                   "gpu": {"available", "temperature_c", "vram_used_mb",
                           "vram_total_mb", "power_w", ...}, ...}],
      "batches": [{"id", "plan", "state", "priority_name", "tasks",

@@ -176,7 +176,8 @@ class WorkerInfo(View):
     """One worker. ``state`` is the worker's own report (or ``down`` when the
     brain lost it), ``presence`` the brain's view; ``loading`` is the model the
     brain asked it to load; ``attempts`` the attempt ids it runs for the brain;
-    ``gpu`` is ``None`` until it reports telemetry."""
+    ``gpu`` is ``None`` until it reports telemetry; ``endpoint`` is the URL of its
+    OpenAI-compatible endpoint, on its own host."""
 
     name: str
     role: Literal["worker", "brain"] = "worker"
@@ -194,6 +195,7 @@ class WorkerInfo(View):
     tok_s: float = 0.0
     constraint: str = ""
     gpu: GpuGauges | None = None
+    endpoint: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -255,7 +257,10 @@ class TaskInfo(View):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Register(Message):
-    """A worker announces itself and what it can do (worker -> brain)."""
+    """A worker announces itself and what it can do (worker -> brain).
+
+    ``endpoint`` is the URL of its OpenAI-compatible endpoint, on its own host
+    (``worker.api``), for operators; empty for tools."""
 
     TYPE = MsgType.REGISTER
     role: Literal["worker", "brain"] = "worker"
@@ -267,6 +272,7 @@ class Register(Message):
     host: str = ""
     pid: int = 0
     version: str = ""
+    endpoint: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -279,6 +285,9 @@ class Heartbeat(Message):
     reading); empty otherwise. ``llm_slots`` is how many LLM sequences its hot
     model generates at once (0 when cold): the brain may run that many LLM
     attempts on it besides its shell slots (``vocab.slot_free``).
+    ``llm_requests`` is how many requests its endpoint has in flight, or
+    received since its previous heartbeat: a model that serves is never
+    unloaded for want of demand (``brain.models``).
     """
 
     TYPE = MsgType.HEARTBEAT
@@ -295,6 +304,7 @@ class Heartbeat(Message):
     telemetry: Telemetry | None = None
     constraint: str = ""
     llm_slots: int = 0
+    llm_requests: int = 0
 
 
 # --- tasks -----------------------------------------------------------------

@@ -28,6 +28,7 @@ HEARTBEAT_EXPIRY_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
 EXIT_RETRY_LATER = 75
 
 MAX_PARALLEL = 256  # LLM sequences one worker may batch (``Heartbeat.llm_slots``)
+MAX_LLM_REQUESTS = 1_000_000  # requests one heartbeat may report (``Heartbeat.llm_requests``)
 
 
 def slot_free(*, llm: bool, slots: int, llm_slots: int, llm_used: int, other_used: int) -> int:

@@ -244,3 +244,26 @@ def test_another_path_to_a_file_of_the_same_name_is_not_offered():
     rig.submit(plan_text("gen | llm | python gen.py | none"))
     rig.tick(0.5)
     assert rig.of(ModelLoad) == []
+
+
+def test_a_worker_serving_requests_is_not_unloaded_and_idle_counts_from_the_last():
+    """A model loaded by an operator (no batch wants it) that serves requests
+    on its endpoint stays hot; the idle time starts when the requests stop."""
+    rig = Rig(BrainConfig(unload_idle_s=30.0))
+    rig.worker("w1", state="hot", model="m")
+    for _ in range(60):  # a minute of requests in flight, heartbeat after heartbeat
+        rig.tick(1.0)
+        rig.heartbeat("w1", llm_requests=2)
+    assert rig.of(ModelUnload) == []
+    rig.wait(29.0)
+    assert rig.of(ModelUnload) == []
+    rig.wait(2.0)
+    assert [m.dst for m in rig.of(ModelUnload)] == ["w1"]
+
+
+def test_an_absurd_request_count_is_ignored_and_named():
+    rig = Rig()
+    rig.worker("w1", state="hot", model="m")
+    rig.heartbeat("w1", llm_requests=-3)
+    assert rig.state.workers["w1"].llm_requests == 0
+    assert any("llm_requests" in c.text for c in rig.commands if type(c).__name__ == "Log")

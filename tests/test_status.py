@@ -57,3 +57,15 @@ def test_render_shows_state_temperature_rate_and_progress():
 def test_render_empty_rig():
     text = render(SnapshotReply(reply_to="r", rev=0))
     assert "(no workers registered)" in text and "(no batches)" in text
+
+
+def test_json_names_each_workers_endpoint():
+    from llmo.brain.view import worker_view
+    from llmo.cli.status_cmd import worker_json
+    from llmo.proto.messages import Register
+    from tests.brain_fixtures import Rig
+
+    rig = Rig()
+    url = "http://127.0.0.1:40111/v1"
+    rig.msg(Register(role="worker", slots=1, pid=1, endpoint=url), src="gpu-1")
+    assert worker_json(worker_view(rig.state.workers["gpu-1"]))["endpoint"] == url

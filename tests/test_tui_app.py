@@ -381,3 +381,25 @@ def test_selecting_a_finished_batch_fetches_its_tasks(rig):
         assert "A" not in app.model.tasks  # a finished batch's tasks are dropped once left
 
     run(app, script)
+
+
+def test_the_selected_worker_shows_its_endpoint(rig):
+    url = "http://127.0.0.1:40111/v1"
+    rig.fake.set_state(
+        workers=[worker_view("gpu-1", endpoint=url), worker_view("gpu-2", "cold")],
+        batches=[],
+        tasks=[],
+        rev=11,
+    )
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        table = app.query_one(WorkersTable)
+        table.focus()
+        await until(pilot, lambda: app.selected_worker() == "gpu-1", what="gpu-1 selected")
+        await until(pilot, lambda: url in str(table.border_subtitle), what="the endpoint")
+        await pilot.press("down")  # gpu-2 reports no endpoint
+        await until(pilot, lambda: app.selected_worker() == "gpu-2", what="gpu-2 selected")
+        assert url not in str(table.border_subtitle)
+
+    run(app, script)

@@ -240,6 +240,7 @@ class MonitorApp(App[None]):
             workers = self.workers_table
             workers.show(model, now)
             workers.border_title = f"workers · rig {model.rig_tok_s():.1f} tok/s"
+            self.show_worker_detail()
         if "batches" in changes:
             batches = self.batches_table
             batches.show(model, now)
@@ -300,6 +301,8 @@ class MonitorApp(App[None]):
     # --- selection ---------------------------------------------------------------------
 
     def on_virtual_list_highlighted(self, event: VirtualList.Highlighted) -> None:
+        if isinstance(event.source, WorkersTable):
+            self.show_worker_detail()
         if isinstance(event.source, BatchesTable) and event.row is not None:
             key = event.row[0]
             if key != self.model.selected_batch:
@@ -312,6 +315,11 @@ class MonitorApp(App[None]):
 
     def selected_worker(self) -> str:
         return self.workers_table.selected_key or ""
+
+    def show_worker_detail(self) -> None:
+        """The selected worker's endpoint URL under the workers panel."""
+        row = self.model.workers.get(self.selected_worker())
+        self.workers_table.border_subtitle = render.worker_detail(row) if row else ""
 
     def on_virtual_list_selected(self, event: VirtualList.Selected) -> None:
         if event.source.id == "tasks":

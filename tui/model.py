@@ -214,6 +214,7 @@ class Model:
         row.vram_used_mb = w.vram_used_mb
         row.tok_s = w.tok_s
         row.constraint = w.constraint
+        row.endpoint = w.endpoint or row.endpoint
         if row.telemetry is None and w.gpu is not None:
             row.telemetry = _telemetry_from(w.gpu, row.gpus)
         if row.presence == "down":

@@ -186,6 +186,13 @@ def worker_cells(
 # --- batches and tasks -------------------------------------------------------------------
 
 
+def worker_detail(worker: WorkerRow) -> str:
+    """A line about the selected worker: where its OpenAI-compatible endpoint listens."""
+    if not worker.endpoint:
+        return ""
+    return f"{worker.name} · endpoint {worker.endpoint} (on its host)"
+
+
 def batch_cells(batch: BatchRow, now: float, bar_width: int = 20) -> list[Text]:
     done, running, bad, rest = batch.split()
     total = done + running + bad + rest

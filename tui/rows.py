@@ -75,6 +75,7 @@ class WorkerRow:
     tok_s: float = 0.0
     telemetry: Any = None  # proto Telemetry from the latest heartbeat
     constraint: str = ""
+    endpoint: str = ""  # its OpenAI-compatible endpoint's URL, on its own host
     last_heartbeat: float = 0.0
     last_sample: float = 0.0
     history: collections.deque[float] = field(

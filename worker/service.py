@@ -107,6 +107,7 @@ class Worker:
         self.runtime = Runtime(post=self.inbox.put, clock=clock)
         self.meters = Meters()
         self.api = ApiServer(self.runtime, self.meters).start()
+        self._requests_seen = 0  # the endpoint's request count at the last heartbeat
         self.client = Client(config.name, endpoint, context=context, monotonic=clock)
         self.monitor = self.client.socket.get_monitor_socket(MONITOR_EVENTS)
         self.link = Link(
@@ -185,6 +186,7 @@ class Worker:
             host=socket.gethostname(),
             pid=os.getpid(),
             version=_version(),
+            endpoint=self.api.base_url,
         )
 
     def state(self) -> WorkerState:
@@ -193,6 +195,12 @@ class Worker:
         if self.limits.level is not Level.OK:
             return "constrained"
         return self.runtime.state
+
+    def _llm_requests(self) -> int:
+        """Requests in flight on the endpoint, or received since the last heartbeat."""
+        received = self.api.requests - self._requests_seen
+        self._requests_seen = self.api.requests
+        return max(self.runtime.in_flight, received)
 
     def _heartbeat(self, telemetry: Any) -> Heartbeat:
         c = self.config
@@ -211,6 +219,7 @@ class Worker:
             telemetry=telemetry,
             constraint=self._constraint,
             llm_slots=self.runtime.slots,
+            llm_requests=self._llm_requests(),
         )
 
     def _send(self, msg: Message) -> object:
