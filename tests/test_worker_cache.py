@@ -150,7 +150,6 @@ def test_a_database_with_a_damaged_header_reads_as_a_miss_then_recovers(tmp_path
     cache.put("k", done(), model="m")
     cache.close()
     path = tmp_path / DB_NAME
-    data = bytearray(path.read_bytes() or b"\0" * 8192)
     # the WAL holds the pages; checkpoint so the file itself has them, then damage it
     db = sqlite3.connect(path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

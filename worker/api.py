@@ -32,10 +32,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from llmo.worker.batching import Request
+from llmo.worker.batching import Done, Request
+from llmo.worker.cache import ResultCache, cacheable, check_policy, key_for, request_params
 from llmo.worker.llm import Cancelled, NotHot, Runtime
 from llmo.worker.meter import Meters
 from llmo.worker.sampling import SamplingParams
@@ -71,10 +74,16 @@ class ApiError(Exception):
 
 class ApiServer:
     def __init__(
-        self, runtime: Runtime, meters: Meters, host: str = "127.0.0.1", port: int = 0
+        self,
+        runtime: Runtime,
+        meters: Meters,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        cache: ResultCache | None = None,
     ) -> None:
         self.runtime = runtime
         self.meters = meters
+        self.cache = cache
         handler = type("Handler", (_Handler,), {"api": self})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -245,17 +254,22 @@ class _Handler(BaseHTTPRequestHandler):
         request.meter = self.api.meters.resolve(key, self.headers.get(ATTEMPT_HEADER))
         name = runtime.spec.name if runtime.spec is not None else ""
         shape = Shape(name=name, chat=chat)
+        stream = bool(body.get("stream"))
+        served, store = self._from_cache(body, request, shape, stream)
+        if served:
+            return
         try:
             runtime.submit(request)
         except NotHot as exc:
             raise ApiError(503, str(exc), "model_not_loaded") from None
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        stream = bool(body.get("stream"))
         streaming = False
         try:
             if not stream:
-                self._send_json(200, shape.result(request.result()))
+                done = request.result()
+                store(done)
+                self._send_json(200, shape.result(done))
                 return
             self._start_stream()
             streaming = True
@@ -266,6 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     self._event(shape.chunk(text=next(pieces)))
                 except StopIteration as end:
+                    store(end.value)
                     self._event(shape.chunk(done=end.value))
                     break
             self._event("[DONE]")
@@ -279,6 +294,48 @@ class _Handler(BaseHTTPRequestHandler):
             self._event({"error": {"message": str(exc), "type": "server_error"}})
         finally:
             request.cancel()  # a client gone mid-stream frees its slot at the next step
+
+    def _from_cache(
+        self, body: dict[str, Any], request: Request, shape: Shape, stream: bool
+    ) -> tuple[bool, Callable[[Done], object]]:
+        """The result cache around one request (``worker.cache``).
+
+        A hit is answered here, whole or as a stream of the stored text in one
+        chunk and the final chunk, marked ``llmo.cached``, and counted on the
+        attempt's meter as a hit with no generated token: returns ``(True, _)``.
+        Otherwise returns ``(False, store)``: ``store(done)`` keeps a finished
+        result when the request is cacheable (a no-op when it is not).
+        """
+        results, runtime, meter = self.api.cache, self.api.runtime, request.meter
+        opt = body.get("cache", True)
+        if not isinstance(opt, bool):
+            raise ApiError(400, f"'cache' must be true or false (got {opt!r})")
+        try:
+            policy = check_policy(meter.cache_policy if meter is not None else None)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        model_hash, model = runtime.model_hash, shape.name
+        if results is None or not opt or not model_hash or not cacheable(policy, request):
+            return False, lambda done: None
+        key = key_for(model_hash, request.prompt, request_params(request))
+        stored = results.get(key, model)
+        if stored is None:
+            return False, lambda done: results.put(key, done, model=model, model_hash=model_hash)
+        if meter is not None:
+            meter.cache_hits += 1
+            meter.cache_hit_tokens += stored.completion_tokens
+        done = replace(stored, cached_tokens=stored.prompt_tokens)
+        mark = {"cached": True, **({"capped_by_context": True} if done.capped else {})}
+        if not stream:
+            self._send_json(200, {**shape.result(done), "llmo": mark})
+            return True, lambda done: None
+        self._start_stream()
+        if shape.chat:
+            self._event(shape.chunk(role=True))
+        self._event(shape.chunk(text=done.text))
+        self._event({**shape.chunk(done=done), "llmo": mark})
+        self._event("[DONE]")
+        return True, lambda done: None
 
     def _start_stream(self) -> None:
         self.close_connection = True

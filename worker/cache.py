@@ -376,3 +376,20 @@ class ResultCache:
             except sqlite3.DatabaseError as exc:
                 self._recover(exc, "storing a model hash")
         return f"sha256:{digest}"
+
+
+def open_cache(config: Any) -> ResultCache | None:
+    """The worker's result cache (``config.cache_dir``, ``config.cache_mb``), or None.
+
+    None where no folder is configured or the bound is 0; a folder that cannot
+    be used is logged and the worker serves without a cache.
+    """
+    if not config.cache_dir or config.cache_mb <= 0:
+        return None
+    try:
+        return ResultCache(config.cache_dir, max_bytes=int(config.cache_mb * 1024 * 1024))
+    except (OSError, sqlite3.Error) as exc:
+        log.error(
+            "result cache in %s cannot be used (%s); serving without one", config.cache_dir, exc
+        )
+        return None

@@ -38,6 +38,9 @@ class Meter:
     gen_s: float = 0.0  # seconds spent generating, summed over requests
     gen_started: float | None = None  # when the request generating now started
     cancelled: bool = False
+    cache_policy: str | None = None  # the plan's LLM_CACHE (``worker.cache``); None: auto
+    cache_hits: int = 0  # completions answered from the result cache, with no token generated
+    cache_hit_tokens: int = 0  # the completion tokens those answers hold
 
     def tok_s(self, now: float) -> float:
         """Tokens per second of generation, ``now`` on the clock of ``gen_started``."""
