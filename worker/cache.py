@@ -46,13 +46,14 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
+from llmo.proto.vocab import LLM_CACHE_ENV, LLM_CACHE_KEY, LLM_CACHE_POLICIES
 from llmo.worker.batching import Done, Request
 
 log = logging.getLogger("llmo.worker.cache")
 
-POLICIES = ("auto", "seeded", "off")
-POLICY_VARIABLE = "LLM_CACHE"  # the plan's configuration variable
-POLICY_ENV = "LLMO_VAR_LLM_CACHE"  # how it reaches the attempt (``TaskAssign.env``)
+POLICIES = LLM_CACHE_POLICIES
+POLICY_VARIABLE = LLM_CACHE_KEY  # the batch's configuration key
+POLICY_ENV = LLM_CACHE_ENV  # how it reaches the attempt (``TaskAssign.env``)
 DEFAULT_MAX_MB = 256
 DB_NAME = "results.db"
 BUSY_TIMEOUT_MS = 10_000
