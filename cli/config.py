@@ -166,7 +166,7 @@ def parse(data: dict[str, Any], path: str = "llmo.toml") -> RigConfig:
             if key not in keys:
                 problems.append(f"[{section}] unknown key {key!r} (known: {', '.join(keys)})")
             elif _check(f"[{section}] {key}", value, keys[key], problems):
-                field_name = _FIELDS.get((section, key), key)
+                field_name = _FIELDS.get((section, str(key)), str(key))
                 values[field_name] = float(value) if key == "interval_s" else value
     if isinstance(values.get("cache_mb"), int) and values["cache_mb"] < 0:
         problems.append(f"[cache] max_mb: must be 0 (no cache) or more, got {values['cache_mb']}")
