@@ -21,6 +21,11 @@ the request's event queue, so concurrent requests generate together.
 Sampling values are checked first (``worker.sampling``): a bad one is a 400
 naming the field.
 
+Deterministic requests go through the result cache first (``worker.cache``,
+in ``_from_cache``): a hit is answered from it, marked ``llmo.cached``, without
+generating; a miss is stored once it finishes. ``"cache": false`` in a body
+opts that request out.
+
 A request naming a model other than the one loaded gets 404, never an answer
 from the wrong model; with no model loaded every generation gets 503. A
 client that goes away mid-stream ends its generation at once, and so does an

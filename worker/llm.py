@@ -23,6 +23,11 @@ end-of-generation token is not counted, so the counts match the response's
 closes the engine first: running requests end ``Cancelled``, the batch
 thread is joined, and only then is the model freed.
 
+With a result cache (``digest``), a load also takes the model file's content
+hash (``model_hash``, remembered by the cache per path, size and mtime)
+before the model is hot, so every result stored is keyed by what the file
+holds, not by its name.
+
 The ``Llama`` object is kept for loading, tokenizing and the chat template;
 its own context is small (``HOLDER_CTX``) and never generates.
 

@@ -15,6 +15,11 @@ header naming the attempt, else the only running attempt that is an LLM
 task. A request that matches none still generates and counts towards the
 worker's total, but belongs to no attempt.
 
+A completion answered from the result cache (``worker.cache``) generates
+nothing: it adds to ``cache_hits`` and ``cache_hit_tokens``, never to
+``tokens``, so an attempt's count is what it cost the GPU. The attempt's
+cache policy (``cache_policy``) comes from its ``TaskAssign.env``.
+
 ``Rate`` turns the worker's running total into its recent tok/s for
 heartbeats: the slope over the last few seconds of samples.
 """
