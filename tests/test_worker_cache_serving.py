@@ -6,6 +6,8 @@ import dataclasses
 import json
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -127,3 +129,43 @@ def test_a_plan_or_a_request_can_turn_the_cache_off(llm_setup, tmp_path):  # noq
     again_done, again = run_task(brain, tmp_path, "seeded2", env=env, extra=seeded)
     assert again_done.tokens == 0
     assert again["sampled"]["llmo"] == {"cached": True}
+
+
+def test_a_bad_cache_field_is_a_400_naming_it(llm_setup, tmp_path):  # noqa: F811
+    brain, worker = llm_setup(cache_dir=str(tmp_path / "cache"))
+    load(brain)
+    body = {"prompt": "Hello", "max_tokens": 2, "temperature": 0, "cache": "no"}
+    request = urllib.request.Request(
+        worker.worker.api.base_url + "/completions", data=json.dumps(body).encode()
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    assert "'cache' must be true or false" in json.load(refused.value)["error"]["message"]
+    refused.value.close()
+    # An attempt whose environment names no known policy: its requests say so.
+    (tmp_path / "bad.py").write_text(BAD_POLICY_CLIENT)
+    msg = dataclasses.replace(
+        llm_task(tmp_path, "bad", f"{sys.executable} bad.py > err.txt"),
+        env={"LLMO_VAR_LLM_CACHE": "sometimes"},
+    )
+    brain.send(msg)
+    brain.expect(TaskDone, attempt_id=msg.attempt_id, timeout=60)
+    assert (tmp_path / "err.txt").read_text().startswith("400 the plan variable LLM_CACHE is")
+
+
+BAD_POLICY_CLIENT = textwrap.dedent(
+    """
+    import json, os, urllib.error, urllib.request
+
+    body = {"prompt": "Hello", "max_tokens": 2, "temperature": 0}
+    request = urllib.request.Request(
+        os.environ["LLM_API_BASE"] + "/completions", data=json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + os.environ["LLM_API_KEY"]},
+    )
+    try:
+        urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as exc:
+        print(exc.code, json.load(exc)["error"]["message"])
+    """
+)
