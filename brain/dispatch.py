@@ -34,7 +34,7 @@ from llmo.brain import meta, tasks
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import Batch, TaskRun, Worker
 from llmo.proto.messages import TaskAssign
-from llmo.proto.vocab import slot_free
+from llmo.proto.vocab import LLM_CACHE_ENV, LLM_CACHE_KEY, slot_free
 
 WORKER_BUSY_STATES = frozenset({"draining", "down"})
 
@@ -157,6 +157,15 @@ def pick(cx: Ctx, workers: list[Worker], task: TaskRun) -> Worker | None:
     return best
 
 
+def attempt_env(batch: Batch, task: TaskRun) -> dict[str, str]:
+    """The task's values, and the batch's result cache policy when it sets one."""
+    env = dict(task.env) if task.env else {}
+    policy = batch.config.get(LLM_CACHE_KEY)
+    if isinstance(policy, str) and policy:
+        env.setdefault(LLM_CACHE_ENV, policy.strip().lower())
+    return env
+
+
 def assign(cx: Ctx, batch: Batch, task: TaskRun, worker: Worker) -> None:
     if not tasks.move(cx, batch, task, "assign"):
         return
@@ -184,7 +193,7 @@ def assign(cx: Ctx, batch: Batch, task: TaskRun, worker: Worker) -> None:
             plan_path=batch.plan_path,
             batch_path=batch.history_path,
             log_path=f"{batch.history_path}/logs/{task.id}.log",
-            env=dict(task.env) if task.env else {},
+            env=attempt_env(batch, task),
             timeout_s=cfg.timeout_for(spec.task_class, spec.timeout_s),
             grace_s=cfg.grace_s,
             vram_mb=vram_mb,

@@ -75,6 +75,10 @@ def on_plan_loaded(cx: Ctx, ev: PlanLoaded) -> None:
             priority_name = plans.config_priority(config) or "normal"
         except plans.PlanError as exc:
             error_text.append(f"{plan_file}:0: {exc}")
+    try:
+        plans.config_llm_cache(config)
+    except plans.PlanError as exc:
+        error_text.append(f"{plan_file}:0: {exc}")
     if plan is None or error_text:
         reject(cx, req, error_text or [f"{plan_file}:0: the plan has no tasks"], warning_text)
         return

@@ -15,6 +15,9 @@ checked by their owners, which ``load`` calls so all errors surface at once.
     [paths]      rig_dir, plans_dir     local state (journal, logs, model cache); plans
     [brain]      see brain.config.BrainConfig
     [limits]     see the worker's limits
+    [cache]      dir, max_mb            the result cache of deterministic completions
+                                        (``worker.cache``; default <rig_dir>/cache, 256 MB;
+                                        max_mb = 0 turns it off)
     [security]   keys_dir, require_curve
                                         CurveZMQ keys (``llmo keys generate``; relative
                                         to this file); refuse to run without them
@@ -82,6 +85,8 @@ class RigConfig:
     plans_dir: str = ""
     keys_dir: str = ""
     require_curve: bool = False
+    cache_dir: str = ""  # the result cache; empty: <rig_dir>/cache
+    cache_mb: int | None = None  # its bound; None: the worker's default; 0: no cache
     brain: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +101,12 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "broker": {"interval_s": (int, float), "liveness": int},
     "paths": {"rig_dir": str, "plans_dir": str},
     "security": {"keys_dir": str, "require_curve": bool},
+    "cache": {"dir": str, "max_mb": int},
+}
+# Section keys whose ``RigConfig`` field has another name.
+_FIELDS: dict[tuple[str, str], str] = {
+    ("cache", "dir"): "cache_dir",
+    ("cache", "max_mb"): "cache_mb",
 }
 _WORKER_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -155,7 +166,10 @@ def parse(data: dict[str, Any], path: str = "llmo.toml") -> RigConfig:
             if key not in keys:
                 problems.append(f"[{section}] unknown key {key!r} (known: {', '.join(keys)})")
             elif _check(f"[{section}] {key}", value, keys[key], problems):
-                values[key] = float(value) if key == "interval_s" else value
+                field_name = _FIELDS.get((section, str(key)), str(key))
+                values[field_name] = float(value) if key == "interval_s" else value
+    if isinstance(values.get("cache_mb"), int) and values["cache_mb"] < 0:
+        problems.append(f"[cache] max_mb: must be 0 (no cache) or more, got {values['cache_mb']}")
     for section in ("brain", "limits", "policy"):
         table = data.get(section, {})
         if not isinstance(table, dict):
@@ -349,6 +363,13 @@ def worker_policy(config: RigConfig, keys_flag: str | None = None) -> Policy:
         )
     except ValueError as exc:
         raise ConfigError(config.path or "llmo.toml", [str(exc)]) from None
+
+
+def cache_dir(config: RigConfig, rig_dir: str | None = None) -> str:
+    """The result cache's folder: ``[cache] dir``, else ``<rig folder>/cache``."""
+    if config.cache_dir:
+        return os.path.abspath(config.cache_dir)
+    return os.path.join(os.path.abspath(rig_dir or config.rig_dir or "rig"), "cache")
 
 
 def _required(config: RigConfig, who: str) -> SecurityError:

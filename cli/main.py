@@ -35,6 +35,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "find and repair damage in a brain journal (journal check|repair JOURNAL)",
     ),
     "keys": ("llmo.cli.keys_cmd", "CurveZMQ keys for the broker and its peers (keys generate DIR)"),
+    "cache": (
+        "llmo.cli.cache_cmd",
+        "the result cache of deterministic completions (cache stats|clear)",
+    ),
     "systemd": ("llmo.cli.systemd_cmd", "the rig's systemd units from llmo.toml (systemd install)"),
 }
 

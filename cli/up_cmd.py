@@ -100,7 +100,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[str]]]]:
     """Where things go and the argv of each child (name, argv)."""
-    from llmo.cli.config import RigConfig, WorkerSpec, keys_dir, load, server_keys, worker_policy
+    from llmo.cli.config import (
+        RigConfig,
+        WorkerSpec,
+        cache_dir,
+        keys_dir,
+        load,
+        server_keys,
+        worker_policy,
+    )
     from llmo.proto.endpoints import bind_list, local_endpoint, resolve
     from llmo.proto.security import check_bind
 
@@ -209,7 +217,11 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
             str(args.stop_grace),
             "--parallel",
             str(w.parallel),
+            "--cache-dir",
+            cache_dir(config, str(rig_dir)),
         ]
+        if config.cache_mb is not None:
+            argv += ["--cache-mb", str(config.cache_mb)]
         if w.vram_mb:
             argv += ["--vram-mb", str(w.vram_mb)]
         if w.threads:

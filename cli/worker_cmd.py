@@ -129,6 +129,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a task's output past this many MB is dropped, the log saying where it was "
         "cut (default: [[workers]] max_output_mb, else 100; 0: no cap)",
     )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=None,
+        help="the result cache of deterministic completions, shared by the rig's workers "
+        "(default: [cache] dir, else <rig_dir>/cache)",
+    )
+    parser.add_argument(
+        "--cache-mb",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="the result cache's size; least recently used results go past it "
+        "(default: [cache] max_mb, else 256; 0: no cache)",
+    )
     limits = parser.add_argument_group("resource limits")
     limits.add_argument("--max-temp", type=float, help="GPU warning, °C (default 75)")
     limits.add_argument("--critical-temp", type=float, help="GPU critical, °C (default 90)")
@@ -147,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from llmo.cli.config import (
         ConfigError,
         RigConfig,
+        cache_dir,
         client_keys,
         endpoints,
         keys_dir,
@@ -180,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
     setup_logging(args.log_level)
 
+    from llmo.worker.cache import DEFAULT_MAX_MB
     from llmo.worker.config import WorkerConfig
     from llmo.worker.limits import LimitsConfig
     from llmo.worker.output import DEFAULT_CAP_MB
@@ -227,6 +244,10 @@ def run(args: argparse.Namespace) -> int:
     if max_output_mb < 0:
         print("llmo worker: --max-output-mb must be 0 (no cap) or more", file=sys.stderr)
         return 2
+    cache_mb = _pick(args.cache_mb, rig.cache_mb, DEFAULT_MAX_MB)
+    if cache_mb < 0:
+        print("llmo worker: --cache-mb must be 0 (no cache) or more", file=sys.stderr)
+        return 2
     config = WorkerConfig(
         name=args.name,
         role=_pick(args.role, spec and spec.role, "worker"),
@@ -249,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         policy=policy,
         task_user=task_user,
         max_output_mb=max_output_mb,
+        cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else cache_dir(rig),
+        cache_mb=cache_mb,
     )
     # Orphaned descendants of tasks come back to this process, to be swept and reaped.
     reaper = become_subreaper()

@@ -44,6 +44,7 @@ from llmo.plans.model import (
 from llmo.plans.parser import parse_plan
 from llmo.plans.variables import (
     builtin_variables,
+    config_llm_cache,
     config_placeholders,
     config_priority,
     config_variables,
@@ -69,6 +70,7 @@ __all__ = [
     "batch_name",
     "builtin_variables",
     "chain_commands",
+    "config_llm_cache",
     "config_placeholders",
     "config_priority",
     "config_variables",

@@ -39,6 +39,7 @@ from llmo.plans.model import (
     Problem,
     Task,
 )
+from llmo.proto.vocab import LLM_CACHE_KEY, LLM_CACHE_POLICIES
 
 PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\}")
 
@@ -216,6 +217,19 @@ def config_priority(config: Mapping[str, object]) -> str | None:
             f"PRIORITY is {value!r}; use one of {', '.join(PRIORITIES)} (or leave it out)"
         )
     return value.lower()
+
+
+def config_llm_cache(config: Mapping[str, object]) -> str | None:
+    """The result cache policy named by the config key ``LLM_CACHE``, if any."""
+    value = config.get(LLM_CACHE_KEY)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.strip().lower() not in LLM_CACHE_POLICIES:
+        raise PlanError(
+            f"{LLM_CACHE_KEY} is {value!r}; use one of {', '.join(LLM_CACHE_POLICIES)} "
+            "(or leave it out: auto)"
+        )
+    return value.strip().lower()
 
 
 # -- what a plan uses ------------------------------------------------------------------

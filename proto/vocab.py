@@ -30,6 +30,13 @@ EXIT_RETRY_LATER = 75
 MAX_PARALLEL = 256  # LLM sequences one worker may batch (``Heartbeat.llm_slots``)
 MAX_LLM_REQUESTS = 1_000_000  # requests one heartbeat may report (``Heartbeat.llm_requests``)
 
+# The result cache's policy for a batch (``worker.cache``): the configuration
+# key, its values (auto: greedy requests; seeded: also fixed seeds; off), and
+# the variable of the attempt's environment (``TaskAssign.env``) it travels in.
+LLM_CACHE_KEY = "LLM_CACHE"
+LLM_CACHE_POLICIES = ("auto", "seeded", "off")
+LLM_CACHE_ENV = "LLMO_VAR_LLM_CACHE"
+
 
 def slot_free(*, llm: bool, slots: int, llm_slots: int, llm_used: int, other_used: int) -> int:
     """Free credit on a worker for one more attempt (> 0: it fits).

@@ -23,7 +23,14 @@ Each request becomes one sequence in the worker's batch loop
 (``worker.batching``): no thread per request. The engine's thread wakes the
 loop (``Request.wake`` -> ``call_soon_threadsafe``) after each event it puts
 on the request's queue, and the handler reads the queue. ``generation`` is
-the one place a request turns into events (where a result cache sits).
+the one place a request turns into events.
+
+Deterministic requests go through the result cache first (``worker.cache``,
+``_from_cache``): a hit is answered from it, marked ``llmo.cached``, without
+generating (a streamed hit sends the stored text as one chunk, then the final
+chunk); a miss is stored once it finishes. ``"cache": false`` in a body opts
+that request out; the attempt's ``LLM_CACHE`` policy (on its meter) decides
+which requests are cacheable.
 
 Refusals, each naming what is wrong: a request naming a model other than the
 one loaded is 404, never an answer from the wrong model; with no model loaded
@@ -49,12 +56,14 @@ import logging
 import queue
 import socket
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from llmo.worker.batching import Delta, Done, Event, Failed, Request
+from llmo.worker.cache import ResultCache, cacheable, check_policy, key_for, request_params
 from llmo.worker.llm import Cancelled, NotHot, Runtime
 from llmo.worker.meter import Meters
 from llmo.worker.sampling import SamplingParams
@@ -111,9 +120,11 @@ class ApiServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_queued: int = MAX_QUEUED,
+        cache: ResultCache | None = None,
     ) -> None:
         self.runtime = runtime
         self.meters = meters
+        self.cache = cache
         self.max_queued = max_queued
         self.requests = 0  # generation requests received (read by heartbeats)
         self.sock = socket.create_server((host, port), backlog=BACKLOG)
@@ -250,7 +261,10 @@ class ApiServer:
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
         request.meter = self.meters.resolve(key, http.headers.get(ATTEMPT_HEADER))
         shape = Shape(name=self.runtime.model, chat=chat)
-        events = self.generation(request)
+        stored, store = await asyncio.to_thread(self._from_cache, body, request, shape)
+        if stored is not None:
+            return await self._answer_cached(http, body, shape, stored)
+        events = self.generation(request, store)
         try:
             try:
                 first = await anext(events)  # refusals (not hot, too long) come before it
@@ -279,8 +293,52 @@ class ApiServer:
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
 
-    async def generation(self, request: Request) -> AsyncGenerator[Event, None]:
-        """``request``'s events: ``Delta`` pieces, then one ``Done`` (a ``Failed`` raises).
+    def _from_cache(
+        self, body: dict[str, Any], request: Request, shape: Shape
+    ) -> tuple[Done | None, Callable[[Done], object] | None]:
+        """The result cache around one request (``worker.cache``; blocking: run it off
+        the loop). A hit: the stored result, counted on the attempt's meter as a hit
+        with no generated token. A miss: ``store``, which keeps a finished result
+        when the request is cacheable (None when it is not)."""
+        results, meter = self.cache, request.meter
+        opt = body.get("cache", True)
+        if not isinstance(opt, bool):
+            raise ApiError(400, f"'cache' must be true or false (got {opt!r})")
+        try:
+            policy = check_policy(meter.cache_policy if meter is not None else None)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        model_hash, model = self.runtime.model_hash, shape.name
+        if results is None or not opt or not model_hash or not cacheable(policy, request):
+            return None, None
+        key = key_for(model_hash, request.prompt, request_params(request))
+        stored = results.get(key, model)
+        if stored is None:
+            return None, lambda done: results.put(key, done, model=model, model_hash=model_hash)
+        if meter is not None:
+            meter.cache_hits += 1
+            meter.cache_hit_tokens += stored.completion_tokens
+        return replace(stored, cached_tokens=stored.prompt_tokens), None
+
+    async def _answer_cached(
+        self, http: web.Request, body: dict[str, Any], shape: Shape, done: Done
+    ) -> web.StreamResponse:
+        mark = {"llmo": {"cached": True, **({"capped_by_context": True} if done.capped else {})}}
+
+        async def replay() -> AsyncGenerator[Event, None]:
+            yield done
+
+        if not body.get("stream"):
+            return await _whole(shape, done, replay(), mark)
+        options = body.get("stream_options")
+        usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        return await _stream(http, shape, Delta(text=done.text), replay(), usage, mark)
+
+    async def generation(
+        self, request: Request, store: Callable[[Done], object] | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """``request``'s events: ``Delta`` pieces, then one ``Done`` (a ``Failed`` raises);
+        ``store`` keeps the ``Done`` (the result cache) before it is yielded.
 
         Raises NotHot or ValueError before the first event when the runtime
         refuses the request.
@@ -305,6 +363,8 @@ class ApiServer:
                 continue
             if isinstance(event, Failed):
                 raise event.error
+            if isinstance(event, Done) and store is not None:
+                await asyncio.to_thread(store, event)
             yield event
             if isinstance(event, Done):
                 return
@@ -393,7 +453,9 @@ def build_request(api: ApiServer, body: dict[str, Any], chat: bool) -> Request:
     )
 
 
-async def _whole(shape: Shape, event: Event, events: AsyncIterator[Event]) -> web.Response:
+async def _whole(
+    shape: Shape, event: Event, events: AsyncIterator[Event], extra: dict[str, Any] | None = None
+) -> web.Response:
     try:
         while not isinstance(event, Done):
             event = await anext(events)
@@ -401,7 +463,7 @@ async def _whole(shape: Shape, event: Event, events: AsyncIterator[Event]) -> we
         raise ApiError(503, f"generation stopped: {exc}", "cancelled") from None
     except RuntimeError as exc:
         raise ApiError(500, str(exc), "server_error") from None
-    return web.json_response(shape.result(event))
+    return web.json_response({**shape.result(event), **(extra or {})})
 
 
 async def _stream(
@@ -410,6 +472,7 @@ async def _stream(
     event: Event,
     events: AsyncIterator[Event],
     include_usage: bool,
+    extra: dict[str, Any] | None = None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -427,7 +490,7 @@ async def _stream(
             if isinstance(event, Delta):
                 await send(shape.chunk(text=event.text))
             elif isinstance(event, Done):
-                last = shape.chunk(done=event)
+                last = {**shape.chunk(done=event), **(extra or {})}
                 if include_usage:
                     usage = last.pop("usage")
                     await send(last)

@@ -53,6 +53,7 @@ from llmo.proto.messages import (
     TaskProgress,
 )
 from llmo.worker import admission, landlock, results, taskuser
+from llmo.worker.cache import POLICY_ENV
 from llmo.worker.config import WorkerConfig
 from llmo.worker.leftovers import GroupLedger
 from llmo.worker.limits import Level
@@ -176,7 +177,13 @@ class Attempts:
             self._end(a, results.failed(a, "refused", error=reason))
             return
         started = self.clock()
-        meter = self.meters.add(Meter(a.attempt_id, llm=a.task_class in admission.LLM_CLASSES))
+        meter = self.meters.add(
+            Meter(
+                a.attempt_id,
+                llm=a.task_class in admission.LLM_CLASSES,
+                cache_policy=(a.env or {}).get(POLICY_ENV),
+            )
+        )
         mark = new_mark(a.attempt_id)
         try:
             shell = ShellAttempt.spawn(
@@ -351,6 +358,14 @@ class Attempts:
         if self.ledger is not None:
             self.ledger.remove(attempt.shell.pid)
         self.meters.remove(attempt.id)
+        meter = attempt.meter
+        if meter.cache_hits:
+            log.info(
+                "attempt %s: %d completions (%d tokens) from the result cache, none generated",
+                attempt.id,
+                meter.cache_hits,
+                meter.cache_hit_tokens,
+            )
         a = attempt.assign
         limits = self.config.policy.limits_for(a.task_class)
         self._end(

@@ -8,6 +8,7 @@ from typing import Literal
 
 from llmo.proto.messages import ModelLoad
 from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, model_alias, model_names
+from llmo.worker.cache import DEFAULT_MAX_MB
 from llmo.worker.limits import LimitsConfig
 from llmo.worker.llm import LoadSpec
 from llmo.worker.output import DEFAULT_CAP_MB
@@ -49,6 +50,9 @@ class WorkerConfig:
     max_output_mb: float = DEFAULT_CAP_MB
     # Run shell tasks as this user (``worker.taskuser``); empty: as the worker's user.
     task_user: str = ""
+    # The result cache (``worker.cache``): its folder (empty: no cache) and its bound.
+    cache_dir: str = ""
+    cache_mb: int = DEFAULT_MAX_MB
 
     def budget(self, vram_total_mb: int) -> int:
         if self.vram_mb is not None:

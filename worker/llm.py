@@ -23,6 +23,11 @@ end-of-generation token is not counted, so the counts match the response's
 closes the engine first: running requests end ``Cancelled``, the batch
 thread is joined, and only then is the model freed.
 
+With a result cache (``digest``), a load also takes the model file's content
+hash (``model_hash``, remembered by the cache per path, size and mtime)
+before the model is hot, so every result stored is keyed by what the file
+holds, not by its name.
+
 The ``Llama`` object is kept for loading, tokenizing and the chat template;
 its own context is small (``HOLDER_CTX``) and never generates.
 
@@ -198,10 +203,15 @@ class Runtime:
     """
 
     def __init__(
-        self, post: Callable[[RuntimeEvent], None], clock: Callable[[], float] = time.monotonic
+        self,
+        post: Callable[[RuntimeEvent], None],
+        clock: Callable[[], float] = time.monotonic,
+        digest: Callable[[str], str] | None = None,
     ) -> None:
         self.post = post
         self.clock = clock
+        self.digest = digest  # the model file's content hash, for the result cache
+        self.model_hash = ""  # of the loaded model; empty: unknown (nothing is cached)
         self.state: ModelState = "cold"
         self.spec: LoadSpec | None = None  # the model loaded, or being loaded
         self.load_s = 0.0
@@ -279,6 +289,7 @@ class Runtime:
         started = self.clock()
         reason = check_gguf(spec.path)
         llm = engine = None
+        model_hash = ""
         if reason is None:
             try:
                 llm = open_llama(spec, n_ctx=HOLDER_CTX)
@@ -292,6 +303,7 @@ class Runtime:
                     )
                 self._test(llm, engine)
                 engine.on_token = self._count
+                model_hash = self._hash(spec.path)
             except Exception as exc:
                 reason = f"cannot load {spec.path}: {type(exc).__name__}: {exc}"
                 with contextlib.suppress(Exception):
@@ -313,6 +325,7 @@ class Runtime:
             self._engine = engine
             self._loaded = spec
             self.load_s = load_s
+            self.model_hash = model_hash
             self.state = "hot"
         log.info(
             "model %s is hot (%.2fs from load to first completion; %d sequences of %d tokens)",
@@ -333,6 +346,16 @@ class Runtime:
         if done.completion_tokens == 0:
             raise RuntimeError("the test completion ended before its first token")
 
+    def _hash(self, path: str) -> str:
+        """The content hash of the model file (remembered by the digest's owner), or ""."""
+        if self.digest is None:
+            return ""
+        try:
+            return self.digest(path)
+        except OSError as exc:
+            log.warning("cannot hash %s for the result cache (%s); not caching", path, exc)
+            return ""
+
     def _count(self) -> None:
         self.total_tokens += 1  # the batch thread is the only writer
 
@@ -349,6 +372,7 @@ class Runtime:
     def _release(self) -> None:
         with self._lock:
             llm, self._llm, self._loaded = self._llm, None, None
+            self.model_hash = ""
             engine, self._engine = self._engine, None
         if engine is not None:
             engine.close()  # cancels what runs and joins the batch thread: no decode races this

@@ -15,6 +15,11 @@ header naming the attempt, else the only running attempt that is an LLM
 task. A request that matches none still generates and counts towards the
 worker's total, but belongs to no attempt.
 
+A completion answered from the result cache (``worker.cache``) generates
+nothing: it adds to ``cache_hits`` and ``cache_hit_tokens``, never to
+``tokens``, so an attempt's count is what it cost the GPU. The attempt's
+cache policy (``cache_policy``) comes from its ``TaskAssign.env``.
+
 ``Rate`` turns the worker's running total into its recent tok/s for
 heartbeats: the slope over the last few seconds of samples.
 """
@@ -38,6 +43,9 @@ class Meter:
     gen_s: float = 0.0  # seconds spent generating, summed over requests
     gen_started: float | None = None  # when the request generating now started
     cancelled: bool = False
+    cache_policy: str | None = None  # the plan's LLM_CACHE (``worker.cache``); None: auto
+    cache_hits: int = 0  # completions answered from the result cache, with no token generated
+    cache_hit_tokens: int = 0  # the completion tokens those answers hold
 
     def tok_s(self, now: float) -> float:
         """Tokens per second of generation, ``now`` on the clock of ``gen_started``."""

@@ -61,6 +61,7 @@ from llmo.worker import taskuser
 from llmo.worker.admission import GPU_CLASSES
 from llmo.worker.api import ApiServer
 from llmo.worker.attempts import Attempts
+from llmo.worker.cache import open_cache
 from llmo.worker.config import WorkerConfig
 from llmo.worker.inbox import Inbox
 from llmo.worker.leftovers import GroupLedger, default_path
@@ -104,9 +105,11 @@ class Worker:
         self.vram_total_mb = self.telemetry.vram_total_mb()
         self.budget_mb = config.budget(self.vram_total_mb)
         self.inbox = Inbox()
-        self.runtime = Runtime(post=self.inbox.put, clock=clock)
+        self.cache = open_cache(config)
+        digest = self.cache.model_hash if self.cache is not None else None
+        self.runtime = Runtime(post=self.inbox.put, clock=clock, digest=digest)
         self.meters = Meters()
-        self.api = ApiServer(self.runtime, self.meters).start()
+        self.api = ApiServer(self.runtime, self.meters, cache=self.cache).start()
         self._requests_seen = 0  # the endpoint's request count at the last heartbeat
         self.client = Client(config.name, endpoint, context=context, monotonic=clock)
         self.monitor = self.client.socket.get_monitor_socket(MONITOR_EVENTS)
@@ -440,6 +443,8 @@ class Worker:
             ledger.discard()
         self.runtime.shutdown()
         self.api.stop()
+        if self.cache is not None:
+            self.cache.close()
         close = getattr(self.telemetry, "close", None)
         if close is not None:
             close()
