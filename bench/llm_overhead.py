@@ -38,6 +38,7 @@ from llmo.broker.service import Broker
 from llmo.proto.client import Client
 from llmo.proto.messages import (
     BRAIN,
+    Ack,
     Message,
     ModelLoad,
     ModelStatus,
@@ -78,6 +79,8 @@ def expect(client: Client, match, timeout: float) -> Message:
     while (left := deadline - time.monotonic()) > 0:
         client.tick()  # heartbeats, so the broker keeps the bench's brain alive
         msg = client.recv(min(left, client.heartbeat_due_in() + 0.01))
+        if isinstance(msg, TaskDone | TaskFailed):
+            client.send(Ack(dst=msg.src, reply_to=msg.id))  # as the brain does
         if msg is not None and match(msg):
             return msg
     raise SystemExit("timed out waiting for the worker")
