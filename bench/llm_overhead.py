@@ -93,7 +93,9 @@ def direct_round(llm, max_tokens: int) -> tuple[int, float]:
 
 
 def worker_round(brain: Client, folder: Path, n: int, max_tokens: int) -> tuple[int, float, float]:
-    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0})
+    # Every round generates: the result cache would answer a repeated greedy request.
+    request = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "cache": False}
+    body = json.dumps(request)
     command = f"{sys.executable} client.py '{body}' > round{n}.json"
     task = TaskAssign(
         dst=WORKER,
