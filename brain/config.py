@@ -11,7 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_TIMEOUT_S = 1800.0  # a class without its own limit (brain)
+# No-progress limits per task class, the original system's: seconds from an
+# attempt's start to the abort. A settings file naming some classes keeps these
+# for the others.
+CLASS_TIMEOUTS_S: dict[str, float] = {"script": 600.0, "llm": 420.0, "cpu": 900.0, "meta": 180.0}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -20,7 +24,7 @@ class BrainConfig:
     backoff_base_s: float = 5.0  # delay before retry n is base * 2**(n-1) ...
     backoff_max_s: float = 300.0  # ... capped here
     retry_later_s: float = 10.0  # delay before a task that exited 75 is tried again
-    class_timeouts: dict[str, float] = field(default_factory=dict)  # task_class -> seconds
+    class_timeouts: dict[str, float] = field(default_factory=lambda: dict(CLASS_TIMEOUTS_S))
     default_timeout_s: float = DEFAULT_TIMEOUT_S
     grace_s: float = 120.0  # abort -> kill
     kill_grace_s: float = 30.0  # kill -> the attempt is written off as lost
@@ -76,5 +80,6 @@ class BrainConfig:
         if "plan_roots" in values:
             values["plan_roots"] = tuple(str(r) for r in values["plan_roots"])
         if "class_timeouts" in values:
-            values["class_timeouts"] = {k: float(v) for k, v in values["class_timeouts"].items()}
+            given = {k: float(v) for k, v in values["class_timeouts"].items()}
+            values["class_timeouts"] = {**CLASS_TIMEOUTS_S, **given}
         return cls(**values)
