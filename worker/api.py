@@ -5,8 +5,9 @@ Theory of operation
 A ``ThreadingHTTPServer`` from the standard library, bound to 127.0.0.1 on a
 port the kernel picks, in a daemon thread. Tasks find it through
 ``LLM_API_BASE`` (``http://127.0.0.1:<port>/v1``) and ``LLM_MODEL`` in their
-environment, and identify themselves with the bearer key ``LLM_API_KEY``
-(see ``worker.meter``).
+environment (``BRAIN_*`` on a brain-role worker; also under the original
+system's names ``WORKER_API_BASE`` and ``WORKER_MODEL``), and identify
+themselves with the bearer key ``LLM_API_KEY`` (see ``worker.meter``).
 
 Routes: ``GET /v1/models``, ``POST /v1/completions`` and
 ``POST /v1/chat/completions``, each with ``"stream": true`` answered as
