@@ -68,6 +68,17 @@ class BrainConfig:
         return out
 
     @classmethod
+    def from_settings(cls, data: dict[str, Any]) -> BrainConfig:
+        """Build from an operator's settings file: as ``from_dict``, but a
+        ``class_timeouts`` naming some classes keeps the defaults of the others.
+        (``from_dict`` reads a journaled ``Configure`` exactly as it was.)"""
+        values = dict(data)
+        given = values.get("class_timeouts")
+        if isinstance(given, dict):
+            values["class_timeouts"] = {**CLASS_TIMEOUTS_S, **given}
+        return cls.from_dict(values)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BrainConfig:
         """Build from a JSON map; unknown keys raise ValueError naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
@@ -80,6 +91,5 @@ class BrainConfig:
         if "plan_roots" in values:
             values["plan_roots"] = tuple(str(r) for r in values["plan_roots"])
         if "class_timeouts" in values:
-            given = {k: float(v) for k, v in values["class_timeouts"].items()}
-            values["class_timeouts"] = {**CLASS_TIMEOUTS_S, **given}
+            values["class_timeouts"] = {k: float(v) for k, v in values["class_timeouts"].items()}
         return cls(**values)

@@ -739,6 +739,9 @@ def test_a_bare_brain_uses_the_original_no_progress_limits_per_class():
     assert limits == {"script": 600.0, "llm": 420.0, "cpu": 900.0, "meta": 180.0}
     assert cfg.timeout_for("cpu", 42.0) == 42.0
     # A settings file naming one class keeps the others' limits.
-    partial = BrainConfig.from_dict({"class_timeouts": {"llm": 500}})
+    partial = BrainConfig.from_settings({"class_timeouts": {"llm": 500}})
     assert partial.timeout_for("llm", None) == 500.0
     assert partial.timeout_for("script", None) == 600.0
+    # A journaled Configure is read back exactly: an old brain's {} means 1800 s.
+    assert BrainConfig.from_dict({"class_timeouts": {}}).timeout_for("script", None) == 1800.0
+    assert BrainConfig.from_dict(partial.to_dict()) == partial
