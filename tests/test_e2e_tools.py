@@ -4,7 +4,10 @@ original system's format: ``llmo status --tasks``, ``llmo status --task ID``,
 and ``llmo history``.
 
 The plan's ``gate`` task waits for a file the test writes, so the batch is
-held running while the tools look at it.
+held running while the tools look at it. Its ``plan_next`` task is the
+original's ``executor: brain`` with ``task_class: cpu``: it runs on the
+brain-role worker once the brain model is hot, with the ``BRAIN_*`` endpoint
+and the original's ``WORKER_*`` names.
 """
 
 from __future__ import annotations
@@ -57,11 +60,17 @@ Process a manifest's items while a gate holds the batch open.
 - **command**: `sh {PLAN_PATH}/scripts/gate.sh {BATCH_PATH}/go`
 - **depends_on**: none
 
+### plan_next
+- **executor**: brain
+- **task_class**: cpu
+- **command**: `env > {BATCH_PATH}/brain_env.txt`
+- **depends_on**: none
+
 ### report
 - **executor**: worker
 - **task_class**: cpu
 - **command**: `echo done > {BATCH_PATH}/report.txt`
-- **depends_on**: process, gate
+- **depends_on**: process, gate, plan_next
 """
 
 MANIFEST = """import json, sys
@@ -156,7 +165,7 @@ def test_status_watch_and_history_follow_a_batch_submitted_without_watching(rig_
     final = json.loads(out)
     assert final["batch_id"] == batch and final["state"] == "complete"
     assert final["summary"]["status"] == "complete"
-    assert final["batch"]["counts"] == {"done": 7}
+    assert final["batch"]["counts"] == {"done": 8}
     assert f"watching batch {batch}" in err
 
     again = rig.llmo("watch", batch)  # an ended batch: shown at once, same exit code
@@ -174,8 +183,19 @@ def test_status_watch_and_history_follow_a_batch_submitted_without_watching(rig_
     assert shown["log_tail"][-1] == "gate released"
     assert [e["event"] for e in shown["attempts"]] == ["task_started", "task_succeeded"]
 
+    env = dict(
+        line.split("=", 1)
+        for line in (history / "brain_env.txt").read_text().splitlines()
+        if "=" in line
+    )
+    assert env["WORKER_NAME"] == "brain-llm"
+    assert env["BRAIN_MODEL"] and env["WORKER_MODEL"] == env["BRAIN_MODEL"]
+    assert env["WORKER_API_BASE"] == env["BRAIN_API_BASE"]
+    assert env["WORKER_API_BASE"].startswith("http://127.0.0.1:")
+    assert env["WORKER_API_BASE"].endswith("/v1")
+
     rollup = rig.llmo("history", str(plan), "--json")
     assert rollup.returncode == 0, rollup.stderr
     (run,) = json.loads(rollup.stdout)["runs"]
     assert run["batch_id"] == batch and run["status"] == "complete"
-    assert (run["tasks"], run["done"], run["failed"]) == (7, 7, 0)
+    assert (run["tasks"], run["done"], run["failed"]) == (8, 8, 0)
