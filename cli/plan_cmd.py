@@ -73,8 +73,13 @@ def read_config(text: str) -> dict[str, Any]:
     return config
 
 
-def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
-    """Everything ``plan check`` says about one plan, as JSON-ready data."""
+def check_plan(
+    plan_dir: str, config: dict[str, Any] | None, *, priority: str = ""
+) -> dict[str, Any]:
+    """Everything ``plan check`` says about one plan, as JSON-ready data.
+
+    ``priority``: the submit tool's ``--priority``, which (as in the brain)
+    makes the configuration's ``PRIORITY`` unused, so it is not checked."""
     from llmo.plans import (
         BUILTIN_VARIABLES,
         PlanError,
@@ -98,7 +103,7 @@ def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
     errors, warnings = split_problems(sorted(problems, key=lambda p: p.line))
     report["ok"] = plan is not None and not errors
     report["errors"] = [str(p) for p in errors]
-    if config is not None:
+    if config is not None and not priority:
         # The brain refuses a bad PRIORITY at submission: say so before, too.
         from llmo.plans import config_priority
 

@@ -148,3 +148,7 @@ def test_dry_run_refuses_an_invalid_priority_as_a_real_submit_does(capsys, tmp_p
     assert "the plan was not sent" in err
     code = main(["submit", str(tmp_path), "--dry-run", "--config", '{"PRIORITY": "High"}'])
     assert code == 0, capsys.readouterr().err
+    # --priority wins over the key, in the brain too, so the key is not checked then.
+    bad = '{"PRIORITY": "asap"}'
+    code = main(["submit", str(tmp_path), "--dry-run", "--priority", "low", "--config", bad])
+    assert code == 0, capsys.readouterr().err
