@@ -71,6 +71,11 @@ def render_tasks(reply: SnapshotReply, now: float) -> str:
                 f"  {t.id[:30]:30} {t.state:9} {t.attempts:>3} {(t.worker or '-')[:12]:12} "
                 f"{_seconds(duration_s(t, now)):>9}  {first_line(t.error)}".rstrip()
             )
+        if batch is not None and batch.tasks > len(tasks):
+            lines.append(
+                f"  ... and {batch.tasks - len(tasks)} more (a snapshot carries a bounded "
+                "number of tasks, live ones first; RUN_SUMMARY.json has every row)"
+            )
         lines.append("")
     if not by_batch:
         lines.append("(no tasks: no batch is running)")
