@@ -11,7 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_TIMEOUT_S = 1800.0  # a class without its own limit (brain)
+# No-progress limits per task class, the original system's: seconds from an
+# attempt's start to the abort. A settings file naming some classes keeps these
+# for the others.
+CLASS_TIMEOUTS_S: dict[str, float] = {"script": 600.0, "llm": 420.0, "cpu": 900.0, "meta": 180.0}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -20,7 +24,7 @@ class BrainConfig:
     backoff_base_s: float = 5.0  # delay before retry n is base * 2**(n-1) ...
     backoff_max_s: float = 300.0  # ... capped here
     retry_later_s: float = 10.0  # delay before a task that exited 75 is tried again
-    class_timeouts: dict[str, float] = field(default_factory=dict)  # task_class -> seconds
+    class_timeouts: dict[str, float] = field(default_factory=lambda: dict(CLASS_TIMEOUTS_S))
     default_timeout_s: float = DEFAULT_TIMEOUT_S
     grace_s: float = 120.0  # abort -> kill
     kill_grace_s: float = 30.0  # kill -> the attempt is written off as lost
@@ -62,6 +66,17 @@ class BrainConfig:
         out["default_hot"] = list(self.default_hot)
         out["plan_roots"] = list(self.plan_roots)
         return out
+
+    @classmethod
+    def from_settings(cls, data: dict[str, Any]) -> BrainConfig:
+        """Build from an operator's settings file: as ``from_dict``, but a
+        ``class_timeouts`` naming some classes keeps the defaults of the others.
+        (``from_dict`` reads a journaled ``Configure`` exactly as it was.)"""
+        values = dict(data)
+        given = values.get("class_timeouts")
+        if isinstance(given, dict):
+            values["class_timeouts"] = {**CLASS_TIMEOUTS_S, **given}
+        return cls.from_dict(values)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BrainConfig:

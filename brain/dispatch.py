@@ -12,8 +12,8 @@ with no hot worker) never blocks a ``cpu`` task behind it. Batches are served
 by priority, then age; ``meta`` (runtime control) queues of every batch go
 before any other work. Placement:
 
-* ``executor: brain`` -> a worker with role ``brain``, hot (or cold when no
-  brain model is configured to load);
+* ``executor: brain`` (any class but ``meta``) -> a worker with role
+  ``brain``, hot (or cold when no brain model is configured to load);
 * ``llm`` -> a role-``worker`` worker reporting ``hot`` with the wanted model
   (``split_gpu`` needs two or more GPUs); never one that is still loading;
 * ``script`` -> a cold worker whose free VRAM budget covers the estimate;
@@ -54,17 +54,21 @@ def eligible(cx: Ctx, worker: Worker, task: TaskRun) -> bool:
     reported = worker.model_state
     if reported in WORKER_BUSY_STATES:
         return False
-    if cls == "cpu":
-        return True
-    if reported == "constrained":
-        return False
     if cls == "brain" or spec.executor == "brain":
+        # Whatever its class, an executor-brain task runs where the brain model
+        # is, with its BRAIN_* endpoint once that model is hot.
         if worker.role != "brain":
             return False
+        if cls == "cpu" and reported == "constrained":
+            return True
         if reported == "hot":
             model = wanted_model(cx, task)
             return not model or not worker.model or worker.model == model
         return reported in ("cold", "") and not cx.cfg.brain_model and not worker.loading
+    if cls == "cpu":
+        return True
+    if reported == "constrained":
+        return False
     if worker.role != "worker":
         return False
     if cls == "llm":

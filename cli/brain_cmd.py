@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from llmo.proto.security import SecurityError, use_keys
 
     try:
-        config = BrainConfig.from_dict(load_settings(args.config))
+        config = BrainConfig.from_settings(load_settings(args.config))
     except (OSError, ValueError, TypeError) as exc:
         print(f"llmo brain: bad --config: {exc}", file=sys.stderr)
         return 2

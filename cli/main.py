@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("llmo.cli.plan_cmd", "check plan folders before a run (plan check PLAN_DIR...)"),
     "submit": ("llmo.cli.submit_cmd", "send a plan to the brain; --watch follows the batch"),
     "status": ("llmo.cli.status_cmd", "workers and batches at a glance (--json, --wait-ready)"),
+    "watch": ("llmo.cli.watch_cmd", "follow a running batch again (the view of submit --watch)"),
+    "history": ("llmo.cli.history_cmd", "a plan's past runs: status, wall time, tasks, tokens"),
     "cancel": ("llmo.cli.control_cmd:Cancel", "cancel a batch"),
     "drain": ("llmo.cli.control_cmd:Drain", "drain a worker: finish running work, take no more"),
     "load": ("llmo.cli.control_cmd:Load", "load a model on a worker"),

@@ -2,9 +2,12 @@
 
 Prints every error and warning of each plan, with file, line and task. A
 plan without errors is summarised: its tasks by dependency level, its
-foreach templates, its task classes, its goal and the placeholders it needs.
+foreach templates (with their item and task counts when the source exists
+already, e.g. a manifest in the plan folder), its task classes, its goal and
+the placeholders it needs.
 Without ``--config`` the configuration keys a plan uses are listed, not
-required; with it, an undefined one is an error, as at submission. Exit
+required; with it, an undefined one is an error, as at submission, and so
+is a ``PRIORITY`` that is not low, normal, high or urgent. Exit
 status: 0 when every plan is free of errors, 2 otherwise. ``--json`` prints
 one object, ``{"ok": bool, "plans": [report, ...]}``, a report per folder.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,8 +73,13 @@ def read_config(text: str) -> dict[str, Any]:
     return config
 
 
-def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
-    """Everything ``plan check`` says about one plan, as JSON-ready data."""
+def check_plan(
+    plan_dir: str, config: dict[str, Any] | None, *, priority: str = ""
+) -> dict[str, Any]:
+    """Everything ``plan check`` says about one plan, as JSON-ready data.
+
+    ``priority``: the submit tool's ``--priority``, which (as in the brain)
+    makes the configuration's ``PRIORITY`` unused, so it is not checked."""
     from llmo.plans import (
         BUILTIN_VARIABLES,
         PlanError,
@@ -94,6 +103,15 @@ def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
     errors, warnings = split_problems(sorted(problems, key=lambda p: p.line))
     report["ok"] = plan is not None and not errors
     report["errors"] = [str(p) for p in errors]
+    if config is not None and not priority:
+        # The brain refuses a bad PRIORITY at submission: say so before, too.
+        from llmo.plans import config_priority
+
+        try:
+            config_priority(config)
+        except PlanError as exc:
+            report["errors"].append(f"{plan_dir}/plan.md:0: {exc}")
+            report["ok"] = False
     report["warnings"] = [str(p) for p in warnings]
     if plan is None:
         return report
@@ -113,6 +131,7 @@ def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
             "foreach": t.foreach,
             "batch_size": t.batch_size,
             **_command_preview(t, plan_dir, config),
+            **_foreach_count(t, plan_dir, config),
         }
         for t in plan.tasks
     ]
@@ -141,6 +160,34 @@ def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
         }
     )
     return report
+
+
+def _foreach_count(task: Any, plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
+    """How many items a foreach source holds now, when it can be read before the run.
+
+    ``foreach_items`` is the count, or ``None`` with ``foreach_note`` saying
+    why not (a source in the run's own folder, a file not written yet). Only
+    files inside the plan folder are read, as the brain would.
+    """
+    from llmo.plans import ForeachError, PlanError, read_foreach_items
+    from llmo.plans.files import split_foreach
+    from llmo.plans.variables import substitute
+
+    if not task.foreach:
+        return {}
+    later = {"foreach_items": None, "foreach_note": "in the run's folder: counted when it runs"}
+    if "BATCH_PATH" in task.foreach or "BATCH_ID" in task.foreach:
+        return later
+    variables: dict[str, object] = {**(config or {}), "PLAN_PATH": plan_dir}
+    try:
+        if not os.path.isabs(split_foreach(substitute(task.foreach, variables))[0]):
+            return later  # a relative source is read from the batch folder
+        items = read_foreach_items(task.foreach, variables, roots=())
+    except (ForeachError, PlanError) as exc:
+        note = f"not readable now ({exc}): counted when it runs"
+        return {"foreach_items": None, "foreach_note": note}
+    size = max(1, task.batch_size or 1)
+    return {"foreach_items": len(items), "foreach_tasks": -(-len(items) // size)}
 
 
 def _command_preview(task: Any, plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
@@ -182,7 +229,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  level {level}: " + ", ".join(_describe(tasks[i]) for i in ids))
     templates = [t for t in tasks.values() if t["foreach"]]
     for t in templates:
-        lines.append(f"  foreach {t['id']}: over {t['foreach']}, batch_size {t['batch_size']}")
+        line = f"  foreach {t['id']}: over {t['foreach']}, batch_size {t['batch_size']}"
+        if t.get("foreach_items") is not None:
+            line += f": {t['foreach_items']} items now -> {t['foreach_tasks']} tasks"
+        elif t.get("foreach_note"):
+            line += f" ({t['foreach_note']})"
+        lines.append(line)
     lines.append("  commands (values travel in the task's environment, not in its text):")
     for t in tasks.values():
         lines.append(f"    {t['id']}: {t['command']}")

@@ -17,6 +17,14 @@ Keys listed above are stable; others may be added. ``--wait-ready S`` polls
 until the brain answers and every expected worker (``--expect`` names, or the
 workers of ``--config``) is registered and not down: exit 0, else exit 1
 naming what is missing.
+
+``--tasks [BATCH]`` prints one row per task (of BATCH, else of the running
+batches): id, state, attempts, worker, duration, last error. ``--task ID``
+shows one task in detail: its state and attempts (each attempt from the
+batch's ``batch_events.jsonl`` when this machine can read the history
+folder), its log's path and the last ``--lines`` lines of it; ``--batch``
+names its batch when the id is in more than one. Both take ``--json``; see
+``cli.task_view``.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import time
 from typing import Any
 
 from llmo.cli.common import add_endpoint_flags
+from llmo.cli.task_view import show_task, show_tasks
 from llmo.cli.tools import add_tool_flags, fail, open_session
 from llmo.proto.messages import BRAIN, SnapshotReply, SnapshotRequest, WorkerInfo
 from llmo.proto.session import Session, ToolError
@@ -47,10 +56,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--expect", default="", help="comma-separated worker names --wait-ready waits for"
     )
     parser.add_argument("--config", help="llmo.toml: its workers are the ones expected")
+    parser.add_argument(
+        "--tasks",
+        nargs="?",
+        const="",
+        metavar="BATCH",
+        help="one row per task: of BATCH, else of the running batches",
+    )
+    parser.add_argument(
+        "--task", metavar="ID", help="one task in detail: its attempts and the end of its log"
+    )
+    parser.add_argument("--batch", default="", help="the batch of --task (when ids repeat)")
+    parser.add_argument("--lines", type=int, default=20, help="log lines --task shows (default 20)")
 
 
-def snapshot(session: Session) -> SnapshotReply:
-    reply = session.ask(SnapshotRequest(dst=BRAIN))
+def snapshot(session: Session, batch_id: str = "") -> SnapshotReply:
+    reply = session.ask(SnapshotRequest(dst=BRAIN, batch_id=batch_id))
     if not isinstance(reply, SnapshotReply):
         raise ToolError(f"unexpected reply {reply.TYPE.value!r} to a snapshot request")
     return reply
@@ -144,11 +165,18 @@ def run(args: argparse.Namespace) -> int:
             ok, message = wait_ready(session, expected_workers(args), args.wait_ready)
             print(message, file=sys.stdout if ok else sys.stderr)
             return 0 if ok else 1
-        reply = snapshot(session)
+        batch_id = ""
+        if args.tasks is not None or args.task:
+            batch_id = args.tasks or args.batch
+        reply = snapshot(session, batch_id)
     except ToolError as exc:
         return fail("status", exc)
     finally:
         session.close()
+    if args.task:
+        return show_task(reply, args.task, args.batch, args.lines, args.json)
+    if args.tasks is not None:
+        return show_tasks(reply, args.tasks, args.json)
     if args.json:
         out = {
             "rev": reply.rev,

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail("submit", f"--config: {exc}", 2)
     plan_dir = str(Path(args.plan_dir).resolve())
-    report = check_plan(plan_dir, config)
+    report = check_plan(plan_dir, config, priority=args.priority or "")
     if report["errors"]:
         print(format_report(report), file=sys.stderr)
         print("llmo submit: the plan was not sent.", file=sys.stderr)

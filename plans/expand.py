@@ -8,7 +8,8 @@ function of the template, the items and the run's variables.
 
 Names. When every item is an object with a scalar ``id``, the task for an
 item is ``<template>_<id>``; otherwise it is ``<template>_<n>`` with ``n``
-counted from 1, like the batch names. Characters other than letters, digits,
+the item's index in the array, counted from 0 as the original system did
+(batch names count from 1). Characters other than letters, digits,
 ``_``, ``-`` and ``.`` in an id become ``_`` (a name is also a log file
 name). Two items that give the same name are an error, not a silent
 overwrite.
@@ -72,7 +73,7 @@ def item_names(template_id: str, items: Sequence[object]) -> list[str]:
     if ids and len(ids) == len(items):
         names = [f"{template_id}_{safe_name(i)}" for i in ids]
     else:
-        names = [f"{template_id}_{n}" for n in range(1, len(items) + 1)]
+        names = [f"{template_id}_{n}" for n in range(len(items))]
     if len(set(names)) != len(names):
         first: dict[str, int] = {}
         for n, name in enumerate(names, start=1):

@@ -719,3 +719,29 @@ def test_an_absurd_llm_concurrency_is_ignored_and_named():
     rig.heartbeat("gpu-1", llm_slots=10**9)
     assert rig.state.workers["gpu-1"].llm_slots == 0
     assert any("llm_slots" in c.text for c in rig.commands if isinstance(c, Log))
+
+
+def test_an_executor_brain_cpu_task_runs_on_the_brain_worker():
+    """The original's own example: ``executor: brain`` with ``task_class: cpu``
+    runs where the brain model is (with its ``BRAIN_*`` endpoint), not on any
+    free worker."""
+    rig = Rig()
+    rig.worker("gpu-1", slots=4)
+    rig.worker("brain-llm", role="brain", gpus=(0, 3), state="hot", model="big")
+    text = plan_text("plan_next | cpu | python plan_next.py")
+    rig.submit(text.replace("**executor**: worker", "**executor**: brain"))
+    assert [(a.dst, a.executor) for a in rig.assigns()] == [("brain-llm", "brain")]
+
+
+def test_a_bare_brain_uses_the_original_no_progress_limits_per_class():
+    cfg = BrainConfig()
+    limits = {c: cfg.timeout_for(c, None) for c in ("script", "llm", "cpu", "meta")}
+    assert limits == {"script": 600.0, "llm": 420.0, "cpu": 900.0, "meta": 180.0}
+    assert cfg.timeout_for("cpu", 42.0) == 42.0
+    # A settings file naming one class keeps the others' limits.
+    partial = BrainConfig.from_settings({"class_timeouts": {"llm": 500}})
+    assert partial.timeout_for("llm", None) == 500.0
+    assert partial.timeout_for("script", None) == 600.0
+    # A journaled Configure is read back exactly: an old brain's {} means 1800 s.
+    assert BrainConfig.from_dict({"class_timeouts": {}}).timeout_for("script", None) == 1800.0
+    assert BrainConfig.from_dict(partial.to_dict()) == partial

@@ -96,3 +96,59 @@ def test_missing_folder(capsys, tmp_path):
 def test_plan_without_action_prints_help(capsys):
     assert main(["plan"]) == 2
     assert "check" in capsys.readouterr().out
+
+
+ORIGINAL_FOREACH_PLAN = """# Plan: counted
+
+## Objective
+Process every item of a manifest written before the run.
+
+## Tasks
+
+### process_item
+- **executor**: worker
+- **task_class**: cpu
+- **command**: `python {PLAN_PATH}/scripts/process.py --item {ITEM.id}`
+- **depends_on**: none
+- **foreach**: {PLAN_PATH}/manifest.json:items
+- **batch_size**: 2
+
+### later
+- **executor**: worker
+- **task_class**: cpu
+- **command**: `python {PLAN_PATH}/scripts/later.py --batch {BATCH_ID}`
+- **depends_on**: process_item
+- **foreach**: {BATCH_PATH}/found.json:items
+"""
+
+
+def test_dry_run_counts_foreach_items_whose_manifest_exists(capsys, tmp_path):
+    (tmp_path / "plan.md").write_text(ORIGINAL_FOREACH_PLAN)
+    items = [{"id": f"i{n}"} for n in range(5)]
+    (tmp_path / "manifest.json").write_text(json.dumps({"items": items}))
+    code = main(["submit", str(tmp_path), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "foreach process_item: over {PLAN_PATH}/manifest.json:items, batch_size 2" in out
+    assert "5 items now -> 3 tasks" in out
+    assert "foreach later: over {BATCH_PATH}/found.json:items" in out
+    assert "counted when it runs" in out
+    code = main(["submit", str(tmp_path), "--dry-run", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    counts = {t["id"]: t.get("foreach_items") for t in report["tasks"]}
+    assert counts == {"process_item": 5, "later": None}
+
+
+def test_dry_run_refuses_an_invalid_priority_as_a_real_submit_does(capsys, tmp_path):
+    (tmp_path / "plan.md").write_text(ORIGINAL_FOREACH_PLAN)
+    code = main(["submit", str(tmp_path), "--dry-run", "--config", '{"PRIORITY": "asap"}'])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "PRIORITY is 'asap'; use one of low, normal, high, urgent" in err
+    assert "the plan was not sent" in err
+    code = main(["submit", str(tmp_path), "--dry-run", "--config", '{"PRIORITY": "High"}'])
+    assert code == 0, capsys.readouterr().err
+    # --priority wins over the key, in the brain too, so the key is not checked then.
+    bad = '{"PRIORITY": "asap"}'
+    code = main(["submit", str(tmp_path), "--dry-run", "--priority", "low", "--config", bad])
+    assert code == 0, capsys.readouterr().err

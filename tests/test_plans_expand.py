@@ -55,9 +55,9 @@ def test_one_task_per_item_named_by_id():
     "items",
     [["x", "y", "z"], [{"name": "x"}, {"name": "y"}, {"name": "z"}], [{"id": "a"}, {"n": 1}, {}]],
 )
-def test_items_without_ids_are_numbered_from_one(items):
+def test_items_without_ids_are_numbered_from_zero_as_the_original_did(items):
     tasks = expand_foreach(template(command="run {ITEM}"), items, VARS)
-    assert [t.id for t in tasks] == ["work_1", "work_2", "work_3"]
+    assert [t.id for t in tasks] == ["work_0", "work_1", "work_2"]
 
 
 def test_unsafe_ids_are_made_safe():

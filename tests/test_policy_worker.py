@@ -271,6 +271,7 @@ def test_only_the_workers_own_endpoint_key_is_given():
     env = task_env(msg, base=base, extra=own)
     assert env["LLM_API_KEY"] == "meter-key"
     allowed = {*KEEP_ENV, "PLAN_PATH", "BATCH_PATH", "BATCH_ID", "TASK_ID", "ATTEMPT_ID"}
+    allowed.add("WORKER_NAME")
     allowed |= {"PYTHONUNBUFFERED", *own}
     assert set(env) <= allowed, set(env) - allowed
     assert not {v for k, v in env.items() if k != "PATH"} & set(SECRETS.values())

@@ -206,6 +206,10 @@ def test_a_brain_role_worker_gives_its_tasks_the_brain_endpoint(llm_setup, tmp_p
     assert env["BRAIN_MODEL"] == "gemma-3-270m-q4_k_m"
     assert env["BRAIN_API_KEY"].startswith("llmo-")
     assert not any(key.startswith("LLM_") for key in env)
+    # The original's names, which its scripts read.
+    assert env["WORKER_API_BASE"] == worker.worker.api.base_url
+    assert env["WORKER_MODEL"] == "gemma-3-270m-q4_k_m"
+    assert env["WORKER_NAME"] == "gpu-t"
 
 
 def test_bad_models_fail_cleanly_and_the_worker_stays_usable(llm_setup, tmp_path):

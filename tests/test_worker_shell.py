@@ -119,6 +119,7 @@ def test_environment_is_clean_and_complete(setup, tmp_path, monkeypatch):
     assert env["TASK_ID"] == "env"
     assert env["ATTEMPT_ID"] == msg.attempt_id
     assert env["MY_SETTING"] == "42"
+    assert env["WORKER_NAME"] == msg.dst  # the original's name for the worker running it
     assert "LLMO_TEST_SECRET" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert "LLM_API_BASE" not in env  # no model is hot
     allowed = set(KEEP_ENV) | {
@@ -127,6 +128,7 @@ def test_environment_is_clean_and_complete(setup, tmp_path, monkeypatch):
         "BATCH_ID",
         "TASK_ID",
         "ATTEMPT_ID",
+        "WORKER_NAME",
         "PYTHONUNBUFFERED",
         "MY_SETTING",
         "LLMO_TASK_MARK",  # the attempt's marker, for the sweep of its strays

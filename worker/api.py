@@ -6,9 +6,11 @@ An aiohttp server on its own asyncio loop, in one daemon thread, bound to
 127.0.0.1 on a port the kernel picks (the socket is bound before the thread
 starts, so ``base_url`` is known at once). Tasks find it through
 ``LLM_API_BASE`` (``http://127.0.0.1:<port>/v1``) and ``LLM_MODEL`` in their
-environment, and identify themselves with the bearer key ``LLM_API_KEY``
-(or an ``X-LLMO-Attempt`` header; see ``worker.meter``), so every token is
-counted on its attempt's meter.
+environment (``BRAIN_*`` on a brain-role worker; also under the original
+system's names ``WORKER_API_BASE`` and ``WORKER_MODEL``), and identify
+themselves with the bearer key ``LLM_API_KEY`` (or an ``X-LLMO-Attempt``
+header; see ``worker.meter``), so every token is counted on its attempt's
+meter.
 
 Routes: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (each with ``"stream": true`` answered as

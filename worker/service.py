@@ -239,6 +239,9 @@ class Worker:
             f"{prefix}_API_BASE": self.api.base_url,
             f"{prefix}_MODEL": self.runtime.model,
             f"{prefix}_API_KEY": meter.key,
+            # The original system's names for the same endpoint, which its scripts read.
+            "WORKER_API_BASE": self.api.base_url,
+            "WORKER_MODEL": self.runtime.model,
             # The names OpenAI client libraries read, so their calls are counted too.
             "OPENAI_BASE_URL": self.api.base_url,
             "OPENAI_API_KEY": meter.key,

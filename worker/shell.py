@@ -97,6 +97,7 @@ def task_env(
         BATCH_ID=assign.batch_id,
         TASK_ID=assign.task_id,
         ATTEMPT_ID=assign.attempt_id,
+        WORKER_NAME=assign.dst,  # the original system's name for it
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
