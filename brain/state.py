@@ -233,6 +233,17 @@ class Batch:
     summary_at: float = 0.0
     interrupted_at: float = 0.0  # the brain stopped with it unfinished (0: not since)
     plan_tasks: dict[str, plans.Task] = field(default_factory=dict)  # by plan task id
+    # Resumed batches: the tasks an earlier run of this batch completed, kept as done
+    # (foreach items among them when their template expands again).
+    kept: frozenset[str] = frozenset()
+    resumed_from: str = ""  # where ``kept`` came from: "brain" or the files read
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
+        self.kept = frozenset()
+        self.resumed_from = ""
+        for name, value in state[1].items():
+            object.__setattr__(self, name, value)
 
     @property
     def events_path(self) -> str:

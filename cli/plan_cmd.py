@@ -74,6 +74,7 @@ def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
     from llmo.plans import (
         BUILTIN_VARIABLES,
         PlanError,
+        config_run_mode,
         dependency_levels,
         load_plan,
         placeholders,
@@ -92,8 +93,13 @@ def check_plan(plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
         given = config if config is not None else dict.fromkeys(needed, "")
         problems = problems + undefined_placeholders(plan, given)
     errors, warnings = split_problems(sorted(problems, key=lambda p: p.line))
-    report["ok"] = plan is not None and not errors
     report["errors"] = [str(p) for p in errors]
+    if config is not None:
+        try:
+            config_run_mode(config)
+        except PlanError as exc:
+            report["errors"].append(f"{plan.file if plan is not None else plan_dir}:0: {exc}")
+    report["ok"] = plan is not None and not report["errors"]
     report["warnings"] = [str(p) for p in warnings]
     if plan is None:
         return report
