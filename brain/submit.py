@@ -10,6 +10,19 @@ validates it with ``plans`` and refuses the plan with every problem listed
 from ``now`` (``YYYYMMDD_HHMMSS`` in UTC, ``_2``, ``_3``... when taken), its
 history folder, and its task graph (``graph``), which releases what has no
 dependencies. A plan with a goal has its goal set up (``goal.setup``) first.
+
+The configuration keys ``RUN_MODE``, ``RESUME_BATCH_ID`` and ``BATCH_ID``
+(``plans.config_run_mode``) name the batch instead: ``BATCH_ID`` a new batch's
+folder (refused when the brain holds a batch of that id or the folder
+exists), ``RUN_MODE: resume`` an earlier batch to re-enter (``batch_folder``).
+The shell looks at that folder when it reads the plan (``brain.prior``). A
+resumed batch keeps its id, folder and ``{BATCH_ID}``, and every task that
+succeeded before enters as done (``Batch.kept``): for a batch the brain still
+holds its journaled state says which, otherwise the folder's records. Only
+one authority runs a batch: a batch the brain still runs, or whose attempts
+are still being stopped on workers, is not resumed. A named batch's attempt
+ids carry the time and batch sequence (``Batch.attempt_prefix``), since
+workers answer an attempt id they remember with its earlier result.
 """
 
 from __future__ import annotations
@@ -136,6 +149,7 @@ def on_plan_loaded(cx: Ctx, ev: PlanLoaded) -> None:
         plan_tasks={t.id: t for t in plan.tasks},
         kept=kept,
         resumed_from=source,
+        attempt_prefix=f"{batch_id}@{int(cx.now)}.{st.batch_seq}" if named else "",
     )
     if batch_id in st.batches:  # a resumed batch the brain held: the new run replaces it
         st.delayed = [d for d in st.delayed if d[2] != batch_id]

@@ -49,6 +49,8 @@ def test_resume_of_a_failed_batch_runs_only_what_did_not_succeed() -> None:
     first = rig.state.batches[batch_id]
     history = first.history_path
 
+    first_attempts = {a.attempt_id for a in rig.assigns()}
+    sent = len(rig.sent)
     resumed = rig.submit(PLAN, config={"RUN_MODE": "resume", "RESUME_BATCH_ID": batch_id})
 
     assert isinstance(resumed, PlanAccepted), resumed
@@ -56,6 +58,8 @@ def test_resume_of_a_failed_batch_runs_only_what_did_not_succeed() -> None:
     assert resumed.history_path == history
     runs = run_counting(rig)
     assert runs == {"extract": 1, "report": 1}  # prepare and index are kept
+    # Workers answer an attempt id they have seen with its old result: never reuse one.
+    assert not first_attempts & {a.attempt_id for a in rig.assigns(sent)}
     batch = rig.state.batches[batch_id]
     assert batch.state == "complete"
     assert rig.states(batch_id) == dict.fromkeys(("prepare", "extract", "report", "index"), "done")
