@@ -92,3 +92,14 @@ def test_plan_check_with_the_rig_config_warns_about_an_unknown_model(capsys, pla
     (plan_dir / "plan.md").write_text(PLAN.replace("model_id_here", "qwen2.5-7b"))
     code, out, _ = run(capsys, "plan", "check", str(plan_dir), "--rig", str(rig))
     assert code == 0 and "matches no model" not in out
+
+
+def test_the_brain_under_systemd_knows_the_models_of_the_rigs_workers(tmp_path):
+    from llmo.cli.brain_cmd import load_settings
+
+    rig = tmp_path / "llmo.toml"
+    rig.write_text(
+        '[[workers]]\nname = "gpu0"\ngpus = [0]\nmodel = "/models/qwen2.5-7b.gguf"\n'
+        '[[workers]]\nname = "gpu1"\ngpus = [1]\nmodel = "/models/qwen2.5-7b.gguf"\n'
+    )
+    assert load_settings(str(rig))["models"] == ["/models/qwen2.5-7b.gguf"]
