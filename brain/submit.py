@@ -112,6 +112,18 @@ def on_plan_loaded(cx: Ctx, ev: PlanLoaded) -> None:
     if plan is None or error_text:
         reject(cx, req, error_text or [f"{plan_file}:0: the plan has no tasks"], warning_text)
         return
+    if mode == "resume" and plan.goal is not None:
+        reject(
+            cx,
+            req,
+            [
+                f"{plan_file}:0: a goal-driven plan cannot be resumed here: its rounds and "
+                "accepted count are not kept in a form a resume can continue; submit it "
+                "afresh (BATCH_ID names a new folder)"
+            ],
+            warning_text,
+        )
+        return
     kept: frozenset[str] = frozenset()
     source = ""
     if named:

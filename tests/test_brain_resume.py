@@ -199,3 +199,48 @@ def test_read_prior_reads_both_event_files_and_the_summary(tmp_path) -> None:
     assert found["done"] == ["a", "c", "d"]
     assert found["sources"] == ["batch_events.jsonl", "logs/batch_events.jsonl", "RUN_SUMMARY.json"]
     assert read_prior(str(tmp_path / "missing"))["exists"] is False
+
+
+def test_a_goal_driven_plan_is_not_resumed_and_says_why() -> None:
+    rig = Rig()
+    rig.folders["/plans/p/history/b1"] = {"exists": True, "done": ["discover"]}
+    text = plan_text(
+        "discover | cpu | discover",
+        "validate | cpu | validate {ITEM.id} | discover | foreach={BATCH_PATH}/c.json:items",
+        goal="- **type**: target_count\n- **target**: 2\n- **tracked_task**: validate",
+    )
+    refused = rig.submit(text, config={"RESUME_BATCH_ID": "b1"})
+    assert isinstance(refused, PlanRejected)
+    assert "a goal-driven plan cannot be resumed here" in refused.errors[0]
+    assert rig.state.batches == {}
+
+
+def test_what_the_folder_held_is_journaled_with_the_plan_text() -> None:
+    import msgpack
+
+    from llmo.brain.events import PlanLoaded
+    from llmo.brain.journal import event_of, record_of
+
+    loaded = PlanLoaded("r1", PLAN, "", {"exists": True, "done": ["prepare"], "sources": []})
+    record = msgpack.unpackb(msgpack.packb(record_of(5.0, loaded)), strict_map_key=False)
+    assert event_of(record) == (5.0, loaded)
+    plain = PlanLoaded("r2", PLAN)
+    assert event_of(record_of(6.0, plain)) == (6.0, plain)  # older journals: no prior
+
+
+def test_the_shell_reads_the_named_folder_with_the_plan(tmp_path) -> None:
+    from llmo.brain.commands import ReadPlan
+    from llmo.brain.service import read_plan
+
+    plan = tmp_path / "p"
+    (plan / "history" / "b1").mkdir(parents=True)
+    (plan / "plan.md").write_text(PLAN)
+    line = json.dumps({"event": "task_succeeded", "task_id": "prepare"})
+    (plan / "history" / "b1" / "batch_events.jsonl").write_text(line + "\n")
+
+    loaded = read_plan(ReadPlan("r1", str(plan), str(plan / "history" / "b1")))
+    assert loaded.text == PLAN
+    assert loaded.prior is not None and loaded.prior["done"] == ["prepare"]
+    missing = read_plan(ReadPlan("r2", str(plan), str(plan / "history" / "b2")))
+    assert missing.prior == {"exists": False, "done": [], "sources": [], "problems": []}
+    assert read_plan(ReadPlan("r3", str(plan))).prior is None
