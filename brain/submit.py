@@ -56,7 +56,7 @@ def read_plan(cx: Ctx, request_id: str, msg: PlanSubmit) -> ReadPlan:
 
 
 def history_path(cx: Ctx, plan_path: str, batch_id: str) -> str:
-    return f"{plan_path.rstrip('/') or ''}/{cx.cfg.history_dir}/{batch_id}"
+    return f"{plan_path.rstrip('/') or '/'}/{cx.cfg.history_dir}/{batch_id}"
 
 
 def batch_id_for(cx: Ctx) -> str:
@@ -134,7 +134,7 @@ def on_plan_loaded(cx: Ctx, ev: PlanLoaded) -> None:
         kept, source = found
     batch_id = named or batch_id_for(cx)
     plan_path = req.plan_path.rstrip("/") or "/"
-    history = f"{plan_path}/{cx.cfg.history_dir}/{batch_id}"
+    history = history_path(cx, plan_path, batch_id)
     variables = plans.run_variables(plan_path, history, batch_id, config)
     try:
         runs = graph.build_tasks(plan.tasks, variables)
