@@ -23,10 +23,15 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class ReadPlan:
-    """Read ``<plan_path>/plan.md`` for request ``request_id``; answer with ``PlanLoaded``."""
+    """Read ``<plan_path>/plan.md`` for request ``request_id``; answer with ``PlanLoaded``.
+
+    ``history``, when set, is a batch folder the submission names (``BATCH_ID``,
+    ``RESUME_BATCH_ID``): the answer also says whether it exists and which
+    tasks its earlier run recorded as succeeded (``brain.prior``)."""
 
     request_id: str
     plan_path: str
+    history: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,10 @@ class BrainConfig:
     max_refusals: int = 5  # refusals by workers before a task fails
     script_vram_mb: int = 1024  # a script task's VRAM when the plan gives no estimate
     default_model: str = ""  # llm tasks that name no model
+    # Every model the rig serves (paths or aliases; ``llmo up`` lists its workers'). With
+    # these, or once a worker has registered, an llm task naming a model that neither
+    # a worker nor this list offers fails at once instead of waiting (``brain.models``).
+    models: tuple[str, ...] = ()
     brain_model: str = ""  # what a cold brain-role worker is told to load
     max_hot: int = 0  # most workers hot at once (0 = no limit)
     load_timeout_s: float = 600.0
@@ -64,6 +68,7 @@ class BrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["default_hot"] = list(self.default_hot)
+        out["models"] = list(self.models)
         out["plan_roots"] = list(self.plan_roots)
         return out
 
@@ -88,6 +93,8 @@ class BrainConfig:
         values = dict(data)
         if "default_hot" in values:
             values["default_hot"] = tuple(values["default_hot"])
+        if "models" in values:
+            values["models"] = tuple(str(m) for m in values["models"])
         if "plan_roots" in values:
             values["plan_roots"] = tuple(str(r) for r in values["plan_roots"])
         if "class_timeouts" in values:

@@ -41,7 +41,7 @@ from llmo.brain import (
     tasks,
     view,
 )
-from llmo.brain.commands import Command, Log, ReadManifest, ReadPlan
+from llmo.brain.commands import Command, Log, ReadManifest
 from llmo.brain.config import BrainConfig
 from llmo.brain.ctx import Ctx
 from llmo.brain.events import (
@@ -329,7 +329,7 @@ def on_resumed(cx: Ctx, ev: Resumed) -> None:
             worker.last_seen = cx.now
     liveness.hush_after_restart(cx)
     for request_id, req in st.pending_plans.items():
-        cx.out.append(ReadPlan(request_id, req.plan_path))
+        cx.out.append(submit.read_plan(cx, request_id, req))
     for batch in st.active_batches():
         for task in batch.tasks.values():
             source = task.spec.foreach  # set on every template, the only tasks that expand

@@ -174,7 +174,7 @@ def assign(cx: Ctx, batch: Batch, task: TaskRun, worker: Worker) -> None:
     if not tasks.move(cx, batch, task, "assign"):
         return
     task.seq += 1
-    attempt_id = f"{batch.id}:{task.id}:{task.seq}"
+    attempt_id = f"{batch.attempt_prefix or batch.id}:{task.id}:{task.seq}"
     task.attempt_id = attempt_id
     task.worker = worker.name
     task.assigned_at = cx.now

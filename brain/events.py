@@ -49,11 +49,15 @@ class Stopped:
 
 @dataclass(frozen=True, slots=True)
 class PlanLoaded:
-    """The text of ``plan.md`` for a pending submission, or why it could not be read."""
+    """The text of ``plan.md`` for a pending submission, or why it could not be read.
+
+    ``prior`` answers a ``ReadPlan`` that named a batch folder: what
+    ``brain.prior.read_prior`` found there (None when no folder was named)."""
 
     request_id: str
     text: str | None
     error: str = ""
+    prior: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

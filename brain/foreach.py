@@ -77,3 +77,5 @@ def on_manifest(cx: Ctx, ev: ManifestRead) -> None:
         last=last,
     )
     tasks.notify_expanded(cx, batch, task)
+    if all(run.state == "done" for run in runs):  # every item kept from an earlier run
+        tasks.succeed(cx, batch, task)

@@ -15,7 +15,9 @@ pipelines. Tasks downstream of a goal's pipeline wait on ``tasks.GOAL_KEY``.
 waits for (``waiting``), fills the dependents map, skips a task whose
 dependency has already failed, fails one that names an unknown task, and
 releases those that wait for nothing. The same function serves a new batch,
-a foreach's items and a goal's next round.
+a foreach's items and a goal's next round. In a resumed batch, a task an
+earlier run completed (``Batch.kept``) enters as done and is never run again;
+its dependents count it as satisfied.
 """
 
 from __future__ import annotations
@@ -69,7 +71,12 @@ def add_tasks(cx: Ctx, batch: Batch, runs: list[TaskRun], *, quiet: bool = False
     """
     existing = batch.tasks
     dependents = batch.dependents
+    kept = batch.kept
     for run in runs:
+        if kept and run.id in kept and run.state == "pending":
+            run.state = "done"  # an earlier run of this batch completed it
+            if run.parent:
+                existing[run.parent].children_left -= 1
         existing[run.id] = run
         batch.counts[run.state] += 1
     free = []

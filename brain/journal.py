@@ -16,7 +16,7 @@ record carries its file's base). The payloads are:
     ["t", now]                           Tick
     ["r", now]                           Resumed
     ["s", now, why]                      Stopped
-    ["p", now, request_id, text, error]  PlanLoaded
+    ["p", now, request_id, text, error(, prior)]  PlanLoaded
     ["f", now, batch, task, items, error] ManifestRead
 
 The shell steps an event, appends its record, commits the journal, and only
@@ -186,7 +186,9 @@ def record_of(now: float, event: Event, raw: bytes | None = None) -> list[Any]:
             return ["m", now, raw if raw is not None else encode(msg)]
         case Tick():
             return ["t", now]
-        case PlanLoaded(request_id=request_id, text=text, error=error):
+        case PlanLoaded(request_id=request_id, text=text, error=error, prior=prior):
+            if prior is not None:
+                return ["p", now, request_id, text, error, prior]
             return ["p", now, request_id, text, error]
         case ManifestRead(batch_id=batch_id, task_id=task_id, items=items, error=error):
             return ["f", now, batch_id, task_id, list(items) if items is not None else None, error]
@@ -207,7 +209,8 @@ def event_of(record: list[Any]) -> tuple[float, Event]:
     if kind == "t":
         return now, Tick()
     if kind == "p":
-        return now, PlanLoaded(record[2], record[3], record[4])
+        prior = record[5] if len(record) > 5 else None
+        return now, PlanLoaded(record[2], record[3], record[4], prior)
     if kind == "f":
         items = tuple(record[4]) if record[4] is not None else None
         return now, ManifestRead(record[2], record[3], items, record[5])

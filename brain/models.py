@@ -29,6 +29,14 @@ batches, per model (tasks of finished or cancelled batches never count).
 * A load that fails, or reports nothing within ``load_timeout_s``, leaves
   the worker usable cold and never fails a batch; after ``max_load_failures``
   failed loads of one model, the tasks waiting for it fail with the reason.
+* Unknown model: a model wanted by ready tasks that no worker offers or runs
+  and no configured model (``models``, ``default_model``, ``brain_model``,
+  ``default_hot``) names fails those tasks at once with a definition error
+  listing the rig's models, rather than leaving them ready for ever. Nothing
+  is judged before the rig has said what it has (a ``models`` setting, or
+  registered workers that all announce their models), and a path (a name
+  with ``/``) is never judged: a worker loads a model file by its path even
+  when it was not configured.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from llmo.brain.ctx import Ctx
 from llmo.brain.state import Batch, TaskRun, Worker
 from llmo.proto.messages import ModelLoad, ModelStatus, ModelUnload
 from llmo.proto.states import WorkerState
+from llmo.proto.vocab import model_alias, model_names
 
 UNLOAD_RESEND_S = 30.0
 SWAP_MIN_HOT_S = 30.0
@@ -96,13 +105,19 @@ def hot_count(cx: Ctx) -> int:
     )
 
 
+def queue_model(key: str) -> str:
+    """The model of an ``llm:<model>:<placement>`` ready queue (a model name may hold
+    ``:`` itself, as in ``qwen2.5:7b``)."""
+    return key[len("llm:") :].rpartition(":")[0]
+
+
 def demand(cx: Ctx) -> collections.Counter[str]:
     """Ready llm tasks of running batches, per wanted model ('' = any)."""
     wanted: collections.Counter[str] = collections.Counter()
     for batch in cx.state.active_batches():
         for key, queue in batch.ready.items():
             if key.startswith("llm:") and queue:
-                wanted[key.split(":", 2)[1]] += len(queue)
+                wanted[queue_model(key)] += len(queue)
     return wanted
 
 
@@ -121,7 +136,11 @@ def plan(cx: Ctx) -> None:
     for worker in workers:  # models in use count as demanded
         if worker.model_state == "hot" and worker.attempts:
             st.llm_demand_at[worker.model] = now
+    known = rig_models(cx) if wanted else None
     for model, count in sorted(wanted.items()):
+        if model and known is not None and model not in known and "/" not in model:
+            fail_waiting(cx, model, unknown_model(model, known))
+            continue
         if not model:
             if not any(w.model_state == "hot" and w.role == "worker" for w in workers):
                 cx.log("warning", "llm tasks name no model and no default_model is set")
@@ -159,6 +178,36 @@ def plan(cx: Ctx) -> None:
             unload(cx, worker, f"no LLM demand for {limit:.0f}s")
     if idle_rig and st.idle_since and now - st.idle_since >= cfg.default_idle_s:
         return_to_default(cx, workers)
+
+
+def rig_models(cx: Ctx) -> set[str] | None:
+    """Every name the rig's models answer to: the configured ones (``models``,
+    ``default_model``, ``brain_model``, ``default_hot``) and those workers offer or
+    run. None while the rig has not told all its models (no ``models`` setting,
+    and no worker registered yet or one that announced none): no model can be
+    judged unknown then."""
+    cfg = cx.cfg
+    names: set[str] = set()
+    for path in (*cfg.models, cfg.default_model, cfg.brain_model, *cfg.default_hot):
+        if path:
+            names.update(model_names(path))
+    workers = cx.state.workers.values()
+    for worker in workers:
+        names.update(worker.models)
+        if worker.model:
+            names.update(model_names(worker.model))
+    if not cfg.models and (not workers or not all(w.models for w in workers)):
+        return None
+    return names
+
+
+def unknown_model(model: str, known: set[str]) -> str:
+    has = ", ".join(sorted({model_alias(n) for n in known})) or "no models at all"
+    return (
+        f"definition error: unknown model {model!r}: no worker has it and no configured "
+        f"model matches (this rig has: {has}); name one of these in llm_model, or add the "
+        "model to a worker in llmo.toml"
+    )
 
 
 def ensure_hot(cx: Ctx, workers: list[Worker], model: str, count: int) -> None:
@@ -299,7 +348,7 @@ def fail_waiting(cx: Ctx, model: str, why: str) -> None:
     """Tasks waiting for a model that cannot be loaded fail visibly."""
     for batch in cx.state.active_batches():
         for key, queue in list(batch.ready.items()):
-            if key.startswith("llm:") and key.split(":", 2)[1] == model:
+            if key.startswith("llm:") and queue_model(key) == model:
                 waiting = [batch.tasks[t] for t in queue]
                 queue.clear()
                 for task in waiting:

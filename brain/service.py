@@ -58,6 +58,7 @@ like any error, and that brain keeps running.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -101,6 +102,7 @@ from llmo.brain.events import (
     Tick,
 )
 from llmo.brain.journal import FSYNC_INTERVAL_S, Journal
+from llmo.brain.prior import read_prior
 from llmo.brain.snapshot import SnapshotPolicy
 from llmo.brain.state import BrainState
 from llmo.proto.client import Client
@@ -572,7 +574,15 @@ def refusal_grace(msg: Error) -> float:
 
 
 def read_plan(command: ReadPlan, roots: tuple[str, ...] = ()) -> PlanLoaded:
-    """The plan file's text, read only inside its own folder and, if any, the plan roots."""
+    """The plan file's text, read only inside its own folder and, if any, the plan roots,
+    and what an earlier run left in the batch folder the submission names, if any."""
+    loaded = _read_plan_text(command, roots)
+    if not command.history or loaded.text is None:
+        return loaded
+    return dataclasses.replace(loaded, prior=read_prior(command.history))
+
+
+def _read_plan_text(command: ReadPlan, roots: tuple[str, ...]) -> PlanLoaded:
     path = command.plan_path
     file = path if path.endswith(".md") else os.path.join(path, "plan.md")
     allowed = list(roots) or [os.path.dirname(file)]

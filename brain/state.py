@@ -233,6 +233,21 @@ class Batch:
     summary_at: float = 0.0
     interrupted_at: float = 0.0  # the brain stopped with it unfinished (0: not since)
     plan_tasks: dict[str, plans.Task] = field(default_factory=dict)  # by plan task id
+    # Resumed batches: the tasks an earlier run of this batch completed, kept as done
+    # (foreach items among them when their template expands again).
+    kept: frozenset[str] = frozenset()
+    resumed_from: str = ""  # where ``kept`` came from: "brain" or the files read
+    # What attempt ids start with (empty: the batch id). A batch id a submission named
+    # may have run before, and workers answer a repeated attempt id with the old
+    # result: such batches get ids of their own (``brain.submit``).
+    attempt_prefix: str = ""
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
+        self.kept = frozenset()
+        self.resumed_from = self.attempt_prefix = ""
+        for name, value in state[1].items():
+            object.__setattr__(self, name, value)
 
     @property
     def events_path(self) -> str:

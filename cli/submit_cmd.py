@@ -5,6 +5,12 @@ runs: a plan with errors or undefined placeholders is refused with every
 problem listed and exit code 2, and nothing is sent. ``--dry-run`` shows the
 tasks, foreach templates and placeholders without sending anything.
 
+``--resume BATCH_ID`` re-enters an earlier batch of the plan (the config keys
+``RUN_MODE: resume`` and ``RESUME_BATCH_ID``): the brain keeps every task that
+succeeded there and runs only the rest, in the same batch folder and with the
+same ``{BATCH_ID}``. ``BATCH_ID`` in the configuration names a new batch's
+folder instead of the time (refused when it exists).
+
 Otherwise the plan's folder path is sent in a ``PlanSubmit`` and the batch id
 printed. ``--watch`` follows the batch (``cli.watch``) until it ends: exit 0
 when it completed, 1 when it failed or was cancelled. ``--json`` prints the
@@ -43,6 +49,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--config", help="configuration as a JSON object, or @FILE to read one from a file"
     )
     parser.add_argument("--priority", choices=PRIORITY_CHOICES, help="batch priority")
+    parser.add_argument(
+        "--resume",
+        metavar="BATCH_ID",
+        help="re-enter batch BATCH_ID of this plan: keep the tasks that succeeded there and "
+        "run only the rest (the same as --config RUN_MODE=resume, RESUME_BATCH_ID=BATCH_ID)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="show the plan, send nothing")
     parser.add_argument("--watch", action="store_true", help="follow the batch until it ends")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -57,6 +69,17 @@ def run(args: argparse.Namespace) -> int:
         config = read_config(args.config) if args.config is not None else {}
     except ValueError as exc:
         return fail("submit", f"--config: {exc}", 2)
+    if args.resume is not None:
+        given = config.get("RESUME_BATCH_ID") or config.get("BATCH_ID")
+        mode = str(config.get("RUN_MODE") or "resume").lower()
+        if (given and given != args.resume) or mode != "resume":
+            return fail(
+                "submit",
+                f"--resume {args.resume} contradicts the configuration's RUN_MODE / "
+                "RESUME_BATCH_ID / BATCH_ID; give one or the other",
+                2,
+            )
+        config = {**config, "RUN_MODE": "resume", "RESUME_BATCH_ID": args.resume}
     plan_dir = str(Path(args.plan_dir).resolve())
     report = check_plan(plan_dir, config, priority=args.priority or "")
     if report["errors"]:

@@ -140,6 +140,8 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
     brain_settings = dict(config.brain)
     brain_settings.setdefault("default_model", model)
     brain_settings.setdefault("brain_model", model)
+    # What the rig serves, so a plan naming another model fails at once (brain.models).
+    brain_settings.setdefault("models", list(dict.fromkeys(w.model or model for w in workers)))
     if args.config:  # plan files and foreach sources: inside the workers' plan roots
         roots = worker_policy(dataclasses.replace(config, rig_dir=str(rig_dir)), args.keys_dir)
         brain_settings.setdefault("plan_roots", list(roots.plan_roots))

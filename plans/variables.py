@@ -232,6 +232,61 @@ def config_llm_cache(config: Mapping[str, object]) -> str | None:
     return value.strip().lower()
 
 
+RUN_MODES = ("fresh", "resume")
+# A batch folder's name: a letter or digit, then letters, digits, ``.``, ``_``, ``-``;
+# no path separators, no leading dot, at most 100 characters.
+BATCH_ID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _batch_id_key(config: Mapping[str, object], key: str) -> str:
+    value = config.get(key)
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not BATCH_ID_NAME.fullmatch(value):
+        raise PlanError(
+            f"{key} is {value!r}: a batch id is 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (it names a folder under the plan's history)"
+        )
+    return value
+
+
+def config_run_mode(config: Mapping[str, object]) -> tuple[str, str]:
+    """``(mode, batch_id)`` from the config keys ``RUN_MODE``, ``RESUME_BATCH_ID``, ``BATCH_ID``.
+
+    ``mode`` is ``fresh`` (a new batch; ``batch_id`` names its folder, or is
+    empty for one named by the time) or ``resume`` (re-enter the existing
+    batch ``batch_id``). ``RESUME_BATCH_ID`` alone implies ``resume``;
+    ``RUN_MODE: resume`` takes the batch from ``RESUME_BATCH_ID`` or else
+    ``BATCH_ID``. Raises ``PlanError`` naming the key for anything else.
+    """
+    raw = config.get("RUN_MODE")
+    mode = ""
+    if raw is not None and raw != "":
+        if not isinstance(raw, str) or raw.lower() not in RUN_MODES:
+            raise PlanError(
+                f"RUN_MODE is {raw!r}; use one of {', '.join(RUN_MODES)} (or leave it out)"
+            )
+        mode = raw.lower()
+    resume_id = _batch_id_key(config, "RESUME_BATCH_ID")
+    batch_id = _batch_id_key(config, "BATCH_ID")
+    if resume_id and batch_id and resume_id != batch_id:
+        raise PlanError(
+            f"RESUME_BATCH_ID {resume_id!r} and BATCH_ID {batch_id!r} name different batches; "
+            "give one of them"
+        )
+    if mode == "fresh" and resume_id:
+        raise PlanError(
+            f"RUN_MODE is 'fresh' but RESUME_BATCH_ID is {resume_id!r}; "
+            "use RUN_MODE 'resume' to re-enter that batch, or leave RESUME_BATCH_ID out"
+        )
+    if mode == "resume" or resume_id:
+        target = resume_id or batch_id
+        if not target:
+            raise PlanError("RUN_MODE is 'resume' but no RESUME_BATCH_ID names the batch to resume")
+        return "resume", target
+    return "fresh", batch_id
+
+
 # -- what a plan uses ------------------------------------------------------------------
 
 

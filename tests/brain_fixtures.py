@@ -66,6 +66,7 @@ class Rig:
         self.events: list[tuple[float, Any]] = []
         self.plans: dict[str, str] = {}
         self.manifests: dict[str, Any] = {}  # template id -> items, or an error string
+        self.folders: dict[str, dict[str, Any]] = {}  # batch folder -> what read_prior finds
         self.ids = itertools.count(1)
         self.answered: set[str] = set()  # attempts auto() or start() answered
         self.feed(Configure((config or BrainConfig()).to_dict()))
@@ -83,7 +84,10 @@ class Rig:
             elif isinstance(command, ReadPlan):
                 text = self.plans.get(command.plan_path)
                 error = "" if text is not None else f"there is no plan folder {command.plan_path}"
-                out += self.feed(PlanLoaded(command.request_id, text, error))
+                prior = None
+                if command.history and text is not None:
+                    prior = self.folders.get(command.history, {"exists": False, "done": []})
+                out += self.feed(PlanLoaded(command.request_id, text, error, prior))
             elif isinstance(command, ReadManifest):
                 base = command.task_id.split(".r", 1)[0]
                 items = self.manifests.get(base)
