@@ -205,6 +205,10 @@ class GoalRun:
     state: GoalState = "running"
     round_ids: dict[str, str] = field(default_factory=dict)  # plan id -> id this round
     members: set[str] = field(default_factory=set)  # pipeline ids of every round
+    round_cap: int = 0  # rounds that may start in all (0: no limit)
+    discovery: tuple[str, ...] = ()  # plan ids of the discovery tasks
+    seen: dict[str, set[str]] = field(default_factory=dict)  # template -> candidate keys
+    reason: str = ""  # why an exhausted goal stopped
 
 
 @dataclass(slots=True, eq=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -85,7 +86,7 @@ class Rig:
                 error = "" if text is not None else f"there is no plan folder {command.plan_path}"
                 out += self.feed(PlanLoaded(command.request_id, text, error))
             elif isinstance(command, ReadManifest):
-                base = command.task_id.split(".r", 1)[0]
+                base = re.sub(r"_round_\d{4}$", "", command.task_id)
                 items = self.manifests.get(base)
                 if isinstance(items, list):
                     out += self.feed(ManifestRead(command.batch_id, command.task_id, tuple(items)))
