@@ -224,3 +224,19 @@ def test_the_round_cap_of_the_original_ends_a_goal_that_finds_nothing_new():
     assert b.goal.state == "exhausted" and b.goal.round == 2 and b.goal.succeeded == 1
     (exhausted,) = events(rig, "goal_exhausted")
     assert "round" in exhausted.detail["reason"], exhausted.detail
+
+
+def test_a_goal_from_an_older_snapshot_loads_with_the_new_fields_defaulted():
+    from llmo.brain.state import GoalRun
+
+    old = GoalRun(target=3, tolerance=0, tracked="v", pipeline=("d", "v"), cap=15)
+    _, fields = old.__reduce_ex__(5)[2]
+    newer = ("round_cap", "discovery", "seen", "reason")
+    loaded = GoalRun.__new__(GoalRun)
+    loaded.__setstate__((None, {k: v for k, v in fields.items() if k not in newer}))
+    assert (loaded.round_cap, loaded.discovery, loaded.seen, loaded.reason) == (
+        0,
+        ("d", "v"),
+        {},
+        "",
+    )
