@@ -10,6 +10,8 @@ task's ``env``, never in its command text (``plans.shellvalues``). The
 template is done when all its items are terminal (``tasks.on_terminal``). A
 missing source, a bad path or a source outside the plan roots fails the
 template at once, with the reason: a broken source is never retried silently.
+In a goal-driven batch ``brain.goal`` picks the items a pipeline template
+has not tried yet and names a later round's item tasks.
 """
 
 from __future__ import annotations
@@ -31,15 +33,22 @@ def on_manifest(cx: Ctx, ev: ManifestRead) -> None:
         tasks.fail(cx, batch, task, ev.error or "the foreach source gave no items")
         return
     spec = task.spec
+    items = list(ev.items)
+    indexes: list[int] = []
+    if batch.goal is not None:  # a goal's later rounds leave out the candidates already tried
+        picked = goal.new_items(batch, task, items)
+        indexes = [index for index, _ in picked]
+        items = [item for _, item in picked]
     try:
         children = plans.expand_foreach(
-            spec, list(ev.items), batch.variables, reserved=batch.plan_tasks.keys()
+            spec, items, batch.variables, reserved=batch.plan_tasks.keys()
         )
     except plans.PlanError as exc:
         tasks.fail(cx, batch, task, str(exc))
         return
     if batch.goal is not None:
-        goal.on_expanded(cx, batch, task, len(children))
+        children = goal.round_children(batch, task, children, indexes)
+        goal.on_expanded(cx, batch, task, len(items))
     if not children:
         tasks.succeed(cx, batch, task, items=0)
         return

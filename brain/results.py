@@ -18,7 +18,9 @@ and not counted. A late result never overrides a task that has ended.
 A result whose start was never heard counts the attempt first. A failure
 is sorted by its reason: exit code 75 (``retry_later``) and ``interrupted``
 (its worker was stopping) requeue without spending an attempt (an
-interrupted one does not count toward a poison task either), a lost attempt
+interrupted one does not count toward a poison task either), exit code 65
+(``rejected``: the input is wrong, as a validator says of a candidate) fails
+the task at once without retries, a lost attempt
 is ``retry.lose``, a refusal by a worker gives the attempt back up to
 ``max_refusals``; anything else is a spent attempt for
 ``retry.attempt_failed``.
@@ -31,7 +33,7 @@ from llmo.brain.ctx import Ctx, cut
 from llmo.brain.state import Batch, TaskRun
 from llmo.proto.messages import Ack, TaskCancel, TaskDone, TaskFailed, TaskProgress, TaskStarted
 from llmo.proto.states import TASK_ACTIVE
-from llmo.proto.vocab import EXIT_RETRY_LATER
+from llmo.proto.vocab import EXIT_REJECTED, EXIT_RETRY_LATER
 
 
 def current(
@@ -161,11 +163,12 @@ def on_failed(cx: Ctx, msg: TaskFailed) -> None:
     reason = msg.reason
     if reason == "exit" and msg.exit_code == EXIT_RETRY_LATER:
         reason = "retry_later"
+    rejected = reason == "exit" and msg.exit_code == EXIT_REJECTED
     cx.publish(
         batch,
         "task_failed",
         task,
-        reason=reason,
+        reason="rejected" if rejected else reason,
         exit_code=msg.exit_code,
         error=cut(msg.error or msg.log_tail),
     )
@@ -187,13 +190,15 @@ def on_failed(cx: Ctx, msg: TaskFailed) -> None:
     elif reason != "policy":  # a policy refusal is final: no attempt ran, none is retried
         tasks.start(cx, batch, task)  # counts the attempt if its start was never heard
     error = msg.error or (f"exit code {msg.exit_code}" if msg.exit_code is not None else reason)
+    if rejected:
+        error = f"rejected (exit {EXIT_REJECTED}, not retried): {error}"
     if task.cancel_why:
         error = f"{task.cancel_why}; {error}"
     retry.attempt_failed(
         cx,
         batch,
         task,
-        reason=reason,
+        reason="rejected" if rejected else reason,
         error=error,
         exit_code=msg.exit_code,
         log_tail=msg.log_tail,

@@ -6,7 +6,8 @@ An attempt is spent when it starts (or, if its start was never heard, when
 its result arrives). A failed attempt is retried after
 ``backoff_base_s * 2**(n-1)`` seconds until ``max_attempts`` are spent; then
 the task fails for good and its dependents are skipped. A refusal on policy
-grounds, or one past ``max_refusals``, is final at once.
+grounds, one past ``max_refusals``, or a rejection (exit 65: the input is
+wrong, so another attempt would give the same answer) is final at once.
 
 An attempt lost with its worker (the worker went down or stopped running
 it) is not spent: the task goes back to its queue, unless it has taken down
@@ -47,7 +48,7 @@ def attempt_failed(
     task.exit_code = exit_code
     task.error = cut(error)
     task.duration_s = duration_s or (cx.now - task.started_at if task.started_at else 0.0)
-    if task.attempts >= cx.cfg.max_attempts or reason in ("refused", "policy"):
+    if task.attempts >= cx.cfg.max_attempts or reason in ("refused", "policy", "rejected"):
         tasks.fail(cx, batch, task, error, attempts=task.attempts, exit_code=exit_code)
         return
     worker = task.worker

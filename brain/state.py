@@ -205,6 +205,24 @@ class GoalRun:
     state: GoalState = "running"
     round_ids: dict[str, str] = field(default_factory=dict)  # plan id -> id this round
     members: set[str] = field(default_factory=set)  # pipeline ids of every round
+    round_cap: int = 0  # rounds that may start in all (0: no limit)
+    discovery: tuple[str, ...] = ()  # plan ids of the discovery tasks
+    seen: dict[str, set[str]] = field(default_factory=dict)  # template -> candidate keys
+    reason: str = ""  # why an exhausted goal stopped
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Unpickle from a snapshot, giving fields newer than the snapshot their defaults.
+
+        A goal from before the round limit keeps running without one, and with
+        every one of its pipeline templates as its discovery (new rounds go on).
+        """
+        values = state[1]
+        self.round_cap = 0
+        self.discovery = tuple(values.get("pipeline", ()))  # type: ignore[arg-type]
+        self.seen = {}
+        self.reason = ""
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(slots=True, eq=False)

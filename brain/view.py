@@ -76,6 +76,8 @@ def goal_view(goal: GoalRun) -> GoalInfo:
         tried=goal.tried,
         cap=goal.cap,
         rounds=goal.round,
+        round_cap=goal.round_cap,
+        reason=goal.reason,
     )
 
 

@@ -229,7 +229,9 @@ def check_plan(
             "tolerance": goal.tolerance,
             "tracked_task": goal.tracked_task,
             "discovery_tasks": list(goal.discovery_tasks),
+            "discovery_inferred": goal.discovery_inferred,
             "max_attempts_multiplier": goal.max_attempts_multiplier,
+            "discovery_round_multiplier": goal.round_multiplier,
         }
     )
     return report
@@ -328,10 +330,13 @@ def format_report(report: dict[str, Any]) -> str:
     goal = report["goal"]
     if goal:
         discovery = ", ".join(goal["discovery_tasks"]) or "none"
+        if goal["discovery_inferred"]:
+            discovery += " (inferred)"
         lines.append(
             f"  goal: {goal['type']} {goal['target']} (tolerance {goal['tolerance']}) of "
             f"{goal['tracked_task']}, discovery {discovery}, at most "
-            f"{goal['max_attempts_multiplier']}x the target in candidates"
+            f"{goal['max_attempts_multiplier']}x the target in candidates and "
+            f"{goal['discovery_round_multiplier']}x in rounds"
         )
     return "\n".join(lines)
 

@@ -166,6 +166,17 @@ class Goal:
     discovery_tasks: tuple[str, ...] = ()
     max_attempts_multiplier: int = 5
     line: int = 0
+    discovery_inferred: bool = False  # no discovery_tasks written: taken from the plan's graph
+    round_multiplier: int = 2  # at most ``target * round_multiplier`` rounds
+    max_rounds: int = 0  # a lower round limit from the configuration (0: none)
+
+    @property
+    def round_cap(self) -> int | None:
+        """The most rounds a run may start, once the target is known."""
+        if not isinstance(self.target, int):
+            return None
+        cap = max(1, self.target * self.round_multiplier)
+        return min(cap, self.max_rounds) if self.max_rounds > 0 else cap
 
     @property
     def max_candidates(self) -> int | None:

@@ -202,7 +202,8 @@ class WorkerInfo(View):
 class GoalInfo(View):
     """Progress of a goal-driven batch: ``succeeded`` of ``target`` wanted
     (``tolerance`` more may fail), ``tried`` of ``cap`` candidates, in round
-    ``rounds``. The same record is in RUN_SUMMARY.json."""
+    ``rounds`` of at most ``round_cap``; ``reason`` says why an exhausted
+    goal stopped. The same record is in RUN_SUMMARY.json."""
 
     state: GoalState
     target: int
@@ -211,6 +212,8 @@ class GoalInfo(View):
     tried: int = 0
     cap: int = 0
     rounds: int = 1
+    round_cap: int = 0
+    reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

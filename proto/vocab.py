@@ -9,6 +9,10 @@ what some of its values mean, where more than one actor acts on them:
   with these same figures.
 - **Retry later.** A task process that exits with ``EXIT_RETRY_LATER`` (75,
   ``EX_TEMPFAIL``) asks to be run again later without spending an attempt.
+- **Rejected.** A task process that exits with ``EXIT_REJECTED`` (65,
+  ``EX_DATAERR``) says its input is wrong and trying again cannot help (a
+  validator rejecting a candidate): the task fails at once, without the
+  retries an ordinary failure gets.
 - **Meta commands.** The runtime-control commands a ``meta`` task may name
   (its command's first word), and whether each acts on a split model.
 - **Model names.** A worker knows each configured model by its path and by
@@ -26,6 +30,7 @@ HEARTBEAT_LIVENESS = 3  # heartbeats a peer may miss before it is declared down
 HEARTBEAT_EXPIRY_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
 
 EXIT_RETRY_LATER = 75
+EXIT_REJECTED = 65
 
 MAX_PARALLEL = 256  # LLM sequences one worker may batch (``Heartbeat.llm_slots``)
 MAX_LLM_REQUESTS = 1_000_000  # requests one heartbeat may report (``Heartbeat.llm_requests``)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -89,7 +90,7 @@ class Rig:
                     prior = self.folders.get(command.history, {"exists": False, "done": []})
                 out += self.feed(PlanLoaded(command.request_id, text, error, prior))
             elif isinstance(command, ReadManifest):
-                base = command.task_id.split(".r", 1)[0]
+                base = re.sub(r"_round_\d{4}$", "", command.task_id)
                 items = self.manifests.get(base)
                 if isinstance(items, list):
                     out += self.feed(ManifestRead(command.batch_id, command.task_id, tuple(items)))

@@ -287,6 +287,8 @@ def test_round_trip_of_nested_snapshot_records():
         "tried": 6,
         "cap": 12,
         "rounds": 1,
+        "round_cap": 0,
+        "reason": "",
     }
 
 

@@ -8,6 +8,7 @@ serves the whole module; each test runs its own copy of a plan.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -107,6 +108,47 @@ def test_goal_plan_keeps_discovering_until_the_target_is_met(rig):
     assert all(p > 1 and all(p % d for d in range(2, p)) for p in report["primes"]), report
     assert run.rows()["report"]["state"] == "done"
     assert events_of(run.events(), "batch_completed")
+
+
+def test_goal_plan_in_the_original_format_runs_rounds_under_its_names(rig):
+    """The goal example as the original wrote goals: no discovery_tasks, and its pool
+    and cycle fields. Round 1 finds 3 primes of 6, round 2 another 3 (ids r2_NN):
+    6 of 7 is within the tolerance of 1, so the goal ends with round 2."""
+    plan = rig.plan("goal_example")
+    text = (plan / "plan.md").read_text()
+    text = text.replace("- **discovery_tasks**: discover_items, score_items\n", "")
+    extra = "- **max_validations_per_cycle**: 3\n- **discovery_pool_cap**: 40\n"
+    text = text.replace(
+        "- **max_attempts_multiplier**: 5\n", "- **max_attempts_multiplier**: 5\n" + extra
+    )
+    (plan / "plan.md").write_text(text)
+    check = rig.llmo("plan", "check", str(plan))
+    assert check.returncode == 0, check
+    assert "unknown goal field" not in check.stdout + check.stderr
+    assert "discover_items, score_items (inferred)" in check.stdout, check.stdout
+
+    run = rig.submit(plan, "--config", json.dumps({"TARGET_COUNT": 7}))
+
+    assert run.returncode == 0, run
+    goal = run.summary["goal"]
+    assert (goal["state"], goal["succeeded"], goal["tried"], goal["rounds"]) == (
+        "reached",
+        6,
+        12,
+        2,
+    ), goal
+    rows = run.rows()
+    for name in ("discover_items_round_0002", "score_items_round_0002", "validate_item_r2_01"):
+        assert rows[name]["state"] == "done", rows[name]
+    validations = [r for r in rows.values() if re.fullmatch(r"validate_item_r\d+_\d+", r["id"])]
+    assert len(validations) == 12  # every candidate once: 6 per round
+    rejected = [r for r in validations if r["state"] == "failed"]
+    assert len(rejected) == 6 and all(r["attempts"] == 1 for r in rejected), rejected
+    accepted = sorted(p.stem for p in (run.history / "accepted").glob("*.json"))
+    report = json.loads((run.history / "output" / "report.json").read_text())
+    assert report["accepted"] == len(accepted) == goal["succeeded"]
+    assert rows["report"]["state"] == "done"
+    assert events_of(run.events(), "goal_reached")
 
 
 def test_undefined_placeholders_are_refused_with_every_name_and_nothing_is_sent(rig):

@@ -95,7 +95,7 @@ def _goal_after(goal: GoalInfo | None, ev: BatchEvent) -> GoalInfo:
     """The goal as a ``goal_*`` event leaves it (its detail carries the new figures)."""
     if goal is None:
         goal = GoalInfo(state="running", target=0)
-    figures = {
+    figures: dict[str, Any] = {
         field: value
         for key, field in _GOAL_FIGURES.items()
         if type(value := ev.detail.get(key)) is int

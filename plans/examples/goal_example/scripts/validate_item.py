@@ -1,9 +1,15 @@
-"""Accept a checked candidate if it is prime (exit 0), else reject it (exit 1)."""
+"""Accept a checked candidate if it is prime (exit 0), else reject it (exit 65).
+
+Exit code 65 (EX_DATAERR) tells llmo the candidate is rejected for good, so
+the task is not retried; any other failure (a crash, a missing file) is.
+"""
 
 import argparse
 import json
 import os
 import sys
+
+REJECTED = 65  # the candidate is wrong: trying again would give the same answer
 
 
 def is_prime(n: int) -> bool:
@@ -27,7 +33,7 @@ def main() -> int:
         value = json.load(handle)["value"]
     if not is_prime(value):
         print(f"rejected {args.id}: {value} is not prime")
-        return 1
+        return REJECTED
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{args.id}.json"), "w", encoding="utf-8") as handle:
         json.dump({"id": args.id, "value": value}, handle)
