@@ -233,6 +233,15 @@ class Batch:
     summary_at: float = 0.0
     interrupted_at: float = 0.0  # the brain stopped with it unfinished (0: not since)
     plan_tasks: dict[str, plans.Task] = field(default_factory=dict)  # by plan task id
+    event_counts: dict[str, int] = field(default_factory=dict)  # lines written, by event name
+    end_reason: str = ""  # why it was cancelled (the operator's words)
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
+        self.event_counts = {}
+        self.end_reason = ""
+        for name, value in state[1].items():
+            object.__setattr__(self, name, value)
 
     @property
     def events_path(self) -> str:
