@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from llmo.brain import records
+from llmo.plans.variables import substitute_known
 from llmo.brain.state import Batch, TaskRun
 from llmo.brain.view import counts, goal_view
 
@@ -89,8 +90,9 @@ def important_artifacts(batch: Batch) -> list[str]:
         found += ["ESCALATION.md"]
     prefix = batch.history_path.rstrip("/") + "/"
     for plan_task in batch.plan_tasks.values():
-        for path in plan_task.produces:
-            if "{" not in path:
+        for produced in plan_task.produces:
+            path = substitute_known(produced, batch.variables)
+            if "{" not in path:  # an item's path, unknown before its items exist
                 found.append(path[len(prefix) :] if path.startswith(prefix) else path)
     return list(dict.fromkeys(found))
 

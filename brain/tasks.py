@@ -275,11 +275,11 @@ def end_batch(cx: Ctx, batch: Batch, *, event: str | None = None) -> None:
     batch.ready.clear()
     name = {"complete": "batch_completed", "fail": "batch_failed", "cancel": "batch_cancelled"}
     cx.publish(batch, name[event], counts=dict(+batch.counts))
-    write_summary(cx, batch)
-    if batch.state != "complete":
+    if batch.state != "complete":  # first, so that the summary's artifact_counts count it
         failure = summary.batch_failure(batch, cx.now)
         text = json.dumps(failure, indent=2, ensure_ascii=False, default=str) + "\n"
         cx.out.append(WriteFile(f"{batch.history_path}/results/batch_failure.json", text))
+    write_summary(cx, batch)
     if batch.state == "failed":
         cx.out.append(
             WriteFile(f"{batch.history_path}/ESCALATION.md", summary.escalation(batch, cx.now))
