@@ -17,9 +17,9 @@ import json
 from typing import Any
 
 from llmo.brain import records
-from llmo.plans.variables import substitute_known
 from llmo.brain.state import Batch, TaskRun
 from llmo.brain.view import counts, goal_view
+from llmo.plans.variables import substitute_known
 
 MD_ROWS = 200  # task rows in RUN_SUMMARY.md; the JSON has all of them
 LOG_LINES = 20  # lines of a failed task's log in ESCALATION.md
