@@ -8,6 +8,14 @@ wall time, the goal (the snapshot's ``GoalInfo``) and the critical path:
 walking back from the task that finished last, each step goes to the
 dependency (or, for a foreach template, the item) that finished last, which
 is the chain that decided the wall time.
+
+Next to llmo's keys the summary has the original system's (``plan_name``,
+``history_dir``, ``refreshed_at``, ``event_counts``, ``live_counts``,
+``important_artifacts``, ``failure``; ``artifact_counts`` is added by the
+shell, which can look at the disk) and its ``status`` values: ``partial`` is
+an interrupted batch, ``failed`` one that failed or was cancelled.
+``batch_failure`` is ``results/batch_failure.json``. ``docs/history.md`` is
+the contract.
 """
 
 from __future__ import annotations
