@@ -49,12 +49,15 @@ def error_type(task: TaskRun, detail: dict[str, object]) -> str:
 
     ``exit`` (a non-zero exit code), ``timeout`` / ``stalled`` (stopped by the
     brain), ``killed``, ``lost``, ``refused``, ``policy``, ``retry_later``,
-    ``interrupted``, or ``definition`` for a task that failed without an
-    attempt of its own (a broken foreach source, an unknown dependency, a
-    template whose items failed: its items' events say more).
+    ``interrupted``, ``model`` (its model could not be loaded), or
+    ``definition`` for a task that failed without an attempt of its own (a
+    broken foreach source, an unknown dependency, a template whose items
+    failed: its items' events say more).
     """
     reason = detail.get("reason")
     if not isinstance(reason, str) or not reason:
+        reason = task.fail_reason
+    if not reason:
         reason = task.failures[-1]["reason"] if task.failures else "definition"
     why = task.cancel_why
     if why.startswith("timed out"):

@@ -181,11 +181,13 @@ class TaskRun:
     failures: list[FailedAttempt] | None = None  # one entry per failed attempt, with log tail
     env: dict[str, str] | None = None  # the values of the command's placeholders
     lost_attempts: dict[str, str] | None = None  # attempt id -> worker, for attempts judged lost
+    fail_reason: str = ""  # why it failed for good, where no failed attempt says (lost, model)
 
     def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
         """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
         self.env = None
         self.lost_attempts = None
+        self.fail_reason = ""
         for name, value in state[1].items():
             object.__setattr__(self, name, value)
 

@@ -174,6 +174,7 @@ def fail(cx: Ctx, batch: Batch, task: TaskRun, error: str, **detail: object) -> 
         return
     task.finished_at = cx.now
     task.error = cut(error)
+    task.fail_reason = str(detail.get("reason") or "")
     # every keyword of publish named (see succeed)
     cx.publish(
         batch, "task_abandoned", task, worker="", jsonl=True, wire=True, error=task.error, **detail

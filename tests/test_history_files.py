@@ -174,3 +174,25 @@ def test_the_events_file_is_also_at_logs_and_env_manifest_is_asked_for():
     assert links == [LinkFile(f"{history}/logs/batch_events.jsonl", "../batch_events.jsonl")]
     manifests = [c for c in rig.commands if isinstance(c, WriteEnvManifest)]
     assert manifests == [WriteEnvManifest("/plans/p", f"{history}/env_manifest.json")]
+
+
+def test_a_poison_task_is_abandoned_as_lost_and_a_broken_source_as_definition():
+    from llmo.brain.events import Received
+    from llmo.proto.messages import PeerDown
+
+    rig = Rig()
+    rig.submit(
+        plan_text("a | cpu | crash", "each | cpu | run {ITEM} | none | foreach=m.json:items")
+    )
+    for n in range(3):
+        rig.worker(f"w{n}")
+        rig.start(rig.assigns()[-1])
+        rig.feed(Received(PeerDown(src="broker", dst="brain", id=f"p{n}", peer=f"w{n}")))
+    abandoned = {e["task_id"]: e for e in events(rig) if e["event"] == "task_abandoned"}
+    assert abandoned["a"]["error_type"] == "lost", abandoned["a"]
+    assert abandoned["each"]["error_type"] == "definition", abandoned["each"]
+    failure = json.loads(written(rig, "/results/batch_failure.json")[-1].text)
+    assert {t["task_id"]: t["error_type"] for t in failure["failed_tasks"]} == {
+        "each": "definition",
+        "a": "lost",
+    }
