@@ -9,6 +9,7 @@ between abort and kill, so retries and kills happen within seconds.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -103,8 +104,10 @@ def test_a_task_that_always_fails_fails_the_batch_skips_its_dependents_and_escal
     assert rows["independent"]["state"] == "done"
     assert not (run.history / "downstream.ran").exists()
     assert (run.history / "independent.ran").exists()
-    assert run.summary["status"] == "partial"
+    assert run.summary["status"] == "failed"  # the original's word, though a task is done
     assert [f["id"] for f in run.summary["failures"]] == ["broken"]
+    failure = json.loads((run.history / "results" / "batch_failure.json").read_text())
+    assert [t["task_id"] for t in failure["failed_tasks"]] == ["broken"]
     escalation = (run.history / "ESCALATION.md").read_text()
     assert "## broken" in escalation
     assert "the input is corrupt" in escalation  # the failed task's own words
