@@ -61,10 +61,34 @@ class AppendLines:
 
 @dataclass(frozen=True, slots=True)
 class WriteFile:
-    """Replace a file's content (atomically: write a temporary file, rename)."""
+    """Replace a file's content (atomically: write a temporary file, rename).
+
+    ``artifacts`` is for RUN_SUMMARY.json only: ``"count"`` has the shell count
+    the files of the batch folder (the file's folder) and add
+    ``artifact_counts`` to the JSON object; ``"none"`` adds it empty (while a
+    batch runs, so that a refresh never walks a large output folder)."""
 
     path: str
     text: str
+    artifacts: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFile:
+    """Make ``path`` a symbolic link to ``target`` (relative to ``path``'s folder),
+    or a hard link where the file system takes no symbolic links."""
+
+    path: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteEnvManifest:
+    """Write ``path``: the Python modules the plan folder's scripts import, and
+    whether the brain's environment has each (``brain.envscan``)."""
+
+    plan_path: str
+    path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,4 +97,14 @@ class Log:
     text: str
 
 
-Command = Send | ReadPlan | ReadManifest | MakeDirs | AppendLines | WriteFile | Log
+Command = (
+    Send
+    | ReadPlan
+    | ReadManifest
+    | MakeDirs
+    | AppendLines
+    | WriteFile
+    | LinkFile
+    | WriteEnvManifest
+    | Log
+)

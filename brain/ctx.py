@@ -3,8 +3,9 @@
 Handlers take a ``Ctx`` instead of threading ``(state, now, out)`` through
 every call. ``publish`` is the one place a change becomes visible: it bumps
 the revision, sends a ``BatchEvent`` to the broker (which publishes it) and,
-for batch changes, queues a line for the batch's ``batch_events.jsonl``; the
-lines of one step are written with one ``AppendLines`` per file.
+for batch changes, queues a line for the batch's ``batch_events.jsonl``
+(``brain.records``: llmo's fields and the original system's); the lines of
+one step are written with one ``AppendLines`` per file.
 
 ``goal_policy`` is how the task lifecycle (``tasks.on_terminal``) tells the
 goal policy that a task of a goal-driven batch has ended. The goal module
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from llmo.brain import records
 from llmo.brain.commands import AppendLines, Command, Log, Send
 from llmo.brain.state import Batch, BrainState, TaskRun
 from llmo.proto.messages import BROKER, BatchEvent, Message
@@ -56,57 +58,53 @@ class Ctx:
         *,
         worker: str = "",
         jsonl: bool = True,
+        wire: bool = True,
         **detail: object,
     ) -> None:
+        """Make a change visible: a ``BatchEvent`` to the broker (unless ``wire`` is
+        false) and, for a batch (unless ``jsonl`` is false), a line of its events file,
+        followed by a line under the original system's name where it has another."""
         st = self.state
-        st.rev += 1
         batch_id = batch.id if batch is not None else ""
         if task is not None:
             worker = worker or task.worker
             state: str = task.state
-            task_id = task.id
-            attempt_id = task.attempt_id
         else:
             state = batch.state if batch is not None else ""
-            task_id = attempt_id = ""
-        self.out.append(
-            Send(
-                BatchEvent(
-                    dst=BROKER,
-                    rev=st.rev,
-                    batch_id=batch_id,
-                    event=event,
-                    task_id=task_id,
-                    state=state,
-                    worker=worker,
-                    attempt_id=attempt_id,
-                    detail=detail,
+        if wire:
+            st.rev += 1
+            self.out.append(
+                Send(
+                    BatchEvent(
+                        dst=BROKER,
+                        rev=st.rev,
+                        batch_id=batch_id,
+                        event=event,
+                        task_id=task.id if task is not None else "",
+                        state=state,
+                        worker=worker,
+                        attempt_id=task.attempt_id if task is not None else "",
+                        detail=detail,
+                    )
                 )
             )
-        )
         if batch is None or not jsonl:
             return
-        record: dict[str, object] = {"ts": self.now, "event": event, "batch_id": batch_id}
-        if task is not None:
-            spec = task.spec
-            record.update(
-                task_id=task_id,
-                name=task.id,
-                task_class=spec.task_class,
-                executor=spec.executor,
-                worker=worker,
-                attempt=task.attempts,
-                attempt_id=attempt_id,
-                state=state,
-            )
-        else:
-            record["state"] = state
-        if detail:
-            record.update(detail)
+        names = [event]
+        original = records.ORIGINAL_NAMES.get(event)
+        if original is not None:
+            names.append(original)
         lines = self.lines.get(batch.events_path)
         if lines is None:
             lines = self.lines[batch.events_path] = []
-        lines.append(_line(record))
+        counted = batch.event_counts
+        for name in names:
+            extra = detail if name == event else {**detail, "same_as": event}
+            record = records.event_record(
+                batch, name, task, now=self.now, worker=worker, state=state, detail=extra
+            )
+            lines.append(_line(record))
+            counted[name] = counted.get(name, 0) + 1
 
     def finish(self) -> list[Command]:
         for path, lines in self.lines.items():

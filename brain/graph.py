@@ -67,7 +67,8 @@ def build_tasks(specs: Sequence[plans.Task], variables: dict[str, str]) -> list[
 def add_tasks(cx: Ctx, batch: Batch, runs: list[TaskRun], *, quiet: bool = False) -> int:
     """Put tasks into the batch, count what they wait for, release the free ones.
 
-    Returns how many were released; ``quiet`` releases them without one event each.
+    Returns how many were released; ``quiet`` releases them without one event each
+    on the wire (their ``task_released`` lines are written all the same).
     """
     existing = batch.tasks
     dependents = batch.dependents

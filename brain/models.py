@@ -353,7 +353,7 @@ def fail_waiting(cx: Ctx, model: str, why: str) -> None:
                 queue.clear()
                 for task in waiting:
                     if task.state == "ready":
-                        tasks.fail(cx, batch, task, why)
+                        tasks.fail(cx, batch, task, why, reason="model")
 
 
 def worker_gone(cx: Ctx, worker: Worker) -> None:

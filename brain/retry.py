@@ -69,6 +69,7 @@ def lose(cx: Ctx, batch: Batch, task: TaskRun, why: str) -> None:
         task.lost_attempts[task.attempt_id] = task.worker
     task.lost_workers += 1
     if task.lost_workers >= cx.cfg.max_lost_workers:
-        tasks.fail(cx, batch, task, f"poison task: took down {task.lost_workers} workers ({why})")
+        why = f"poison task: took down {task.lost_workers} workers ({why})"
+        tasks.fail(cx, batch, task, why, reason="lost")
         return
     tasks.requeue(cx, batch, task, why)

@@ -29,7 +29,7 @@ no longer expects are ignored by the core.
 
 On SIGTERM or SIGINT the loop ends and one more event is journaled,
 ``Stopped``: each unfinished batch gets ``batch_interrupted`` in its events
-and a RUN_SUMMARY whose status is ``interrupted``, written before the brain
+and a RUN_SUMMARY whose status is ``partial`` (``interrupted``: true), written before the brain
 exits; the next start resumes them (``batch_resumed``). ``llmo up`` and the
 systemd units stop the workers first, so results finished in their stop
 grace reach the brain before it stops.
@@ -59,6 +59,7 @@ like any error, and that brain keeps running.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -70,15 +71,17 @@ from collections.abc import Callable
 import zmq
 
 from llmo import plans
-from llmo.brain import view
+from llmo.brain import histfiles, view
 from llmo.brain.commands import (
     AppendLines,
     Command,
+    LinkFile,
     Log,
     MakeDirs,
     ReadManifest,
     ReadPlan,
     Send,
+    WriteEnvManifest,
     WriteFile,
 )
 from llmo.brain.config import BrainConfig
@@ -116,7 +119,7 @@ log = logging.getLogger("llmo.brain")
 TICK_S = 0.5
 REFUSED_EXIT = 2  # another brain holds the name at the broker: not for a restart
 BURST = 1000
-FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile)
+FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile, LinkFile, WriteEnvManifest)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 RETRY_FREE_BYTES = 64 * 1024  # a full brain tries to journal again once this much is free
 RETRY_EVERY_S = 30.0  # ... or this often anyway (quotas, EIO: free bytes do not tell)
@@ -515,7 +518,7 @@ class BrainService:
                 case Send(msg=msg):
                     assert self.client is not None, "start() first"
                     self.client.send(msg)
-                case AppendLines() | WriteFile() | MakeDirs():
+                case AppendLines() | WriteFile() | MakeDirs() | LinkFile() | WriteEnvManifest():
                     write_files(command)
                 case ReadPlan():
                     self.feed(read_plan(command, self.config.plan_roots))
@@ -539,12 +542,27 @@ class BrainService:
 
 
 def write_files(command: Command) -> None:
-    """Carry out one history file command (``MakeDirs``, ``AppendLines``, ``WriteFile``)."""
+    """Carry out one history file command (``MakeDirs``, ``AppendLines``, ``WriteFile``,
+    ``LinkFile``, ``WriteEnvManifest``; see ``brain.histfiles``)."""
     match command:
         case AppendLines(path=path, lines=lines):
             append_lines(path, lines)
-        case WriteFile(path=path, text=text):
+        case WriteFile(path=path, text=text, artifacts=artifacts):
+            if artifacts:
+                text = histfiles.with_artifacts(text, os.path.dirname(path), artifacts)
             write_file(path, text)
+        case LinkFile(path=path, target=target):
+            histfiles.link_file(path, target)
+        case WriteEnvManifest(plan_path=plan_path, path=path):
+            manifest = histfiles.env_manifest(plan_path, time.time())
+            write_file(path, json.dumps(manifest, indent=2) + "\n")
+            if manifest["missing"]:
+                log.warning(
+                    "brain: the scripts of %s import modules this environment lacks: %s (see %s)",
+                    plan_path,
+                    ", ".join(manifest["missing"]),
+                    path,
+                )
         case MakeDirs(paths=paths):
             for path in paths:
                 os.makedirs(path, exist_ok=True)

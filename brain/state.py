@@ -181,11 +181,13 @@ class TaskRun:
     failures: list[FailedAttempt] | None = None  # one entry per failed attempt, with log tail
     env: dict[str, str] | None = None  # the values of the command's placeholders
     lost_attempts: dict[str, str] | None = None  # attempt id -> worker, for attempts judged lost
+    fail_reason: str = ""  # why it failed for good, where no failed attempt says (lost, model)
 
     def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
         """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
         self.env = None
         self.lost_attempts = None
+        self.fail_reason = ""
         for name, value in state[1].items():
             object.__setattr__(self, name, value)
 
@@ -260,10 +262,15 @@ class Batch:
     # result: such batches get ids of their own (``brain.submit``).
     attempt_prefix: str = ""
 
+    event_counts: dict[str, int] = field(default_factory=dict)  # lines written, by event name
+    end_reason: str = ""  # why it was cancelled (the operator's words)
+
     def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
         """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
         self.kept = frozenset()
         self.resumed_from = self.attempt_prefix = ""
+        self.event_counts = {}
+        self.end_reason = ""
         for name, value in state[1].items():
             object.__setattr__(self, name, value)
 

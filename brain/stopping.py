@@ -110,6 +110,7 @@ def cancel_task(cx: Ctx, batch: Batch, task: TaskRun, why: str) -> None:
 
 def cancel_batch(cx: Ctx, batch: Batch, why: str) -> None:
     """Running attempts aborted (then killed), everything else skipped; state cancelled."""
+    batch.end_reason = f"cancelled: {why}"
     for task in batch.tasks.values():
         if task.state in tasks.LIVE_STATES:
             cancel_task(cx, batch, task, f"batch cancelled: {why}")

@@ -8,8 +8,10 @@ journal holds the exact text the batch was built from. The core parses and
 validates it with ``plans`` and refuses the plan with every problem listed
 (undefined placeholders included), or creates the batch: a deterministic id
 from ``now`` (``YYYYMMDD_HHMMSS`` in UTC, ``_2``, ``_3``... when taken), its
-history folder, and its task graph (``graph``), which releases what has no
-dependencies. A plan with a goal has its goal set up (``goal.setup``) first.
+history folder (with ``logs/batch_events.jsonl`` linked to its events file
+and ``env_manifest.json`` of the plan's Python imports, see
+``docs/history.md``), and its task graph (``graph``), which releases what
+has no dependencies. A plan with a goal has its goal set up (``goal.setup``) first.
 
 The configuration keys ``RUN_MODE``, ``RESUME_BATCH_ID`` and ``BATCH_ID``
 (``plans.config_run_mode``) name the batch instead: ``BATCH_ID`` a new batch's
@@ -33,7 +35,7 @@ from typing import Any
 
 from llmo import plans
 from llmo.brain import goal, graph, tasks
-from llmo.brain.commands import MakeDirs, ReadPlan
+from llmo.brain.commands import LinkFile, MakeDirs, ReadPlan, WriteEnvManifest
 from llmo.brain.ctx import Ctx
 from llmo.brain.events import PlanLoaded
 from llmo.brain.state import Batch
@@ -172,6 +174,8 @@ def on_plan_loaded(cx: Ctx, ev: PlanLoaded) -> None:
         heapq.heapify(st.delayed)
     st.batches[batch_id] = batch
     cx.out.append(MakeDirs(tuple(f"{history}/{d}" for d in ("output", "results", "logs"))))
+    cx.out.append(LinkFile(f"{history}/logs/batch_events.jsonl", "../batch_events.jsonl"))
+    cx.out.append(WriteEnvManifest(plan_path, f"{history}/env_manifest.json"))
     cx.send(
         PlanAccepted(
             dst=req.src,

@@ -8,6 +8,14 @@ wall time, the goal (the snapshot's ``GoalInfo``) and the critical path:
 walking back from the task that finished last, each step goes to the
 dependency (or, for a foreach template, the item) that finished last, which
 is the chain that decided the wall time.
+
+Next to llmo's keys the summary has the original system's (``plan_name``,
+``history_dir``, ``refreshed_at``, ``event_counts``, ``live_counts``,
+``important_artifacts``, ``failure``; ``artifact_counts`` is added by the
+shell, which can look at the disk) and its ``status`` values: ``partial`` is
+an interrupted batch, ``failed`` one that failed or was cancelled.
+``batch_failure`` is ``results/batch_failure.json``. ``docs/history.md`` is
+the contract.
 """
 
 from __future__ import annotations
@@ -16,21 +24,117 @@ import itertools
 import json
 from typing import Any
 
+from llmo.brain import records
 from llmo.brain.state import Batch, TaskRun
 from llmo.brain.view import counts, goal_view
+from llmo.plans.variables import substitute_known
 
 MD_ROWS = 200  # task rows in RUN_SUMMARY.md; the JSON has all of them
 LOG_LINES = 20  # lines of a failed task's log in ESCALATION.md
+LIVE = frozenset({"pending", "ready", "assigned", "running", "delayed", "expanding", "expanded"})
 
 
 def status_of(batch: Batch) -> str:
+    """The original system's status: ``running``, ``partial`` (interrupted: the brain
+    stopped with it unfinished), ``complete``, or ``failed`` (failed or cancelled)."""
     if batch.state == "running":
-        return "interrupted" if batch.interrupted_at else "running"
-    if batch.state == "cancelled":
-        return "cancelled"
+        return "partial" if batch.interrupted_at else "running"
+    if batch.state == "complete":
+        return "complete"
+    return "failed"
+
+
+def live_counts(batch: Batch) -> dict[str, int]:
+    """Counts of the states a task is still live in (none left out: an empty object)."""
+    return {k: v for k, v in sorted(batch.counts.items()) if v and k in LIVE}
+
+
+def failure_of(batch: Batch, now: float) -> dict[str, Any] | None:
+    """What ended a batch that did not complete: its first failed task, or the cancel."""
+    if batch.state not in ("failed", "cancelled") and not batch.interrupted_at:
+        return None
+    failed = [t for t in batch.tasks.values() if t.state == "failed"]
+    first = min(failed, key=lambda t: t.finished_at) if failed else None
+    if first is not None and batch.state != "cancelled":
+        return {
+            "kind": "task_failed",
+            "task_id": first.id,
+            "task_name": first.id,
+            "error": first.error,
+            "error_type": records.error_type(first, {}),
+            "exit_code": first.exit_code,
+            "attempts": first.attempts,
+            "log": f"logs/{first.id}.log",
+            "failed_tasks": len(failed),
+            "at": records.iso(first.finished_at),
+        }
+    kind = {"cancelled": "cancelled", "running": "interrupted"}.get(batch.state, "failed")
+    return {
+        "kind": kind,
+        "task_id": None,
+        "task_name": None,
+        "error": batch.end_reason or kind,
+        "error_type": kind,
+        "exit_code": None,
+        "attempts": 0,
+        "log": None,
+        "failed_tasks": len(failed),
+        "at": records.iso(batch.finished_at or batch.interrupted_at or now),
+    }
+
+
+def important_artifacts(batch: Batch) -> list[str]:
+    """The files a reader looks at first, relative to the batch folder."""
+    found = [
+        "RUN_SUMMARY.json",
+        "RUN_SUMMARY.md",
+        "batch_events.jsonl",
+        "logs/batch_events.jsonl",
+        "env_manifest.json",
+    ]
+    if batch.state in ("failed", "cancelled"):
+        found += ["results/batch_failure.json"]
     if batch.state == "failed":
-        return "partial" if batch.counts["done"] else "failed"
-    return "complete"
+        found += ["ESCALATION.md"]
+    prefix = batch.history_path.rstrip("/") + "/"
+    for plan_task in batch.plan_tasks.values():
+        for produced in plan_task.produces:
+            path = substitute_known(produced, batch.variables)
+            if "{" not in path:  # an item's path, unknown before its items exist
+                found.append(path[len(prefix) :] if path.startswith(prefix) else path)
+    return list(dict.fromkeys(found))
+
+
+def batch_failure(batch: Batch, now: float) -> dict[str, Any]:
+    """``results/batch_failure.json``: why a batch failed or was cancelled, for scripts."""
+    failed = [t for t in batch.tasks.values() if t.state == "failed"]
+    return {
+        "batch_id": batch.id,
+        "plan_name": batch.plan,
+        "plan_path": batch.plan_path,
+        "history_dir": batch.history_path,
+        "status": status_of(batch),
+        "state": batch.state,
+        "failed_at": records.iso(batch.finished_at or now),
+        "reason": batch.end_reason
+        or (f"{len(failed)} task(s) failed: " + ", ".join(t.id for t in failed[:20])),
+        "failure": failure_of(batch, now),
+        "failed_tasks": [
+            {
+                "task_id": t.id,
+                "task_name": t.id,
+                "task_class": t.spec.task_class,
+                "attempts": t.attempts,
+                "exit_code": t.exit_code,
+                "error": t.error,
+                "error_type": records.error_type(t, {}),
+                "log": f"logs/{t.id}.log",
+            }
+            for t in failed[:MD_ROWS]
+        ],
+        "skipped_tasks": [t.id for t in batch.tasks.values() if t.state == "skipped"][:MD_ROWS],
+        "counts": counts(batch),
+    }
 
 
 def task_row(task: TaskRun) -> dict[str, Any]:
@@ -111,14 +215,22 @@ def run_summary(batch: Batch, now: float) -> dict[str, Any]:
     data: dict[str, Any] = {
         "batch_id": batch.id,
         "plan": batch.plan,
+        "plan_name": batch.plan,
         "plan_path": batch.plan_path,
+        "history_dir": batch.history_path,
         "status": status_of(batch),
         "state": batch.state,
+        "interrupted": bool(batch.interrupted_at),
+        "refreshed_at": records.iso(now),
         "priority": batch.priority_name,
         "created_at": batch.created_at,
         "finished_at": batch.finished_at or None,
         "wall_s": round(end - batch.created_at, 3),
         "counts": counts(batch),
+        "live_counts": live_counts(batch),
+        "event_counts": dict(sorted(batch.event_counts.items())),
+        "important_artifacts": important_artifacts(batch),
+        "failure": failure_of(batch, now),
         "tokens": tokens,
         "tok_s": round(tokens / busy, 2) if busy else 0.0,
         "critical_path": path,
@@ -146,7 +258,7 @@ def to_markdown(batch: Batch, data: dict[str, Any]) -> str:
     out = [
         f"# Run summary: {data['plan']} ({data['batch_id']})",
         "",
-        f"- **status**: {data['status']}",
+        f"- **status**: {data['status']}" + (" (interrupted)" if data["interrupted"] else ""),
         f"- **priority**: {data['priority']}",
         f"- **wall time**: {data['wall_s']:.1f} s",
         "- **counts**: " + (", ".join(f"{k} {v}" for k, v in data["counts"].items()) or "none"),

@@ -11,13 +11,15 @@ that wait on it. A task that ends other than done skips everything that
 depends on it. A foreach template is done when all the items it expanded
 into are terminal (failed if any of them failed). When no task of a batch is
 live any more the batch ends: ``complete``, or ``failed`` with an escalation
-report, and its run summary is written.
+report; its run summary is written, and a batch that did not complete leaves
+``results/batch_failure.json`` (see ``docs/history.md``).
 """
 
 from __future__ import annotations
 
 import collections
 import heapq
+import json
 
 from llmo.brain import summary
 from llmo.brain.commands import ReadManifest, WriteFile
@@ -64,13 +66,13 @@ def enqueue(cx: Ctx, batch: Batch, task: TaskRun) -> None:
 def release(cx: Ctx, batch: Batch, task: TaskRun, *, quiet: bool = False) -> None:
     """All dependencies are done: the task becomes ready (a template asks for its items).
 
-    ``quiet``: the caller publishes one event for many releases (the items of
-    a foreach that are free at once are announced by ``task_expanded``).
+    ``quiet``: the caller announces many releases on the wire with one event
+    (the items of a foreach that are free at once, by ``task_expanded``); each
+    still gets its ``task_released`` line in the batch's events file.
     """
     if not move(cx, batch, task, "release"):
         return
-    if not quiet:
-        cx.publish(batch, "task_released", task)
+    cx.publish(batch, "task_released", task, wire=not quiet)
     spec = task.spec
     if spec.foreach is not None and not task.parent:
         move(cx, batch, task, "expand")
@@ -160,7 +162,7 @@ def succeed(cx: Ctx, batch: Batch, task: TaskRun, *, worker: str = "", **detail:
         return
     task.finished_at = cx.now
     # every keyword of publish named, so that ``detail`` only ever lands in the detail
-    cx.publish(batch, "task_succeeded", task, worker=worker, jsonl=True, **detail)
+    cx.publish(batch, "task_succeeded", task, worker=worker, jsonl=True, wire=True, **detail)
     on_terminal(cx, batch, task)
 
 
@@ -172,8 +174,11 @@ def fail(cx: Ctx, batch: Batch, task: TaskRun, error: str, **detail: object) -> 
         return
     task.finished_at = cx.now
     task.error = cut(error)
+    task.fail_reason = str(detail.get("reason") or "")
     # every keyword of publish named (see succeed)
-    cx.publish(batch, "task_abandoned", task, worker="", jsonl=True, error=task.error, **detail)
+    cx.publish(
+        batch, "task_abandoned", task, worker="", jsonl=True, wire=True, error=task.error, **detail
+    )
     on_terminal(cx, batch, task)
 
 
@@ -271,6 +276,10 @@ def end_batch(cx: Ctx, batch: Batch, *, event: str | None = None) -> None:
     batch.ready.clear()
     name = {"complete": "batch_completed", "fail": "batch_failed", "cancel": "batch_cancelled"}
     cx.publish(batch, name[event], counts=dict(+batch.counts))
+    if batch.state != "complete":  # first, so that the summary's artifact_counts count it
+        failure = summary.batch_failure(batch, cx.now)
+        text = json.dumps(failure, indent=2, ensure_ascii=False, default=str) + "\n"
+        cx.out.append(WriteFile(f"{batch.history_path}/results/batch_failure.json", text))
     write_summary(cx, batch)
     if batch.state == "failed":
         cx.out.append(
@@ -302,11 +311,17 @@ def forget_finished(cx: Ctx) -> None:
 
 
 def write_summary(cx: Ctx, batch: Batch) -> None:
+    """RUN_SUMMARY.json and .md, announced by a ``summary_refreshed`` line first (so the
+    summary's ``event_counts`` include it). The files of the batch folder are counted
+    for ``artifact_counts`` only once the batch has ended or was interrupted."""
     batch.summary_due = False
     batch.summary_at = cx.now
+    status = summary.status_of(batch)
+    cx.publish(batch, "summary_refreshed", wire=False, status=status, counts=dict(+batch.counts))
     data = summary.run_summary(batch, cx.now)
     history = batch.history_path
-    cx.out.append(WriteFile(f"{history}/RUN_SUMMARY.json", summary.to_json(batch, data)))
+    scan = "count" if batch.state != "running" or batch.interrupted_at else "none"
+    cx.out.append(WriteFile(f"{history}/RUN_SUMMARY.json", summary.to_json(batch, data), scan))
     cx.out.append(WriteFile(f"{history}/RUN_SUMMARY.md", summary.to_markdown(batch, data)))
 
 

@@ -25,11 +25,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from llmo.brain.commands import (
     AppendLines,
     Command,
+    LinkFile,
     Log,
     MakeDirs,
     ReadManifest,
     ReadPlan,
     Send,
+    WriteEnvManifest,
     WriteFile,
 )
 from llmo.brain.core import new_state, step
@@ -108,6 +110,10 @@ def describe_command(command: Command) -> str:
             return f"append {len(lines)} lines to {path}"
         case MakeDirs(paths=paths):
             return f"mkdir {' '.join(paths)}"
+        case LinkFile(path=path, target=target):
+            return f"link {path} -> {target}"
+        case WriteEnvManifest(path=path):
+            return f"write-env-manifest {path}"
         case ReadPlan(plan_path=plan_path):
             return f"read-plan {plan_path}"
         case ReadManifest(batch_id=batch_id, task_id=task_id, spec=spec):

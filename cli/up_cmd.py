@@ -15,8 +15,8 @@ the rig in order:
    stopped (SIGTERM to its group, SIGKILL 5 s later) and reported
    ``interrupted``: it runs again later without spending an attempt;
 2. the brain, which writes ``batch_interrupted`` to each unfinished batch's
-   ``batch_events.jsonl``, rewrites its RUN_SUMMARY with status
-   ``interrupted`` and journals the stop;
+   ``batch_events.jsonl``, rewrites its RUN_SUMMARY with status ``partial``
+   (``"interrupted": true``) and journals the stop;
 3. the broker.
 
 A second Ctrl-C or SIGTERM while the workers stop ends their grace at once.

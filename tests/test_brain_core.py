@@ -518,7 +518,7 @@ def test_batch_events_jsonl_and_summary():
     import json
 
     events = [json.loads(line)["event"] for line in lines]
-    assert events[0] == "batch_accepted" and events[-1] == "batch_completed"
+    assert events[0] == "batch_accepted" and events[-2:] == ["batch_completed", "summary_refreshed"]
     assert "task_released" in events and "task_started" in events
     summary = [
         c for c in rig.commands if isinstance(c, WriteFile) and c.path.endswith("RUN_SUMMARY.json")

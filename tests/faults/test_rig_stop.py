@@ -110,7 +110,7 @@ def test_a_rig_stopped_mid_batch_records_what_finished_and_resumes_only_the_rest
     assert not set(LONG) & set(runs), runs
     assert "batch_interrupted" in names, (names, rig.logs())
     interrupted = summary(history)
-    assert interrupted["status"] == "interrupted", interrupted
+    assert interrupted["status"] == "partial" and interrupted["interrupted"], interrupted
     assert interrupted["counts"].get("done") == len(SHORT), interrupted["counts"]
 
     (plan / "fast").touch()
