@@ -38,38 +38,18 @@ from llmo.brain.service import BrainService
 from llmo.proto.errors import ErrorCode
 from llmo.proto.messages import BRAIN, Error, PlanSubmit
 from tests.e2e_fixtures import Rig, Submitted, llmo_argv
+from tests.faults.counting import counting_plan, lines
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
-SCRIPT = """#!/bin/sh
-echo "$1" >> "$3/starts.txt"
-sleep "$2"
-echo "$1" >> "$3/runs.txt"
-"""
 TASKS = ["a1", "a2", "b1"]
 
 
-def counting_plan(root: Path, name: str, sleep_s: float = 0.2) -> Path:
-    plan = root / name
-    plan.mkdir(parents=True)
-    (plan / "count.sh").write_text(SCRIPT)
-    out = [f"# Plan: {name}", "", "## Objective", "count runs", "", "## Tasks", ""]
-    for task, deps in (("a1", "none"), ("a2", "none"), ("b1", "a1, a2")):
-        out += [
-            f"### {task}",
-            "- **executor**: worker",
-            "- **task_class**: cpu",
-            f"- **command**: `sh {{PLAN_PATH}}/count.sh {task} {sleep_s} {{PLAN_PATH}}`",
-            f"- **depends_on**: {deps}",
-            "",
-        ]
-    (plan / "plan.md").write_text("\n".join(out))
-    return plan
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
+def three_tasks(root: Path, name: str, sleep_s: float = 0.2) -> Path:
+    """a1 and a2, then b1 after both."""
+    first = [("a1", sleep_s), ("a2", sleep_s)]
+    return counting_plan(root, name, [(first, "none"), ([("b1", sleep_s)], "a1, a2")])
 
 
 def mount(*args: str) -> subprocess.CompletedProcess:
@@ -144,8 +124,8 @@ def disk_full_said(rig: Rig) -> str:
 
 def test_full_rig_folder_refuses_work_then_resumes(small_rig, fault_table) -> None:
     rig, rig_dir = small_rig
-    refused_plan = counting_plan(rig.plans_dir, "refused")
-    later_plan = counting_plan(rig.plans_dir, "later")
+    refused_plan = three_tasks(rig.plans_dir, "refused")
+    later_plan = three_tasks(rig.plans_dir, "later")
     brain = rig.children()["brain"]
 
     filler = fill(rig_dir)
@@ -196,7 +176,7 @@ def test_full_rig_folder_refuses_work_then_resumes(small_rig, fault_table) -> No
 
 def test_tasks_that_finish_while_full_are_recorded_once(small_rig, fault_table) -> None:
     rig, rig_dir = small_rig
-    plan = counting_plan(rig.plans_dir, "during", sleep_s=3)
+    plan = three_tasks(rig.plans_dir, "during", sleep_s=3)
     brain = rig.children()["brain"]
     submit = rig.submit_background(plan)
     wait_for(lambda: len(lines(plan / "starts.txt")) == 2, 60, "a1 and a2 to start")
@@ -358,7 +338,7 @@ class StandInBrain:
 
 @pytest.mark.parametrize("answered", [True, False], ids=["disk_full", "no_answer"])
 def test_submit_says_what_is_known(answered, running_broker, client_factory, tmp_path) -> None:
-    plan = counting_plan(tmp_path, "p")
+    plan = three_tasks(tmp_path, "p")
     detail = "the brain cannot write its journal /rig/brain.journal (No space left on device)"
     answer = Error(code=ErrorCode.DISK_FULL, detail=detail) if answered else None
     brain = StandInBrain(client_factory(BRAIN, running_broker.endpoint), answer)

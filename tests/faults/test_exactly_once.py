@@ -23,45 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_fixtures import Rig, Submitted, rig_factory
+from tests.e2e_fixtures import Submitted, rig_factory
 from tests.faults.conftest import FaultTable
+from tests.faults.counting import counting_plan, lines, rounds
 from tests.waiting import wait_for
 
 __all__ = ["rig_factory"]
 
 pytestmark = pytest.mark.timeout(180)
-
-SCRIPT = """#!/bin/sh
-echo "$1" >> "$3/starts.txt"
-sleep "$2"
-echo "$1" >> "$3/runs.txt"
-"""
-
-
-def counting_plan(rig: Rig, name: str, rounds: list[list[str]], sleep_s: float) -> Path:
-    """Tasks in rounds (each round waits for the one before), each counting its runs."""
-    plan = rig.plans_dir / name
-    plan.mkdir(parents=True)
-    (plan / "count.sh").write_text(SCRIPT)
-    out = [f"# Plan: {name}", "", "## Objective", "count runs", "", "## Tasks", ""]
-    before: list[str] = []
-    for tasks in rounds:
-        for task in tasks:
-            out += [
-                f"### {task}",
-                "- **executor**: worker",
-                "- **task_class**: cpu",
-                f"- **command**: `sh {{PLAN_PATH}}/count.sh {task} {sleep_s} {{PLAN_PATH}}`",
-                f"- **depends_on**: {', '.join(before) or 'none'}",
-                "",
-            ]
-        before = tasks
-    (plan / "plan.md").write_text("\n".join(out))
-    return plan
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
 
 
 def finish(submit, timeout: float = 120.0) -> Submitted:
@@ -96,13 +65,13 @@ def test_results_finished_while_the_brain_was_killed_are_recorded_and_not_run_ag
     rig_factory, fault_table
 ):
     rig = rig_factory()
-    rounds = [["a1", "a2"], ["b1", "b2"], ["c1", "c2"]]
+    groups = [["a1", "a2"], ["b1", "b2"], ["c1", "c2"]]
     # Longer than the brain's grace for an attempt missing from a heartbeat (5 s).
-    plan = counting_plan(rig, "killed", rounds, 6.0)
+    plan = counting_plan(rig.plans_dir, "killed", rounds(groups, 6.0))
     submit = rig.submit_background(plan)
     supervisor = rig.process.pid
     started = 0
-    for tasks in rounds:
+    for tasks in groups:
         started += len(tasks)
         wait_for(lambda n=started: len(lines(plan / "starts.txt")) >= n, 60, "tasks to start")
         time.sleep(2.5)  # the fault lands mid-task, after heartbeats listed the attempts
@@ -115,13 +84,13 @@ def test_results_finished_while_the_brain_was_killed_are_recorded_and_not_run_ag
         rig.wait_restarted("brain", old)
     run = finish(submit)
     fault = "brain killed 3 times while its tasks finish"
-    assert_ran_once(plan, run, [t for tasks in rounds for t in tasks], fault_table, fault)
+    assert_ran_once(plan, run, [t for tasks in groups for t in tasks], fault_table, fault)
 
 
 def test_a_paused_brain_declares_no_worker_down_and_runs_nothing_again(rig_factory, fault_table):
     rig = rig_factory(workers=3)
-    rounds = [["a1", "a2", "a3"], ["b1", "b2", "b3"]]
-    plan = counting_plan(rig, "paused", rounds, 1.0)
+    groups = [["a1", "a2", "a3"], ["b1", "b2", "b3"]]
+    plan = counting_plan(rig.plans_dir, "paused", rounds(groups, 1.0))
     submit = rig.submit_background(plan)
     brain = rig.children()["brain"]
     wait_for(lambda: len(lines(plan / "starts.txt")) >= 3, 60, "tasks to start")
@@ -138,6 +107,6 @@ def test_a_paused_brain_declares_no_worker_down_and_runs_nothing_again(rig_facto
     brain_log = (rig.rig_dir / "logs" / "brain.log").read_text()
     assert rig.children()["brain"] == brain  # the same brain, paused and continued
     fault = "brain paused (SIGSTOP) 10 s past the liveness expiry"
-    assert_ran_once(plan, run, [t for tasks in rounds for t in tasks], fault_table, fault)
+    assert_ran_once(plan, run, [t for tasks in groups for t in tasks], fault_table, fault)
     assert "is down" not in brain_log, brain_log
     assert "stood still" in brain_log, brain_log

@@ -22,17 +22,12 @@ from typing import Any
 import pytest
 
 from tests.e2e_fixtures import Rig, llmo_argv, rig_factory
+from tests.faults.counting import counting_plan, lines
 from tests.waiting import wait_for
 
 __all__ = ["rig_factory"]
 
 pytestmark = pytest.mark.timeout(240)
-
-SCRIPT = """#!/bin/sh
-echo "$1" >> "$3/starts.txt"
-if [ -e "$3/fast" ]; then sleep 0.2; else sleep "$2"; fi
-echo "$1" >> "$3/runs.txt"
-"""
 
 SHORT = ["f1", "f2"]  # finish within the stop grace
 LONG = ["s1", "s2"]  # still running when the grace ends: interrupted
@@ -40,28 +35,11 @@ AFTER = ["g1"]  # waits for all of them
 
 
 def stop_plan(rig: Rig) -> Path:
-    plan = rig.plans_dir / "stopped"
-    plan.mkdir(parents=True)
-    (plan / "count.sh").write_text(SCRIPT)
-    out = ["# Plan: stopped", "", "## Objective", "count runs", "", "## Tasks", ""]
     first = [(task, 4.0) for task in SHORT] + [(task, 600.0) for task in LONG]
-    rounds = [(first, "none"), ([(task, 0.2) for task in AFTER], ", ".join(SHORT + LONG))]
-    for tasks, deps in rounds:
-        for task, sleep_s in tasks:
-            out += [
-                f"### {task}",
-                "- **executor**: worker",
-                "- **task_class**: cpu",
-                f"- **command**: `sh {{PLAN_PATH}}/count.sh {task} {sleep_s} {{PLAN_PATH}}`",
-                f"- **depends_on**: {deps}",
-                "",
-            ]
-    (plan / "plan.md").write_text("\n".join(out))
-    return plan
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
+    after = [(task, 0.2) for task in AFTER]
+    return counting_plan(
+        rig.plans_dir, "stopped", [(first, "none"), (after, ", ".join(SHORT + LONG))]
+    )
 
 
 def history_of(plan: Path) -> Path:
