@@ -1,6 +1,7 @@
 """End to end: ``llmo load``, ``unload`` and ``drain`` on a real ``llmo up`` rig
 wait for what the worker really did and exit non-zero with the reason when it
-failed; ``llmo submit`` of a plan's ``plan.md`` runs the plan's folder."""
+failed; ``llmo submit`` of a plan's ``plan.md`` runs the plan's folder; the
+rig's processes carry their titles (``llmo-worker cpu-1``) in ``ps``."""
 
 from __future__ import annotations
 
@@ -100,3 +101,42 @@ def test_submit_of_a_plan_md_runs_its_folder(rig):
     assert run.returncode == 0, run
     assert run.state == "complete", run
     assert run.history.is_relative_to(plan / "history"), run
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode().strip()
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+def test_processes_carry_their_llmo_titles(rig):
+    children = rig.children()
+    expected = {
+        "broker": "llmo-broker",
+        "brain": "llmo-brain",
+        "cpu-1": "llmo-worker cpu-1",
+        "cpu-2": "llmo-worker cpu-2",
+        "brain-llm": "llmo-worker brain-llm",
+    }
+    assert set(expected) <= set(children), children
+    for name, title in expected.items():
+        assert _cmdline(children[name]) == title, name
+        assert _comm(children[name]) == title[:15], name
+    assert _cmdline(rig.process.pid) == "llmo-up"
+
+
+def test_a_missing_setproctitle_leaves_the_title_alone(monkeypatch):
+    import sys
+
+    from llmo.cli.common import set_title
+
+    monkeypatch.setitem(sys.modules, "setproctitle", None)  # import raises ImportError
+    with open("/proc/self/cmdline", "rb") as f:
+        before = f.read()
+    set_title("llmo-test")
+    with open("/proc/self/cmdline", "rb") as f:
+        assert f.read() == before
