@@ -175,10 +175,16 @@ class Rig:
                     argv = f.read().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if int(fields[1]) != self.process.pid or "llmo.cli.main" not in argv:
+            if int(fields[1]) != self.process.pid:
                 continue
-            rest = argv[argv.index("llmo.cli.main") + 1 :]
-            name = rest[rest.index("--name") + 1] if "--name" in rest else rest[0]
+            title = " ".join(argv).split()  # ``llmo-worker cpu-1``, ``llmo-brain``
+            if title and title[0].startswith("llmo-"):
+                name = title[1] if title[0] == "llmo-worker" else title[0][5:]
+            elif "llmo.cli.main" in argv:
+                rest = argv[argv.index("llmo.cli.main") + 1 :]
+                name = rest[rest.index("--name") + 1] if "--name" in rest else rest[0]
+            else:
+                continue
             own = (int(fields[11]) + int(fields[12])) / tick
             found[name] = (own, (int(fields[13]) + int(fields[14])) / tick)
         return found

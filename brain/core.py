@@ -247,6 +247,9 @@ def on_model_unload(cx: Ctx, msg: ModelUnload) -> None:
     if worker is None or not worker.alive:
         ack(cx, msg, False, f"no live worker {msg.worker!r}")
         return
+    if not worker.loading and worker.model_state in ("cold", ""):
+        ack(cx, msg, False, f"{worker.name} has no model loaded")
+        return
     models.unload(cx, worker, msg.reason or f"requested by {msg.src}")
     ack(cx, msg, True, f"{worker.name} unloading")
 

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from llmo.cli.common import add_endpoint_flags, add_log_flags, setup_logging
+from llmo.cli.common import add_endpoint_flags, add_log_flags, set_title, setup_logging
 from llmo.cli.config import add_key_flags
 
 DEFAULT_JOURNAL = os.path.expanduser("~/.local/state/llmo/brain.journal")
@@ -73,6 +73,7 @@ def load_settings(path: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    set_title("llmo-brain")
     setup_logging(args.log_level)
     from llmo.brain.config import BrainConfig
     from llmo.brain.journal import JournalDamaged, JournalError, JournalLocked

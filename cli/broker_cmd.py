@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmo.cli.common import add_endpoint_flags, add_log_flags, setup_logging
+from llmo.cli.common import add_endpoint_flags, add_log_flags, set_title, setup_logging
 from llmo.cli.config import add_key_flags
 from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from llmo.proto.endpoints import EndpointError
     from llmo.proto.security import SecurityError
 
+    set_title("llmo-broker")
     setup_logging(args.log_level)
     try:
         config = load(args.config) if args.config else RigConfig()

@@ -36,6 +36,17 @@ def setup_logging(level: str) -> None:
     )
 
 
+def set_title(title: str) -> None:
+    """Show this process as ``title`` in ``ps``, ``top`` and ``htop`` (its command line
+    and the kernel's 15-character name), where the optional ``setproctitle`` package
+    is installed; without it the process keeps its interpreter's command line."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
 def llmo_child() -> list[str]:
     """The argv prefix that starts another ``llmo`` process with this interpreter.
 

@@ -4,7 +4,8 @@ Prints every error and warning of each plan, with file, line and task. A
 plan without errors is summarised: its tasks by dependency level, its
 foreach templates (with their item and task counts when the source exists
 already, e.g. a manifest in the plan folder), its task classes, its goal and
-the placeholders it needs.
+the placeholders it needs. A path to a ``plan.md`` file stands for its folder
+(another file is checked as a plan on its own).
 Without ``--config`` the configuration keys a plan uses are listed, not
 required; with it, an undefined one is an error, as at submission, and so
 is a ``PRIORITY`` that is not low, normal, high or urgent, a ``RUN_MODE``
@@ -23,6 +24,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from llmo.plans.files import PLAN_FILE
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"llmo plan check: --rig: {exc}", file=sys.stderr)
             return 2
-    reports = [check_plan(plan_dir, config) for plan_dir in args.plan_dirs]
+    reports = [check_plan(plan_folder(plan_dir), config) for plan_dir in args.plan_dirs]
     if models is not None:
         for report in reports:
             report["warnings"] += model_warnings(report, models, rig or "")
@@ -138,6 +141,14 @@ def read_config(text: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError("give a JSON object, e.g. '{\"TARGET_COUNT\": 10}'")
     return config
+
+
+def plan_folder(path: str) -> str:
+    """The plan folder meant by ``path``: the folder of a ``plan.md`` file, else ``path``."""
+    given = Path(path)
+    if given.name == PLAN_FILE and given.is_file():
+        return str(given.resolve().parent)
+    return path
 
 
 def check_plan(

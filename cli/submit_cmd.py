@@ -3,7 +3,9 @@
 The plan is validated locally first, with the same ``plans`` code the brain
 runs: a plan with errors or undefined placeholders is refused with every
 problem listed and exit code 2, and nothing is sent. ``--dry-run`` shows the
-tasks, foreach templates and placeholders without sending anything.
+tasks, foreach templates and placeholders without sending anything. A path
+to the plan's ``plan.md`` stands for its folder; another file is refused
+(exit 2), since a batch runs in its plan's folder.
 
 ``--resume BATCH_ID`` re-enters an earlier batch of the plan (the config keys
 ``RUN_MODE: resume`` and ``RESUME_BATCH_ID``): the brain keeps every task that
@@ -44,7 +46,9 @@ UNKNOWN_EXIT = 3  # no answer: the submission may or may not have been journaled
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("plan_dir", metavar="PLAN_DIR", help="the plan folder (holds plan.md)")
+    parser.add_argument(
+        "plan_dir", metavar="PLAN_DIR", help="the plan folder (holds plan.md), or its plan.md"
+    )
     parser.add_argument(
         "--config", help="configuration as a JSON object, or @FILE to read one from a file"
     )
@@ -63,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmo.cli.plan_cmd import check_plan, format_report, read_config
+    from llmo.cli.plan_cmd import check_plan, format_report, plan_folder, read_config
 
     try:
         config = read_config(args.config) if args.config is not None else {}
@@ -80,7 +84,14 @@ def run(args: argparse.Namespace) -> int:
                 2,
             )
         config = {**config, "RUN_MODE": "resume", "RESUME_BATCH_ID": args.resume}
-    plan_dir = str(Path(args.plan_dir).resolve())
+    plan_dir = str(Path(plan_folder(args.plan_dir)).resolve())
+    if Path(plan_dir).is_file():
+        return fail(
+            "submit",
+            f"{args.plan_dir} is a file: give the plan folder that holds plan.md "
+            "(or that plan.md itself); a batch runs in its plan's folder",
+            2,
+        )
     report = check_plan(plan_dir, config, priority=args.priority or "")
     if report["errors"]:
         print(format_report(report), file=sys.stderr)

@@ -26,12 +26,17 @@ from llmo.proto.session import Session, ToolError
 DEFAULT_TIMEOUT = 5.0
 
 
-def add_tool_flags(parser: argparse.ArgumentParser) -> None:
+def add_tool_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    timeout_help: str | None = None,
+) -> None:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=DEFAULT_TIMEOUT,
-        help=f"seconds to wait for the brain (default {DEFAULT_TIMEOUT:g})",
+        default=timeout,
+        help=timeout_help or f"seconds to wait for the brain (default {timeout:g})",
     )
     parser.add_argument(
         "--key",

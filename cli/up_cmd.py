@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmo.cli.common import add_endpoint_flags, llmo_child
+from llmo.cli.common import add_endpoint_flags, llmo_child, set_title
 from llmo.cli.config import add_key_flags
 from llmo.cli.worker_cmd import LIMIT_FLAGS
 
@@ -313,6 +313,7 @@ def lock_rig(args: argparse.Namespace) -> FileLock:
 def run(args: argparse.Namespace) -> int:
     from llmo.cli.config import ConfigError
 
+    set_title("llmo-up")
     try:
         rig_lock = lock_rig(args)
     except (ConfigError, RuntimeError, OSError) as exc:  # RigInUse among them

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from llmo.cli.common import add_endpoint_flags, add_log_flags, setup_logging
+from llmo.cli.common import add_endpoint_flags, add_log_flags, set_title, setup_logging
 from llmo.cli.config import add_key_flags
 from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, MAX_PARALLEL
 
@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if not valid_actor_name(args.name):
         print(f"llmo worker: {args.name!r} is not a valid actor name", file=sys.stderr)
         return 2
+    set_title(f"llmo-worker {args.name}")
     try:
         rig = load(args.config) if args.config else RigConfig()
     except ConfigError as exc:

@@ -95,7 +95,11 @@ def _proc_table() -> dict[int, tuple[int, str, list[str]]]:
 
 
 def _child_name(argv: list[str]) -> str | None:
-    """The name ``llmo up`` gave a child, from its argv (``-m llmo.cli.main <role> ...``)."""
+    """The name ``llmo up`` gave a child, from its process title (``llmo-worker cpu-1``,
+    ``llmo-brain``) or, without one, its argv (``-m llmo.cli.main <role> ...``)."""
+    title = " ".join(argv).split()
+    if title and title[0].startswith("llmo-"):
+        return title[1] if title[0] == "llmo-worker" and len(title) > 1 else title[0][5:]
     if "llmo.cli.main" not in argv:
         return None
     rest = argv[argv.index("llmo.cli.main") + 1 :]

@@ -205,6 +205,18 @@ def test_operator_load_and_unload_through_the_brain():
     assert not rig.of(Ack)[-1].ok
 
 
+def test_unload_of_a_worker_with_nothing_loaded_is_refused_and_nothing_is_sent():
+    rig = Rig()
+    rig.worker("w1")
+    rig.msg(ModelUnload(worker="w1"), src="unload-1")
+    ack = rig.of(Ack)[-1]
+    assert not ack.ok and ack.detail == "w1 has no model loaded"
+    assert not [m for m in rig.of(ModelUnload) if m.dst == "w1"]
+    rig.msg(ModelStatus(model="m", state="hot"), src="w1")
+    rig.msg(ModelUnload(worker="w1"), src="unload-1")
+    assert rig.of(Ack)[-1].ok and rig.of(ModelUnload)[-1].dst == "w1"
+
+
 def _two_workers(rig, w1_model: str) -> None:
     """w1 configured with ``w1_model`` (listed as a real worker lists it), w2 with another."""
     from llmo.proto.messages import Register
