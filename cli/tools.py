@@ -45,7 +45,9 @@ def add_tool_flags(parser: argparse.ArgumentParser) -> None:
 
 def tool_setup(args: argparse.Namespace) -> tuple[Endpoints, ClientKeys | None]:
     """Endpoints and keys for a tool; sets the keys for the process. Raises ``ToolError``."""
-    from llmo.cli.config import ConfigError, RigConfig, client_keys, endpoints, load
+    from llmo.cli.common import connect_endpoints
+    from llmo.cli.config import ConfigError, RigConfig, client_keys, load
+    from llmo.proto.endpoints import EndpointError
     from llmo.proto.security import SecurityError, use_keys
 
     # ``status --config`` names an llmo.toml; ``submit --config`` is plan settings.
@@ -54,15 +56,18 @@ def tool_setup(args: argparse.Namespace) -> tuple[Endpoints, ClientKeys | None]:
     path = path or os.environ.get("LLMO_CONFIG")
     try:
         config = load(path) if path else RigConfig()
+        chosen = connect_endpoints(
+            getattr(args, "broker", None), getattr(args, "pub", None), config
+        )
         keys = client_keys(
             config,
             getattr(args, "key", None) or DEFAULT_TOOL_KEY,
             getattr(args, "keys_dir", None),
         )
-    except (ConfigError, SecurityError) as exc:
+    except (ConfigError, SecurityError, EndpointError) as exc:
         raise ToolError(str(exc)) from None
     use_keys(keys)
-    return endpoints(config, getattr(args, "broker", None), getattr(args, "pub", None)), keys
+    return chosen, keys
 
 
 def open_session(args: argparse.Namespace, kind: str) -> Session:

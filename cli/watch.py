@@ -11,21 +11,27 @@ tok/s: the latest rate of each running attempt, summed.
 ``follow`` owns the sockets: it subscribes *before* asking for the snapshot
 (so no event falls between the two), takes a fresh snapshot whenever the
 sequence shows a gap or nothing arrives for a while (PUB drops silently when
-a link is slow), and returns when the batch reaches a terminal state.
+a link is slow), and returns when the batch reaches a terminal state. A
+malformed publication is logged, naming what is wrong, and counts as a gap:
+the next snapshot covers whatever it was.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
+from llmo.proto.errors import ProtocolError
 from llmo.proto.messages import BatchEvent, BatchInfo, SnapshotReply, TaskProgress
 from llmo.proto.states import BATCH_TERMINAL, TASK_ACTIVE, TASK_UNSUCCESSFUL
 
 RATE_WINDOW_S = 5.0
+
+log = logging.getLogger("llmo.watch")
 
 
 @dataclass(slots=True)
@@ -183,9 +189,14 @@ def follow(
         view.seed(reply)
     last_heard = clock()
     while not view.finished:
-        published = subscriber.recv(timeout=0.25)
+        try:
+            published = subscriber.recv(timeout=0.25)
+            bad = False
+        except ProtocolError as exc:
+            log.warning("skipped a malformed publication from the broker (%s); resyncing", exc)
+            published, bad = None, True
         now = clock()
-        stale = now - last_heard > resync_s
+        stale = bad or now - last_heard > resync_s
         if published is not None:
             last_heard = now
             msg = published.message
