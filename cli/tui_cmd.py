@@ -1,5 +1,9 @@
 """``llmo tui``: the Textual monitor of the rig (workers, batches, tasks, events).
 
+Its header names the rig (``rig NAME at ENDPOINT`` from ``[rig] name`` of
+``$LLMO_CONFIG``, else ``broker ENDPOINT``). ``--broker``/``--pub`` are checked
+before the screen opens, as for every tool (``cli.common.connect_endpoints``).
+
 Textual and the monitor are imported inside ``run`` so that ``llmo --help``
 and the other commands stay fast on the Pi.
 """
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     crash of the monitor ends in one line naming it and exit 1, after the
     crash report Textual prints.
     """
-    from llmo.cli.tools import fail, tool_setup
+    from llmo.cli.tools import fail, rig_label, tool_setup
     from llmo.proto.session import ToolError
 
     try:
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     app = MonitorApp(
         lambda post: Feed(endpoints, post),
         endpoint=endpoints.broker,
+        rig=rig_label(args, endpoints),
         path_map=path_map(args.path_map),
     )
     try:
