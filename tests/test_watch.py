@@ -81,7 +81,7 @@ def test_follow_resyncs_on_a_gap_and_stops_at_the_end():
         ]
     )
     out = io.StringIO()
-    view = follow(BatchView("B"), sub, lambda: snaps.pop(0), Screen(out))
+    view = follow(BatchView("B"), sub, lambda: snaps.pop(0) if snaps else None, Screen(out))
     assert view.finished and view.state == "complete"
     assert snaps == []  # the gap made it take the second snapshot
     assert "batch B (hello): complete" in out.getvalue()

@@ -276,6 +276,8 @@ class MonitorApp(App[None]):
         name = f"{batch.plan} {batch_id}" if batch is not None and batch.plan else batch_id
         known = len(model.tasks.get(batch_id, {}))
         order = "live first" if self.live_first else "plan order"
+        if batch is not None:
+            order += f" · {model.batch_rate_text(batch_id, self.clock())}"
         if batch_id not in model.tasks:
             pane.border_title = f"tasks of {name} (loading...)"
         elif self.task_filter:
