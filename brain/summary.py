@@ -4,7 +4,8 @@ The core calls these with a batch and ``now`` and hands the text to the
 shell in ``WriteFile`` commands. The summary holds counts by state, one row
 per task (state, attempts, worker, exit code, duration, tokens and tok/s;
 ``lost`` counts attempts whose worker died under them, which were not spent),
-wall time, the goal (the snapshot's ``GoalInfo``) and the critical path:
+wall time, the batch's tokens and tok/s (over its wall time, as defined in
+``proto.rates``), the goal (the snapshot's ``GoalInfo``) and the critical path:
 walking back from the task that finished last, each step goes to the
 dependency (or, for a foreach template, the item) that finished last, which
 is the chain that decided the wall time.
@@ -26,8 +27,9 @@ from typing import Any
 
 from llmo.brain import records
 from llmo.brain.state import Batch, TaskRun
-from llmo.brain.view import counts, goal_view
+from llmo.brain.view import counts, generated_tokens, goal_view
 from llmo.plans.variables import substitute_known
+from llmo.proto.rates import batch_tok_s, batch_wall_s, tok_s_text
 
 MD_ROWS = 200  # task rows in RUN_SUMMARY.md; the JSON has all of them
 LOG_LINES = 20  # lines of a failed task's log in ESCALATION.md
@@ -203,13 +205,8 @@ def critical_path(batch: Batch) -> tuple[list[str], float]:
 
 def run_summary(batch: Batch, now: float) -> dict[str, Any]:
     """The summary without its per-task rows (``to_json`` streams those in)."""
-    end = batch.finished_at or now
-    tokens = 0
-    busy = 0.0
-    for task in batch.tasks.values():
-        if task.state == "done" and task.spec.task_class in ("llm", "brain"):
-            tokens += task.tokens
-            busy += task.duration_s
+    tokens = generated_tokens(batch)
+    wall_s = batch_wall_s(batch.created_at, batch.finished_at or None, now)
     failures = [task_row(t) for t in batch.tasks.values() if t.state == "failed"]
     path, path_s = critical_path(batch)
     data: dict[str, Any] = {
@@ -225,14 +222,14 @@ def run_summary(batch: Batch, now: float) -> dict[str, Any]:
         "priority": batch.priority_name,
         "created_at": batch.created_at,
         "finished_at": batch.finished_at or None,
-        "wall_s": round(end - batch.created_at, 3),
+        "wall_s": round(wall_s, 3),
         "counts": counts(batch),
         "live_counts": live_counts(batch),
         "event_counts": dict(sorted(batch.event_counts.items())),
         "important_artifacts": important_artifacts(batch),
         "failure": failure_of(batch, now),
         "tokens": tokens,
-        "tok_s": round(tokens / busy, 2) if busy else 0.0,
+        "tok_s": round(batch_tok_s(tokens, wall_s), 2),
         "critical_path": path,
         "critical_path_s": path_s,
         "failures": failures,
@@ -262,7 +259,7 @@ def to_markdown(batch: Batch, data: dict[str, Any]) -> str:
         f"- **priority**: {data['priority']}",
         f"- **wall time**: {data['wall_s']:.1f} s",
         "- **counts**: " + (", ".join(f"{k} {v}" for k, v in data["counts"].items()) or "none"),
-        f"- **tokens**: {data['tokens']} ({data['tok_s']} tok/s)",
+        f"- **tokens**: {tok_s_text(data['tokens'], data['wall_s'])}",
         f"- **critical path** ({data['critical_path_s']:.1f} s): "
         + (" -> ".join(data["critical_path"]) or "none"),
     ]

@@ -94,7 +94,18 @@ def batch_view(batch: Batch) -> BatchInfo:
         finished_at=batch.finished_at or None,
         tasks=len(batch.tasks),
         counts=counts(batch),
+        tokens=generated_tokens(batch),
         goal=goal_view(batch.goal) if batch.goal is not None else None,
+    )
+
+
+def generated_tokens(batch: Batch) -> int:
+    """The tokens a batch's succeeded llm and brain tasks generated: the numerator of
+    its tok/s (``proto.rates``), in snapshots and RUN_SUMMARY alike."""
+    return sum(
+        task.tokens
+        for task in batch.tasks.values()
+        if task.state == "done" and task.spec.task_class in ("llm", "brain")
     )
 
 

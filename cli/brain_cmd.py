@@ -25,7 +25,7 @@ DEFAULT_JOURNAL = os.path.expanduser("~/.local/state/llmo/brain.journal")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_endpoint_flags(parser)
+    add_endpoint_flags(parser, connect=False)
     add_log_flags(parser)
     parser.add_argument(
         "--journal",

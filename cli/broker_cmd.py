@@ -26,7 +26,7 @@ from llmo.proto.vocab import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_endpoint_flags(parser)
+    add_endpoint_flags(parser, connect=False)
     add_log_flags(parser)
     parser.add_argument("--config", help="llmo.toml for endpoints, heartbeat settings and keys")
     add_key_flags(parser, insecure=True)

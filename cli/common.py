@@ -6,16 +6,53 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmo.cli.config import RigConfig
+    from llmo.proto.endpoints import Endpoints
 
 
-def add_endpoint_flags(parser: argparse.ArgumentParser) -> None:
+def add_endpoint_flags(parser: argparse.ArgumentParser, *, connect: bool = True) -> None:
+    """``--broker`` / ``--pub``; a tool that connects also takes ``HOST:PORT`` for ``tcp://``."""
+    form = " (tcp://HOST:PORT; HOST:PORT means tcp://HOST:PORT)" if connect else ""
     parser.add_argument(
         "--broker",
-        help="the broker's ROUTER endpoint (default: $LLMO_BROKER or tcp://127.0.0.1:5555)",
+        help=f"the broker's ROUTER endpoint{form} (default: $LLMO_BROKER or tcp://127.0.0.1:5555)",
     )
     parser.add_argument(
         "--pub",
-        help="the broker's PUB endpoint (default: $LLMO_PUB or tcp://127.0.0.1:5556)",
+        help=f"the broker's PUB endpoint{form} (default: $LLMO_PUB or tcp://127.0.0.1:5556)",
+    )
+
+
+def connect_endpoints(
+    broker: str | None, pub: str | None, config: RigConfig | None = None
+) -> Endpoints:
+    """The endpoints a tool connects to, checked before any socket sees them.
+
+    Flags first, then the config's ``[endpoints]``, then ``$LLMO_BROKER`` /
+    ``$LLMO_PUB``, then loopback. ``HOST:PORT`` becomes ``tcp://HOST:PORT``.
+    Raises ``EndpointError`` naming the value, where it came from and the form
+    expected; commands print it as one line and exit 2.
+    """
+    from llmo.proto.endpoints import ENV_BROKER, ENV_PUB, resolve
+    from llmo.proto.endpoints import connect_endpoints as check
+
+    def origin(flag: str | None, flag_name: str, in_config: str, env: str) -> str:
+        if flag:
+            return flag_name
+        if in_config:
+            return f"{flag_name[2:]} of [endpoints] in {config.path if config else 'llmo.toml'}"
+        return f"${env}" if os.environ.get(env) else f"the default {flag_name[2:]}"
+
+    config_broker = config.broker if config else ""
+    config_pub = config.pub if config else ""
+    chosen = resolve(broker or config_broker or None, pub or config_pub or None)
+    return check(
+        chosen,
+        origin(broker, "--broker", config_broker, ENV_BROKER),
+        origin(pub, "--pub", config_pub, ENV_PUB),
     )
 
 

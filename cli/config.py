@@ -9,6 +9,7 @@ the section and the key, so a typo never silently falls back to a default.
 ``[limits]`` the workers' resource limits; both are passed on as maps and
 checked by their owners, which ``load`` calls so all errors surface at once.
 
+    [rig]        name                   what the tools call this rig in their headers
     [endpoints]  broker, pub            ZeroMQ endpoints (env LLMO_BROKER/LLMO_PUB win
                                         over the defaults, flags win over both)
     [broker]     interval_s, liveness   heartbeat interval and misses before "down"
@@ -77,6 +78,7 @@ class WorkerSpec:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RigConfig:
     path: str = ""
+    name: str = ""  # [rig] name: shown by status, submit --watch, watch and the monitor
     broker: str = ""
     pub: str = ""
     interval_s: float = HEARTBEAT_INTERVAL_S
@@ -97,6 +99,7 @@ class RigConfig:
 
 
 _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "rig": {"name": str},
     "endpoints": {"broker": str, "pub": str},
     "broker": {"interval_s": (int, float), "liveness": int},
     "paths": {"rig_dir": str, "plans_dir": str},

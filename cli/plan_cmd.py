@@ -6,8 +6,10 @@ foreach templates (with their item and task counts when the source exists
 already, e.g. a manifest in the plan folder), its task classes, its goal and
 the placeholders it needs. A path to a ``plan.md`` file stands for its folder
 (another file is checked as a plan on its own).
-Without ``--config`` the configuration keys a plan uses are listed, not
-required; with it, an undefined one is an error, as at submission, and so
+Without ``--config`` the plan is checked as a template: the configuration
+keys it uses are listed, and a warning names those still undefined with the
+exact ``--config '{"KEY": ...}'`` a submission needs (``"template": true``
+in ``--json``); with it, an undefined one is an error, as at submission, and so
 is a ``PRIORITY`` that is not low, normal, high or urgent, a ``RUN_MODE``
 other than ``fresh`` or ``resume`` or an unsafe batch id. ``--rig llmo.toml``
 (or a ``--config`` naming a ``.toml`` file) warns about each llm task whose
@@ -196,8 +198,11 @@ def check_plan(
             report["errors"].append(f"{plan.file if plan is not None else plan_dir}:0: {exc}")
     report["ok"] = plan is not None and not report["errors"]
     report["warnings"] = [str(p) for p in warnings]
+    report["template"] = config is None
     if plan is None:
         return report
+    if config is None and needed:
+        report["warnings"].append(template_warning(plan.file, needed))
     report["name"] = plan.name
     report["file"] = plan.file
     try:
@@ -246,6 +251,15 @@ def check_plan(
         }
     )
     return report
+
+
+def template_warning(file: str, undefined: list[str]) -> str:
+    """What a check without ``--config`` leaves open, and the ``--config`` that closes it."""
+    keys = ", ".join(f'"{name}": ...' for name in undefined)
+    return (
+        f"{file}: checked as a template (no --config): {', '.join(undefined)} still undefined; "
+        f"submit refuses the plan without them: pass --config '{{{keys}}}'"
+    )
 
 
 def _foreach_count(task: Any, plan_dir: str, config: dict[str, Any] | None) -> dict[str, Any]:
@@ -310,7 +324,9 @@ def format_report(report: dict[str, Any]) -> str:
         return "\n".join(lines)
     tasks = {t["id"]: t for t in report["tasks"]}
     count = len(tasks)
-    lines.append(f"plan {title} ({report['file']}): ok, {count} task{'s' * (count != 1)}")
+    how = " as a template (no --config)" if report.get("template") else ""
+    tasks_text = f"{count} task{'s' * (count != 1)}"
+    lines.append(f"plan {title} ({report['file']}): ok{how}, {tasks_text}")
     for level, ids in enumerate(report["levels"]):
         lines.append(f"  level {level}: " + ", ".join(_describe(tasks[i]) for i in ids))
     templates = [t for t in tasks.values() if t["foreach"]]

@@ -2,7 +2,7 @@
 
 ``--json`` prints one object::
 
-    {"rev": 42, "broker": "tcp://...",
+    {"rev": 42, "broker": "tcp://...", "rig": "rig NAME at tcp://..." (else "broker ..."),
      "workers": [{"name", "role", "state", "model", "slots", "slots_free",
                   "vram_budget_mb", "vram_used_mb", "attempts", "tok_s",
                   "endpoint" (its OpenAI-compatible endpoint, on its host),
@@ -11,9 +11,12 @@
      "batches": [{"id", "plan", "state", "priority_name", "tasks",
                   "counts": {"done": 3, "running": 1, ...}, ...}]}
 
-Each entry is the wire map of a snapshot record (``WorkerInfo``,
-``BatchInfo``); a worker's ``gpu`` is ``{}`` until it reports telemetry.
-Keys listed above are stable; others may be added. ``--wait-ready S`` polls
+The table opens with the rig it talks to (``rig NAME at ENDPOINT``, the
+name from ``[rig] name`` of the llmo.toml, else ``broker ENDPOINT``) and lists
+running batches first, then the others, newest first. Each entry is the wire
+map of a snapshot record (``WorkerInfo``, ``BatchInfo``); a worker's
+``gpu`` is ``{}`` until it reports telemetry. Keys listed above are stable;
+others may be added. ``--wait-ready S`` polls
 until the brain answers and every expected worker (``--expect`` names, or the
 workers of ``--config``) is registered and not down: exit 0, else exit 1
 naming what is missing.
@@ -37,9 +40,10 @@ from typing import Any
 
 from llmo.cli.common import add_endpoint_flags
 from llmo.cli.task_view import show_task, show_tasks
-from llmo.cli.tools import add_tool_flags, fail, open_session
-from llmo.proto.messages import BRAIN, SnapshotReply, SnapshotRequest, WorkerInfo
+from llmo.cli.tools import add_tool_flags, fail, open_session, rig_label
+from llmo.proto.messages import BRAIN, BatchInfo, SnapshotReply, SnapshotRequest, WorkerInfo
 from llmo.proto.session import Session, ToolError
+from llmo.proto.states import BATCH_TERMINAL
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -125,8 +129,16 @@ def worker_json(w: WorkerInfo) -> dict[str, Any]:
     return out
 
 
-def render(reply: SnapshotReply) -> str:
-    lines = [f"brain: disk full: {reply.disk_full}"] if reply.disk_full else []
+def batch_order(batch: BatchInfo) -> tuple[bool, float]:
+    """Running batches first (oldest first: the queue's order), then the rest, newest first."""
+    running = batch.state not in BATCH_TERMINAL
+    return (not running, batch.created_at if running else -batch.created_at)
+
+
+def render(reply: SnapshotReply, where: str = "") -> str:
+    """The status table; ``where`` (``rig NAME at ENDPOINT``) heads it when given."""
+    lines = [where] if where else []
+    lines += [f"brain: disk full: {reply.disk_full}"] if reply.disk_full else []
     lines += [
         f"{'WORKER':14} {'ROLE':7} {'STATE':12} {'SLOTS':6} {'TEMP':7} {'GPU MB':>11} "
         f"{'TOK/S':>6}  MODEL"
@@ -146,7 +158,7 @@ def render(reply: SnapshotReply) -> str:
         lines.append("(no workers registered)")
     lines.append("")
     lines.append(f"{'BATCH':18} {'PLAN':20} {'STATE':10} {'PRIO':6} PROGRESS")
-    for b in sorted(reply.batches, key=lambda b: b.created_at):
+    for b in sorted(reply.batches, key=batch_order):
         counts = b.counts
         total = b.tasks or sum(counts.values())
         done = counts.get("done", 0)
@@ -181,11 +193,12 @@ def run(args: argparse.Namespace) -> int:
         out = {
             "rev": reply.rev,
             "broker": session.endpoints.broker,
+            "rig": rig_label(args, session.endpoints),
             "workers": [worker_json(w) for w in reply.workers],
             "batches": [b.to_wire() for b in reply.batches],
             "disk_full": reply.disk_full,
         }
         print(json.dumps(out, indent=2, sort_keys=True))
     else:
-        print(render(reply))
+        print(render(reply, rig_label(args, session.endpoints)))
     return 0

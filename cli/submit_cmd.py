@@ -14,8 +14,11 @@ same ``{BATCH_ID}``. ``BATCH_ID`` in the configuration names a new batch's
 folder instead of the time (refused when it exists).
 
 Otherwise the plan's folder path is sent in a ``PlanSubmit`` and the batch id
-printed. ``--watch`` follows the batch (``cli.watch``) until it ends: exit 0
-when it completed, 1 when it failed or was cancelled. ``--json`` prints the
+printed. ``--watch`` names the rig it talks to (``rig NAME at ENDPOINT``,
+else ``broker ENDPOINT``) and follows the batch (``cli.watch``) until it ends,
+then prints the paths of ``RUN_SUMMARY.md`` and, for a batch that did not
+complete, ``ESCALATION.md``: exit 0 when it completed, 1 when it failed or was
+cancelled. ``--json`` prints the
 final state (and ``RUN_SUMMARY.json`` when this machine can read it) as JSON.
 
 The brain journals a submission before it answers it, and answers only once
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from llmo.cli.common import add_endpoint_flags
-from llmo.cli.tools import add_tool_flags, fail, open_session
+from llmo.cli.tools import add_tool_flags, fail, open_session, rig_label
 from llmo.proto.session import ToolError
 
 PRIORITY_CHOICES = ("low", "normal", "high", "urgent")
@@ -168,8 +171,8 @@ def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> 
                 print(f"history: {reply.history_path}", file=sys.stderr)
             return 0
         print(
-            f"batch {reply.batch_id} accepted ({reply.tasks} tasks); history in "
-            f"{reply.history_path}",
+            f"batch {reply.batch_id} accepted by {rig_label(args, session.endpoints)} "
+            f"({reply.tasks} tasks); history in {reply.history_path}",
             file=sys.stderr,
         )
 
@@ -216,4 +219,7 @@ def _finish(view, as_json: bool) -> int:
         md = Path(view.history_path) / "RUN_SUMMARY.md"
         if md.exists():
             print(f"summary: {md}")
+        escalation = Path(view.history_path) / "ESCALATION.md"
+        if view.state != "complete" and escalation.exists():
+            print(f"escalation: {escalation}")
     return 0 if view.state == "complete" else 1

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from llmo.cli.config import add_key_flags
+from llmo.cli.config import RigConfig, add_key_flags
 from llmo.proto.client import Client, tool_name
 from llmo.proto.endpoints import Endpoints
 from llmo.proto.security import DEFAULT_TOOL_KEY, ENV_KEY, ClientKeys
@@ -50,24 +50,51 @@ def add_tool_flags(
 
 def tool_setup(args: argparse.Namespace) -> tuple[Endpoints, ClientKeys | None]:
     """Endpoints and keys for a tool; sets the keys for the process. Raises ``ToolError``."""
-    from llmo.cli.config import ConfigError, RigConfig, client_keys, endpoints, load
+    from llmo.cli.common import connect_endpoints
+    from llmo.cli.config import ConfigError, client_keys
+    from llmo.proto.endpoints import EndpointError
     from llmo.proto.security import SecurityError, use_keys
 
-    # ``status --config`` names an llmo.toml; ``submit --config`` is plan settings.
-    given = getattr(args, "config", None)
-    path = given if isinstance(given, str) and given.endswith(".toml") else None
-    path = path or os.environ.get("LLMO_CONFIG")
     try:
-        config = load(path) if path else RigConfig()
+        config = tool_config(args)
+        chosen = connect_endpoints(
+            getattr(args, "broker", None), getattr(args, "pub", None), config
+        )
         keys = client_keys(
             config,
             getattr(args, "key", None) or DEFAULT_TOOL_KEY,
             getattr(args, "keys_dir", None),
         )
-    except (ConfigError, SecurityError) as exc:
+    except (ConfigError, SecurityError, EndpointError) as exc:
         raise ToolError(str(exc)) from None
     use_keys(keys)
-    return endpoints(config, getattr(args, "broker", None), getattr(args, "pub", None)), keys
+    return chosen, keys
+
+
+def tool_config(args: argparse.Namespace) -> RigConfig:
+    """The llmo.toml a tool reads: ``--config`` where it names one, else ``$LLMO_CONFIG``.
+
+    Raises ``ConfigError``; no file: an empty ``RigConfig``."""
+    from llmo.cli.config import RigConfig, load
+
+    # ``status --config`` names an llmo.toml; ``submit --config`` is plan settings.
+    given = getattr(args, "config", None)
+    path = given if isinstance(given, str) and given.endswith(".toml") else None
+    path = path or os.environ.get("LLMO_CONFIG")
+    return load(path) if path else RigConfig()
+
+
+def rig_label(args: argparse.Namespace, endpoints: Endpoints) -> str:
+    """Which rig a tool talks to, for its header: ``rig NAME at ENDPOINT`` or ``broker ENDPOINT``.
+
+    The name is ``[rig] name`` of the tool's llmo.toml, when it has one."""
+    from llmo.cli.config import ConfigError
+
+    try:
+        name = tool_config(args).name
+    except ConfigError:
+        name = ""
+    return f"rig {name} at {endpoints.broker}" if name else f"broker {endpoints.broker}"
 
 
 def open_session(args: argparse.Namespace, kind: str) -> Session:

@@ -1,5 +1,9 @@
 """``llmo tui``: the Textual monitor of the rig (workers, batches, tasks, events).
 
+Its header names the rig (``rig NAME at ENDPOINT`` from ``[rig] name`` of
+``$LLMO_CONFIG``, else ``broker ENDPOINT``). ``--broker``/``--pub`` are checked
+before the screen opens, as for every tool (``cli.common.connect_endpoints``).
+
 Textual and the monitor are imported inside ``run`` so that ``llmo --help``
 and the other commands stay fast on the Pi.
 """
@@ -45,7 +49,19 @@ def path_map(values: list[str]) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmo.proto.endpoints import resolve
+    """Run the monitor; exit 0 only when the operator quit it.
+
+    A bad endpoint (or keys) is refused before the screen opens (exit 2); a
+    crash of the monitor ends in one line naming it and exit 1, after the
+    crash report Textual prints.
+    """
+    from llmo.cli.tools import fail, rig_label, tool_setup
+    from llmo.proto.session import ToolError
+
+    try:
+        endpoints, _ = tool_setup(args)
+    except ToolError as exc:
+        return fail("tui", exc, 2)
     from llmo.tui.app import MonitorApp
     from llmo.tui.feed import Feed
 
@@ -58,11 +74,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         logging.getLogger("llmo").addHandler(logging.NullHandler())
         logging.getLogger("llmo").propagate = False
-    endpoints = resolve(args.broker, args.pub)
     app = MonitorApp(
         lambda post: Feed(endpoints, post),
         endpoint=endpoints.broker,
+        rig=rig_label(args, endpoints),
         path_map=path_map(args.path_map),
     )
-    app.run()
+    try:
+        app.run()
+    except Exception as exc:  # the monitor itself failed: say so, never exit 0
+        return fail("tui", f"the monitor stopped: {type(exc).__name__}: {exc}")
+    if app.return_code:
+        crash = getattr(app, "_exception", None)
+        reason = f"{type(crash).__name__}: {crash}" if crash else f"exit code {app.return_code}"
+        return fail("tui", f"the monitor crashed ({reason}); the report is above", app.return_code)
     return 0

@@ -75,7 +75,7 @@ def stop_stages(where: dict, grace_s: float) -> list[tuple[list[str], float]]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_endpoint_flags(parser)
+    add_endpoint_flags(parser, connect=False)
     parser.add_argument("--workers", type=int, default=2, help="CPU workers to start (default 2)")
     parser.add_argument("--model", help="GGUF model for the workers (default: embedded Gemma)")
     parser.add_argument("--rig-dir", help="local state: journal, logs (default ./rig)")

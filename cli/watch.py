@@ -5,27 +5,38 @@ Theory of operation
 ``BatchView`` is pure: it is seeded from a ``SnapshotReply`` (revision R)
 and then folds ``BatchEvent``s, ignoring those with ``rev <= R`` so nothing
 is counted twice. Task groups (a foreach template and its items, or a plain
-task) give one progress bar each. ``TaskProgress`` publications give the live
-tok/s: the latest rate of each running attempt, summed.
+task) give one progress bar each. The tok/s shown is the batch's figure of
+``proto.rates``: its generated tokens over its wall time. The tokens are
+those of the last snapshot (``BatchInfo.tokens``: succeeded tasks), plus
+those of tasks that succeeded since, plus the running attempts' counts from
+``TaskProgress``; when the batch ends a last snapshot makes the figure the
+one RUN_SUMMARY and the monitor show.
 
 ``follow`` owns the sockets: it subscribes *before* asking for the snapshot
 (so no event falls between the two), takes a fresh snapshot whenever the
 sequence shows a gap or nothing arrives for a while (PUB drops silently when
-a link is slow), and returns when the batch reaches a terminal state.
+a link is slow), and returns when the batch reaches a terminal state. A
+malformed publication is logged, naming what is wrong, and counts as a gap:
+the next snapshot covers whatever it was.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
+from llmo.proto.errors import ProtocolError
 from llmo.proto.messages import BatchEvent, BatchInfo, SnapshotReply, TaskProgress
+from llmo.proto.rates import batch_wall_s, tok_s_text
 from llmo.proto.states import BATCH_TERMINAL, TASK_ACTIVE, TASK_UNSUCCESSFUL
 
 RATE_WINDOW_S = 5.0
+
+log = logging.getLogger("llmo.watch")
 
 
 @dataclass(slots=True)
@@ -39,7 +50,9 @@ class BatchView:
     group: dict[str, str] = field(default_factory=dict)  # task id -> group name
     templates: set[str] = field(default_factory=set)
     rates: dict[str, tuple[float, float]] = field(default_factory=dict)  # attempt -> (tok/s, t)
-    tokens: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)  # running attempt -> tokens so far
+    attempt_task: dict[str, str] = field(default_factory=dict)  # attempt -> task id
+    settled: int = 0  # tokens of tasks that succeeded since the last snapshot
     batch: BatchInfo | None = None  # as the last snapshot had it, with the final counts
 
     def seed(self, reply: SnapshotReply) -> bool:
@@ -53,6 +66,7 @@ class BatchView:
         self.plan = mine.plan
         self.history_path = mine.history_path or self.history_path
         self.tasks = {}
+        self.settled = 0
         for task in reply.tasks:
             if task.batch_id != self.batch_id:
                 continue
@@ -60,7 +74,15 @@ class BatchView:
             if task.template:
                 self.templates.add(task.template)
                 self.group[task.id] = task.template
+        for attempt, task_id in list(self.attempt_task.items()):
+            if self.tasks.get(task_id) not in TASK_ACTIVE:
+                self._forget(attempt)  # its tokens are in the snapshot's, or were not kept
         return True
+
+    def _forget(self, attempt: str) -> int:
+        self.attempt_task.pop(attempt, None)
+        self.rates.pop(attempt, None)
+        return self.tokens.pop(attempt, 0)
 
     def apply(self, event: BatchEvent) -> None:
         if event.batch_id != self.batch_id or event.rev <= self.rev:
@@ -68,6 +90,11 @@ class BatchView:
         self.rev = event.rev
         if event.task_id:
             self.tasks[event.task_id] = event.state
+            if event.state not in TASK_ACTIVE:
+                for attempt, task_id in list(self.attempt_task.items()):
+                    if task_id == event.task_id:
+                        kept = self._forget(attempt)
+                        self.settled += kept if event.state == "done" else 0
             if event.event == "task_expanded":
                 self.templates.add(event.task_id)
         elif event.state:
@@ -79,11 +106,26 @@ class BatchView:
 
     def progress(self, msg: TaskProgress, now: float) -> None:
         if msg.batch_id == self.batch_id:
+            if self.tasks.get(msg.task_id, "running") not in TASK_ACTIVE:
+                return  # a late report of an attempt that has ended
             self.rates[msg.attempt_id] = (msg.tok_s, now)
             self.tokens[msg.attempt_id] = msg.tokens
+            self.attempt_task[msg.attempt_id] = msg.task_id
 
     def tok_s(self, now: float) -> float:
+        """The running attempts' own rates, summed: how fast it generates at this moment."""
         return sum(rate for rate, seen in self.rates.values() if now - seen <= RATE_WINDOW_S)
+
+    def generated(self) -> int:
+        """The batch's generated tokens so far (succeeded tasks and running attempts)."""
+        known = self.batch.tokens if self.batch is not None else 0
+        return known + self.settled + sum(self.tokens.values())
+
+    def wall_s(self, wall_now: float) -> float | None:
+        """The batch's wall time (``proto.rates``); None while no snapshot gave its start."""
+        if self.batch is None or not self.batch.created_at:
+            return None
+        return batch_wall_s(self.batch.created_at, self.batch.finished_at, wall_now)
 
     @property
     def finished(self) -> bool:
@@ -124,10 +166,15 @@ def bar(counts: dict[str, int], width: int = 24) -> str:
     return "[" + text.ljust(width, ".") + "]"
 
 
-def render(view: BatchView, now: float, started: float) -> list[str]:
+def render(
+    view: BatchView, now: float, started: float, *, wall_now: float | None = None
+) -> list[str]:
+    """The view's lines; ``now``/``started`` on the follower's clock, ``wall_now`` the
+    time of day (default: now) for the batch's wall time."""
+    wall = view.wall_s(time.time() if wall_now is None else wall_now)
     lines = [
-        f"batch {view.batch_id} ({view.plan}): {view.state}, {now - started:5.1f} s, "
-        f"{view.tok_s(now):6.1f} tok/s"
+        f"batch {view.batch_id} ({view.plan}): {view.state}, "
+        f"{tok_s_text(view.generated(), now - started if wall is None else wall)}"
     ]
     for name, counts in sorted(view.groups().items()):
         total = sum(counts.values())
@@ -183,9 +230,14 @@ def follow(
         view.seed(reply)
     last_heard = clock()
     while not view.finished:
-        published = subscriber.recv(timeout=0.25)
+        try:
+            published = subscriber.recv(timeout=0.25)
+            bad = False
+        except ProtocolError as exc:
+            log.warning("skipped a malformed publication from the broker (%s); resyncing", exc)
+            published, bad = None, True
         now = clock()
-        stale = now - last_heard > resync_s
+        stale = bad or now - last_heard > resync_s
         if published is not None:
             last_heard = now
             msg = published.message
@@ -202,6 +254,10 @@ def follow(
             last_heard = now
         if screen is not None:
             screen.show(render(view, now, started), now)
+    # The end's own snapshot: its tokens and end time give the figure RUN_SUMMARY has.
+    reply = take_snapshot()
+    if reply is not None:
+        view.seed(reply)
     if screen is not None:
         now = clock()
         screen.show(render(view, now, started), now, force=True)

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from llmo.cli.common import add_endpoint_flags
-from llmo.cli.tools import add_tool_flags, fail, open_session
+from llmo.cli.tools import add_tool_flags, fail, open_session, rig_label
 from llmo.proto.session import ToolError
 
 
@@ -60,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"llmo watch: {exc}", file=sys.stderr)
                 return None
 
-        print(f"watching batch {batch_id}; history in {view.history_path}", file=sys.stderr)
+        where = rig_label(args, session.endpoints)
+        print(
+            f"watching batch {batch_id} on {where}; history in {view.history_path}",
+            file=sys.stderr,
+        )
         screen = None if args.json else Screen(sys.stdout)
         view = follow(view, subscriber, take_snapshot, screen)
         return _finish(view, args.json)

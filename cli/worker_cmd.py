@@ -41,7 +41,7 @@ def _gpus(text: str) -> tuple[int, ...]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_endpoint_flags(parser)
+    add_endpoint_flags(parser, connect=False)
     add_log_flags(parser)
     parser.add_argument("--name", required=True, help="actor name, e.g. gpu-1")
     parser.add_argument(

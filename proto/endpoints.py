@@ -33,6 +33,38 @@ def resolve(broker: str | None = None, pub: str | None = None) -> Endpoints:
     )
 
 
+CONNECT_FORM = "tcp://HOST:PORT (or HOST:PORT), ipc://PATH or inproc://NAME"
+
+
+def connect_endpoint(value: str, what: str = "endpoint") -> str:
+    """An endpoint to connect to, checked before any socket sees it.
+
+    ``HOST:PORT`` is taken as ``tcp://HOST:PORT``; a ``tcp://source;destination``
+    pair passes as ZeroMQ reads it. Raises ``EndpointError`` naming ``what``
+    (``--broker``, ``$LLMO_BROKER``, ...), the value and the form expected.
+    """
+    endpoint = value.strip()
+    if endpoint and "://" not in endpoint:
+        endpoint = f"tcp://{endpoint}"
+    scheme, _, rest = endpoint.partition("://")
+    problem = _problem(f"tcp://{rest.split(';')[-1]}" if scheme == "tcp" else endpoint)
+    if not endpoint:
+        problem = "it is empty"
+    elif problem == "" and scheme == "tcp" and rest.rpartition(":")[2] == "*":
+        problem = "a port * is only for binding"
+    if problem:
+        raise EndpointError(f"{what} {value!r} is not an endpoint: {problem}; use {CONNECT_FORM}")
+    return endpoint
+
+
+def connect_endpoints(endpoints: Endpoints, broker_from: str, pub_from: str) -> Endpoints:
+    """Both endpoints checked by ``connect_endpoint``; ``*_from`` names where each came from."""
+    return Endpoints(
+        broker=connect_endpoint(endpoints.broker, broker_from),
+        pub=connect_endpoint(endpoints.pub, pub_from),
+    )
+
+
 def valid_actor_name(name: str) -> bool:
     """Actor names double as ZeroMQ identities and PUB topics: keep them plain."""
     return bool(_ACTOR_NAME.match(name))

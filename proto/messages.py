@@ -219,7 +219,8 @@ class GoalInfo(View):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BatchInfo(View):
     """One batch. ``priority`` is its number (higher runs first), ``tasks`` how
-    many it holds, ``counts`` task state -> count (states with none left out)."""
+    many it holds, ``counts`` task state -> count (states with none left out),
+    ``tokens`` what its succeeded tasks generated (its tok/s: ``proto.rates``)."""
 
     id: str
     plan: str = ""
@@ -232,6 +233,7 @@ class BatchInfo(View):
     finished_at: float | None = None
     tasks: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    tokens: int = 0
     goal: GoalInfo | None = None
 
 

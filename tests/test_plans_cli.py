@@ -152,3 +152,20 @@ def test_dry_run_refuses_an_invalid_priority_as_a_real_submit_does(capsys, tmp_p
     bad = '{"PRIORITY": "asap"}'
     code = main(["submit", str(tmp_path), "--dry-run", "--priority", "low", "--config", bad])
     assert code == 0, capsys.readouterr().err
+
+
+def test_without_config_it_says_it_checked_a_template_and_what_to_pass(capsys):
+    goal = str(ROOT / "plans" / "examples" / "goal_example")
+    code, out, _ = check(capsys, goal)
+    assert code == 0, out
+    warning = next(line for line in out.splitlines() if "TARGET_COUNT" in line)
+    assert warning.startswith("warning: ") and "undefined" in warning
+    assert """--config '{"TARGET_COUNT": ...}'""" in warning
+    assert "as a template" in out
+    plan = str(ROOT / "tests" / "data" / "plans" / "valid" / "config_placeholders.md")
+    code, out, _ = check(capsys, plan)
+    assert """--config '{"MODEL": ..., "COUNT": ...}'""" in out
+    code, out, _ = check(capsys, plan, "--config", '{"MODEL": "m", "COUNT": 2}')
+    assert code == 0 and "template" not in out and "warning" not in out
+    code, out, _ = check(capsys, goal, "--json")
+    assert json.loads(out)["plans"][0]["template"] is True

@@ -69,3 +69,46 @@ def test_json_names_each_workers_endpoint():
     url = "http://127.0.0.1:40111/v1"
     rig.msg(Register(role="worker", slots=1, pid=1, endpoint=url), src="gpu-1")
     assert worker_json(worker_view(rig.state.workers["gpu-1"]))["endpoint"] == url
+
+
+def test_running_batches_come_first_then_the_newest():
+    def batch(bid: str, state: str, created: float) -> BatchInfo:
+        return BatchInfo(id=bid, plan="p", state=state, created_at=created, tasks=1)
+
+    reply = SnapshotReply(
+        reply_to="r",
+        rev=1,
+        batches=(
+            batch("old_done", "complete", 1.0),
+            batch("old_running", "running", 2.0),
+            batch("new_failed", "failed", 3.0),
+            batch("new_running", "running", 4.0),
+        ),
+    )
+    lines = render(reply, "broker tcp://rig:5555").splitlines()
+    assert lines[0] == "broker tcp://rig:5555"
+    order = [line.split()[0] for line in lines if line.startswith(("old_", "new_"))]
+    assert order == ["old_running", "new_running", "new_failed", "old_done"]
+
+
+def test_status_names_the_rig_it_talks_to(broker_factory, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from tests.test_tui_support import FakeRig
+
+    broker = broker_factory()
+    rig = FakeRig(broker.endpoint, workers=("gpu-1",))
+    try:
+        config = tmp_path / "llmo.toml"
+        config.write_text(f'[rig]\nname = "attic"\n[endpoints]\nbroker = "{broker.endpoint}"\n')
+        done = subprocess.run(
+            [sys.executable, "-P", "-m", "llmo.cli.main", "status", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=50,
+        )
+    finally:
+        rig.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == f"rig attic at {broker.endpoint}"

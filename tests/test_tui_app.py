@@ -403,3 +403,13 @@ def test_the_selected_worker_shows_its_endpoint(rig):
         assert url not in str(table.border_subtitle)
 
     run(app, script)
+
+
+def test_the_header_names_the_rig_it_watches(rig):
+    app = rig.app(rig="rig attic at tcp://10.0.0.2:5555")
+
+    async def script(pilot: Pilot) -> None:
+        assert "rig attic at tcp://10.0.0.2:5555" in status(app)
+        assert "live" in status(app)
+
+    run(app, script)

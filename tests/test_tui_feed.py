@@ -206,3 +206,15 @@ def test_stopping_does_not_wait_for_an_unanswered_request(setup):
     h.close()
     # Waiting for the request would take its whole 5 s timeout.
     assert time.monotonic() - started < 5.0
+
+
+def test_an_action_that_times_out_is_said_plainly(setup):
+    _, _, h = setup(answering=False, action_timeout_s=0.3)
+    h.feed.act("cancel B", BatchCancel(dst=BRAIN, batch_id="B"))
+
+    def said(m: Model):
+        return next((e for e in m.events if e.text.startswith("cancel B")), None)
+
+    h.until(said, what="the action's outcome")
+    line = said(h.model)
+    assert "no answer from the broker" in line.text and line.level == "error"

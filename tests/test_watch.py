@@ -81,8 +81,27 @@ def test_follow_resyncs_on_a_gap_and_stops_at_the_end():
         ]
     )
     out = io.StringIO()
-    view = follow(BatchView("B"), sub, lambda: snaps.pop(0), Screen(out))
+    view = follow(BatchView("B"), sub, lambda: snaps.pop(0) if snaps else None, Screen(out))
     assert view.finished and view.state == "complete"
     assert snaps == []  # the gap made it take the second snapshot
     assert "batch B (hello): complete" in out.getvalue()
     assert render(view, 1.0, 0.0)[0].startswith("batch B (hello): complete")
+
+
+def test_a_failed_batch_points_to_its_escalation_and_summary(tmp_path, capsys):
+    from llmo.cli.submit_cmd import _finish
+
+    (tmp_path / "RUN_SUMMARY.md").write_text("# summary\n")
+    (tmp_path / "ESCALATION.md").write_text("# escalation\n")
+    view = BatchView("B", state="failed", history_path=str(tmp_path))
+    assert _finish(view, False) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "batch B failed",
+        f"summary: {tmp_path / 'RUN_SUMMARY.md'}",
+        f"escalation: {tmp_path / 'ESCALATION.md'}",
+    ]
+    (tmp_path / "ESCALATION.md").unlink()
+    view = BatchView("B", state="complete", history_path=str(tmp_path))
+    assert _finish(view, False) == 0
+    assert "escalation" not in capsys.readouterr().out

@@ -118,6 +118,7 @@ class MonitorApp(App[None]):
         model: Model | None = None,
         clock: Callable[[], float] = time.time,
         endpoint: str = "",
+        rig: str = "",
         path_map: Sequence[tuple[str, str]] = (),
         tick_s: float = TICK_S,
     ) -> None:
@@ -125,6 +126,7 @@ class MonitorApp(App[None]):
         self.model = model or Model()
         self.clock = clock
         self.endpoint = endpoint
+        self.rig = rig  # "rig NAME at ENDPOINT": which rig the header says this is
         self.path_map = tuple(path_map)
         self.tick_s = tick_s
         self.feed_factory = feed_factory
@@ -233,7 +235,7 @@ class MonitorApp(App[None]):
         changes = model.take_changes()
         if force:
             changes |= {"workers", "batches", "tasks", "events", "link"}
-        self.status_bar.show(model, self.endpoint)
+        self.status_bar.show(model, self.endpoint, self.rig)
         stale = model.link.state in ("down", "no_brain")
         self.main_panel.set_class(stale, "-stale")
         if "workers" in changes:
@@ -274,6 +276,8 @@ class MonitorApp(App[None]):
         name = f"{batch.plan} {batch_id}" if batch is not None and batch.plan else batch_id
         known = len(model.tasks.get(batch_id, {}))
         order = "live first" if self.live_first else "plan order"
+        if batch is not None:
+            order += f" · {model.batch_rate_text(batch_id, self.clock())}"
         if batch_id not in model.tasks:
             pane.border_title = f"tasks of {name} (loading...)"
         elif self.task_filter:

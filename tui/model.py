@@ -47,7 +47,7 @@ from llmo.proto.messages import (
     Telemetry,
     WorkerInfo,
 )
-from llmo.proto.states import TASK_TERMINAL, GoalState
+from llmo.proto.states import TASK_ACTIVE, TASK_TERMINAL, GoalState
 from llmo.tui.rows import (
     EVENT_LEVELS,
     EVENTS_KEPT,
@@ -230,6 +230,7 @@ class Model:
         row.created_at = b.created_at
         row.finished_at = b.finished_at
         row.counts = collections.Counter(b.counts)
+        row.tokens = b.tokens
         if b.goal is not None:
             row.goal = b.goal
 
@@ -548,6 +549,13 @@ class Model:
     @property
     def live(self) -> bool:
         return self.link.state == "live"
+
+    def batch_rate_text(self, batch_id: str, now: float) -> str:
+        """The batch's tok/s (``proto.rates``), with its running tasks' tokens so far."""
+        row = self.batches[batch_id]
+        tasks = self.tasks.get(batch_id, {}).values()
+        running = 0 if row.finished else sum(t.tokens for t in tasks if t.state in TASK_ACTIVE)
+        return row.rate_text(now, running)
 
     def rig_tok_s(self) -> float:
         return sum(w.tok_s for w in self.workers.values() if w.shown_state != "down")

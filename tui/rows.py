@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmo.proto.messages import GoalInfo
+from llmo.proto.rates import batch_wall_s, tok_s_text
 from llmo.proto.states import BATCH_TERMINAL, TASK_ACTIVE, TASK_TERMINAL, TASK_UNSUCCESSFUL
 
 SPARK_SAMPLES = 180  # tok/s history per worker: 3 minutes at one sample a second
@@ -147,6 +148,7 @@ class BatchRow:
     created_at: float = 0.0
     finished_at: float | None = None
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    tokens: int = 0  # its succeeded tasks' generated tokens, as of the last snapshot
     goal: GoalInfo | None = None
     templates: set[str] = field(default_factory=set)
     samples: collections.deque[tuple[float, int]] = field(
@@ -160,6 +162,12 @@ class BatchRow:
     @property
     def total(self) -> int:
         return sum(v for v in self.counts.values() if v > 0)
+
+    def rate_text(self, now: float, running_tokens: int = 0) -> str:
+        """Its tok/s as every view prints it (``proto.rates``): tokens over wall time;
+        ``running_tokens`` adds what its running attempts generated so far."""
+        wall = batch_wall_s(self.created_at, self.finished_at, now)
+        return tok_s_text(self.tokens + running_tokens, wall)
 
     def split(self) -> tuple[int, int, int, int]:
         """(done, running, failed or skipped or cancelled, the rest)."""

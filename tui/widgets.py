@@ -388,7 +388,7 @@ class EventList(VirtualList):
 
 
 class StatusBar(Widget):
-    """One line: the link (live, or disconnected since when), the rig's tok/s, counts.
+    """One line: which rig, the link (live, or disconnected since when), its tok/s, counts.
 
     It draws its own line (no ``Static.update``, which asks for a new layout
     of the whole screen every time the text changes).
@@ -404,11 +404,14 @@ class StatusBar(Widget):
     def render(self) -> Text:
         return self.text
 
-    def show(self, model: Model, endpoint: str) -> None:
+    def show(self, model: Model, endpoint: str, rig: str = "") -> None:
         link = model.link
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append(" llmo ", "bold reverse")
         out.append(" ")
+        if rig:
+            out.append(rig, "bold")
+            out.append("  ")
         if link.state == "live":
             out.append("● live", "bold green")
         elif link.state == "connecting":

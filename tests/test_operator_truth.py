@@ -1,0 +1,99 @@
+"""What the operator tools say when the input or the link is wrong: one line, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+from llmo.cli.watch import BatchView, follow
+from llmo.proto.codec import encode
+from llmo.proto.pubsub import Subscriber
+from tests.test_watch import event, snapshot
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def llmo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "llmo.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_host_port_is_taken_as_tcp_and_nonsense_is_named():
+    from llmo.proto.endpoints import EndpointError, connect_endpoint
+
+    assert connect_endpoint("127.0.0.1:5555") == "tcp://127.0.0.1:5555"
+    assert connect_endpoint(" tcp://rig.local:5555 ") == "tcp://rig.local:5555"
+    assert connect_endpoint("ipc:///tmp/llmo.sock") == "ipc:///tmp/llmo.sock"
+    for bad in ("127.0.0.1", "http://rig:5555", "tcp://rig:port", "rig:0", ""):
+        with pytest.raises(EndpointError) as caught:
+            connect_endpoint(bad, "--broker")
+        assert "--broker" in str(caught.value) and "tcp://HOST:PORT" in str(caught.value)
+
+
+@pytest.mark.parametrize("command", ["status", "watch", "cancel", "tui"])
+def test_a_bad_endpoint_is_one_line_and_exit_2(command):
+    extra = ["B"] if command in ("watch", "cancel") else []
+    done = llmo(command, *extra, "--broker", "127.0.0.1", "--timeout", "0.5")
+    if command == "tui":
+        done = llmo(command, "--broker", "127.0.0.1")
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "'127.0.0.1'" in lines[0] and "tcp://HOST:PORT" in lines[0]
+
+
+def test_status_without_tcp_prefix_reaches_the_broker(broker_factory):
+    broker = broker_factory()
+    bare = broker.endpoint.removeprefix("tcp://")
+    done = llmo("status", "--broker", bare, "--timeout", "0.5")
+    assert "Traceback" not in done.stderr
+    assert "no brain is connected" in done.stderr, done.stderr
+    assert done.returncode == 1
+
+
+def test_the_monitor_never_exits_0_after_a_crash(monkeypatch, capsys):
+    from llmo.cli import main as cli_main
+    from llmo.tui import app as tui_app
+
+    def crash(self, *args, **kwargs):
+        raise RuntimeError("the terminal went away")
+
+    monkeypatch.setattr(tui_app.MonitorApp, "run", crash)
+    code = cli_main.main(["tui", "--broker", "tcp://127.0.0.1:1"])
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the terminal went away" in err[0]
+
+
+def test_a_malformed_publication_does_not_stop_the_watch():
+    context = zmq.Context.instance()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub = Subscriber(f"tcp://127.0.0.1:{port}")
+    try:
+        # PUB drops what is sent before the subscription is in: wait until one gets through.
+        assert wait_until(lambda: pub.send_multipart([b"x", b"1"]) or sub.socket.poll(50))
+        garbage = [[b"batch.event", b"junk"], [b"batch.event", b"\0" * 8, b"\xc1not msgpack"]]
+        for frames in garbage:
+            pub.send_multipart(frames)
+        good = event(7, name="batch_completed", state="complete", counts={"done": 1})
+        pub.send_multipart([b"batch.event", (9).to_bytes(8, "big"), encode(good)])
+        snaps = [snapshot(1)]
+        view = follow(
+            BatchView("B"), sub, lambda: snaps.pop(0) if snaps else None, None, resync_s=30
+        )
+        assert view.finished and view.state == "complete"
+    finally:
+        sub.close()
+        pub.close(linger=0)
