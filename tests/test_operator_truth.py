@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -69,6 +70,11 @@ def test_the_monitor_never_exits_0_after_a_crash(monkeypatch, capsys):
         raise RuntimeError("the terminal went away")
 
     monkeypatch.setattr(tui_app.MonitorApp, "run", crash)
+    # The monitor quiets llmo's loggers for the screen's sake; in this process the
+    # later tests need them as they were (their log capture reads them).
+    quiet = logging.getLogger("llmo")
+    monkeypatch.setattr(quiet, "propagate", quiet.propagate)
+    monkeypatch.setattr(quiet, "handlers", list(quiet.handlers))
     code = cli_main.main(["tui", "--broker", "tcp://127.0.0.1:1"])
     assert code != 0
     err = capsys.readouterr().err.strip().splitlines()
