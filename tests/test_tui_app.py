@@ -413,3 +413,48 @@ def test_the_header_names_the_rig_it_watches(rig):
         assert "live" in status(app)
 
     run(app, script)
+
+
+def test_the_header_counts_the_rigs_tasks(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        line = status(app)
+        assert "tasks 1 running · 1 queued · 1 done · 0 failed" in line
+        assert "workers 2/2 up" in line and "tok/s" in line
+        rig.fake.event("B", "task_failed", "b", "failed", detail={"error": "boom"})
+        await until(pilot, lambda: "1 failed" in status(app), what="the failure counted")
+        assert "tasks 0 running" in status(app)
+
+    run(app, script)
+
+
+def test_a_disconnected_header_says_stale_and_claims_no_liveness(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        rig.fake.heartbeat("gpu-1", state="hot", model="qwen", tok_s=23.0)
+        await until(pilot, lambda: "rig 23.0 tok/s" in status(app), what="a rate")
+        rig.drop()
+        await until(pilot, lambda: "disconnected since" in status(app), timeout=8)
+        line = status(app)
+        assert "stale" in line
+        assert "up" not in line.split("disconnected")[1]  # no "workers 2/2 up"
+        assert "23.0" not in line  # no rate it cannot see
+        assert "tasks 1 running" in line  # the last known counts, under the stale mark
+        assert app.query_one(WorkersTable).border_title == "workers · stale"
+        assert cell(app, WorkersTable, "gpu-1", "seen") != DASH
+
+    run(app, script)
+
+
+def test_each_worker_shows_its_heartbeat_age(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        rig.fake.heartbeat("gpu-1", state="hot", model="qwen", tok_s=1.0)
+        await until(pilot, lambda: cell(app, WorkersTable, "gpu-1", "seen").endswith("s"))
+        assert cell(app, WorkersTable, "gpu-1", "seen") in ("0s", "1s", "2s")
+        assert cell(app, WorkersTable, "gpu-2", "seen") == DASH  # never heard yet
+
+    run(app, script)

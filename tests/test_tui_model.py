@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import pytest
 
@@ -273,14 +275,14 @@ def test_worker_cells_say_no_gpu_telemetry_plainly():
     model = seeded()
     model.heartbeat(Heartbeat(src="gpu-2", role="worker", state="cold", telemetry=no_gpu()), NOW)
     cells = render.worker_cells(model.workers["gpu-2"], NOW)
-    assert cells[6].plain == "no GPU telemetry"
+    assert cells[7].plain == "no GPU telemetry"
     model.heartbeat(
         Heartbeat(src="gpu-1", role="worker", state="hot", telemetry=gpu_telemetry(1, temp=85.0)),
         NOW,
     )
     cells = render.worker_cells(model.workers["gpu-1"], NOW)
-    assert cells[5].plain == "85°C" and "red" in str(cells[5].spans)
-    assert cells[6].plain.endswith("4.1/6G")
+    assert cells[6].plain == "85°C" and "red" in str(cells[6].spans)
+    assert cells[7].plain.endswith("4.1/6G")
     assert cells[3].plain == "hot"
     assert render.worker_cells(model.workers["gpu-1"], NOW + 60)[3].plain == "hot?"  # silent
 
@@ -311,12 +313,12 @@ def test_the_snapshot_gives_worker_figures_until_the_first_heartbeat():
     model = Model()
     model.seed(snapshot(workers=workers), NOW)
     cells = render.worker_cells(model.workers["gpu-1"], NOW)
-    assert (cells[5].plain, cells[6].plain[-6:], cells[9].plain.strip()) == (
+    assert (cells[6].plain, cells[7].plain[-6:], cells[10].plain.strip()) == (
         "71°C",
         "4.0/6G",
         "22.5",
     )
-    assert render.worker_cells(model.workers["cpu-1"], NOW)[6].plain == "no GPU telemetry"
+    assert render.worker_cells(model.workers["cpu-1"], NOW)[7].plain == "no GPU telemetry"
 
 
 def test_a_worker_becoming_constrained_says_why_in_the_events():
@@ -355,3 +357,54 @@ def test_malformed_snapshot_entries_never_reach_the_model(field, entries, says):
     model.seed(decode(encode(snapshot(rev=3))), NOW)  # what does arrive is whole and typed
     assert list(model.workers) == ["gpu-1", "gpu-2"] and list(model.batches) == ["B"]
     assert list(model.tasks["B"]) == ["a", "b", "c", "d"]
+
+
+def test_rig_counts_add_up_the_tasks_of_every_batch():
+    model = Model()
+    batches = (
+        batch_view("B", "hello", {"done": 2, "running": 1, "assigned": 1, "ready": 3}),
+        batch_view("C", "other", {"pending": 2, "delayed": 1, "failed": 2, "skipped": 1}),
+        batch_view("D", "old", {"done": 5, "cancelled": 4}, state="cancelled", finished_at=1500.0),
+    )
+    model.seed(snapshot(batches=batches, tasks=()), NOW)
+    counts = model.rig_counts()
+    assert (counts.running, counts.queued, counts.done, counts.failed) == (2, 6, 7, 3)
+    assert counts.cancelled == 4  # apart from the failures
+
+
+def test_heartbeat_age_comes_from_the_brain_then_from_heartbeats():
+    workers = (worker_view("gpu-1", last_seen=900.0), worker_view("gpu-2", "cold"))
+    reply = snapshot(workers=workers)
+    model = Model()
+    model.seed(replace(reply, ts=970.0), NOW)  # the brain's clock: heard 70 s before it replied
+    gpu1, gpu2 = model.workers["gpu-1"], model.workers["gpu-2"]
+    assert gpu1.heartbeat_age(NOW) == pytest.approx(70.0)
+    assert gpu2.heartbeat_age(NOW) is None  # never heard
+    model.heartbeat(Heartbeat(src="gpu-1", role="worker", state="hot"), NOW + 5)
+    assert gpu1.heartbeat_age(NOW + 8) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    ("age", "text", "style"),
+    [
+        (3.0, "3s", ""),
+        (59.0, "59s", ""),
+        (60.0, "60s", "yellow"),
+        (119.0, "119s", "yellow"),
+        (120.0, "120s", "bold red"),
+        (4000.0, "4000s", "bold red"),
+    ],
+)
+def test_heartbeat_age_is_in_seconds_amber_at_a_minute_red_at_two(age, text, style):
+    model = seeded()
+    model.heartbeat(Heartbeat(src="gpu-1", role="worker", state="hot"), NOW)
+    cell = render.heartbeat_age(model.workers["gpu-1"], NOW + age)
+    assert (cell.plain, str(cell.style)) == (text, style)
+
+
+def test_heartbeat_age_is_not_coloured_when_the_monitor_is_the_one_not_hearing():
+    model = seeded()
+    model.heartbeat(Heartbeat(src="gpu-1", role="worker", state="hot"), NOW)
+    cell = render.heartbeat_age(model.workers["gpu-1"], NOW + 300, live=False)
+    assert (cell.plain, str(cell.style)) == ("300s", "dim")
+    assert render.heartbeat_age(model.workers["gpu-2"], NOW).plain == render.DASH

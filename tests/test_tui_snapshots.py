@@ -80,6 +80,19 @@ def fixed_model() -> Model:
         ),
         NOW - 120,
     )
+    # gpu-4 went quiet 75 s ago (amber), cpu-1 130 s ago (red).
+    model.heartbeat(
+        Heartbeat(
+            src="gpu-4",
+            role="worker",
+            state="cold",
+            telemetry=gpu_telemetry(4, temp=38.0, used=300),
+        ),
+        NOW - 75,
+    )
+    model.heartbeat(
+        Heartbeat(src="cpu-1", role="worker", state="cold", telemetry=no_gpu()), NOW - 130
+    )
     for i in range(40):
         t = NOW - 40 + i
         for k, name in enumerate(("brain-llm", "gpu-1", "gpu-2")):
@@ -95,16 +108,6 @@ def fixed_model() -> Model:
                 ),
                 t,
             )
-        model.heartbeat(
-            Heartbeat(
-                src="gpu-4",
-                role="worker",
-                state="cold",
-                telemetry=gpu_telemetry(4, temp=38.0, used=300),
-            ),
-            t,
-        )
-        model.heartbeat(Heartbeat(src="cpu-1", role="worker", state="cold", telemetry=no_gpu()), t)
         model.batches["b-7f3a"].samples.append((t, 40 + i // 20))
     for n in range(40, 43):
         model.progress(
@@ -165,6 +168,10 @@ def test_main_screen(snap_compare):
 
 def test_main_screen_on_a_small_terminal(snap_compare):
     assert snap_compare(fixed_app(fixed_model()), terminal_size=(100, 30))
+
+
+def test_main_screen_at_80_by_24(snap_compare):
+    assert snap_compare(fixed_app(fixed_model()), terminal_size=(80, 24))
 
 
 def test_disconnected_greys_the_panels(snap_compare):

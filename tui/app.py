@@ -238,10 +238,11 @@ class MonitorApp(App[None]):
         self.status_bar.show(model, self.endpoint, self.rig)
         stale = model.link.state in ("down", "no_brain")
         self.main_panel.set_class(stale, "-stale")
-        if "workers" in changes:
+        if changes & {"workers", "link"}:  # the link's state colours heartbeat ages
             workers = self.workers_table
             workers.show(model, now)
-            workers.border_title = f"workers · rig {model.rig_tok_s():.1f} tok/s"
+            rate = f"rig {model.rig_tok_s():.1f} tok/s" if model.live else "stale"
+            workers.border_title = f"workers · {rate}"
             self.show_worker_detail()
         if "batches" in changes:
             batches = self.batches_table

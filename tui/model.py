@@ -57,6 +57,7 @@ from llmo.tui.rows import (
     WORKER_STALE_S,
     BatchRow,
     EventLine,
+    RigCounts,
     TaskRow,
     WorkerRow,
 )
@@ -85,6 +86,10 @@ def _telemetry_from(gauges: GpuGauges, gpus: tuple[int, ...]) -> Telemetry:
     )
     return Telemetry(gpu_available=True, gpus=(reading,))
 
+
+TASK_QUEUED = frozenset(
+    {"pending", "ready", "delayed"}
+)  # waiting for a worker, a dependency or a retry
 
 _GOAL_ENDS: dict[str, GoalState] = {"goal_reached": "reached", "goal_exhausted": "exhausted"}
 _GOAL_FIGURES = {"succeeded": "succeeded", "tried": "tried", "cap": "cap"}
@@ -167,6 +172,9 @@ class Model:
         for w in reply.workers:
             row = old_workers.pop(w.name, None) or WorkerRow(name=w.name)
             self._worker_from(row, w)
+            if w.last_seen and reply.ts:  # the brain's clock, so only the age is carried over
+                heard = now - max(0.0, reply.ts - w.last_seen)
+                row.last_heartbeat = max(row.last_heartbeat, heard)
             self.workers[row.name] = row
         for name, row in old_workers.items():  # heard from, but unknown to the brain
             if now - row.last_heartbeat <= WORKER_STALE_S:
@@ -556,6 +564,20 @@ class Model:
         tasks = self.tasks.get(batch_id, {}).values()
         running = 0 if row.finished else sum(t.tokens for t in tasks if t.state in TASK_ACTIVE)
         return row.rate_text(now, running)
+
+    def rig_counts(self) -> RigCounts:
+        """Every known batch's tasks, counted as the header shows them (a foreach
+        template that expanded counts as its children do, not itself)."""
+        total: collections.Counter[str] = collections.Counter()
+        for batch in self.batches.values():
+            total.update({state: n for state, n in batch.counts.items() if n > 0})
+        return RigCounts(
+            running=sum(total[s] for s in TASK_ACTIVE),
+            queued=sum(total[s] for s in TASK_QUEUED),
+            done=total["done"],
+            failed=total["failed"] + total["skipped"],
+            cancelled=total["cancelled"],
+        )
 
     def rig_tok_s(self) -> float:
         return sum(w.tok_s for w in self.workers.values() if w.shown_state != "down")

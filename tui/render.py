@@ -13,7 +13,15 @@ from collections.abc import Iterable, Sequence
 
 from rich.text import Text
 
-from llmo.tui.rows import BatchRow, EventLine, TaskRow, WorkerRow
+from llmo.tui.rows import (
+    HEARTBEAT_AMBER_S,
+    HEARTBEAT_RED_S,
+    BatchRow,
+    EventLine,
+    RigCounts,
+    TaskRow,
+    WorkerRow,
+)
 
 WORKER_STYLES = {
     "cold": "cyan",
@@ -139,8 +147,51 @@ def gpu_figures(worker: WorkerRow) -> tuple[str, Text, str, str] | None:
     return temp, vram, power, util
 
 
+def heartbeat_age(worker: WorkerRow, now: float, live: bool = True) -> Text:
+    """Seconds since the worker's last heartbeat: amber from a minute, red from two.
+
+    While the monitor itself hears nothing (``live`` false) the silence is the
+    link's, not the worker's, so the age is shown dim and uncoloured.
+    """
+    age = worker.heartbeat_age(now)
+    if age is None:
+        return styled(DASH, "dim")
+    if not live:
+        style = "dim"
+    elif age >= HEARTBEAT_RED_S:
+        style = "bold red"
+    elif age >= HEARTBEAT_AMBER_S:
+        style = "yellow"
+    else:
+        style = ""
+    return styled(f"{int(age)}s", style)
+
+
+def rig_counts(counts: RigCounts) -> Text:
+    """The header's task cards: running, queued, done, failed (and cancelled, if any)."""
+    out = Text(no_wrap=True)
+    cards = [
+        (counts.running, "running", "bold yellow"),
+        (counts.queued, "queued", ""),
+        (counts.done, "done", "green"),
+        (counts.failed, "failed", "bold red"),
+    ]
+    if counts.cancelled:
+        cards.append((counts.cancelled, "cancelled", "magenta"))
+    out.append("tasks ")
+    for i, (n, label, style) in enumerate(cards):
+        if i:
+            out.append(" · ", "dim")
+        out.append(f"{n} {label}", style if n else "dim")
+    return out
+
+
 def worker_cells(
-    worker: WorkerRow, now: float, spark_width: int = 20, top: float | None = None
+    worker: WorkerRow,
+    now: float,
+    spark_width: int = 20,
+    top: float | None = None,
+    live: bool = True,
 ) -> list[Text]:
     state = worker.shown_state
     silent = worker.silent(now) and worker.last_heartbeat > 0
@@ -173,6 +224,7 @@ def worker_cells(
         styled(gpus),
         styled(worker.role or DASH),
         state_text,
+        heartbeat_age(worker, now, live),
         styled(model),
         temp,
         vram,

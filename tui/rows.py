@@ -20,6 +20,8 @@ SAMPLE_S = 1.0
 EVENTS_KEPT = 500
 ETA_WINDOW_S = 120.0
 WORKER_STALE_S = 5.0  # no heartbeat for this long: the row is shown as silent
+HEARTBEAT_AMBER_S = 60.0  # a worker's heartbeat age turns amber after this much silence
+HEARTBEAT_RED_S = 120.0  # and red after this much
 RATE_STALE_S = 5.0  # a task's tok/s older than this is not shown
 TASK_HISTORY = 8  # notable events remembered per task (retries, failures)
 
@@ -94,6 +96,23 @@ class WorkerRow:
     def silent(self, now: float) -> bool:
         """Up by the brain's account, but no heartbeat heard for a while."""
         return self.shown_state != "down" and now - self.last_heartbeat > WORKER_STALE_S
+
+    def heartbeat_age(self, now: float) -> float | None:
+        """Seconds since its last heartbeat (heard here, or by the brain); None: never heard."""
+        if not self.last_heartbeat:
+            return None
+        return max(0.0, now - self.last_heartbeat)
+
+
+@dataclass(frozen=True, slots=True)
+class RigCounts:
+    """The tasks of every batch the monitor knows, by what they are doing."""
+
+    running: int = 0  # an attempt is out on a worker
+    queued: int = 0  # waiting: for dependencies, a worker or a retry
+    done: int = 0
+    failed: int = 0  # failed, or skipped because a dependency failed
+    cancelled: int = 0
 
 
 @dataclass(slots=True)

@@ -34,6 +34,7 @@ WORKER_COLUMNS: Sequence[Column] = (
     ("gpus", "GPU", 3, False),
     ("role", "ROLE", 6, False),
     ("state", "STATE", 11, True),
+    ("seen", "HEARD", 5, True),
     ("model", "MODEL", 14, True),
     ("temp", "TEMP", 4, True),
     ("vram", "VRAM", 16, True),
@@ -326,7 +327,8 @@ class WorkersTable(RowTable):
         rows = sorted(model.workers.values(), key=lambda w: w.name)
         # One scale for every sparkline, so a slow worker looks slow beside a fast one.
         top = max((max(w.history, default=0.0) for w in rows), default=0.0)
-        self.sync([(w.name, render.worker_cells(w, now, SPARK_WIDTH, top)) for w in rows])
+        live = model.live
+        self.sync([(w.name, render.worker_cells(w, now, SPARK_WIDTH, top, live)) for w in rows])
 
 
 class BatchesTable(RowTable):
@@ -424,13 +426,29 @@ class StatusBar(Widget):
             out.append(f"  retry {render.clock(link.retry_at)}", "yellow")
         if link.state == "no_brain" and model.snapshot_at:
             out.append(f"  data as of {render.clock(model.last_heard or model.snapshot_at)}", "dim")
-        workers = list(model.workers.values())
-        up = sum(1 for w in workers if w.shown_state != "down")
-        running = sum(1 for b in model.batches.values() if not b.finished)
-        out.append(f"   rig {model.rig_tok_s():.1f} tok/s", "bold cyan" if model.live else "dim")
-        out.append(f"   workers {up}/{len(workers)} up", "" if up == len(workers) else "yellow")
-        out.append(f"   batches {running} running")
+        if model.snapshot_at:
+            self.show_figures(out, model)
         if out.plain != self.plain:
             self.plain = out.plain
             self.text = out
             self.refresh()
+
+    @staticmethod
+    def show_figures(out: Text, model: Model) -> None:
+        """The task cards, tok/s and workers up; while the link is down, the last
+        known task counts under a stale mark and no claim about rates or liveness."""
+        workers = list(model.workers.values())
+        running = sum(1 for b in model.batches.values() if not b.finished)
+        if model.live:
+            out.append("   ")
+            out.append_text(render.rig_counts(model.rig_counts()))
+            out.append(f"   rig {model.rig_tok_s():.1f} tok/s", "bold cyan")
+            up = sum(1 for w in workers if w.shown_state != "down")
+            out.append(f"   workers {up}/{len(workers)} up", "" if up == len(workers) else "yellow")
+            out.append(f"   batches {running} running")
+            return
+        out.append("   stale: ", "bold yellow")
+        counts = render.rig_counts(model.rig_counts())
+        counts.stylize("dim")
+        out.append_text(counts)
+        out.append(f"   workers {len(workers)} · batches {running} running", "dim")
