@@ -458,3 +458,17 @@ def test_each_worker_shows_its_heartbeat_age(rig):
         assert cell(app, WorkersTable, "gpu-2", "seen") == DASH  # never heard yet
 
     run(app, script)
+
+
+def test_at_80_columns_the_header_keeps_every_card(rig):
+    app = rig.app(rig=f"broker {rig.endpoints.broker}")
+
+    async def main() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.model.live, what="the first snapshot")
+            await until(pilot, lambda: "1 run 1 queued 1 done 0 failed" in status(app))
+            line = status(app)
+            assert line.startswith(" llmo  127.0.0.1:") and "tok/s" in line
+            assert "1 failed" not in line
+
+    asyncio.run(main())

@@ -408,3 +408,13 @@ def test_heartbeat_age_is_not_coloured_when_the_monitor_is_the_one_not_hearing()
     cell = render.heartbeat_age(model.workers["gpu-1"], NOW + 300, live=False)
     assert (cell.plain, str(cell.style)) == ("300s", "dim")
     assert render.heartbeat_age(model.workers["gpu-2"], NOW).plain == render.DASH
+
+
+def test_compact_rig_counts_fit_a_narrow_header():
+    model = seeded()
+    assert render.rig_counts(model.rig_counts()).plain == (
+        "tasks 1 running · 1 queued · 2 done · 0 failed"
+    )
+    assert render.rig_counts(model.rig_counts(), compact=True).plain == (
+        "1 run 1 queued 2 done 0 failed"
+    )

@@ -167,21 +167,23 @@ def heartbeat_age(worker: WorkerRow, now: float, live: bool = True) -> Text:
     return styled(f"{int(age)}s", style)
 
 
-def rig_counts(counts: RigCounts) -> Text:
-    """The header's task cards: running, queued, done, failed (and cancelled, if any)."""
+def rig_counts(counts: RigCounts, compact: bool = False) -> Text:
+    """The header's task cards: running, queued, done, failed (and cancelled, if
+    any); ``compact`` for a narrow terminal: ``2 run 5 queued 40 done 1 failed``."""
     out = Text(no_wrap=True)
     cards = [
-        (counts.running, "running", "bold yellow"),
+        (counts.running, "run" if compact else "running", "bold yellow"),
         (counts.queued, "queued", ""),
         (counts.done, "done", "green"),
         (counts.failed, "failed", "bold red"),
     ]
     if counts.cancelled:
         cards.append((counts.cancelled, "cancelled", "magenta"))
-    out.append("tasks ")
+    if not compact:
+        out.append("tasks ")
     for i, (n, label, style) in enumerate(cards):
         if i:
-            out.append(" · ", "dim")
+            out.append(" " if compact else " · ", "dim")
         out.append(f"{n} {label}", style if n else "dim")
     return out
 

@@ -402,17 +402,39 @@ class StatusBar(Widget):
         super().__init__(**kwargs)
         self.text = Text()
         self.plain = ""
+        self.shown: tuple[Model, str, str] | None = None
 
     def render(self) -> Text:
         return self.text
 
+    def on_resize(self) -> None:
+        if self.shown is not None:
+            self.show(*self.shown)
+
     def show(self, model: Model, endpoint: str, rig: str = "") -> None:
+        self.shown = (model, endpoint, rig)
+        width = self.size.width
+        # Narrower terminals get compact task cards, then the rig's short name.
+        for compact, short in ((False, False), (True, False), (True, True)):
+            out = self.line(model, endpoint, rig, compact=compact, short=short)
+            if not width or out.cell_len <= width:
+                break
+        if out.plain != self.plain:
+            self.plain = out.plain
+            self.text = out
+            self.refresh()
+
+    @classmethod
+    def line(
+        cls, model: Model, endpoint: str, rig: str, *, compact: bool, short: bool = False
+    ) -> Text:
+        """The header; ``compact`` shortens the task cards, ``short`` the rig's name."""
         link = model.link
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append(" llmo ", "bold reverse")
         out.append(" ")
         if rig:
-            out.append(rig, "bold")
+            out.append(short_rig(rig) if short else rig, "bold")
             out.append("  ")
         if link.state == "live":
             out.append("● live", "bold green")
@@ -427,28 +449,38 @@ class StatusBar(Widget):
         if link.state == "no_brain" and model.snapshot_at:
             out.append(f"  data as of {render.clock(model.last_heard or model.snapshot_at)}", "dim")
         if model.snapshot_at:
-            self.show_figures(out, model)
-        if out.plain != self.plain:
-            self.plain = out.plain
-            self.text = out
-            self.refresh()
+            cls.show_figures(out, model, compact)
+        return out
 
     @staticmethod
-    def show_figures(out: Text, model: Model) -> None:
+    def show_figures(out: Text, model: Model, compact: bool = False) -> None:
         """The task cards, tok/s and workers up; while the link is down, the last
         known task counts under a stale mark and no claim about rates or liveness."""
         workers = list(model.workers.values())
         running = sum(1 for b in model.batches.values() if not b.finished)
+        gap = "  " if compact else "   "
+        cards = render.rig_counts(model.rig_counts(), compact=compact)
         if model.live:
-            out.append("   ")
-            out.append_text(render.rig_counts(model.rig_counts()))
-            out.append(f"   rig {model.rig_tok_s():.1f} tok/s", "bold cyan")
+            out.append(gap)
+            out.append_text(cards)
+            out.append(
+                f"{gap}{'' if compact else 'rig '}{model.rig_tok_s():.1f} tok/s", "bold cyan"
+            )
             up = sum(1 for w in workers if w.shown_state != "down")
-            out.append(f"   workers {up}/{len(workers)} up", "" if up == len(workers) else "yellow")
-            out.append(f"   batches {running} running")
+            out.append(
+                f"{gap}workers {up}/{len(workers)} up", "" if up == len(workers) else "yellow"
+            )
+            out.append(f"{gap}batches {running} running")
             return
-        out.append("   stale: ", "bold yellow")
-        counts = render.rig_counts(model.rig_counts())
-        counts.stylize("dim")
-        out.append_text(counts)
-        out.append(f"   workers {len(workers)} · batches {running} running", "dim")
+        out.append(f"{gap}stale: ", "bold yellow")
+        cards.stylize("dim")
+        out.append_text(cards)
+        out.append(f"{gap}workers {len(workers)} · batches {running} running", "dim")
+
+
+def short_rig(rig: str) -> str:
+    """``rig attic at tcp://h:5555`` as ``rig attic``; ``broker tcp://h:5555`` as ``h:5555``."""
+    name, sep, _ = rig.partition(" at ")
+    if sep:
+        return name
+    return rig.removeprefix("broker ").removeprefix("tcp://")
