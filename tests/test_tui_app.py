@@ -444,6 +444,7 @@ def test_a_disconnected_header_says_stale_and_claims_no_liveness(rig):
         assert "tasks 1 running" in line  # the last known counts, under the stale mark
         assert app.query_one(WorkersTable).border_title == "workers · stale"
         assert cell(app, WorkersTable, "gpu-1", "seen") != DASH
+        assert cell(app, WorkersTable, "gpu-1", "tok_s") == DASH
 
     run(app, script)
 

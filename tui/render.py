@@ -219,7 +219,8 @@ def worker_cells(
         elif reading >= 75:
             temp.stylize("yellow")
     down = state == "down"
-    rate = styled(DASH if down else f"{worker.tok_s:5.1f}", "dim" if down else "bold")
+    unseen = down or not live  # no rate it cannot see: the worker's, or the monitor's link
+    rate = styled(DASH if unseen else f"{worker.tok_s:5.1f}", "dim" if unseen else "bold")
     spark = styled(sparkline(worker.history, spark_width, top), "dim" if down else "cyan")
     return [
         styled(worker.name, "bold"),
