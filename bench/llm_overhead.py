@@ -86,6 +86,49 @@ def expect(client: Client, match, timeout: float) -> Message:
     raise SystemExit("timed out waiting for the worker")
 
 
+def bench_rig(
+    model: Path, args: argparse.Namespace, client: str, *options: str
+) -> tuple[Broker, Client, Path, subprocess.Popen]:
+    """A broker on loopback, this process as its brain, a folder holding the task's
+    ``client.py``, and an ``llmo worker`` named ``WORKER`` serving ``model``
+    (``--threads``, ``--ctx`` and ``--extra-bufts`` from ``args``, then ``options``),
+    once it has registered."""
+    # The bench's brain is silent while its direct side generates; that is not news.
+    logging.getLogger("llmo.broker").setLevel(logging.ERROR)
+    # The broker knows its worker by name, as with ``[[workers]]`` on a rig; the bench
+    # itself is the brain (heartbeating as the real one does) and the only sender of
+    # assignments and model loads.
+    broker = Broker(
+        "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", roles=Roles(workers=frozenset({WORKER}))
+    )
+    threading.Thread(target=broker.run, daemon=True).start()
+    brain = Client(BRAIN, broker.router_endpoint)
+    brain.tick()
+    folder = Path(tempfile.mkdtemp(prefix="llmo-bench-"))
+    (folder / "client.py").write_text(client)
+    argv = [sys.executable, "-m", "llmo.cli.main", "worker", "--name", WORKER]
+    argv += ["--broker", broker.router_endpoint, "--model", str(model)]
+    argv += ["--threads", str(args.threads), "--ctx", str(args.ctx)]
+    argv += ["--extra-bufts", args.extra_bufts, *options, "--log-level", "WARNING"]
+    worker = subprocess.Popen(argv, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        expect(brain, lambda m: isinstance(m, Register) and m.src == WORKER, 60)
+    except BaseException:
+        worker.terminate()
+        raise
+    return broker, brain, folder, worker
+
+
+def load(brain: Client, alias: str, n_ctx: int) -> ModelStatus:
+    """Load the model on the bench's worker: its ``hot`` status, or SystemExit with the
+    reason it failed."""
+    brain.send(ModelLoad(dst=WORKER, model=alias, n_ctx=n_ctx))
+    hot = expect(brain, lambda m: isinstance(m, ModelStatus) and m.state in ("hot", "failed"), 300)
+    if hot.state != "hot":
+        raise SystemExit(f"load failed: {hot.error}")
+    return hot
+
+
 def direct_round(llm, max_tokens: int) -> tuple[int, float]:
     started = time.perf_counter()
     out = llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0.0)
@@ -144,54 +187,11 @@ def main() -> int:
     print(f"model {model.name}, threads {args.threads}, ctx {args.ctx}, ", end="")
     print(f"max_tokens {args.max_tokens}, {args.rounds} rounds per side, greedy")
 
-    # The bench's brain is silent while the direct side generates; that is not news.
-    logging.getLogger("llmo.broker").setLevel(logging.ERROR)
-    # The broker knows its worker by name, as with ``[[workers]]`` on a rig; the bench
-    # itself is the brain (heartbeating as the real one does) and the only sender of
-    # assignments and model loads.
-    broker = Broker(
-        "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", roles=Roles(workers=frozenset({WORKER}))
-    )
-    threading.Thread(target=broker.run, daemon=True).start()
-    brain = Client(BRAIN, broker.router_endpoint)
-    brain.tick()
-    folder = Path(tempfile.mkdtemp(prefix="llmo-bench-"))
-    (folder / "client.py").write_text(CLIENT)
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmo.cli.main",
-            "worker",
-            "--name",
-            WORKER,
-            "--broker",
-            broker.router_endpoint,
-            "--model",
-            str(model),
-            "--threads",
-            str(args.threads),
-            "--ctx",
-            str(args.ctx),
-            "--extra-bufts",
-            args.extra_bufts,
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
+    broker, brain, folder, worker = bench_rig(model, args, CLIENT)
     try:
-        expect(brain, lambda m: isinstance(m, Register) and m.src == WORKER, 60)
         sent = time.perf_counter()
-        brain.send(ModelLoad(dst=WORKER, model=alias, n_ctx=args.ctx))
-        hot = expect(
-            brain,
-            lambda m: isinstance(m, ModelStatus) and m.state in ("hot", "failed"),
-            300,
-        )
+        hot = load(brain, alias, args.ctx)
         load_to_hot = time.perf_counter() - sent
-        if hot.state != "hot":
-            raise SystemExit(f"load failed: {hot.error}")
 
         started = time.perf_counter()
         llm = open_llama(spec)

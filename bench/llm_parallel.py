@@ -29,27 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from llm_overhead import expect
+from llm_overhead import bench_rig, expect, load
 
-from llmo.broker.roles import Roles
-from llmo.broker.service import Broker
 from llmo.proto.client import Client
 from llmo.proto.messages import (
-    BRAIN,
-    ModelLoad,
-    ModelStatus,
-    Register,
     TaskAssign,
     TaskDone,
     TaskFailed,
@@ -202,52 +193,11 @@ def main() -> int:
     prefix = shared_prefix(llm, 300)
     llm.close()
 
-    logging.getLogger("llmo.broker").setLevel(logging.ERROR)
-    broker = Broker(
-        "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", roles=Roles(workers=frozenset({WORKER}))
-    )
-    threading.Thread(target=broker.run, daemon=True).start()
-    brain = Client(BRAIN, broker.router_endpoint)
-    brain.tick()
-    folder = Path(tempfile.mkdtemp(prefix="llmo-bench-"))
-    (folder / "client.py").write_text(CLIENT)
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmo.cli.main",
-            "worker",
-            "--name",
-            WORKER,
-            "--broker",
-            broker.router_endpoint,
-            "--model",
-            str(model),
-            "--threads",
-            str(args.threads),
-            "--ctx",
-            str(args.ctx),
-            "--parallel",
-            str(args.parallel),
-            "--slots",
-            "2",
-            "--extra-bufts",
-            args.extra_bufts,
-            "--cache-dir",
-            str(folder / "cache"),
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
+    cache = tempfile.mkdtemp(prefix="llmo-bench-cache-")  # a fresh, empty result cache
+    options = ("--parallel", str(args.parallel), "--slots", "2", "--cache-dir", cache)
+    broker, brain, folder, worker = bench_rig(model, args, CLIENT, *options)
     try:
-        expect(brain, lambda m: isinstance(m, Register) and m.src == WORKER, 60)
-        brain.send(ModelLoad(dst=WORKER, model=alias, n_ctx=args.ctx))
-        hot = expect(
-            brain, lambda m: isinstance(m, ModelStatus) and m.state in ("hot", "failed"), 300
-        )
-        if hot.state != "hot":
-            raise SystemExit(f"load failed: {hot.error}")
+        load(brain, alias, args.ctx)
         figures = run_task(
             brain,
             folder,
