@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> int:
-    from llmo.cli.watch import BatchView, Screen, follow
+    from llmo.cli.watch import BatchView, watch_to_end
     from llmo.proto.errors import ErrorCode
     from llmo.proto.messages import (
         BRAIN,
@@ -185,9 +185,7 @@ def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> 
             return answer if isinstance(answer, SnapshotReply) else None
 
         view = BatchView(reply.batch_id, history_path=reply.history_path)
-        screen = None if args.json else Screen(sys.stdout)
-        view = follow(view, subscriber, take_snapshot, screen)
-        return _finish(view, args.json)
+        return watch_to_end(view, subscriber, take_snapshot, args.json)
     except ToolError as exc:
         return fail("submit", exc)
     except KeyboardInterrupt:
@@ -197,29 +195,3 @@ def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> 
         if subscriber is not None:
             subscriber.close()
         session.close()
-
-
-def _finish(view, as_json: bool) -> int:
-    summary_path = Path(view.history_path) / "RUN_SUMMARY.json"
-    summary = None
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    if as_json:
-        out = {
-            "batch_id": view.batch_id,
-            "state": view.state,
-            "batch": view.batch.to_wire() if view.batch is not None else {},
-            "summary": summary,
-        }
-        print(json.dumps(out, indent=2, default=str))
-    else:
-        print(f"batch {view.batch_id} {view.state}")
-        md = Path(view.history_path) / "RUN_SUMMARY.md"
-        if md.exists():
-            print(f"summary: {md}")
-        escalation = Path(view.history_path) / "ESCALATION.md"
-        if view.state != "complete" and escalation.exists():
-            print(f"escalation: {escalation}")
-    return 0 if view.state == "complete" else 1

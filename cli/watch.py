@@ -22,11 +22,13 @@ the next snapshot covers whatever it was.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TextIO
 
 from llmo.proto.errors import ProtocolError
@@ -262,3 +264,43 @@ def follow(
         now = clock()
         screen.show(render(view, now, started), now, force=True)
     return view
+
+
+def watch_to_end(
+    view: BatchView,
+    subscriber,
+    take_snapshot: Callable[[], SnapshotReply | None],
+    as_json: bool,
+) -> int:
+    """Follow the batch to its end (``follow``; the progress screen unless ``as_json``),
+    then print how it ended and where its summary and escalation are: exit 0 for a
+    complete batch, 1 otherwise. The view of ``submit --watch`` and ``llmo watch``."""
+    view = follow(view, subscriber, take_snapshot, None if as_json else Screen(sys.stdout))
+    return report_end(view, as_json)
+
+
+def report_end(view: BatchView, as_json: bool) -> int:
+    """How the batch ended and where its summary and escalation are: 0 if complete."""
+    summary_path = Path(view.history_path) / "RUN_SUMMARY.json"
+    summary = None
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    if as_json:
+        out = {
+            "batch_id": view.batch_id,
+            "state": view.state,
+            "batch": view.batch.to_wire() if view.batch is not None else {},
+            "summary": summary,
+        }
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(f"batch {view.batch_id} {view.state}")
+        md = Path(view.history_path) / "RUN_SUMMARY.md"
+        if md.exists():
+            print(f"summary: {md}")
+        escalation = Path(view.history_path) / "ESCALATION.md"
+        if view.state != "complete" and escalation.exists():
+            print(f"escalation: {escalation}")
+    return 0 if view.state == "complete" else 1

@@ -28,8 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmo.cli.submit_cmd import _finish
-    from llmo.cli.watch import BatchView, Screen, follow
+    from llmo.cli.watch import BatchView, watch_to_end
     from llmo.proto.messages import BRAIN, SnapshotReply, SnapshotRequest
     from llmo.proto.pubsub import Subscriber, topic
 
@@ -65,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
             f"watching batch {batch_id} on {where}; history in {view.history_path}",
             file=sys.stderr,
         )
-        screen = None if args.json else Screen(sys.stdout)
-        view = follow(view, subscriber, take_snapshot, screen)
-        return _finish(view, args.json)
+        return watch_to_end(view, subscriber, take_snapshot, args.json)
     except ToolError as exc:
         return fail("watch", exc)
     except KeyboardInterrupt:

@@ -89,12 +89,12 @@ def test_follow_resyncs_on_a_gap_and_stops_at_the_end():
 
 
 def test_a_failed_batch_points_to_its_escalation_and_summary(tmp_path, capsys):
-    from llmo.cli.submit_cmd import _finish
+    from llmo.cli.watch import report_end
 
     (tmp_path / "RUN_SUMMARY.md").write_text("# summary\n")
     (tmp_path / "ESCALATION.md").write_text("# escalation\n")
     view = BatchView("B", state="failed", history_path=str(tmp_path))
-    assert _finish(view, False) == 1
+    assert report_end(view, False) == 1
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "batch B failed",
@@ -103,5 +103,5 @@ def test_a_failed_batch_points_to_its_escalation_and_summary(tmp_path, capsys):
     ]
     (tmp_path / "ESCALATION.md").unlink()
     view = BatchView("B", state="complete", history_path=str(tmp_path))
-    assert _finish(view, False) == 0
+    assert report_end(view, False) == 0
     assert "escalation" not in capsys.readouterr().out
