@@ -166,14 +166,11 @@ class BrainService:
     def start(self) -> None:
         """Recover from the journal and connect (``run`` calls it). On a disk too full
         to recover on, the brain starts on the state it reads, in ``disk_full``."""
-        try:
-            self.state = self.journal.recover({"broker": self.endpoint})
-            self.recovered = True
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
+        full = self._recover()
+        if full is not None:
             self.state = self.journal.read_state()
-            self._fail_disk(exc)
+            self._fail_disk(full)
+        assert self.state is not None, "recovered, or read while the disk is full"
         resumed = self.state.events > 0
         log.info(
             "brain: journal %s holds %d events, %d batches (%d running): %s",
@@ -190,6 +187,18 @@ class BrainService:
                 self.feed(Resumed())
             self.flush()
             self.configured = self.disk is None
+
+    def _recover(self) -> OSError | None:
+        """Lock the journal and recover the state from it; the error when the disk is
+        too full to (any other error is raised)."""
+        try:
+            self.state = self.journal.recover({"broker": self.endpoint})
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            return exc
+        self.recovered = True
+        return None
 
     def run(self, *, install_signals: bool = False) -> int:
         if install_signals:
@@ -465,15 +474,9 @@ class BrainService:
             self._retrying = False
 
     def _resume(self, held: DiskFull, free: int | None) -> None:
-        if not self.recovered:
-            try:
-                self.state = self.journal.recover({"broker": self.endpoint})
-                self.recovered = True
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                self.disk = held
-                return
+        if not self.recovered and self._recover() is not None:
+            self.disk = held
+            return
         if not self.configured:
             self.feed(Configure(self.config.to_dict()))
         self.feed(Resumed())
