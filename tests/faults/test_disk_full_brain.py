@@ -39,6 +39,7 @@ from llmo.proto.errors import ErrorCode
 from llmo.proto.messages import BRAIN, Error, PlanSubmit
 from tests.e2e_fixtures import Rig, Submitted, llmo_argv
 from tests.faults.counting import counting_plan, lines
+from tests.faults.disks import fill, mount, mount_tmpfs, unmount
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -52,21 +53,13 @@ def three_tasks(root: Path, name: str, sleep_s: float = 0.2) -> Path:
     return counting_plan(root, name, [(first, "none"), ([("b1", sleep_s)], "a1, a2")])
 
 
-def mount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], capture_output=True, text=True)
-
-
 @pytest.fixture
 def small_rig(tmp_path: Path) -> Iterator[tuple[Rig, Path]]:
     """A rig whose rig folder is a 2 MiB tmpfs (logs on ordinary disk)."""
     rig_dir, logs = tmp_path / "rig", tmp_path / "logs"
     rig_dir.mkdir()
     logs.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs for the rig folder")
-    done = mount("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(rig_dir))
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    mount_tmpfs(rig_dir, "2m")
     mounted = [rig_dir]
     rig = None
     try:
@@ -84,30 +77,8 @@ def small_rig(tmp_path: Path) -> Iterator[tuple[Rig, Path]]:
             left = rig.stop()
             print(rig.logs())
         for path in reversed(mounted):
-            subprocess.run(["umount", "-l", str(path)], check=False)
+            unmount(path)
     assert not left, left
-
-
-def fill(folder: Path) -> Path:
-    """Fill the file system of ``folder`` to its last byte."""
-    filler = folder / "filler"
-    with open(filler, "wb") as out:
-        try:
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    # The buffered tail that did not fit: write it byte by byte until none fits.
-    fd = os.open(filler, os.O_WRONLY | os.O_APPEND)
-    try:
-        while True:
-            os.write(fd, b"\0" * 512)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC, exc
-    finally:
-        os.close(fd)
-    return filler
 
 
 def status(rig: Rig) -> dict:
@@ -207,15 +178,11 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, unmounted at the end."""
     folder = tmp_path / "small"
     folder.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    done = mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder))
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    mount_tmpfs(folder, "1m")
     try:
         yield folder
     finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+        unmount(folder)
 
 
 def test_a_record_cut_short_by_a_full_disk_is_rolled_back(small_fs, fault_table) -> None:

@@ -31,6 +31,7 @@ import pytest
 
 from llmo.proto.messages import Heartbeat, TaskAssign, TaskCancel, TaskDone, TaskFailed, TaskStarted
 from tests.e2e_fixtures import llmo_argv
+from tests.faults.disks import fill, mount_tmpfs, unmount
 from tests.reporting import say
 from tests.waiting import wait_for, wait_until
 from tests.worker_fixtures import brain_factory
@@ -134,31 +135,11 @@ def small_disk(tmp_path) -> Iterator[Path]:
     """A 1 MiB tmpfs at ``tmp_path/disk``, unmounted at teardown."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {done.stderr.strip()}")
+    mount_tmpfs(disk, "1m")
     try:
         yield disk
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def fill(disk: Path, leave: int = 0) -> Path:
-    """Fill ``disk`` up to ``leave`` bytes free; the filler file."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
-    if leave:
-        os.truncate(filler, max(0, filler.stat().st_size - leave))
-    return filler
+        unmount(disk)
 
 
 def files_under(folder: Path) -> list[str]:
