@@ -35,6 +35,7 @@ from llmo.brain import (
     goal,
     liveness,
     models,
+    reopen,
     results,
     stopping,
     submit,
@@ -69,6 +70,7 @@ from llmo.proto.messages import (
     Register,
     SnapshotReply,
     SnapshotRequest,
+    TaskRetry,
     WorkerDrain,
 )
 from llmo.proto.states import TASK_ACTIVE
@@ -209,6 +211,22 @@ def on_batch_cancel(cx: Ctx, msg: BatchCancel) -> None:
     ack(cx, msg, True, f"batch {msg.batch_id} cancelled")
 
 
+def on_task_retry(cx: Ctx, msg: TaskRetry) -> None:
+    why = reopen.refusal(cx.state, msg.batch_id, msg.task_id)
+    if why:
+        cx.send(Error(dst=msg.src, code=ErrorCode.REFUSED, reply_to=msg.id, detail=why))
+        return
+    batch = cx.state.batches[msg.batch_id]
+    was = batch.state
+    back = reopen.reopen(cx, batch, batch.tasks[msg.task_id], msg.reason or f"retried by {msg.src}")
+    detail = f"task {msg.task_id} of batch {batch.id} re-opened with a fresh attempt budget"
+    if back:
+        detail += f"; {len(back)} skipped dependent(s) wait for it again"
+    if was != batch.state:
+        detail += f"; batch {batch.id} is running again"
+    ack(cx, msg, True, detail)
+
+
 def on_drain(cx: Ctx, msg: WorkerDrain) -> None:
     worker = cx.state.workers.get(msg.worker)
     if worker is None or not worker.alive:
@@ -282,6 +300,7 @@ MESSAGE_HANDLERS: dict[MsgType, Callable[[Ctx, Any], None]] = {
     MsgType.WORKER_DRAIN: on_drain,
     MsgType.PLAN_SUBMIT: submit.on_submit,
     MsgType.BATCH_CANCEL: on_batch_cancel,
+    MsgType.TASK_RETRY: on_task_retry,
     MsgType.SNAPSHOT_REQUEST: on_snapshot,
     MsgType.PEER_DOWN: on_peer_down,
     MsgType.PEER_UP: lambda cx, msg: None,  # a heartbeat or registration follows
@@ -415,6 +434,7 @@ REQUEST_TYPES = frozenset(
         MsgType.PLAN_SUBMIT,
         MsgType.SNAPSHOT_REQUEST,
         MsgType.BATCH_CANCEL,
+        MsgType.TASK_RETRY,
         MsgType.WORKER_DRAIN,
         MsgType.MODEL_LOAD,
         MsgType.MODEL_UNLOAD,

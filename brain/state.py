@@ -22,6 +22,7 @@ Task states::
     assigned|running -retry-> delayed -due-> ready      (backoff)
     assigned|running -requeue-> ready                   (exit 75, lost worker)
     any live state -fail-> failed | -skip-> skipped | -cancel-> cancelled
+    failed|skipped -reopen-> pending                    (the operator's retry)
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ TASK_TRANSITIONS: dict[TaskState, dict[str, TaskState]] = {
     "expanding": {"expanded": "expanded", "succeed": "done", **_LIVE_EXITS},
     "expanded": {"succeed": "done", **_LIVE_EXITS},
     "done": {},
-    "failed": {},
-    "skipped": {},
+    "failed": {"reopen": "pending"},  # the operator's retry (brain.reopen)
+    "skipped": {"reopen": "pending"},  # a dependent of a retried task
     "cancelled": {},
 }
 
@@ -70,7 +71,7 @@ TASK_TRANSITIONS: dict[TaskState, dict[str, TaskState]] = {
 BATCH_TRANSITIONS: dict[BatchState, dict[str, BatchState]] = {
     "running": {"complete": "complete", "fail": "failed", "cancel": "cancelled"},
     "complete": {},
-    "failed": {},
+    "failed": {"reopen": "running"},  # a task of it was retried (brain.reopen)
     "cancelled": {},
 }
 

@@ -240,7 +240,9 @@ def skip_dependents(cx: Ctx, batch: Batch, task_id: str) -> None:
     dependents = batch.dependents
     while stack:
         top = stack.pop()
-        for dep_id in [*dependents.get(top, ()), *dependents.pop(expansion_key(top), ())]:
+        # (a skipped template never expands: its per-item dependents stay listed,
+        # for a retry that re-opens it, ``brain.reopen``)
+        for dep_id in [*dependents.get(top, ()), *dependents.get(expansion_key(top), ())]:
             dependent = tasks[dep_id]
             if dependent.state == "pending":
                 move(cx, batch, dependent, "skip")

@@ -62,9 +62,10 @@ from llmo.proto.messages import BatchEvent, Message
 def describe_message(msg: Message) -> str:
     parts = [msg.TYPE.value]
     attempt = getattr(msg, "attempt_id", "")
-    for name in ("reason", "mode", "exit_code", "state", "model", "peer", "batch_id", "ok"):
+    names = ("reason", "mode", "exit_code", "state", "model", "peer", "batch_id", "task_id", "ok")
+    for name in names:
         value = getattr(msg, name, None)
-        if value not in (None, "", ()) and not (name == "batch_id" and attempt):
+        if value not in (None, "", ()) and not (name in ("batch_id", "task_id") and attempt):
             parts.append(f"{name}={value}")
     if attempt:
         parts.append(f"[{attempt}]")

@@ -12,7 +12,7 @@ role:
   a worker that says ``role = "brain"`` in its ``Register``). A worker
   registers, heartbeats and reports on its tasks and its model.
 - ``tool``: every other name (``llmo submit``, ``llmo tui``, rig-admin). A
-  tool submits plans, cancels batches, asks for snapshots and sends control
+  tool submits plans, cancels batches, retries failed tasks, asks for snapshots and sends control
   requests (load, unload, drain) to the brain, which checks and forwards them.
 
 Workers and tools talk to the brain (and heartbeat to the broker); only the
@@ -75,6 +75,7 @@ ALLOWED: dict[Role, frozenset[MsgType]] = {
             MsgType.HEARTBEAT,
             MsgType.PLAN_SUBMIT,
             MsgType.BATCH_CANCEL,
+            MsgType.TASK_RETRY,
             MsgType.SNAPSHOT_REQUEST,
             MsgType.MODEL_LOAD,
             MsgType.MODEL_UNLOAD,

@@ -64,6 +64,7 @@ class MsgType(enum.StrEnum):
     PLAN_ACCEPTED = "plan.accepted"
     PLAN_REJECTED = "plan.rejected"
     BATCH_CANCEL = "batch.cancel"
+    TASK_RETRY = "task.retry"
     BATCH_EVENT = "batch.event"
     SNAPSHOT_REQUEST = "snapshot.request"
     SNAPSHOT_REPLY = "snapshot.reply"
@@ -545,6 +546,23 @@ class BatchCancel(Message):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TaskRetry(Message):
+    """Re-open a task that failed for good (tool -> brain).
+
+    The task gets a fresh attempt budget, the dependents it had skipped wait
+    for it again, and a batch that ended ``failed`` runs again. The brain
+    answers with an ``Ack``, or an ``Error`` with code ``refused`` naming why
+    (no such batch or task, a task that has not failed, a batch that cannot
+    run again).
+    """
+
+    TYPE = MsgType.TASK_RETRY
+    batch_id: str
+    task_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class BatchEvent(Message):
     """A lifecycle change (brain -> broker, published to monitors).
 
@@ -650,6 +668,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         PlanAccepted,
         PlanRejected,
         BatchCancel,
+        TaskRetry,
         BatchEvent,
         SnapshotRequest,
         SnapshotReply,

@@ -23,7 +23,7 @@ from llmo.brain.journal import Journal
 from llmo.brain.trace import replay_lines
 from llmo.cli.main import main
 from llmo.proto.codec import encode
-from llmo.proto.messages import BatchCancel, PeerDown
+from llmo.proto.messages import BatchCancel, PeerDown, TaskRetry
 from tests.brain_fixtures import Rig, plan_text
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,7 +66,19 @@ def scenario_mixed(rig: Rig) -> None:
     rig.auto(outcome, until=lambda: rig.state.batches[first].state != "running")
 
 
-SCENARIOS = {"mixed": scenario_mixed}
+def scenario_retry(rig: Rig) -> None:
+    """A task fails all its attempts, its batch fails; the operator retries it and it ends done."""
+    rig.worker("gpu-1", slots=1)
+    batch = rig.submit(
+        plan_text("fetch | cpu | python fetch.py", "use | cpu | python use.py | fetch")
+    ).batch_id
+    rig.auto(lambda a: 1 if a.task_id == "fetch" else "done", step_s=30.0)
+    rig.msg(TaskRetry(batch_id=batch, task_id="nope"), src="retry-1")  # refused
+    rig.msg(TaskRetry(batch_id=batch, task_id="fetch", reason="disk mounted"), src="retry-1")
+    rig.auto(lambda a: "done", step_s=30.0)
+
+
+SCENARIOS = {"mixed": scenario_mixed, "retry": scenario_retry}
 
 
 def record(name: str, data: Path = DATA) -> tuple[Path, Path]:
@@ -131,6 +143,19 @@ def test_the_capture_covers_the_rules():
         "send task.cancel",
     ):
         assert needle in text, needle
+
+
+def test_llmo_replay_shows_a_retry(capsys):
+    journal_path, _ = golden("retry")
+    assert main(["replay", str(journal_path), "--quiet-ticks"]) == 0
+    out = capsys.readouterr().out
+    assert "recv task.retry reason=disk mounted batch_id=" in out
+    assert "task_id=fetch" in out
+    for needle in ("event batch_failed", "send error", "event batch_reopened"):
+        assert needle in out, needle
+    assert "event task_reopened" in out and out.rindex("event batch_completed") > out.index(
+        "event batch_reopened"
+    )
 
 
 def test_llmo_replay_prints_the_trace(capsys):
