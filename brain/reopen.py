@@ -46,10 +46,10 @@ def refusal(state: BrainState, batch_id: str, task_id: str) -> str:
     task = batch.tasks.get(task_id)
     if task is None:
         return f"batch {batch_id} has no task {task_id}"
-    if batch.state not in ("running", "failed"):
-        return f"batch {batch_id} was {batch.state}: submit it again (or resume it) instead"
     if task.state != "failed":
         return f"task {task_id} of batch {batch_id} is {task.state}, not failed"
+    if batch.state not in ("running", "failed"):
+        return f"batch {batch_id} was {batch.state}: submit it again (or resume it) instead"
     if batch.goal is not None:
         return (
             f"batch {batch_id} is steered by a goal, which decides what runs again: "

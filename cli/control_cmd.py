@@ -1,10 +1,13 @@
-"""``llmo cancel | drain | load | unload``: one request to the brain, and its outcome.
+"""``llmo cancel | retry | drain | load | unload``: one request to the brain, and its outcome.
 
 Theory of operation
 -------------------
 Each request is answered by the brain with an ``Ack``; a refusal (unknown
 batch or worker, a worker with no model to unload, a load already under way)
-is printed with exit code 1. ``cancel`` ends there. ``load``, ``unload`` and
+is printed with exit code 1. ``cancel`` ends there, and so does ``retry``
+(a failed task re-opened: the brain answers once the task, its skipped
+dependents and its batch run again; a refusal says why, e.g. a task that
+has not failed). ``load``, ``unload`` and
 ``drain`` then wait for what the worker really did, which the brain learns
 later: the command subscribes to the brain's published events *before* it
 sends the request, so no outcome can fall between the answer and the
@@ -45,6 +48,7 @@ from llmo.proto.messages import (
     ModelUnload,
     SnapshotReply,
     SnapshotRequest,
+    TaskRetry,
     WorkerDrain,
     WorkerInfo,
 )
@@ -289,6 +293,20 @@ class Cancel:
         return _send(
             args, "cancel", BatchCancel(dst=BRAIN, batch_id=args.batch, reason=args.reason)
         )
+
+
+class Retry:
+    @staticmethod
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("batch", help="the batch id, as printed by llmo submit")
+        parser.add_argument("task", help="the id of a task of that batch that failed for good")
+        parser.add_argument("--reason", default="retried by the operator")
+        _configure(parser)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        msg = TaskRetry(dst=BRAIN, batch_id=args.batch, task_id=args.task, reason=args.reason)
+        return _send(args, "retry", msg)
 
 
 class Drain:

@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("llmo.cli.watch_cmd", "follow a running batch again (the view of submit --watch)"),
     "history": ("llmo.cli.history_cmd", "a plan's past runs: status, wall time, tasks, tokens"),
     "cancel": ("llmo.cli.control_cmd:Cancel", "cancel a batch"),
+    "retry": (
+        "llmo.cli.control_cmd:Retry",
+        "run a failed task again: fresh attempts, its skipped dependents and batch re-opened",
+    ),
     "drain": ("llmo.cli.control_cmd:Drain", "drain a worker: finish running work, take no more"),
     "load": ("llmo.cli.control_cmd:Load", "load a model on a worker"),
     "unload": ("llmo.cli.control_cmd:Unload", "unload a worker's model"),
