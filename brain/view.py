@@ -96,6 +96,7 @@ def batch_view(batch: Batch) -> BatchInfo:
         counts=counts(batch),
         tokens=generated_tokens(batch),
         goal=goal_view(batch.goal) if batch.goal is not None else None,
+        config=dict(batch.config),
     )
 
 

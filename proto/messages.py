@@ -221,7 +221,8 @@ class GoalInfo(View):
 class BatchInfo(View):
     """One batch. ``priority`` is its number (higher runs first), ``tasks`` how
     many it holds, ``counts`` task state -> count (states with none left out),
-    ``tokens`` what its succeeded tasks generated (its tok/s: ``proto.rates``)."""
+    ``tokens`` what its succeeded tasks generated (its tok/s: ``proto.rates``),
+    ``config`` the plan settings it was submitted with (to run it again)."""
 
     id: str
     plan: str = ""
@@ -236,6 +237,7 @@ class BatchInfo(View):
     counts: dict[str, int] = field(default_factory=dict)
     tokens: int = 0
     goal: GoalInfo | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the settings it was submitted with
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

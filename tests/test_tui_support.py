@@ -34,18 +34,21 @@ from llmo.proto.messages import (
     Message,
     ModelLoad,
     ModelUnload,
+    PlanAccepted,
+    PlanSubmit,
     Register,
     SnapshotReply,
     SnapshotRequest,
     TaskInfo,
     TaskProgress,
+    TaskRetry,
     Telemetry,
     WorkerDrain,
     WorkerInfo,
 )
 from tests.waiting import wait_for
 
-CONTROL = (BatchCancel, WorkerDrain, ModelLoad, ModelUnload)
+CONTROL = (BatchCancel, WorkerDrain, ModelLoad, ModelUnload, TaskRetry)
 
 
 def gpu_telemetry(index: int, temp: float = 61.0, used: int = 4200) -> Telemetry:
@@ -132,6 +135,10 @@ class FakeRig:
         self.snapshot_requests: list[SnapshotRequest] = []
         self.answering = True
         self.ack: Callable[[Message], tuple[bool, str]] = lambda msg: (True, "ok")
+        # how a PlanSubmit is answered (PlanAccepted or PlanRejected, reply_to filled in)
+        self.plan_answer: Callable[[PlanSubmit], Message] = lambda msg: PlanAccepted(
+            reply_to="", batch_id="N1", tasks=2
+        )
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -266,3 +273,5 @@ class FakeRig:
         elif isinstance(msg, CONTROL):
             ok, detail = self.ack(msg)
             self.brain.send(Ack(dst=msg.src, reply_to=msg.id, ok=ok, detail=detail))
+        elif isinstance(msg, PlanSubmit):
+            self.brain.send(replace(self.plan_answer(msg), dst=msg.src, reply_to=msg.id))

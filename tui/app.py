@@ -12,10 +12,12 @@ The task table is a ``VirtualList``: its rows are recomputed (filter
 applied) at most ``TASK_REFRESH_S`` apart and only the visible lines are
 drawn, so a batch of 10,000 tasks stays cheap.
 
-Actions (cancel, drain, load, unload) ask first, go to the brain through the
-feed, and their answer lands in the events pane and as a notification. They
-are refused while the link is not live: a request queued on a dead link
-could reach the brain long after the operator gave up on it.
+Actions (cancel, drain, load, unload, and the run controls of
+``tui.controls``: retry, resume, re-run, cancel all, start a plan) ask first,
+go to the brain through the feed, and their answer lands in the events pane
+and as a notification. They are refused while the link is not live: a
+request queued on a dead link could reach the brain long after the operator
+gave up on it. The command palette (ctrl+p) lists them (``LlmoCommands``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from textual.message import Message
 from textual.widgets import Footer, Input, Static
 
 from llmo.proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
-from llmo.tui import render
+from llmo.tui import controls, render
 from llmo.tui.model import Model
 from llmo.tui.rows import TaskRow
 from llmo.tui.screens import ConfirmScreen, HelpScreen, LogScreen, PromptScreen
@@ -82,6 +84,7 @@ class Stats:
 
 class MonitorApp(App[None]):
     TITLE = "llmo"
+    COMMANDS = App.COMMANDS | {controls.LlmoCommands}
     CSS = """
     #status { height: 1; background: $panel; }
     #workers { height: auto; max-height: 14; border: round $primary-darken-2; }
@@ -105,6 +108,11 @@ class MonitorApp(App[None]):
         Binding("d", "drain", "Drain"),
         Binding("l", "load", "Load model"),
         Binding("u", "unload", "Unload"),
+        Binding("R", "retry_task", "Retry task", show=False),
+        Binding("E", "resume_batch", "Resume batch", show=False),
+        Binding("N", "rerun_batch", "Re-run batch", show=False),
+        Binding("C", "cancel_all", "Cancel all", show=False),
+        Binding("p", "start_plan", "Start plan", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
         Binding("r", "resync", "Refresh"),
@@ -208,6 +216,12 @@ class MonitorApp(App[None]):
                 self.feed.resync()
         if self.feed is not None:
             self.feed.taken()
+        for result in update.results:  # the brain's answers, also in the events pane
+            text = f"{result.label}: {result.text}"
+            if result.ok:
+                self.notify(text, timeout=8)
+            else:
+                self.notify(text, severity="error", timeout=8)
         self.redraw()
         stats = self.stats
         stats.updates += 1
@@ -399,7 +413,10 @@ class MonitorApp(App[None]):
 
     # --- actions -----------------------------------------------------------------------
 
-    MAIN_ONLY = frozenset({"cancel_batch", "drain", "load", "unload", "filter", "sort", "resync"})
+    MAIN_ONLY = frozenset(
+        {"cancel_batch", "drain", "load", "unload", "filter", "sort", "resync"}
+        | {"retry_task", "resume_batch", "rerun_batch", "cancel_all", "start_plan"}
+    )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The main screen's keys do nothing (and are not listed) over another screen."""
@@ -517,3 +534,20 @@ class MonitorApp(App[None]):
         self.push_screen(
             ConfirmScreen(f"Unload {row.model or 'the model'} from {row.name}?"), answer
         )
+
+    # run controls (tui.controls)
+
+    def action_retry_task(self) -> None:
+        controls.retry_task(self)
+
+    def action_resume_batch(self) -> None:
+        controls.resume_batch(self)
+
+    def action_rerun_batch(self) -> None:
+        controls.rerun_batch(self)
+
+    def action_cancel_all(self) -> None:
+        controls.cancel_all(self)
+
+    def action_start_plan(self) -> None:
+        controls.start_plan(self)

@@ -48,6 +48,9 @@ from llmo.proto.messages import (
     Message,
     PeerDown,
     PeerUp,
+    PlanAccepted,
+    PlanRejected,
+    PlanSubmit,
     SnapshotReply,
     SnapshotRequest,
     TaskProgress,
@@ -73,6 +76,19 @@ DRAIN_BURST = 5_000  # publications read per pass before the loop looks at its t
 # batch (its history path, its first tasks) and a foreach expansion (its items
 # are released quietly, in one step).
 RESYNC_EVENTS = frozenset({"batch_accepted", "task_expanded"})
+
+
+def submitted(label: str, reply: Message) -> ActionResult:
+    """The brain's answer to a ``PlanSubmit``: the new batch, or every error."""
+    if isinstance(reply, PlanAccepted):
+        text = f"accepted: batch {reply.batch_id} ({reply.tasks} tasks)"
+        if reply.warnings:
+            text += "; warnings: " + "; ".join(reply.warnings)
+        return ActionResult(label, True, text)
+    if isinstance(reply, PlanRejected):
+        errors = "; ".join(reply.errors) or "no reason given"
+        return ActionResult(label, False, f"rejected: {errors}")
+    return ActionResult(label, False, f"unexpected reply {reply.TYPE.value!r} from the brain")
 
 
 class _Pending:
@@ -377,11 +393,12 @@ class _Loop:
             except queue.Empty:
                 return
             try:
-                detail = self.session.control(msg)
+                if isinstance(msg, PlanSubmit):
+                    result = submitted(label, self.session.ask(msg))
+                else:
+                    result = ActionResult(label, True, self.session.control(msg) or "done")
             except ToolError as exc:
                 result = ActionResult(label, False, str(exc))
-            else:
-                result = ActionResult(label, True, detail or "done")
             self.pending.results.append(result)
 
     def snapshot(self, batch_id: str) -> None:

@@ -239,6 +239,7 @@ class Model:
         row.finished_at = b.finished_at
         row.counts = collections.Counter(b.counts)
         row.tokens = b.tokens
+        row.config = dict(b.config)
         if b.goal is not None:
             row.goal = b.goal
 

@@ -169,6 +169,7 @@ class BatchRow:
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     tokens: int = 0  # its succeeded tasks' generated tokens, as of the last snapshot
     goal: GoalInfo | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the settings it was submitted with
     templates: set[str] = field(default_factory=set)
     samples: collections.deque[tuple[float, int]] = field(
         default_factory=lambda: collections.deque(maxlen=int(ETA_WINDOW_S / SAMPLE_S) + 2)
