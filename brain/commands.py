@@ -83,6 +83,13 @@ class LinkFile:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoveFile:
+    """Remove a file that no longer tells the truth (none there: nothing to do)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class WriteEnvManifest:
     """Write ``path``: the Python modules the plan folder's scripts import, and
     whether the brain's environment has each (``brain.envscan``)."""
@@ -99,6 +106,7 @@ class Log:
 
 Command = (
     Send
+    | RemoveFile
     | ReadPlan
     | ReadManifest
     | MakeDirs

@@ -21,7 +21,10 @@ or returns ``""``. ``reopen`` carries it out:
 - the dependents it skipped go ``skipped -reopen-> pending`` again, each
   only once none of its dependencies is still failed, skipped or cancelled
   (a dependent that another failure skipped stays skipped);
-- a batch that had ended ``failed`` goes ``failed -reopen-> running``;
+- a batch that had ended ``failed`` goes ``failed -reopen-> running``; its
+  ``ESCALATION.md`` and ``results/batch_failure.json`` are removed (they
+  would say it failed; its events file keeps the whole story) and written
+  again if it fails again;
 - the task is released if its dependencies are done, and runs as any other.
 
 Everything is published (``task_reopened``, ``batch_reopened``) and, since
@@ -32,6 +35,7 @@ the journal re-opens the same task at the same point.
 from __future__ import annotations
 
 from llmo.brain import tasks
+from llmo.brain.commands import RemoveFile
 from llmo.brain.ctx import Ctx
 from llmo.brain.state import Batch, BrainState, TaskRun, advance
 from llmo.brain.tasks import expansion_key
@@ -74,6 +78,8 @@ def reopen(cx: Ctx, batch: Batch, task: TaskRun, why: str) -> list[str]:
         batch.finished_at = 0.0
         batch.end_reason = ""
         cx.publish(batch, "batch_reopened", retried=task.id, reason=why)
+        for name in ("ESCALATION.md", "results/batch_failure.json"):
+            cx.out.append(RemoveFile(f"{batch.history_path}/{name}"))
     _reopen_task(cx, batch, task)
     task.attempts = 0
     task.lost_workers = 0

@@ -58,6 +58,7 @@ like any error, and that brain keeps running.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -80,6 +81,7 @@ from llmo.brain.commands import (
     MakeDirs,
     ReadManifest,
     ReadPlan,
+    RemoveFile,
     Send,
     WriteEnvManifest,
     WriteFile,
@@ -119,7 +121,7 @@ log = logging.getLogger("llmo.brain")
 TICK_S = 0.5
 REFUSED_EXIT = 2  # another brain holds the name at the broker: not for a restart
 BURST = 1000
-FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile, LinkFile, WriteEnvManifest)
+FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile, LinkFile, WriteEnvManifest, RemoveFile)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 RETRY_FREE_BYTES = 64 * 1024  # a full brain tries to journal again once this much is free
 RETRY_EVERY_S = 30.0  # ... or this often anyway (quotas, EIO: free bytes do not tell)
@@ -521,7 +523,14 @@ class BrainService:
                 case Send(msg=msg):
                     assert self.client is not None, "start() first"
                     self.client.send(msg)
-                case AppendLines() | WriteFile() | MakeDirs() | LinkFile() | WriteEnvManifest():
+                case (
+                    AppendLines()
+                    | WriteFile()
+                    | MakeDirs()
+                    | LinkFile()
+                    | WriteEnvManifest()
+                    | RemoveFile()
+                ):
                     write_files(command)
                 case ReadPlan():
                     self.feed(read_plan(command, self.config.plan_roots))
@@ -546,7 +555,7 @@ class BrainService:
 
 def write_files(command: Command) -> None:
     """Carry out one history file command (``MakeDirs``, ``AppendLines``, ``WriteFile``,
-    ``LinkFile``, ``WriteEnvManifest``; see ``brain.histfiles``)."""
+    ``LinkFile``, ``WriteEnvManifest``, ``RemoveFile``; see ``brain.histfiles``)."""
     match command:
         case AppendLines(path=path, lines=lines):
             append_lines(path, lines)
@@ -569,6 +578,9 @@ def write_files(command: Command) -> None:
         case MakeDirs(paths=paths):
             for path in paths:
                 os.makedirs(path, exist_ok=True)
+        case RemoveFile(path=path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 def refuses_this_brain(msg: Message) -> bool:

@@ -30,6 +30,7 @@ from llmo.brain.commands import (
     MakeDirs,
     ReadManifest,
     ReadPlan,
+    RemoveFile,
     Send,
     WriteEnvManifest,
     WriteFile,
@@ -107,6 +108,8 @@ def describe_command(command: Command) -> str:
             return f"{text} env {json.dumps(env, ensure_ascii=False)[:200]}" if env else text
         case WriteFile(path=path):
             return f"write {path}"
+        case RemoveFile(path=path):
+            return f"remove {path}"
         case AppendLines(path=path, lines=lines):
             return f"append {len(lines)} lines to {path}"
         case MakeDirs(paths=paths):

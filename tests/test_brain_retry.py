@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmo.brain import reopen
-from llmo.brain.commands import WriteFile
+from llmo.brain.commands import RemoveFile, WriteFile
 from llmo.brain.config import BrainConfig
 from llmo.proto.errors import ErrorCode
 from llmo.proto.messages import Ack, BatchCancel, BatchEvent, Error, TaskRetry
@@ -45,8 +45,13 @@ def test_retry_reopens_the_task_its_dependents_and_the_batch_which_then_complete
     assert rig.states(batch) == {"a": "failed", "b": "skipped", "d": "skipped", "c": "done"}
     old_attempts = {a.attempt_id for a in rig.assigns() if a.task_id == "a"}
     since = len(rig.sent)
+    commands = len(rig.commands)
 
     answer = retry(rig, batch, "a")
+
+    history = rig.state.batches[batch].history_path
+    removed = [c.path for c in rig.commands[commands:] if isinstance(c, RemoveFile)]
+    assert removed == [f"{history}/ESCALATION.md", f"{history}/results/batch_failure.json"]
 
     assert isinstance(answer, Ack) and answer.ok, answer
     assert "2 skipped dependent(s)" in answer.detail and "running again" in answer.detail

@@ -58,6 +58,7 @@ def test_retry_runs_a_failed_task_again_and_the_batch_completes(rig_factory):
     assert done.returncode == 1, said(done)
     assert f"task after of batch {batch} is skipped, not failed" in done.stderr, said(done)
 
+    assert (first.history / "ESCALATION.md").exists()
     (plan / "ready").write_text("")  # the cause is fixed
     done = rig.llmo("retry", batch, "needs")
     assert done.returncode == 0, said(done)
@@ -72,9 +73,13 @@ def test_retry_runs_a_failed_task_again_and_the_batch_completes(rig_factory):
     assert (history / "after.txt").read_text().strip() == "done"
     summary = json.loads((history / "RUN_SUMMARY.json").read_text())
     assert summary["status"] == "complete", summary.get("status")
+    # nothing left that says the batch failed, but its events keep the failure
+    assert not (history / "ESCALATION.md").exists()
+    assert not (history / "results" / "batch_failure.json").exists()
     events = [json.loads(x) for x in (history / "batch_events.jsonl").read_text().splitlines()]
     names = [e["event"] for e in events]
     assert "batch_reopened" in names and names.count("task_reopened") == 2, names
+    assert names.index("batch_failed") < names.index("batch_reopened"), names
 
     done = rig.llmo("retry", batch, "needs")
     assert done.returncode == 1, said(done)
