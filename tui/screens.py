@@ -39,7 +39,7 @@ HELP_KEYS: Sequence[tuple[str, str]] = (
     ("l", "load a model on the selected worker"),
     ("u", "unload the selected worker's model"),
     ("R", "retry the selected failed task: fresh attempts, its batch runs again"),
-    ("E", "resume the selected failed or cancelled batch: what succeeded stays done"),
+    ("E", "resume the selected failed or cancelled batch: the rest runs again"),
     ("N", "re-run the selected batch's plan as a new batch, with its settings"),
     ("C", "cancel every running batch (asks first, with the count)"),
     ("p", "start a plan: PLAN_DIR (or its plan.md) and KEY=VALUE settings"),
