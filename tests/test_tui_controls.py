@@ -19,7 +19,7 @@ from tests.test_tui_support import batch_view, task_view, worker_view
 
 pytestmark = pytest.mark.timeout(60)
 
-CONFIG = {"TARGET_COUNT": 3, "RUN_MODE": "fresh", "BATCH_ID": "F"}
+CONFIG = {"TARGET_COUNT": 3, "RUN_MODE": "fresh", "BATCH_ID": "F", "TAG": "[/x]"}
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ async def select_task(pilot: Pilot, app: MonitorApp, task_id: str) -> None:
 async def confirm(pilot: Pilot, app: MonitorApp, key: str, answer: str) -> str:
     await pilot.press(key)
     await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
-    question = str(app.screen.question)  # type: ignore[attr-defined]
+    question = str(app.screen.query_one("#question").render())  # as shown, markup read
     await pilot.press(answer)
     await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
     return question
@@ -136,21 +136,30 @@ def test_resume_and_rerun_submit_the_batch_plan_with_its_config(rig):
         assert "Resume batch F" in question
         sent = rig.fake.wait_for(PlanSubmit)
         assert sent.plan_path == "/srv/plans/hello"
-        assert sent.config == {"TARGET_COUNT": 3, "RUN_MODE": "resume", "RESUME_BATCH_ID": "F"}
+        assert sent.config == {
+            "TARGET_COUNT": 3,
+            "TAG": "[/x]",
+            "RUN_MODE": "resume",
+            "RESUME_BATCH_ID": "F",
+        }
         await until(pilot, lambda: "resume F: accepted: batch N1 (2 tasks)" in events_text(app))
         rig.fake.requests.clear()
         rig.fake.plan_answer = lambda msg: PlanRejected(
-            reply_to="", errors=("plan.md:12: task x: unknown dependency 'y'", "second problem")
+            reply_to="",
+            errors=("plan.md:12: task x: unknown dependency 'y'", "second [/b] problem"),
         )
         question = await confirm(pilot, app, "N", "y")
-        assert "TARGET_COUNT=3" in question and "RUN_MODE" not in question
+        assert "TARGET_COUNT=3, TAG=[/x]" in question and "RUN_MODE" not in question
         sent = rig.fake.wait_for(PlanSubmit)
-        assert sent.plan_path == "/srv/plans/hello" and sent.config == {"TARGET_COUNT": 3}
+        assert sent.plan_path == "/srv/plans/hello" and sent.config == {
+            "TARGET_COUNT": 3,
+            "TAG": "[/x]",
+        }
         await until(
             pilot,
             lambda: (
                 "re-run F: rejected: plan.md:12: task x: unknown dependency 'y'; "
-                "second problem" in events_text(app)
+                "second [/b] problem" in events_text(app)
             ),
             what="every error of the rejection",
         )
@@ -242,7 +251,7 @@ def test_the_palette_lists_llmos_actions_and_runs_them(rig):
         await until(pilot, lambda: "Cancel all batches" in listed(), what="the command")
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
-        assert "Cancel all 2 running" in str(app.screen.question)  # type: ignore[attr-defined]
+        assert "Cancel all 2 running" in str(app.screen.query_one("#question").render())
         await pilot.press("n")
         await pilot.press("ctrl+p")
         await until(pilot, lambda: isinstance(app.screen, CommandPalette))

@@ -183,3 +183,34 @@ def test_disconnected_greys_the_panels(snap_compare):
 
 def test_help_screen(snap_compare):
     assert snap_compare(fixed_app(fixed_model()), press=["question_mark"], terminal_size=(140, 42))
+
+
+class _Feed:
+    """Stands in for the link, so that the run controls ask their question."""
+
+    def act(self, label: str, msg: object) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+async def _ask_retry(pilot) -> None:
+    app = pilot.app
+    app.feed = _Feed()
+    tasks = app.task_list
+    tasks.move_cursor_to(next(i for i, r in enumerate(tasks.rows) if r.id == "summarise_044"))
+    await pilot.press("R")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_retry_question(snap_compare, size):
+    assert snap_compare(fixed_app(fixed_model()), run_before=_ask_retry, terminal_size=size)
+
+
+def test_start_plan_prompt_at_80_by_24(snap_compare):
+    async def ask(pilot) -> None:
+        pilot.app.feed = _Feed()
+        await pilot.press("p", *"/srv/plans/hello N=3")
+
+    assert snap_compare(fixed_app(fixed_model()), run_before=ask, terminal_size=(80, 24))

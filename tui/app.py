@@ -219,9 +219,9 @@ class MonitorApp(App[None]):
         for result in update.results:  # the brain's answers, also in the events pane
             text = f"{result.label}: {result.text}"
             if result.ok:
-                self.notify(text, timeout=8)
+                self.notify(text, timeout=8, markup=False)
             else:
-                self.notify(text, severity="error", timeout=8)
+                self.notify(text, severity="error", timeout=8, markup=False)
         self.redraw()
         stats = self.stats
         stats.updates += 1

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from llmo.proto.messages import BRAIN, BatchCancel, PlanSubmit, TaskRetry
@@ -122,7 +123,7 @@ def retry_task(app: MonitorApp) -> None:
             )
             app._send(f"retry {batch_id}/{task_id}", msg)
 
-    app.push_screen(ConfirmScreen(question), answer)
+    app.push_screen(ConfirmScreen(escape(question)), answer)
 
 
 def _ended_batch(app: MonitorApp, verb: str) -> BatchRow | None:
@@ -174,7 +175,7 @@ def _confirm_submit(
         if yes:
             app._send(label, PlanSubmit(dst=BRAIN, plan_path=plan_path, config=config))
 
-    app.push_screen(ConfirmScreen(question), answer)
+    app.push_screen(ConfirmScreen(escape(question)), answer)
 
 
 def cancel_all(app: MonitorApp) -> None:
@@ -196,13 +197,13 @@ def cancel_all(app: MonitorApp) -> None:
                 msg = BatchCancel(dst=BRAIN, batch_id=batch.id, reason="cancel all, llmo tui")
                 app._send(f"cancel {batch.id}", msg)
 
-    app.push_screen(ConfirmScreen(question), answer)
+    app.push_screen(ConfirmScreen(escape(question)), answer)
 
 
 def start_plan(app: MonitorApp) -> None:
     if not app._can_act():
         return
-    question = "Start which plan? PLAN_DIR (or its plan.md), then any KEY=VALUE settings"
+    question = "Start which plan? PLAN_DIR or its plan.md, then KEY=VALUE ..."
 
     def answer(text: str | None) -> None:
         if not text:
@@ -212,7 +213,7 @@ def start_plan(app: MonitorApp) -> None:
         except ValueError as exc:
             app.model.note(app.clock(), "error", f"start plan: {exc}")
             app.redraw()
-            app.notify(f"start plan: {exc}", severity="error", timeout=8)
+            app.notify(f"start plan: {exc}", severity="error", timeout=8, markup=False)
             return
         if app._can_act():
             app._send(f"start {path}", PlanSubmit(dst=BRAIN, plan_path=path, config=config))
