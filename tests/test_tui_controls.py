@@ -276,3 +276,42 @@ def test_parse_start_reads_a_path_and_settings():
         with pytest.raises(ValueError, match=says):
             parse_start(bad)
     assert os.path.isabs(parse_start("x")[0])
+
+
+def test_the_model_follows_a_retry_of_a_failed_batch():
+    from llmo.proto.messages import BatchEvent, SnapshotReply
+    from llmo.tui.model import Model
+    from llmo.tui.wording import describe
+
+    model = Model()
+    reply = SnapshotReply(
+        reply_to="",
+        rev=5,
+        batches=(
+            batch_view("F", "hello", {"failed": 1, "skipped": 1}, state="failed", finished_at=90.0),
+        ),
+        tasks=(
+            task_view("F", "b", "failed", attempts=3, error="exit 2", exit_code=2),
+            task_view("F", "c", "skipped"),
+        ),
+    )
+    model.seed(reply, 100.0, batch_id="F")
+    model.select_batch("F")
+
+    def event(rev: int, name: str, task: str = "", state: str = "", **detail) -> BatchEvent:
+        return BatchEvent(
+            rev=rev, batch_id="F", event=name, task_id=task, state=state, detail=detail
+        )
+
+    reopened = event(6, "batch_reopened", state="running", retried="b", reason="from tui")
+    assert describe(reopened, "hello") == "batch F (hello) re-opened: task b retried"
+    model.apply_event(reopened, 101.0)
+    model.apply_event(event(7, "task_reopened", "b", "pending", reason="from tui"), 101.0)
+    model.apply_event(event(8, "task_reopened", "c", "pending", because="b"), 101.0)
+    batch = model.batches["F"]
+    assert batch.state == "running" and not batch.finished and batch.finished_at is None
+    row = model.tasks["F"]["b"]
+    assert (row.state, row.attempts, row.error, row.exit_code) == ("pending", 0, "", None)
+    assert any("reopened" in line for line in row.history or ())
+    assert batch.counts["failed"] == 0 and batch.counts["pending"] == 2
+    assert "batch F (hello) re-opened: task b retried" in [e.text for e in model.events]

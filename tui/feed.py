@@ -74,8 +74,9 @@ MAX_PENDING_EVENTS = 20_000
 DRAIN_BURST = 5_000  # publications read per pass before the loop looks at its timers
 # Events after which the brain's state holds more than the events tell: a new
 # batch (its history path, its first tasks) and a foreach expansion (its items
-# are released quietly, in one step).
-RESYNC_EVENTS = frozenset({"batch_accepted", "task_expanded"})
+# are released quietly, in one step), and a batch re-opened by a retry (a
+# finished batch's tasks are not kept unless it is selected).
+RESYNC_EVENTS = frozenset({"batch_accepted", "task_expanded", "batch_reopened"})
 
 
 def submitted(label: str, reply: Message) -> ActionResult:

@@ -357,6 +357,10 @@ class Model:
         if ev.attempt_id:
             row.attempt_id = ev.attempt_id
         detail = ev.detail
+        if ev.event == "task_reopened":  # the operator's retry: a fresh attempt budget
+            row.attempts = 0
+            row.error = ""
+            row.exit_code = row.duration_s = None
         if ev.event == "task_started":
             if ev.attempt_id and ev.attempt_id != row.counted:
                 row.attempts += 1
@@ -398,6 +402,8 @@ class Model:
             batch.counts = collections.Counter({k: int(v) for k, v in detail["counts"].items()})
         if ev.event.startswith("goal_"):
             batch.goal = _goal_after(batch.goal, ev)
+        if ev.event == "batch_reopened":  # a retried task: it runs again
+            batch.finished_at = None
         if batch.finished:
             batch.finished_at = batch.finished_at or when
             if ev.batch_id != self.selected_batch:

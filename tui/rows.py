@@ -42,6 +42,8 @@ EVENT_LEVELS: dict[str, str] = {
     "batch_cancelled": "warning",
     "batch_interrupted": "warning",
     "batch_resumed": "info",
+    "batch_reopened": "warning",
+    "task_reopened": "info",
     "worker_up": "info",
     "worker_registered": "info",
     "worker_down": "error",
@@ -58,7 +60,14 @@ EVENT_LEVELS: dict[str, str] = {
     "brain_resumed": "warning",
 }
 TASK_NOTABLE = frozenset(
-    {"task_retried", "task_failed", "task_aborting", "task_killing", "task_abandoned"}
+    {
+        "task_retried",
+        "task_failed",
+        "task_aborting",
+        "task_killing",
+        "task_abandoned",
+        "task_reopened",
+    }
 )
 
 

@@ -36,6 +36,9 @@ def describe(ev: BatchEvent, plan: str) -> str:
         tally = ""
         if isinstance(counts, dict) and counts:
             tally = " (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
+        if name == "batch_reopened":
+            retried = d.get("retried", "?")
+            return f"batch {ev.batch_id} {where and f'({where}) '}re-opened: task {retried} retried"
         if name == "batch_accepted":
             tasks = d.get("tasks", "?")
             return f"batch {ev.batch_id} accepted: {d.get('plan', plan)}, {tasks} tasks"
