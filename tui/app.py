@@ -15,7 +15,11 @@ drawn, so a batch of 10,000 tasks stays cheap.
 Actions (cancel, drain, load, unload) ask first, go to the brain through the
 feed, and their answer lands in the events pane and as a notification. They
 are refused while the link is not live: a request queued on a dead link
-could reach the brain long after the operator gave up on it.
+could reach the brain long after the operator gave up on it. ``x`` (restart)
+goes to ``llmo up``'s supervisor instead (``cli.up_link``), for a worker it
+gave up on (shown ``given up``, with why, from the supervisor's published
+report) or one that is down; a rig without ``llmo up`` answers how systemd
+restarts it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,15 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer, Input, Static
 
-from llmo.proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
+from llmo.proto.messages import (
+    BRAIN,
+    SUPERVISOR,
+    BatchCancel,
+    ChildRestart,
+    ModelLoad,
+    ModelUnload,
+    WorkerDrain,
+)
 from llmo.tui import render
 from llmo.tui.model import Model
 from llmo.tui.rows import TaskRow
@@ -105,6 +117,7 @@ class MonitorApp(App[None]):
         Binding("d", "drain", "Drain"),
         Binding("l", "load", "Load model"),
         Binding("u", "unload", "Unload"),
+        Binding("x", "restart_worker", "Restart"),
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
         Binding("r", "resync", "Refresh"),
@@ -208,6 +221,9 @@ class MonitorApp(App[None]):
                 self.feed.resync()
         if self.feed is not None:
             self.feed.taken()
+        for result in update.results:  # the events pane has it too
+            text = f"{result.label}: {result.text}"
+            self.notify(text, severity="information" if result.ok else "error", timeout=8)
         self.redraw()
         stats = self.stats
         stats.updates += 1
@@ -399,7 +415,9 @@ class MonitorApp(App[None]):
 
     # --- actions -----------------------------------------------------------------------
 
-    MAIN_ONLY = frozenset({"cancel_batch", "drain", "load", "unload", "filter", "sort", "resync"})
+    MAIN_ONLY = frozenset(
+        {"cancel_batch", "drain", "load", "unload", "restart_worker", "filter", "sort", "resync"}
+    )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The main screen's keys do nothing (and are not listed) over another screen."""
@@ -517,3 +535,24 @@ class MonitorApp(App[None]):
         self.push_screen(
             ConfirmScreen(f"Unload {row.model or 'the model'} from {row.name}?"), answer
         )
+
+    def action_restart_worker(self) -> None:
+        row = self._worker_row()
+        if row is None or not self._can_act():
+            return
+        if not row.given_up and row.shown_state != "down":
+            self.notify(
+                f"{row.name} is up: only a worker llmo up gave up on is restarted",
+                severity="warning",
+            )
+            return
+        if row.given_up:
+            question = f"Restart {row.name}? llmo up gave up on it: {row.given_up}"
+        else:
+            question = f"Ask llmo up to restart {row.name}? (it is down)"
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._send(f"restart {row.name}", ChildRestart(dst=SUPERVISOR, child=row.name))
+
+        self.push_screen(ConfirmScreen(question), answer)

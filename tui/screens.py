@@ -38,6 +38,7 @@ HELP_KEYS: Sequence[tuple[str, str]] = (
     ("d", "drain the selected worker, or put a draining one back in service"),
     ("l", "load a model on the selected worker"),
     ("u", "unload the selected worker's model"),
+    ("x", "restart the selected worker llmo up gave up on (asks first)"),
     ("s", "sort the tasks: live first (running, retrying, failed) or plan order"),
     ("r", "take a fresh snapshot from the brain"),
     ("?", "this help"),
