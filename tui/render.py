@@ -246,7 +246,7 @@ def worker_detail(worker: WorkerRow) -> str:
     """A line about the selected worker: why llmo up gave up on it (and the key that
     restarts it), else where its OpenAI-compatible endpoint listens."""
     if worker.given_up:
-        return f"{worker.name} · given up: {worker.given_up} · x restarts it"
+        return f"{worker.name} · given up (x restarts it): {worker.given_up}"
     if not worker.endpoint:
         return ""
     return f"{worker.name} · endpoint {worker.endpoint} (on its host)"
