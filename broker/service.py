@@ -97,7 +97,7 @@ SYSTEMD_NO_SUPERVISOR = (
     "this rig runs as systemd units, not under `llmo up`: there is no supervisor to ask. "
     "systemd restarts a unit that fails (at most 6 times in 300 s, then leaves it failed). "
     "See a worker with `systemctl status llmo-worker@NAME` and `journalctl -u llmo-worker@NAME`; "
-    "restart it with `sudo systemctl reset-failed llmo-worker@NAME; "
+    "restart it with `sudo systemctl reset-failed llmo-worker@NAME && "
     "sudo systemctl restart llmo-worker@NAME`"
 )
 

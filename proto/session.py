@@ -32,7 +32,7 @@ from llmo.proto.security import ClientKeys, is_loopback
 NO_SUPERVISOR = (
     "no `llmo up` supervisor is connected to the broker at {broker}: the rig runs without "
     "`llmo up` (under systemd, systemd restarts the units: `sudo systemctl reset-failed "
-    "llmo-worker@NAME; sudo systemctl restart llmo-worker@NAME`), or its `llmo up` has no "
+    "llmo-worker@NAME && sudo systemctl restart llmo-worker@NAME`), or its `llmo up` has no "
     "'supervisor' key (see its output)"
 )
 
