@@ -11,9 +11,15 @@ role:
   ``llmo broker --worker NAME``), the brain-role model worker included (it is
   a worker that says ``role = "brain"`` in its ``Register``). A worker
   registers, heartbeats and reports on its tasks and its model.
+- ``supervisor``: the single name ``supervisor``, ``llmo up``'s supervisor of
+  its child processes. It heartbeats, publishes its report of the children and
+  answers the tools' supervisor requests; it addresses no one else.
 - ``tool``: every other name (``llmo submit``, ``llmo tui``, rig-admin). A
   tool submits plans, cancels batches, retries failed tasks, asks for snapshots and sends control
   requests (load, unload, drain) to the brain, which checks and forwards them.
+  A tool's supervisor requests (``supervisor.query``, ``child.restart``) go to
+  ``supervisor`` and nowhere else; the supervisor restarts only a child it gave
+  up on, named, never a command (``cli.supervisor``).
 
 Workers and tools talk to the brain (and heartbeat to the broker); only the
 brain addresses anyone. ``ALLOWED`` is the whole table; a message outside it
@@ -33,13 +39,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from llmo.proto.messages import BRAIN, BROKER, MsgType
+from llmo.proto.messages import BRAIN, BROKER, SUPERVISOR, MsgType
 
 
 class Role(enum.StrEnum):
     BRAIN = "brain"
     WORKER = "worker"
     TOOL = "tool"
+    SUPERVISOR = "supervisor"
+
+
+# What a tool asks ``llmo up``'s supervisor: these go to ``supervisor`` only.
+SUPERVISOR_REQUESTS = frozenset({MsgType.SUPERVISOR_QUERY, MsgType.CHILD_RESTART})
 
 
 ALLOWED: dict[Role, frozenset[MsgType]] = {
@@ -80,7 +91,11 @@ ALLOWED: dict[Role, frozenset[MsgType]] = {
             MsgType.MODEL_LOAD,
             MsgType.MODEL_UNLOAD,
             MsgType.WORKER_DRAIN,
+            *SUPERVISOR_REQUESTS,
         }
+    ),
+    Role.SUPERVISOR: frozenset(
+        {MsgType.HEARTBEAT, MsgType.SUPERVISOR_REPORT, MsgType.ACK, MsgType.ERROR}
     ),
 }
 # What a heartbeat may say its sender is, by role: a tool must not pose as a worker.
@@ -88,6 +103,7 @@ HEARTBEAT_ROLES: dict[Role, frozenset[str]] = {
     Role.BRAIN: frozenset({"client"}),
     Role.WORKER: frozenset({"worker", "brain"}),
     Role.TOOL: frozenset({"client"}),
+    Role.SUPERVISOR: frozenset({"client"}),
 }
 KEY_SEPARATOR = "@"  # a tool's connection name: anything@KEY
 
@@ -106,13 +122,15 @@ class Roles:
         """The role ``name`` starts with (by rule a tool becomes a worker when it registers)."""
         if name == BRAIN:
             return Role.BRAIN
+        if name == SUPERVISOR:
+            return Role.SUPERVISOR
         if self.workers is not None and name in self.workers:
             return Role.WORKER
         return Role.TOOL
 
     def may_register(self, name: str) -> bool:
         """Whether a connection named ``name`` may become a worker by registering."""
-        return name != BRAIN and (self.workers is None or name in self.workers)
+        return name not in (BRAIN, SUPERVISOR) and (self.workers is None or name in self.workers)
 
     def describe(self) -> str:
         if self.workers is None:
@@ -133,6 +151,10 @@ def refusal(role: Role, kind: MsgType, dst: str) -> str | None:
     """Why ``role`` may not send ``kind`` to ``dst``; None when it may."""
     if kind not in ALLOWED[role]:
         return f"a {role.value} may not send {kind.value!r}"
+    if kind in SUPERVISOR_REQUESTS:
+        return None if dst == SUPERVISOR else f"{kind.value!r} goes to {SUPERVISOR!r}, not {dst!r}"
+    if role is Role.SUPERVISOR:
+        return None  # its replies go to the tool that asked, its reports to the broker
     if role is not Role.BRAIN and dst not in (BRAIN, BROKER):
         return f"a {role.value} talks to the brain, not to {dst!r}"
     return None

@@ -15,6 +15,11 @@ message of the connection must carry that name as ``src``
 telemetry types on PUB and forwards the body untouched to the connection
 that holds ``dst``; a send to a name no connection holds, or to one that is
 gone, goes back to the sender as an ``Error`` naming the missing actor.
+A request for ``supervisor`` (``llmo up``'s supervisor, ``broker.roles``) when
+none is connected gets the same ``Error``; a broker started by systemd
+(``systemd=True``, ``llmo broker --systemd`` in the unit that ``llmo systemd
+install`` writes) says there that systemd restarts this rig's processes, and
+how to restart a worker with ``systemctl``.
 
 Anything malformed is answered with an ``Error`` (when there is a sender to
 answer), counted, and logged at a bounded rate; the loop never stops for it.
@@ -65,6 +70,7 @@ from llmo.proto.messages import (
     BRAIN,
     BROKER,
     PUBLISHED_TYPES,
+    SUPERVISOR,
     Error,
     Heartbeat,
     Message,
@@ -85,6 +91,15 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 LOG_LIMIT = 20  # malformed-input log lines per minute; the rest are counted
 IDLE_WAKE_S = 0.05  # an idle loop wakes this often to read new subscriptions
+
+
+SYSTEMD_NO_SUPERVISOR = (
+    "this rig runs as systemd units, not under `llmo up`: there is no supervisor to ask. "
+    "systemd restarts a unit that fails (at most 6 times in 300 s, then leaves it failed). "
+    "See a worker with `systemctl status llmo-worker@NAME` and `journalctl -u llmo-worker@NAME`; "
+    "restart it with `sudo systemctl reset-failed llmo-worker@NAME && "
+    "sudo systemctl restart llmo-worker@NAME`"
+)
 
 
 class BindError(OSError):
@@ -119,6 +134,7 @@ class Broker:
         keys: ServerKeys | None = None,
         insecure: bool = False,
         roles: Roles | None = None,
+        systemd: bool = False,
     ) -> None:
         router_binds = bind_list(router_endpoint)
         pub_binds = bind_list(pub_endpoint)
@@ -150,6 +166,7 @@ class Broker:
         self.pub_endpoint = self.pub_endpoints[0]
         self.liveness = Liveness(interval=interval, liveness=liveness)
         self.roles = roles or Roles()
+        self.systemd = systemd
         self.routes = Routes(expiry=self.liveness.expiry)
         self._probed: dict[str, float] = {}  # name -> when its holder was last probed
         self._clock = clock
@@ -413,10 +430,13 @@ class Broker:
                 self.stats.refused["undeliverable_error"] += 1
                 return  # never answer an error with an error
             if exc.errno == zmq.EHOSTUNREACH:
+                missing = f"no actor named {dst!r} is connected"
+                if dst == SUPERVISOR and self.systemd:
+                    missing = SYSTEMD_NO_SUPERVISOR
                 self._refuse(
                     identity,
                     ErrorCode.UNKNOWN_DESTINATION,
-                    f"no actor named {dst!r} is connected",
+                    missing,
                     reply_to=msg_id,
                     peer=dst,
                 )

@@ -13,6 +13,11 @@ Roles: the workers are the names given with ``--worker`` (``llmo up`` passes
 each of its workers), else the ``[[workers]]`` of ``--config``; ``brain`` is
 the brain and every other name a tool (``broker.roles``). With neither, roles
 go by rule (a name that registers is a worker), for loopback development.
+
+``--systemd`` (in the unit ``llmo systemd install`` writes) says that systemd,
+not ``llmo up``, runs this rig's processes: a tool that asks for ``llmo up``'s
+supervisor (``llmo restart``, ``llmo status``, the TUI's restart key) is told
+so, with the ``systemctl`` commands to use instead.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a worker name (repeat for each; default: the [[workers]] of --config; "
         "none anywhere: a name that registers is a worker)",
+    )
+    parser.add_argument(
+        "--systemd",
+        action="store_true",
+        help="this rig runs as systemd units: tell tools that ask for llmo up's supervisor "
+        "to use systemctl instead",
     )
     parser.add_argument(
         "--interval",
@@ -83,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             keys=keys,
             insecure=args.insecure,
             roles=roles,
+            systemd=args.systemd,
         )
     except (SecurityError, EndpointError, BindError) as exc:
         print(f"llmo broker: {exc}", file=sys.stderr)

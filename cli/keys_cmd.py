@@ -1,6 +1,7 @@
 """``llmo keys generate DIR``: CurveZMQ key pairs for the broker and every client.
 
-Makes the broker's pair and one pair per client: ``brain``, each worker of
+Makes the broker's pair and one pair per client: ``brain``, ``supervisor``
+(``llmo up``'s link to the broker, ``cli.up_link``), each worker of
 ``--config`` and ``pi`` (the tools on the Pi), plus any ``--name``. Pairs
 that exist are kept, so running it again after adding a worker adds only
 that worker's key; ``--force`` makes new ones (every copy must then be
@@ -14,7 +15,7 @@ import argparse
 import os
 import sys
 
-from llmo.proto.messages import BRAIN
+from llmo.proto.messages import BRAIN, SUPERVISOR
 from llmo.proto.security import (
     BROKER_KEY,
     CLIENTS_DIR,
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from llmo.cli.config import ConfigError, load
     from llmo.proto.endpoints import valid_actor_name
 
-    names = [BRAIN]
+    names = [BRAIN, SUPERVISOR]
     if args.config:
         try:
             names += [w.name for w in load(args.config).workers]

@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "drain": ("llmo.cli.control_cmd:Drain", "drain a worker: finish running work, take no more"),
     "load": ("llmo.cli.control_cmd:Load", "load a model on a worker"),
     "unload": ("llmo.cli.control_cmd:Unload", "unload a worker's model"),
+    "restart": (
+        "llmo.cli.restart_cmd",
+        "start again a worker llmo up gave up on, and wait for it to register",
+    ),
     "tui": (
         "llmo.cli.tui_cmd",
         "the terminal monitor: workers, batches, tasks, events; keys to act",

@@ -11,6 +11,14 @@
      "batches": [{"id", "plan", "state", "priority_name", "tasks",
                   "counts": {"done": 3, "running": 1, ...}, ...}]}
 
+``"supervisor"`` is ``llmo up``'s report of its children (``SupervisorReport``:
+``children`` with each one's ``name``, ``state`` — ``running``, ``restarting``,
+``given_up``, ``config_error``, ``stopping`` —, ``restarts``, ``exit_code`` and
+``reason``, the last line of its log), or ``{"absent": SENTENCE}`` where no
+``llmo up`` supervises the rig (systemd units: the sentence names the
+``systemctl`` commands). The table lists the children given up on, each
+with its reason and the ``llmo restart`` that starts it again.
+
 The table opens with the rig it talks to (``rig NAME at ENDPOINT``, the
 name from ``[rig] name`` of the llmo.toml, else ``broker ENDPOINT``) and lists
 running batches first, then the others, newest first. Each entry is the wire
@@ -41,7 +49,14 @@ from typing import Any
 from llmo.cli.common import add_endpoint_flags
 from llmo.cli.task_view import show_task, show_tasks
 from llmo.cli.tools import add_tool_flags, fail, open_session, rig_label
-from llmo.proto.messages import BRAIN, BatchInfo, SnapshotReply, SnapshotRequest, WorkerInfo
+from llmo.proto.messages import (
+    BRAIN,
+    BatchInfo,
+    SnapshotReply,
+    SnapshotRequest,
+    SupervisorReport,
+    WorkerInfo,
+)
 from llmo.proto.session import Session, ToolError
 from llmo.proto.states import BATCH_TERMINAL
 
@@ -135,6 +150,48 @@ def batch_order(batch: BatchInfo) -> tuple[bool, float]:
     return (not running, batch.created_at if running else -batch.created_at)
 
 
+SUPERVISOR_TIMEOUT_S = 2.0  # llmo up answers from its loop, at most 0.2 s away
+
+
+def supervision(session: Session) -> SupervisorReport | str:
+    """``llmo up``'s report of its children, or why there is none (a sentence)."""
+    from llmo.cli.restart_cmd import children
+
+    timeout, session.timeout = session.timeout, min(session.timeout, SUPERVISOR_TIMEOUT_S)
+    try:
+        return children(session)
+    except ToolError as exc:
+        return str(exc)
+    finally:
+        session.timeout = timeout
+
+
+def supervision_json(report: SupervisorReport) -> dict[str, Any]:
+    return {
+        "host": report.host,
+        "pid": report.pid,
+        "rig_dir": report.rig_dir,
+        "max_restarts": report.max_restarts,
+        "window_s": report.window_s,
+        "children": [c.to_wire() for c in report.children],
+    }
+
+
+def supervision_lines(found: SupervisorReport | str) -> list[str]:
+    """The children given up on, for the table (nothing when all run)."""
+    from llmo.cli.restart_cmd import given_up_text
+
+    if isinstance(found, str):
+        return [f"children: {found}"]
+    stopped = [c for c in found.children if c.state in ("given_up", "config_error")]
+    lines = []
+    for child in sorted(stopped, key=lambda c: c.name):
+        lines.append(f"GIVEN UP {child.name}: {given_up_text(child, found)}")
+        if child.state == "given_up":
+            lines.append(f"  start it again: llmo restart {child.name}")
+    return lines
+
+
 def render(reply: SnapshotReply, where: str = "") -> str:
     """The status table; ``where`` (``rig NAME at ENDPOINT``) heads it when given."""
     lines = [where] if where else []
@@ -181,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
         if args.tasks is not None or args.task:
             batch_id = args.tasks or args.batch
         reply = snapshot(session, batch_id)
+        plain = args.tasks is None and not args.task
+        found = supervision(session) if plain else ""
     except ToolError as exc:
         return fail("status", exc)
     finally:
@@ -197,8 +256,14 @@ def run(args: argparse.Namespace) -> int:
             "workers": [worker_json(w) for w in reply.workers],
             "batches": [b.to_wire() for b in reply.batches],
             "disk_full": reply.disk_full,
+            "supervisor": (
+                {"absent": found} if isinstance(found, str) else supervision_json(found)
+            ),
         }
         print(json.dumps(out, indent=2, sort_keys=True))
     else:
         print(render(reply, rig_label(args, session.endpoints)))
+        extra = supervision_lines(found)
+        if extra:
+            print("\n" + "\n".join(extra))
     return 0

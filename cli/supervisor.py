@@ -33,9 +33,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from llmo.proto.messages import ChildInfo, ChildState
 
 log = logging.getLogger("llmo.up")
 
@@ -86,10 +89,48 @@ class Child:
     given_up: bool = False
     stopping: bool = False  # being stopped: never restarted
     exit_codes: list[int] = field(default_factory=list)
+    reason: str = ""  # the last line of its log when it was given up on
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def kind(self) -> Literal["broker", "brain", "worker"]:
+        if self.name == "broker":
+            return "broker"
+        return "brain" if self.name == "brain" else "worker"
+
+    @property
+    def state(self) -> ChildState:
+        if self.stopping:
+            return "stopping"
+        if self.given_up:
+            return "config_error" if self.exit_codes[-1:] == [CONFIG_ERROR_EXIT] else "given_up"
+        if self.restart_at is not None or not self.running:
+            return "restarting"  # waiting for its back-off (or not yet reaped)
+        return "running"
+
+
+def restart_refusal(name: str, states: Mapping[str, ChildState]) -> str | None:
+    """Why the operator may not restart child ``name`` now (``states``: each child's
+    state); None when it may: only a child given up on is restarted."""
+    state = states.get(name)
+    if state is None:
+        known = ", ".join(sorted(states)) or "none"
+        return f"no child named {name!r}; this llmo up supervises {known}"
+    if state == "given_up":
+        return None
+    if state == "running":
+        return (
+            f"{name} is running: only a child the supervisor gave up on is restarted "
+            f"(to stop its work, drain it: llmo drain {name})"
+        )
+    if state == "restarting":
+        return f"{name} is restarting already: it crashed and waits for its back-off"
+    if state == "config_error":
+        return f"{name} has a configuration error: restarting cannot fix it; see its log"
+    return f"{name} is stopping with the rig: llmo up is shutting down"
 
 
 def last_line(path: Path) -> str:
@@ -152,7 +193,7 @@ class Supervisor:
                 child.exit_codes.append(code)
                 if code == CONFIG_ERROR_EXIT:
                     child.given_up = True
-                    reason = last_line(child.log_path)
+                    reason = child.reason = last_line(child.log_path)
                     if self.config_error is None:
                         self.config_error = (child.name, reason)
                     self._say(
@@ -163,10 +204,12 @@ class Supervisor:
                 delay = self.policy.decide(child.restarts, now)
                 if delay is None:
                     child.given_up = True
+                    child.reason = last_line(child.log_path)
                     self._say(
                         f"llmo up: {child.name} exited with code {code} and has restarted "
                         f"{self.policy.max_restarts} times in {self.policy.window_s:.0f} s; "
-                        f"leaving it stopped. Its log: {child.log_path}"
+                        f"leaving it stopped (llmo restart {child.name} starts it again). "
+                        f"Its log: {child.log_path}"
                     )
                     continue
                 child.restart_at = now + delay
@@ -176,6 +219,50 @@ class Supervisor:
             if child.restart_at is not None and now >= child.restart_at:
                 child.restarts.append(now)
                 self._spawn(child)
+
+    def report(self) -> tuple[ChildInfo, ...]:
+        """Each child as a ``ChildInfo``: state, pid, restarts in the window, reason."""
+        now = self._clock()
+        out = []
+        for child in self.children.values():
+            state = child.state
+            process = child.process
+            running = state in ("running", "stopping") and process is not None
+            out.append(
+                ChildInfo(
+                    name=child.name,
+                    kind=child.kind,
+                    state=state,
+                    pid=process.pid if running and process is not None else 0,
+                    restarts=sum(1 for t in child.restarts if now - t < self.policy.window_s),
+                    exit_code=child.exit_codes[-1] if child.exit_codes else None,
+                    reason=child.reason if child.given_up else "",
+                    log_path=str(child.log_path),
+                )
+            )
+        return tuple(out)
+
+    def restart(self, name: str) -> tuple[bool, str]:
+        """The operator's restart of a child given up on: (done, what happened or why not)."""
+        why = restart_refusal(name, {n: c.state for n, c in self.children.items()})
+        if why is not None:
+            return False, why
+        child = self.children[name]
+        child.given_up = False
+        child.reason = ""
+        child.restarts.clear()  # its restart window starts afresh
+        try:
+            self._spawn(child)
+        except OSError as exc:
+            child.given_up = True
+            child.reason = f"could not start: {exc}"
+            return False, f"{name} could not be started: {exc}"
+        pid = child.process.pid if child.process is not None else 0
+        self._say(f"llmo up: {name} restarted by the operator (pid {pid})")
+        return True, (
+            f"{name} restarted (pid {pid}); it may restart {self.policy.max_restarts} more "
+            f"times in {self.policy.window_s:g} s before it is given up on again"
+        )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to one child's process group (used by fault tests)."""

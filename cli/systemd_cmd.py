@@ -195,7 +195,7 @@ def render(
             description="llmo broker: routes messages between the Pi, the brain and the workers",
             after=[],
             mounts=[],
-            exec_start=run.format("broker"),
+            exec_start=run.format("broker") + " --systemd",
             user=user,
             identifier="llmo-broker",
             writable=[],

@@ -27,6 +27,13 @@ restarted: the rig stops and ``llmo up`` exits 2 with that child's reason.
 ``--broker``/``--pub`` may list several endpoints for the broker to bind;
 the other children connect to the loopback one.
 
+A child that crashes more than ``--max-restarts`` times (default 6) within
+``--restart-window`` seconds (default 300) is left stopped: given up on. The
+operator sees it in ``llmo status`` and the TUI and starts it again with
+``llmo restart NAME`` (or the TUI's ``x``): ``llmo up`` joins the broker as
+the peer ``supervisor`` (``cli.up_link``) and restarts a child it gave up on,
+by name, with its restart window reset.
+
 One ``llmo up`` per rig folder: before anything is written or started it
 locks ``<rig_dir>/llmo-up.lock`` (``brain.lockfile``; released by the
 operating system when ``llmo up`` ends, however it ends) and writes its pid,
@@ -51,6 +58,7 @@ from typing import TYPE_CHECKING
 
 from llmo.cli.common import add_endpoint_flags, llmo_child, set_title
 from llmo.cli.config import add_key_flags
+from llmo.cli.supervisor import RestartPolicy
 from llmo.cli.worker_cmd import LIMIT_FLAGS
 
 if TYPE_CHECKING:
@@ -63,6 +71,7 @@ WORKER_FLUSH_S = 5.0  # then its last results reach the brain and it exits
 MAX_STOP_GRACE_S = 24 * 3600.0
 BRAIN_STOP_S = 30.0  # the brain writes the summaries of unfinished batches
 BROKER_STOP_S = 10.0
+DEFAULT_POLICY = RestartPolicy()
 
 
 def stop_stages(where: dict, grace_s: float) -> list[tuple[list[str], float]]:
@@ -92,6 +101,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="on Ctrl-C or SIGTERM, seconds running tasks may finish before they are "
         f"interrupted (default {STOP_GRACE_S:g})",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=DEFAULT_POLICY.max_restarts,
+        metavar="N",
+        help="restarts a crashing child gets within --restart-window before it is given up "
+        f"on (default {DEFAULT_POLICY.max_restarts})",
+    )
+    parser.add_argument(
+        "--restart-window",
+        type=float,
+        default=DEFAULT_POLICY.window_s,
+        metavar="S",
+        help=f"seconds over which restarts are counted (default {DEFAULT_POLICY.window_s:g})",
     )
     parser.add_argument(
         "--ready-file", help="write this file (endpoints as JSON) once every child is started"
@@ -244,6 +268,8 @@ def plan_children(args: argparse.Namespace) -> tuple[dict, list[tuple[str, list[
         "logs": str(rig_dir / "logs"),
         "model": model,
         "workers": [w.name for w in workers],
+        "keys_dir": keys_dir(config, args.keys_dir) if keys is not None else "",
+        "interval": config.interval_s,
     }
     return where, children
 
@@ -328,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
 def run_locked(args: argparse.Namespace) -> int:
     from llmo.cli.config import ConfigError
     from llmo.cli.supervisor import Supervisor
+    from llmo.cli.up_link import UpLink, supervisor_keys
     from llmo.proto.endpoints import EndpointError
     from llmo.proto.security import SecurityError
 
@@ -335,6 +362,13 @@ def run_locked(args: argparse.Namespace) -> int:
         print(
             f"llmo up: --stop-grace {args.stop_grace:g}: give seconds from 0 to "
             f"{MAX_STOP_GRACE_S:g}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.max_restarts < 0 or not args.restart_window > 0:
+        print(
+            f"llmo up: --max-restarts {args.max_restarts} / --restart-window "
+            f"{args.restart_window:g}: give a count of 0 or more and seconds above 0",
             file=sys.stderr,
         )
         return 2
@@ -353,7 +387,9 @@ def run_locked(args: argparse.Namespace) -> int:
         return 2
     env = dict(os.environ, LLMO_BROKER=where["connect"], LLMO_PUB=where["connect_pub"])
     logs = Path(where["logs"])
-    supervisor = Supervisor(say=say)
+    policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window)
+    supervisor = Supervisor(policy, say=say)
+    link: UpLink | None = None
     stopping: list[bool] = []
 
     def on_signal(*_: object) -> None:
@@ -375,13 +411,29 @@ def run_locked(args: argparse.Namespace) -> int:
         say(f"llmo up: logs    {where['logs']}/<name>.log")
         say(f"llmo up: model   {where['model']}")
         say(f"llmo up: workers {', '.join(where['workers'])}")
+        keys, no_key = supervisor_keys(where["keys_dir"])
+        if no_key:
+            say(f"llmo up: {no_key}")
+        else:
+            link = UpLink(
+                supervisor,
+                where["connect"],
+                keys=keys,
+                rig_dir=where["rig_dir"],
+                interval=where["interval"],
+            )
         say("llmo up: running; Ctrl-C stops everything. Try: llmo status")
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(where) + "\n")
         while not stopping and supervisor.config_error is None:
             supervisor.poll()
-            time.sleep(0.2)
+            if link is not None:
+                link.serve(0.2)
+            else:
+                time.sleep(0.2)
     finally:
+        if link is not None:
+            link.close()
         say(
             f"llmo up: stopping the workers (running tasks have {args.stop_grace:g} s to "
             "finish), then the brain, then the broker"

@@ -72,6 +72,10 @@ class MsgType(enum.StrEnum):
     PEER_DOWN = "peer.down"
     ACK = "ack"
     ERROR = "error"
+    # the supervisor of ``llmo up`` (see the block of its messages below)
+    SUPERVISOR_QUERY = "supervisor.query"
+    SUPERVISOR_REPORT = "supervisor.report"
+    CHILD_RESTART = "child.restart"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -651,6 +655,74 @@ class Error(Message):
     peer: str = ""
 
 
+# --- the supervisor of ``llmo up`` -----------------------------------------------------
+#
+# ``llmo up`` joins the broker under the reserved name ``supervisor`` (role
+# ``supervisor``, ``broker.roles``). It answers a ``SupervisorQuery`` with a
+# ``SupervisorReport`` and publishes one whenever a child changes state (and
+# every few seconds); it answers a ``ChildRestart`` with an ``Ack``. Only a
+# child it gave up on is restarted (``cli.supervisor.restart_refusal``): the
+# request names a child, never a command. A rig under systemd has no
+# supervisor: the broker then answers for it (``unknown_destination``, peer
+# ``supervisor``), naming the ``systemctl`` command when it knows.
+
+SUPERVISOR = "supervisor"  # the reserved actor name of ``llmo up``'s supervisor
+
+ChildState = Literal["running", "restarting", "given_up", "config_error", "stopping"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChildInfo(View):
+    """One child process of ``llmo up``: ``kind`` broker, brain or worker; ``state``
+    ``running``, ``restarting`` (crashed, back-off under way), ``given_up`` (crashed
+    more than the restart policy allows: left stopped until the operator restarts
+    it), ``config_error`` (exited 2: restarting cannot help) or ``stopping``.
+    ``restarts`` counts its automatic restarts in the policy's window, ``exit_code``
+    its last exit, ``reason`` the last line of its log once it stopped."""
+
+    name: str
+    kind: Literal["broker", "brain", "worker"] = "worker"
+    state: ChildState
+    pid: int = 0
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    log_path: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SupervisorQuery(Message):
+    """Ask ``llmo up``'s supervisor for its children (tool -> supervisor)."""
+
+    TYPE = MsgType.SUPERVISOR_QUERY
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SupervisorReport(Message):
+    """``llmo up``'s children (supervisor -> tool, or -> broker: published).
+
+    ``reply_to`` is empty in a publication. ``max_restarts`` in ``window_s`` is
+    its restart policy; ``host`` and ``pid`` say where ``llmo up`` runs."""
+
+    TYPE = MsgType.SUPERVISOR_REPORT
+    reply_to: str = ""
+    host: str = ""
+    pid: int = 0
+    rig_dir: str = ""
+    max_restarts: int = 0
+    window_s: float = 0.0
+    children: tuple[ChildInfo, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChildRestart(Message):
+    """Restart ``child``, a child the supervisor gave up on, with its restart window
+    reset (tool -> supervisor; answered with an ``Ack``)."""
+
+    TYPE = MsgType.CHILD_RESTART
+    child: str
+
+
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -678,6 +750,9 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         PeerDown,
         Ack,
         Error,
+        SupervisorQuery,
+        SupervisorReport,
+        ChildRestart,
     )
 }
 
@@ -690,5 +765,6 @@ PUBLISHED_TYPES = frozenset(
         MsgType.MODEL_STATUS,
         MsgType.PEER_UP,
         MsgType.PEER_DOWN,
+        MsgType.SUPERVISOR_REPORT,
     }
 )

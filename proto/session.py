@@ -9,6 +9,11 @@ that was tried:
   not connected to it;
 - the brain refuses: its ``Ack``/``Error`` detail is shown as it is.
 
+A request for ``llmo up``'s supervisor (``supervisor``) that the broker cannot
+deliver says that no ``llmo up`` supervises the rig: the broker's own sentence
+when it knows the rig runs under systemd (``llmo broker --systemd``), else
+``NO_SUPERVISOR`` with both possibilities.
+
 The session sends through a ``Requester``: a ``proto.client.Client``, or
 anything else that sends a request and waits for its reply the same way (the
 monitor's requester gives up as soon as the monitor quits).
@@ -21,8 +26,15 @@ from typing import Protocol
 
 from llmo.proto.endpoints import Endpoints
 from llmo.proto.errors import ErrorCode
-from llmo.proto.messages import BRAIN, Ack, Error, Message
+from llmo.proto.messages import BRAIN, SUPERVISOR, Ack, Error, Message
 from llmo.proto.security import ClientKeys, is_loopback
+
+NO_SUPERVISOR = (
+    "no `llmo up` supervisor is connected to the broker at {broker}: the rig runs without "
+    "`llmo up` (under systemd, systemd restarts the units: `sudo systemctl reset-failed "
+    "llmo-worker@NAME && sudo systemctl restart llmo-worker@NAME`), or its `llmo up` has no "
+    "'supervisor' key (see its output)"
+)
 
 
 class ToolError(Exception):
@@ -65,15 +77,19 @@ class Session:
                     f"the broker at {self.endpoints.broker} answered, but no brain is "
                     "connected to it: start `llmo brain` (or `llmo up`)"
                 )
+            if reply.code == ErrorCode.UNKNOWN_DESTINATION and reply.peer == SUPERVISOR:
+                if "systemd" in reply.detail:
+                    raise ToolError(reply.detail)
+                raise ToolError(NO_SUPERVISOR.format(broker=self.endpoints.broker))
             raise ToolError(f"{reply.code}: {reply.detail}")
         return reply
 
     def control(self, msg: Message) -> str:
-        """Send a control request; return the brain's detail, raise if it refused."""
+        """Send a control request; return the answer's detail, raise if it refused."""
         reply = self.ask(msg)
         if isinstance(reply, Ack):
             if not reply.ok:
-                raise ToolError(reply.detail or "the brain refused the request")
+                raise ToolError(reply.detail or f"{reply.src or 'the brain'} refused the request")
             return reply.detail
         raise ToolError(f"unexpected reply {reply.TYPE.value!r} from the brain")
 

@@ -113,7 +113,14 @@ def _child_name(argv: list[str]) -> str | None:
 class Rig:
     """One ``llmo up`` and the commands that talk to it."""
 
-    def __init__(self, root: Path, *, workers: int = 2, brain: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        workers: int = 2,
+        brain: dict[str, Any] | None = None,
+        up_args: tuple[str, ...] = (),
+    ):
         self.root = root
         self.rig_dir = root / "rig"
         self.plans_dir = root / "plans"
@@ -123,6 +130,7 @@ class Rig:
         self.env = dict(os.environ, LLMO_BROKER=self.broker, LLMO_PUB=self.pub)
         self.expected = [f"cpu-{i}" for i in range(1, workers + 1)] + ["brain-llm"]
         argv = [*llmo_argv(), "up", "--workers", str(workers), "--rig-dir", str(self.rig_dir)]
+        argv += up_args
         if brain:
             config = root / "llmo.toml"
             lines = ["[brain]"] + [f"{key} = {json.dumps(value)}" for key, value in brain.items()]
@@ -343,10 +351,16 @@ def _factory(root: Callable[[], Path]) -> Iterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
 
     def start(
-        *, workers: int = 2, brain: dict[str, Any] | None = None, again: Rig | None = None
+        *,
+        workers: int = 2,
+        brain: dict[str, Any] | None = None,
+        again: Rig | None = None,
+        up_args: tuple[str, ...] = (),
     ) -> Rig:
-        """A new rig, or (``again``) ``llmo up`` once more on a stopped rig's folders."""
-        rig = Rig(again.root if again is not None else root(), workers=workers, brain=brain)
+        """A new rig, or (``again``) ``llmo up`` once more on a stopped rig's folders;
+        ``up_args``: more flags for ``llmo up``."""
+        root_dir = again.root if again is not None else root()
+        rig = Rig(root_dir, workers=workers, brain=brain, up_args=up_args)
         rigs.append(rig)
         rig.wait_ready()
         rig.children()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from llmo.cli.supervisor import RestartPolicy, Supervisor
+from llmo.cli.supervisor import RestartPolicy, Supervisor, restart_refusal
 from tests.waiting import wait_for
 
 
@@ -192,3 +192,74 @@ def test_hurry_asks_the_children_being_stopped_again(tmp_path):
     stopper.join(60)
     assert not stopper.is_alive()
     assert notes.read_text().splitlines() == ["up", "term", "asked twice"]
+
+
+# --- restarting a child the supervisor gave up on ------------------------------------
+
+
+def test_only_a_child_given_up_on_may_be_restarted():
+    states = {
+        "broker": "running",
+        "cpu-1": "given_up",
+        "cpu-2": "restarting",
+        "brain": "config_error",
+        "cpu-3": "stopping",
+    }
+    assert restart_refusal("cpu-1", states) is None
+    unknown = restart_refusal("/bin/sh", states)
+    assert unknown is not None
+    assert "no child named '/bin/sh'" in unknown and "brain, broker, cpu-1" in unknown
+    running = restart_refusal("broker", states)
+    assert running is not None and "running" in running and "gave up on" in running
+    restarting = restart_refusal("cpu-2", states)
+    assert restarting is not None and "restarting already" in restarting
+    config = restart_refusal("brain", states)
+    assert config is not None and "configuration error" in config
+    stopping = restart_refusal("cpu-3", states)
+    assert stopping is not None and "stopping" in stopping
+
+
+def test_a_child_given_up_on_restarts_with_a_fresh_window(tmp_path):
+    said: list[str] = []
+    policy = RestartPolicy(max_restarts=1, window_s=600, base_delay_s=0.01)
+    sup = Supervisor(policy, say=said.append)
+    child = sup.add(
+        "crasher",
+        [sys.executable, "-c", "print('boom: no GPU 7', flush=True); raise SystemExit(3)"],
+        tmp_path / "crasher.log",
+    )
+
+    def given_up() -> bool:
+        sup.poll()
+        return child.given_up
+
+    wait_for(given_up, 30, "the supervisor to give up on the crasher", poll_s=0.01)
+    (info,) = sup.report()
+    assert (info.name, info.state, info.restarts, info.exit_code) == ("crasher", "given_up", 1, 3)
+    assert info.reason == "boom: no GPU 7"
+    ok, detail = sup.restart("crasher")
+    assert ok, detail
+    assert "crasher restarted" in detail
+    assert not child.given_up and child.restarts == []
+    assert sup.report()[0].state in ("running", "restarting", "given_up")
+    # The window starts afresh: one more automatic restart before it gives up again.
+    wait_for(given_up, 30, "the supervisor to give up on the crasher again", poll_s=0.01)
+    assert len(child.restarts) == 1
+    assert child.exit_codes == [3, 3, 3, 3]
+
+
+def test_a_running_or_unknown_child_is_not_restarted(tmp_path):
+    sup = Supervisor(RestartPolicy(max_restarts=1, window_s=600))
+    child = sup.add(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "s.log"
+    )
+    try:
+        pid = child.process.pid if child.process else 0
+        ok, detail = sup.restart("sleeper")
+        assert not ok and "running" in detail
+        ok, detail = sup.restart("rm -rf /")
+        assert not ok and "no child named" in detail
+        assert child.process is not None and child.process.pid == pid
+        assert sup.report()[0].pid == pid
+    finally:
+        sup.stop(timeout=2.0)

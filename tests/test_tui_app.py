@@ -473,3 +473,120 @@ def test_at_80_columns_the_header_keeps_every_card(rig):
             assert "1 failed" not in line
 
     asyncio.run(main())
+
+
+# --- a worker llmo up gave up on ---------------------------------------------------------
+
+
+def logged(app: MonitorApp) -> str:
+    """The events pane's lines in full (the pane cuts long ones at its width)."""
+    return "\n".join(line.text for line in app.model.events)
+
+
+class UpSupervisor:
+    """``llmo up``'s supervisor on the test's broker: real child processes, its real link,
+    served from a thread. ``gpu-2`` crashes until it is given up on."""
+
+    def __init__(self, endpoint: str, tmp_path) -> None:
+        import sys
+
+        from llmo.cli.supervisor import RestartPolicy, Supervisor
+        from llmo.cli.up_link import UpLink
+
+        self.sup = Supervisor(RestartPolicy(max_restarts=0, window_s=600), say=lambda _: None)
+        self.sup.add(
+            "gpu-2",
+            [sys.executable, "-c", "print('CUDA error: out of memory'); raise SystemExit(1)"],
+            tmp_path / "gpu-2.log",
+        )
+        self.link = UpLink(self.sup, endpoint, keys=None, interval=0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.sup.poll()
+            self.link.serve(0.05)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.link.close()
+        self.sup.stop(timeout=2.0)
+
+
+def test_x_restarts_a_worker_llmo_up_gave_up_on(rig, tmp_path):
+    up = UpSupervisor(rig.broker.endpoint, tmp_path)
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        rig.fake.set_state(workers=[worker_view("gpu-1"), worker_view("gpu-2", "down")])
+        app.feed.resync()
+        shown = lambda: cell(app, WorkersTable, "gpu-2", "state")  # noqa: E731
+        await until(pilot, lambda: shown() == "given up", timeout=10, what="gpu-2 given up")
+        assert "gpu-2 given up by llmo up" in logged(app)
+        assert "CUDA error: out of memory" in logged(app)
+        app.query_one(WorkersTable).focus()
+        await pilot.press("down")  # gpu-2
+        assert "given up" in str(app.query_one(WorkersTable).border_subtitle)
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert up.sup.children["gpu-2"].given_up, "restarted without a yes"
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(
+            pilot,
+            lambda: "restart gpu-2: gpu-2 restarted (pid" in logged(app),
+            what="the supervisor's answer",
+        )
+        assert any("gpu-2 restarted" in n.message for n in app._notifications)
+        # A worker that is up is not restarted: refused here, nothing sent.
+        await pilot.press("up", "x")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert any("gpu-1 is up" in n.message for n in app._notifications)
+
+    try:
+        run(app, script)
+    finally:
+        up.close()
+
+
+def test_x_without_llmo_up_says_how_systemd_restarts_it(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        rig.fake.set_state(workers=[worker_view("gpu-1"), worker_view("gpu-2", "down")])
+        app.feed.resync()
+        await until(pilot, lambda: cell(app, WorkersTable, "gpu-2", "state") == "down")
+        app.query_one(WorkersTable).focus()
+        await pilot.press("down", "x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(
+            pilot,
+            lambda: "no `llmo up` supervisor is connected" in logged(app),
+            what="the answer for a rig without llmo up",
+        )
+        assert "systemctl restart llmo-worker@NAME" in logged(app)
+
+    run(app, script)
+
+
+def test_x_is_refused_while_the_link_is_down(rig):
+    app = rig.app()
+
+    async def script(pilot: Pilot) -> None:
+        app.query_one(WorkersTable).focus()
+        rig.drop()
+        await until(pilot, lambda: not app.model.live, timeout=8, what="the link down")
+        await pilot.press("down", "x")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert any("not live" in n.message for n in app._notifications)
+
+    run(app, script)

@@ -214,3 +214,46 @@ def test_start_plan_prompt_at_80_by_24(snap_compare):
         await pilot.press("p", *"/srv/plans/hello N=3")
 
     assert snap_compare(fixed_app(fixed_model()), run_before=ask, terminal_size=(80, 24))
+
+
+def given_up_model() -> Model:
+    """The fixed rig, with gpu-4 given up on by llmo up and selected."""
+    from llmo.proto.messages import ChildInfo, SupervisorReport
+
+    model = fixed_model()
+    report = SupervisorReport(
+        host="rig",
+        pid=4242,
+        max_restarts=6,
+        window_s=300.0,
+        children=(
+            ChildInfo(name="gpu-1", state="running", pid=101),
+            ChildInfo(
+                name="gpu-4",
+                state="given_up",
+                restarts=6,
+                exit_code=1,
+                reason="RuntimeError: CUDA error: no CUDA-capable device is detected",
+            ),
+        ),
+    )
+    model.supervise(report, NOW - 3)
+    model.take_changes()
+    return model
+
+
+async def _select_gpu_4(pilot) -> None:
+    from llmo.tui.widgets import WorkersTable
+
+    pilot.app.query_one(WorkersTable).focus()
+    await pilot.press("down", "down", "down", "down")
+
+
+def test_a_worker_given_up_on_at_80_by_24(snap_compare):
+    app = fixed_app(given_up_model())
+    assert snap_compare(app, run_before=_select_gpu_4, terminal_size=(80, 24))
+
+
+def test_a_worker_given_up_on_at_200_by_50(snap_compare):
+    app = fixed_app(given_up_model())
+    assert snap_compare(app, run_before=_select_gpu_4, terminal_size=(200, 50))

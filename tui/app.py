@@ -18,6 +18,10 @@ go to the brain through the feed, and their answer lands in the events pane
 and as a notification. They are refused while the link is not live: a
 request queued on a dead link could reach the brain long after the operator
 gave up on it. The command palette (ctrl+p) lists them (``LlmoCommands``).
+``x`` (restart) goes to ``llmo up``'s supervisor instead (``cli.up_link``),
+for a worker it gave up on (shown ``given up``, with why, from the
+supervisor's published report) or one that is down; a rig without ``llmo
+up`` answers how systemd restarts it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,15 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer, Input, Static
 
-from llmo.proto.messages import BRAIN, BatchCancel, ModelLoad, ModelUnload, WorkerDrain
+from llmo.proto.messages import (
+    BRAIN,
+    SUPERVISOR,
+    BatchCancel,
+    ChildRestart,
+    ModelLoad,
+    ModelUnload,
+    WorkerDrain,
+)
 from llmo.tui import controls, render
 from llmo.tui.model import Model
 from llmo.tui.rows import TaskRow
@@ -113,6 +125,7 @@ class MonitorApp(App[None]):
         Binding("N", "rerun_batch", "Re-run batch", show=False),
         Binding("C", "cancel_all", "Cancel all", show=False),
         Binding("p", "start_plan", "Start plan", show=False),
+        Binding("x", "restart_worker", "Restart"),
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
         Binding("r", "resync", "Refresh"),
@@ -414,7 +427,7 @@ class MonitorApp(App[None]):
     # --- actions -----------------------------------------------------------------------
 
     MAIN_ONLY = frozenset(
-        {"cancel_batch", "drain", "load", "unload", "filter", "sort", "resync"}
+        {"cancel_batch", "drain", "load", "unload", "restart_worker", "filter", "sort", "resync"}
         | {"retry_task", "resume_batch", "rerun_batch", "cancel_all", "start_plan"}
     )
 
@@ -551,3 +564,24 @@ class MonitorApp(App[None]):
 
     def action_start_plan(self) -> None:
         controls.start_plan(self)
+
+    def action_restart_worker(self) -> None:
+        row = self._worker_row()
+        if row is None or not self._can_act():
+            return
+        if not row.given_up and row.shown_state != "down":
+            self.notify(
+                f"{row.name} is up: only a worker llmo up gave up on is restarted",
+                severity="warning",
+            )
+            return
+        if row.given_up:
+            question = f"Restart {row.name}? llmo up gave up on it: {row.given_up}"
+        else:
+            question = f"Ask llmo up to restart {row.name}? (it is down)"
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._send(f"restart {row.name}", ChildRestart(dst=SUPERVISOR, child=row.name))
+
+        self.push_screen(ConfirmScreen(question), answer)

@@ -236,6 +236,11 @@ PALETTE: tuple[tuple[str, str, str], ...] = (
     ("Drain / undrain worker", "drain the selected worker, or undrain it (d)", "action_drain"),
     ("Load model", "load a model on the selected worker (l)", "action_load"),
     ("Unload model", "unload the selected worker's model (u)", "action_unload"),
+    (
+        "Restart worker",
+        "start again the selected worker llmo up gave up on (x)",
+        "action_restart_worker",
+    ),
     ("Refresh", "take a fresh snapshot from the brain (r)", "action_resync"),
     ("Help", "the keys (?)", "action_help"),
 )

@@ -9,7 +9,8 @@ for a snapshot, so no event falls between the two (the Clone pattern).
 
 What it hears is gathered into one pending ``Update``: lifecycle events in
 order, the latest heartbeat per worker and the latest progress per attempt
-(a newer one replaces the queued one). The pending update is posted at most
+(a newer one replaces the queued one), and the latest report of ``llmo up``'s
+supervisor (its children, published on every change). The pending update is posted at most
 every ``flush_s`` seconds and only after the app has said it took the
 previous one (``taken``), so a slow screen never makes a queue grow; if
 events pile past ``MAX_PENDING_EVENTS`` they are dropped and a fresh
@@ -53,6 +54,7 @@ from llmo.proto.messages import (
     PlanSubmit,
     SnapshotReply,
     SnapshotRequest,
+    SupervisorReport,
     TaskProgress,
 )
 from llmo.proto.pubsub import Subscriber
@@ -104,6 +106,7 @@ class _Pending:
         self.results: list[ActionResult] = []
         self.notes: list[str] = []
         self.link: LinkStatus | None = None
+        self.supervisor: SupervisorReport | None = None
         self.received = 0
         self.oldest_ts = 0.0
         self.newest_ts = 0.0
@@ -119,6 +122,7 @@ class _Pending:
             or self.results
             or self.notes
             or self.link is not None
+            or self.supervisor is not None
         )
 
     def heard(self, msg: Message) -> None:
@@ -144,6 +148,7 @@ class _Pending:
             newest_ts=self.newest_ts,
             dropped_events=self.dropped,
             notes=tuple(self.notes),
+            supervisor=self.supervisor,
         )
 
 
@@ -362,6 +367,8 @@ class _Loop:
                 pending.heartbeats[msg.src] = msg
             elif isinstance(msg, TaskProgress):
                 pending.progress[msg.attempt_id] = msg
+            elif isinstance(msg, SupervisorReport):
+                pending.supervisor = msg
             elif isinstance(msg, PeerDown | PeerUp):
                 pending.peers.append(msg)
                 if isinstance(msg, PeerUp) and msg.peer == BRAIN:

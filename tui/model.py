@@ -42,6 +42,7 @@ from llmo.proto.messages import (
     PeerDown,
     PeerUp,
     SnapshotReply,
+    SupervisorReport,
     TaskInfo,
     TaskProgress,
     Telemetry,
@@ -121,6 +122,7 @@ class Model:
         self.selected_batch = ""
         self.snapshot_at: float = 0.0
         self.last_heard: float = 0.0
+        self.supervisor: SupervisorReport | None = None  # llmo up's latest report
         self.changes: set[str] = set()
 
     # --- the fold --------------------------------------------------------------------
@@ -141,6 +143,8 @@ class Model:
             self.result(result, now)
         for text in update.notes:
             self.note(now, "warning", text)
+        if update.supervisor is not None:
+            self.supervise(update.supervisor, now)
         if update.link is not None and update.link != self.link:
             self.set_link(update.link)
         if update.received:
@@ -192,6 +196,8 @@ class Model:
             batch = self.batches.get(selected)
             if batch is not None and batch.finished:
                 self.tasks[selected] = old_tasks[selected]  # a finished batch does not change
+        if self.supervisor is not None:
+            self.supervise(self.supervisor, now)  # rows the snapshot replaced
         self.changes |= {"workers", "batches", "tasks"}
 
     def _seed_batch(self, reply: SnapshotReply, batch_id: str) -> None:
@@ -510,13 +516,49 @@ class Model:
             row.presence = "up"
             self.changes.add("workers")
 
+    def supervise(self, report: SupervisorReport, now: float) -> None:
+        """``llmo up``'s children: a worker it gave up on shows ``given up`` with why."""
+        self.supervisor = report
+        for child in report.children:
+            if child.kind != "worker":
+                continue
+            row = self.workers.get(child.name)
+            stopped = child.state in ("given_up", "config_error")
+            if row is None:
+                if not stopped:
+                    continue
+                row = self.workers[child.name] = WorkerRow(name=child.name, presence="down")
+            why = ""
+            if stopped:
+                code = "" if child.exit_code is None else f" (exit code {child.exit_code})"
+                if child.state == "config_error":
+                    head = "configuration error"
+                else:
+                    head = f"{child.restarts} restarts in {report.window_s:g} s"
+                why = f"{head}{code}: {child.reason or 'nothing in its log'}"
+            if why == row.given_up:
+                continue
+            if why:
+                self._log(
+                    EventLine(
+                        now,
+                        "error",
+                        f"{child.name} given up by llmo up after {why}; x restarts it",
+                        worker=child.name,
+                    )
+                )
+            else:
+                self._log(EventLine(now, "info", f"{child.name} running again under llmo up"))
+            row.given_up = why
+            self.changes.add("workers")
+
     # --- time, selection, notes ---------------------------------------------------------
 
     def tick(self, now: float) -> None:
         """Once a second: history samples for silent workers, ETA samples for batches."""
         for row in self.workers.values():
             if now - row.last_sample >= SAMPLE_S * 0.95 and (
-                row.shown_state == "down" or now - row.last_heartbeat > 2 * SAMPLE_S
+                row.shown_state in ("down", "given up") or now - row.last_heartbeat > 2 * SAMPLE_S
             ):
                 row.history.append(0.0)
                 row.last_sample = now
@@ -587,7 +629,9 @@ class Model:
         )
 
     def rig_tok_s(self) -> float:
-        return sum(w.tok_s for w in self.workers.values() if w.shown_state != "down")
+        return sum(
+            w.tok_s for w in self.workers.values() if w.shown_state not in ("down", "given up")
+        )
 
     def batch_order(self) -> list[BatchRow]:
         """Running batches first (oldest first), then finished ones (newest first)."""

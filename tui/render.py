@@ -30,6 +30,7 @@ WORKER_STYLES = {
     "constrained": "bold magenta",
     "draining": "yellow italic",
     "down": "bold red",
+    "given up": "bold white on red",
     "up": "",
 }
 BATCH_STYLES = {
@@ -218,7 +219,7 @@ def worker_cells(
             temp.stylize("bold red")
         elif reading >= 75:
             temp.stylize("yellow")
-    down = state == "down"
+    down = state in ("down", "given up")
     unseen = down or not live  # no rate it cannot see: the worker's, or the monitor's link
     rate = styled(DASH if unseen else f"{worker.tok_s:5.1f}", "dim" if unseen else "bold")
     spark = styled(sparkline(worker.history, spark_width, top), "dim" if down else "cyan")
@@ -242,7 +243,10 @@ def worker_cells(
 
 
 def worker_detail(worker: WorkerRow) -> str:
-    """A line about the selected worker: where its OpenAI-compatible endpoint listens."""
+    """A line about the selected worker: why llmo up gave up on it (and the key that
+    restarts it), else where its OpenAI-compatible endpoint listens."""
+    if worker.given_up:
+        return f"{worker.name} · given up (x restarts it): {worker.given_up}"
     if not worker.endpoint:
         return ""
     return f"{worker.name} · endpoint {worker.endpoint} (on its host)"

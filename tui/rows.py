@@ -88,6 +88,7 @@ class WorkerRow:
     telemetry: Any = None  # proto Telemetry from the latest heartbeat
     constraint: str = ""
     endpoint: str = ""  # its OpenAI-compatible endpoint's URL, on its own host
+    given_up: str = ""  # why llmo up gave up on its process ("" while it has not)
     last_heartbeat: float = 0.0
     last_sample: float = 0.0
     history: collections.deque[float] = field(
@@ -96,6 +97,8 @@ class WorkerRow:
 
     @property
     def shown_state(self) -> str:
+        if self.given_up:
+            return "given up"
         if self.presence == "down" or self.state == "down":
             return "down"
         if self.presence == "draining" and self.state != "constrained":
@@ -104,7 +107,10 @@ class WorkerRow:
 
     def silent(self, now: float) -> bool:
         """Up by the brain's account, but no heartbeat heard for a while."""
-        return self.shown_state != "down" and now - self.last_heartbeat > WORKER_STALE_S
+        return (
+            self.shown_state not in ("down", "given up")
+            and now - self.last_heartbeat > WORKER_STALE_S
+        )
 
     def heartbeat_age(self, now: float) -> float | None:
         """Seconds since its last heartbeat (heard here, or by the brain); None: never heard."""

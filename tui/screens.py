@@ -44,6 +44,7 @@ HELP_KEYS: Sequence[tuple[str, str]] = (
     ("C", "cancel every running batch (asks first, with the count)"),
     ("p", "start a plan: PLAN_DIR (or its plan.md) and KEY=VALUE settings"),
     ("ctrl+p", "the command palette: every action above by name"),
+    ("x", "restart the selected worker llmo up gave up on (asks first)"),
     ("s", "sort the tasks: live first (running, retrying, failed) or plan order"),
     ("r", "take a fresh snapshot from the brain"),
     ("?", "this help"),

@@ -12,7 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from llmo.proto.messages import BatchEvent, Heartbeat, PeerDown, PeerUp, SnapshotReply, TaskProgress
+from llmo.proto.messages import (
+    BatchEvent,
+    Heartbeat,
+    PeerDown,
+    PeerUp,
+    SnapshotReply,
+    SupervisorReport,
+    TaskProgress,
+)
 
 LinkState = Literal["connecting", "live", "no_brain", "down"]
 
@@ -36,7 +44,8 @@ class LinkStatus:
 
 @dataclass(frozen=True, slots=True)
 class ActionResult:
-    """The brain's answer to an operator action (cancel, drain, load, unload)."""
+    """The answer to an operator action (cancel, drain, load, unload: the brain's;
+    restart: ``llmo up``'s supervisor's)."""
 
     label: str
     ok: bool
@@ -50,7 +59,8 @@ class Update:
     ``snapshots`` come first (a full one, then any narrowed to one batch, as
     ``(batch_id, reply)`` with ``""`` for the full one), then ``events`` in
     publication order, then the latest
-    ``heartbeats`` and ``progress``. ``oldest_ts`` / ``newest_ts`` are the
+    ``heartbeats`` and ``progress``, and the latest ``supervisor`` report of
+    ``llmo up`` (its children; None when none was heard). ``oldest_ts`` / ``newest_ts`` are the
     send times of the oldest and newest publication in it (for lag figures).
     """
 
@@ -66,3 +76,4 @@ class Update:
     newest_ts: float = 0.0
     dropped_events: int = 0
     notes: tuple[str, ...] = ()
+    supervisor: SupervisorReport | None = None

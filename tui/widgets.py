@@ -466,7 +466,7 @@ class StatusBar(Widget):
             out.append(
                 f"{gap}{'' if compact else 'rig '}{model.rig_tok_s():.1f} tok/s", "bold cyan"
             )
-            up = sum(1 for w in workers if w.shown_state != "down")
+            up = sum(1 for w in workers if w.shown_state not in ("down", "given up"))
             out.append(
                 f"{gap}workers {up}/{len(workers)} up", "" if up == len(workers) else "yellow"
             )
