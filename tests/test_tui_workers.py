@@ -7,13 +7,20 @@ it holds, its CPU, host, why it is constrained and its endpoint.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+from textual.widgets import Log, Static
 
 from llmo.proto.messages import BatchEvent, Heartbeat, SnapshotReply, Telemetry
 from llmo.tui import render
+from llmo.tui.app import MonitorApp
 from llmo.tui.model import Model
 from llmo.tui.rows import TELEMETRY_SAMPLES, WORKER_ATTEMPTS_KEPT
+from llmo.tui.updates import LinkStatus
 from llmo.tui.widgets import WORKER_COLUMNS, layout_columns
+from llmo.tui.worker_screen import WorkerScreen
 from tests.test_tui_support import batch_view, gpu_telemetry, task_view, worker_view
 
 pytestmark = pytest.mark.timeout(30)
@@ -173,8 +180,8 @@ def test_holding_shows_the_task_ids_of_its_active_attempts():
     assert cells_of(model, "gpu-1")["holding"] == "b"  # the snapshot's attempts
     active = tuple(f"b-7f3a@17.2:summarise_{n:03d}:1" for n in (40, 41, 42))
     model.heartbeat(beat(active=active), NOW)
-    assert cells_of(model, "gpu-1", holding_width=30)["holding"] == "summarise_040 041 042"
-    assert cells_of(model, "gpu-1", holding_width=12)["holding"] == "…040 041 042"
+    assert cells_of(model, "gpu-1", widths={"holding": 30})["holding"] == "summarise_040 041 042"
+    assert cells_of(model, "gpu-1", widths={"holding": 12})["holding"] == "…040 041 042"
     assert cells_of(model, "gpu-2")["holding"] == render.DASH
 
 
@@ -197,6 +204,10 @@ def test_cpu_host_limit_and_endpoint_cells():
     assert cells["endpoint"] == "http://rig-a:8081/v1"
     assert cells["limit"] == "thermal+power · " + why.removeprefix("constrained: ")
     assert render.constraint_kind(why) == "thermal+power"
+    one = "constrained: GPU 1 at 86 °C (limit 83 °C)"
+    assert render.limit_text(one, 30) == "GPU 1 at 86 °C (limit 83 °C)"  # it fits: the readings
+    assert render.limit_text(one, 12) == "thermal · GPU 1 at 86 °C (limit 83 °C)"
+    assert render.limit_text("critical: CPU at 96 °C (limit 90 °C)", 40).startswith("critical:")
     assert render.constraint_kind("critical: CPU at 96 °C (limit 90 °C)") == "CRIT cpu heat"
     assert render.constraint_kind("constrained: GPU 0 VRAM at 97 % (limit 95 %)") == "VRAM"
     model.heartbeat(beat(name="gpu-2", state="cold", telemetry=Telemetry()), NOW)
@@ -236,3 +247,135 @@ def test_a_narrow_state_cell_says_why_it_is_constrained():
     assert cells_of(model, "gpu-1", merge_limit=True)["state"].startswith("thermal")
     assert cells_of(model, "gpu-1")["state"].startswith("constrained")
     assert row.shown_state == "constrained"
+
+
+# --- the detail screen, driven by the pilot ------------------------------------------------
+
+
+def detail_model(now: float = NOW) -> Model:
+    """gpu-1 with five minutes of telemetry, a finished and a running attempt."""
+    model = seeded(host="rig-a", pid=4242, endpoint="http://rig-a:8081/v1", attempts=("B:b:1",))
+    for i in range(300):
+        tele = gpu_telemetry(1, temp=60.0 + (i % 30) / 3, used=3000 + 4 * i)
+        tele = Telemetry(
+            gpu_available=True,
+            gpus=tele.gpus,
+            cpu_percent=float(10 + i % 50),
+            cpu_temperature_c=50.0 + (i % 20) / 2,
+        )
+        if 100 <= i < 120:
+            continue  # twenty silent seconds
+        model.heartbeat(
+            beat(tok_s=15.0 + (i % 10), telemetry=tele, active=("B:b:1",)), now - 300 + i
+        )
+    model.heartbeat(
+        beat(
+            state="constrained",
+            constraint="constrained: GPU 1 at 86 °C (limit 83 °C)",
+            telemetry=gpu_telemetry(1, temp=86.0),
+            active=("B:b:1",),
+            tok_s=12.0,
+        ),
+        now,
+    )
+    model.set_link(LinkStatus("live", now - 400))
+    model.take_changes()
+    return model
+
+
+def run_app(app: MonitorApp, script, size=(120, 40)) -> None:
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            await script(pilot)
+
+    asyncio.run(main())
+
+
+async def until(pilot, check, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def text_of(screen, selector: str) -> str:
+    return str(screen.query_one(selector, Static).content)
+
+
+def worker_screen_shown(app: MonitorApp) -> bool:
+    screen = app.screen
+    return isinstance(screen, WorkerScreen) and bool(screen.query("#worker-facts"))
+
+
+def test_enter_on_a_worker_opens_its_detail_with_facts_attempts_and_log(tmp_path):
+    logs = tmp_path / "hello" / "history" / "B" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "b.log").write_text("loading the model\ngenerated 400 tokens\n")
+    app = MonitorApp(
+        None,
+        model=detail_model(),
+        clock=lambda: NOW,
+        tick_s=3600,
+        path_map=[("/srv/plans", str(tmp_path))],
+    )
+
+    async def script(pilot) -> None:
+        app.workers_table.focus()
+        app.workers_table.move_cursor_to(0)
+        await pilot.press("enter")
+        await until(pilot, lambda: worker_screen_shown(app), "the worker screen")
+        screen = app.screen
+        facts = text_of(screen, "#worker-facts")
+        assert "gpu-1" in facts and "constrained" in facts
+        assert "host rig-a" in facts and "pid 4242" in facts
+        assert "endpoint http://rig-a:8081/v1" in facts
+        assert "holding b" in facts
+        assert "thermal · GPU 1 at 86 °C" in facts
+        tele = text_of(screen, "#worker-telemetry")
+        for label in ("GPU temp", "VRAM used", "GPU power", "CPU", "CPU temp", "tok/s"):
+            assert label in tele
+        assert "now   86°C" in tele
+        attempts = text_of(screen, "#worker-attempts").splitlines()
+        assert attempts[2].split()[:3] == ["b", "B", "running"]
+        assert attempts[3].split()[:4] == ["a", "B", "done", "0"]
+        log = screen.query_one(Log)
+        await until(pilot, lambda: "generated 400 tokens" in log.lines, "the log tail")
+        assert "b.log" in str(log.border_title)
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, WorkerScreen), "back")
+
+    run_app(app, script)
+
+
+def test_the_worker_rows_show_holding_cpu_host_and_limit():
+    app = MonitorApp(None, model=detail_model(), clock=lambda: NOW, tick_s=3600)
+
+    async def script(pilot) -> None:
+        table = app.workers_table
+        assert table.cell("gpu-1", "holding").plain == "b"
+        assert table.cell("gpu-1", "host").plain == "rig-a"
+        assert table.cell("gpu-1", "limit").plain.startswith("thermal · GPU 1")
+        assert table.cell("gpu-1", "cpu").plain.split() == ["20%", render.DASH]
+        line = table.render_line(1).text
+        assert "rig-a" in line and "thermal" in line
+
+    run_app(app, script, size=(200, 40))
+
+
+def test_the_detail_screen_says_when_its_figures_are_stale():
+    model = detail_model()
+    model.set_link(LinkStatus("down", NOW - 42, "nothing from tcp://rig:5555"))
+    model.last_heard = NOW - 42
+    app = MonitorApp(None, model=model, clock=lambda: NOW, tick_s=3600)
+
+    async def script(pilot) -> None:
+        app.open_worker("gpu-1")
+        await until(pilot, lambda: worker_screen_shown(app), "the worker screen")
+        facts = text_of(app.screen, "#worker-facts")
+        assert "stale: the link is down since" in facts
+        tele = text_of(app.screen, "#worker-telemetry")
+        assert "last   86°C" in tele and "now" not in tele  # the last figures heard
+
+    run_app(app, script)

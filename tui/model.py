@@ -567,7 +567,10 @@ class Model:
             if hb.constraint:
                 self._log(
                     EventLine(
-                        now, "warning", f"{hb.src} constrained: {hb.constraint}", worker=hb.src
+                        now,
+                        "warning",
+                        f"{hb.src} constrained: {hb.constraint.removeprefix('constrained: ')}",
+                        worker=hb.src,
                     )
                 )
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from rich.text import Text
 
@@ -277,14 +277,19 @@ def constraint_kind(text: str) -> str:
     return f"CRIT {short}" if critical else short
 
 
-def limit_text(constraint: str) -> str:
-    """``thermal · GPU 1 at 86 °C (limit 83 °C)``: the kind first, so a narrow cell keeps it."""
+def limit_text(constraint: str, width: int = 0) -> str:
+    """Why a worker is constrained, in ``width`` cells (0: any): the readings
+    where they fit (``GPU 1 at 86 °C (limit 83 °C)``), else the kind first
+    (``thermal · GPU 1 at 86 °C ...``), so a narrow cell still says which."""
     text = " ".join(constraint.split())
     if not text:
         return ""
     head, sep, rest = text.partition(": ")
-    body = rest if sep and head in ("critical", "constrained") else text
-    return f"{constraint_kind(text)} · {body}"
+    readings = rest if sep and head in ("critical", "constrained") else text
+    shown = f"critical: {readings}" if head == "critical" else readings
+    if width and len(shown) <= width:
+        return shown
+    return f"{constraint_kind(text)} · {readings}"
 
 
 def cpu_text(worker: WorkerRow) -> str:
@@ -326,30 +331,35 @@ def worker_cells(
     live: bool = True,
     *,
     merge_limit: bool = False,
-    holding_width: int = 16,
+    widths: Mapping[str, int] | None = None,
 ) -> list[Text]:
     """The row's cells in ``WORKER_KEYS`` order. ``merge_limit``: the table shows no
     LIMIT column, so a constrained worker's state says the kind of limit instead;
-    ``holding_width``: the HOLDING column's width, which its task ids are fitted to."""
+    ``widths``: the columns' widths by key, which the task ids it holds and the
+    VRAM figures are fitted to."""
+    widths = widths or {}
     state = worker.shown_state
     silent = worker.silent(now) and worker.last_heartbeat > 0
     state_text = styled(state, WORKER_STYLES.get(state, ""))
     if silent:
         state_text = styled(f"{state}?", "dim " + WORKER_STYLES.get(state, ""))
-    if state == "constrained" and worker.constraint:
-        if merge_limit:
-            state_text = styled(constraint_kind(worker.constraint), WORKER_STYLES[state])
-        state_text.append(" !", "bold magenta")
+    if state == "constrained" and worker.constraint and merge_limit:
+        state_text = styled(constraint_kind(worker.constraint), WORKER_STYLES[state])
+        state_text.append(" !", "bold magenta")  # no LIMIT column: the state says which
     gpus = ",".join(str(g) for g in worker.gpus) or DASH
     model = f"→{worker.loading}" if worker.loading else worker.model or DASH
     model = model.rsplit("/", 1)[-1]
     figures = gpu_figures(worker)
+    vram_width = widths.get("vram", 16)
     if figures is None:
         temp = styled(DASH, "dim")
-        vram = styled("no GPU telemetry" if worker.telemetry is not None else DASH, "dim")
+        missing = "no GPU telemetry" if vram_width >= 16 else "no GPU"
+        vram = styled(missing if worker.telemetry is not None else DASH, "dim")
         power = util = styled(DASH, "dim")
     else:
         temp_s, vram, power_s, util_s = figures
+        if vram.cell_len > vram_width:
+            vram = styled(vram.plain.split(" ", 1)[0])  # the figures without the bar
         temp, power, util = styled(temp_s), styled(power_s), styled(util_s)
         reading = max((g.temperature_c or 0 for g in worker.telemetry.gpus), default=0)
         if reading >= 83:
@@ -360,8 +370,8 @@ def worker_cells(
     unseen = down or not live  # no rate it cannot see: the worker's, or the monitor's link
     rate = styled(DASH if unseen else f"{worker.tok_s:5.1f}", "dim" if unseen else "bold")
     spark = styled(sparkline(worker.history, spark_width, top), "dim" if down else "cyan")
-    holding = holding_text(worker.holding(), holding_width)
-    limit = limit_text(worker.constraint)
+    holding = holding_text(worker.holding(), widths.get("holding", 16))
+    limit = limit_text(worker.constraint, widths.get("limit", 16))
     cells = {
         "name": styled(worker.name, "bold"),
         "gpus": styled(gpus),

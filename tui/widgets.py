@@ -49,7 +49,7 @@ _WORKER_FIT: dict[str, tuple[str, int, int, int, int]] = {
     "util": ("UTIL", 4, 4, 8, 0),
     "cpu": ("CPU", 9, 9, 3, 0),
     "tok_s": ("TOK/S", 5, 5, 1, 0),
-    "history": ("TOK/S HISTORY", 14, 8, 6, 0),
+    "history": ("TOK/S HISTORY", 14, 14, 6, 0),  # a narrower one would cut the newest
     "host": ("HOST", 10, 8, 7, 0),
     "endpoint": ("ENDPOINT", 20, 12, 7, 3),
 }
@@ -418,21 +418,18 @@ class WorkersTable(RowTable):
         top = max((max(w.history, default=0.0) for w in rows), default=0.0)
         live = model.live
         merge = not self.column_layout.shown("limit", WORKER_COLUMNS)
-        holding = self.width_of("holding")
+        widths = {WORKER_COLUMNS[i][0]: width for i, width in self.column_layout.columns}
         self.sync(
             [
                 (
                     w.name,
                     render.worker_cells(
-                        w, now, SPARK_WIDTH, top, live, merge_limit=merge, holding_width=holding
+                        w, now, SPARK_WIDTH, top, live, merge_limit=merge, widths=widths
                     ),
                 )
                 for w in rows
             ]
         )
-
-    def width_of(self, key: str) -> int:
-        return next((w for i, w in self.column_layout.columns if WORKER_COLUMNS[i][0] == key), 16)
 
     def on_resize(self) -> None:
         width = self.scrollable_content_region.width or self.size.width
