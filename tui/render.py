@@ -267,10 +267,10 @@ def constraint_kind(text: str) -> str:
             kind = "VRAM"
         elif "drawing" in part or part.endswith(" W") or " W " in part:
             kind = "power"
-        elif "°C" in part or "° C" in part or "°" in part:
+        elif "°" in part:
             kind = "thermal"
         else:
-            kind = part.split(" ", 1)[0]
+            kind = part  # a reading this monitor does not know: as the worker said it
         if kind and kind not in kinds:
             kinds.append(kind)
     short = "+".join(kinds) or body
