@@ -116,6 +116,7 @@ def on_register(cx: Ctx, msg: Register) -> None:
     worker.vram_budget_mb = msg.vram_budget_mb
     worker.pid = msg.pid
     worker.endpoint = msg.endpoint
+    worker.host = msg.host
     cx.publish(None, "worker_registered", worker=msg.src, role=msg.role, slots=worker.slots)
     cx.state.dispatch_due = True
 

@@ -296,6 +296,7 @@ class Worker:
     llm_requests: int = 0  # requests its endpoint serves (or served since its last heartbeat)
     llm_request_at: float = 0.0  # when a heartbeat last reported requests
     endpoint: str = ""  # its OpenAI-compatible endpoint's URL, from its registration
+    host: str = ""  # the machine it registered from
     vram_budget_mb: int = 0
     vram_used_mb: int = 0
     pid: int = 0
@@ -315,6 +316,13 @@ class Worker:
     tok_s: float = 0.0  # its recent generation rate, from its heartbeat
     constraint: str = ""  # why it is constrained, from its heartbeat
     gauges: dict[str, Any] = field(default_factory=dict)  # telemetry summary, see view.py
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
+        self.endpoint = ""
+        self.host = ""
+        for name, value in state[1].items():
+            object.__setattr__(self, name, value)
 
     @property
     def alive(self) -> bool:

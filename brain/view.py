@@ -39,6 +39,8 @@ def worker_view(worker: Worker) -> WorkerInfo:
         constraint=worker.constraint,
         gpu=GpuGauges(**worker.gauges) if worker.gauges else None,
         endpoint=worker.endpoint,
+        host=worker.host,
+        pid=worker.pid,
     )
 
 

@@ -182,7 +182,8 @@ class WorkerInfo(View):
     brain lost it), ``presence`` the brain's view; ``loading`` is the model the
     brain asked it to load; ``attempts`` the attempt ids it runs for the brain;
     ``gpu`` is ``None`` until it reports telemetry; ``endpoint`` is the URL of its
-    OpenAI-compatible endpoint, on its own host."""
+    OpenAI-compatible endpoint, on its own host; ``host`` and ``pid`` are the
+    machine and process it registered from."""
 
     name: str
     role: Literal["worker", "brain"] = "worker"
@@ -201,6 +202,8 @@ class WorkerInfo(View):
     constraint: str = ""
     gpu: GpuGauges | None = None
     endpoint: str = ""
+    host: str = ""
+    pid: int = 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

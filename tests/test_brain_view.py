@@ -52,3 +52,32 @@ def test_status_json_keeps_its_shape():
     assert out["gpu"] == {}  # no telemetry reported yet
     assert out["name"] == "w" and out["state"] == "cold" and out["attempts"] == []
     assert {"role", "presence", "slots", "slots_free", "vram_budget_mb", "tok_s"} <= set(out)
+
+
+def test_the_worker_view_carries_its_host_pid_and_endpoint_from_registration():
+    from llmo.proto.messages import Register
+
+    rig = Rig()
+    rig.msg(
+        Register(role="worker", slots=2, pid=4242, host="rig-a", endpoint="http://rig-a:8081/v1"),
+        src="w",
+    )
+    shown = view.worker_view(rig.state.workers["w"])
+    assert (shown.host, shown.pid, shown.endpoint) == ("rig-a", 4242, "http://rig-a:8081/v1")
+    assert shown.to_wire()["host"] == "rig-a"
+
+
+def test_a_worker_from_an_older_snapshot_gets_an_empty_host():
+    import pickle
+
+    from llmo.brain.state import Worker
+
+    worker = Worker(name="w", host="rig-a", endpoint="http://rig-a:8081/v1")
+    reduced = worker.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    _, slots = reduced[2]
+    older = {k: v for k, v in slots.items() if k not in ("host", "endpoint")}
+    back = Worker.__new__(Worker)
+    back.__setstate__((None, older))
+    assert (back.name, back.host, back.endpoint) == ("w", "", "")
+    assert view.worker_view(back).host == ""
+    assert pickle.loads(pickle.dumps(worker)).host == "rig-a"

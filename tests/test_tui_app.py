@@ -163,10 +163,10 @@ def test_heartbeats_update_the_rows_and_the_sparkline(rig):
             await pilot.pause(0.5)
         await until(pilot, lambda: cell(app, WorkersTable, "gpu-1", "tok_s").strip() == "23.0")
         assert cell(app, WorkersTable, "gpu-1", "temp") == "61°C"
-        assert cell(app, WorkersTable, "gpu-1", "vram").endswith("4.1/6G")
+        assert cell(app, WorkersTable, "gpu-1", "vram").startswith("4.1/6G")
         spark = cell(app, WorkersTable, "gpu-1", "history").strip()
         assert len(spark) >= 2 and spark[-1] == "█" and spark[0] != "█"
-        assert cell(app, WorkersTable, "gpu-2", "vram") == "no GPU telemetry"
+        assert cell(app, WorkersTable, "gpu-2", "vram").startswith("no GPU")  # as wide as it fits
         assert "rig 23.0 tok/s" in status(app)
 
     run(app, script)

@@ -218,3 +218,14 @@ def test_an_action_that_times_out_is_said_plainly(setup):
     h.until(said, what="the action's outcome")
     line = said(h.model)
     assert "no answer from the broker" in line.text and line.level == "error"
+
+
+def test_a_worker_registering_brings_a_snapshot_with_its_host(setup):
+    _, rig, h = setup()
+    h.until(lambda m: m.live, what="the snapshot")
+    before = len(rig.snapshot_requests)
+    rig.set_state(workers=[worker_view("gpu-1", host="rig-a", pid=77), worker_view("gpu-2")])
+    rig.event("", "worker_registered", worker="gpu-1", detail={"role": "worker", "slots": 1})
+    h.until(lambda m: m.workers["gpu-1"].host == "rig-a", what="the worker's host")
+    assert len(rig.snapshot_requests) > before
+    assert h.model.workers["gpu-1"].pid == 77

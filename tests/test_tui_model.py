@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import msgpack
 import pytest
+from rich.text import Text
 
 from llmo.proto.codec import decode, encode, to_dict
 from llmo.proto.errors import ProtocolError
@@ -271,20 +272,25 @@ def test_durations():
     ]
 
 
+def worker_cells(model: Model, name: str, now: float = NOW) -> dict[str, Text]:
+    cells = render.worker_cells(model.workers[name], now)
+    return dict(zip(render.WORKER_KEYS, cells, strict=True))
+
+
 def test_worker_cells_say_no_gpu_telemetry_plainly():
     model = seeded()
     model.heartbeat(Heartbeat(src="gpu-2", role="worker", state="cold", telemetry=no_gpu()), NOW)
-    cells = render.worker_cells(model.workers["gpu-2"], NOW)
-    assert cells[7].plain == "no GPU telemetry"
+    cells = worker_cells(model, "gpu-2")
+    assert cells["vram"].plain == "no GPU telemetry"
     model.heartbeat(
         Heartbeat(src="gpu-1", role="worker", state="hot", telemetry=gpu_telemetry(1, temp=85.0)),
         NOW,
     )
-    cells = render.worker_cells(model.workers["gpu-1"], NOW)
-    assert cells[6].plain == "85°C" and "red" in str(cells[6].spans)
-    assert cells[7].plain.endswith("4.1/6G")
-    assert cells[3].plain == "hot"
-    assert render.worker_cells(model.workers["gpu-1"], NOW + 60)[3].plain == "hot?"  # silent
+    cells = worker_cells(model, "gpu-1")
+    assert cells["temp"].plain == "85°C" and "red" in str(cells["temp"].spans)
+    assert cells["vram"].plain.startswith("4.1/6G ")
+    assert cells["state"].plain == "hot"
+    assert worker_cells(model, "gpu-1", NOW + 60)["state"].plain == "hot?"  # silent
 
 
 def test_a_snapshot_taken_right_after_an_event_does_not_hide_its_line():
@@ -312,13 +318,13 @@ def test_the_snapshot_gives_worker_figures_until_the_first_heartbeat():
     )
     model = Model()
     model.seed(snapshot(workers=workers), NOW)
-    cells = render.worker_cells(model.workers["gpu-1"], NOW)
-    assert (cells[6].plain, cells[7].plain[-6:], cells[10].plain.strip()) == (
+    cells = worker_cells(model, "gpu-1")
+    assert (cells["temp"].plain, cells["vram"].plain[:6], cells["tok_s"].plain.strip()) == (
         "71°C",
         "4.0/6G",
         "22.5",
     )
-    assert render.worker_cells(model.workers["cpu-1"], NOW)[7].plain == "no GPU telemetry"
+    assert worker_cells(model, "cpu-1")["vram"].plain == "no GPU telemetry"
 
 
 def test_a_worker_becoming_constrained_says_why_in_the_events():

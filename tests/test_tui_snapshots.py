@@ -37,8 +37,8 @@ def fixed_model() -> Model:
     model = Model()
     workers = [
         worker_view("brain-llm", role="brain", gpus=(0, 3), model="qwen2.5-14b-instruct-q4"),
-        worker_view("gpu-1"),
-        worker_view("gpu-2"),
+        worker_view("gpu-1", host="rig-a", pid=4242, endpoint="http://rig-a:8081/v1"),
+        worker_view("gpu-2", host="rig-a", pid=4243),
         worker_view("gpu-4", "cold"),
         worker_view("cpu-1", "cold", gpus=()),
     ]
@@ -93,18 +93,22 @@ def fixed_model() -> Model:
     model.heartbeat(
         Heartbeat(src="cpu-1", role="worker", state="cold", telemetry=no_gpu()), NOW - 130
     )
+    running = tuple(f"b-7f3a:summarise_{n:03d}:1" for n in (40, 41, 42))
     for i in range(40):
         t = NOW - 40 + i
         for k, name in enumerate(("brain-llm", "gpu-1", "gpu-2")):
             rate = 12.4 if name == "brain-llm" else 18.0 + ((i * (k + 3)) % 9)
+            limited = name == "gpu-1" and i >= 30  # over its VRAM limit for the last ten seconds
             model.heartbeat(
                 Heartbeat(
                     src=name,
                     role="brain" if k == 0 else "worker",
-                    state="hot",
+                    state="constrained" if limited else "hot",
                     model="qwen2.5-7b-instruct-q4",
                     tok_s=rate,
                     telemetry=gpu_telemetry(k, temp=64.0 + 5 * k, used=3900 + 600 * k),
+                    active=running if name == "gpu-1" else (),
+                    constraint="constrained: GPU 1 VRAM at 73 % (limit 70 %)" if limited else "",
                 ),
                 t,
             )

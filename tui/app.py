@@ -1,5 +1,8 @@
 """The monitor: workers, batches, the selected batch's tasks and the events.
 
+Enter on a task opens its log (``screens.LogScreen``); on a worker, its detail
+(``worker_screen.WorkerScreen``).
+
 Theory of operation
 -------------------
 The app owns a ``Model`` and, when it runs for real, a ``Feed`` in a thread
@@ -55,6 +58,7 @@ from llmo.tui.rows import TaskRow
 from llmo.tui.screens import ConfirmScreen, HelpScreen, LogScreen, PromptScreen
 from llmo.tui.updates import Update
 from llmo.tui.widgets import BatchesTable, EventList, StatusBar, VirtualList, WorkersTable
+from llmo.tui.worker_screen import WorkerScreen
 
 log = logging.getLogger("llmo.tui")
 
@@ -356,6 +360,12 @@ class MonitorApp(App[None]):
     def on_virtual_list_selected(self, event: VirtualList.Selected) -> None:
         if event.source.id == "tasks":
             self.open_log(event.row)
+        elif isinstance(event.source, WorkersTable) and event.row is not None:
+            self.open_worker(event.row[0])
+
+    def open_worker(self, name: str) -> None:
+        """The worker's detail: telemetry history, recent attempts, log tail."""
+        self.push_screen(WorkerScreen(name, self.model, self.clock, self.map_path))
 
     def open_log(self, task: TaskRow) -> None:
         batch = self.model.batches.get(self.model.selected_batch)

@@ -18,8 +18,9 @@ snapshot replaces them.
 
 Link states (see ``tui.updates.LinkStatus``): a fresh snapshot is taken at
 start, on a sequence gap (missed publications, a restarted broker), when a
-new batch appears or a foreach expands, when the brain comes back, and when
-nothing has been published for ``silence_s``. If that snapshot fails too, the link is
+new batch appears, a foreach expands or a worker registers, when the brain
+comes back, and when nothing has been published for ``silence_s``. If that
+snapshot fails too, the link is
 ``down`` since the last publication heard (or ``no_brain`` when the broker
 answers for an absent brain); requests are retried with growing back-off,
 and the first publication heard again brings the retry forward.
@@ -75,10 +76,13 @@ RESYNC_MIN_S = 2.0
 MAX_PENDING_EVENTS = 20_000
 DRAIN_BURST = 5_000  # publications read per pass before the loop looks at its timers
 # Events after which the brain's state holds more than the events tell: a new
-# batch (its history path, its first tasks) and a foreach expansion (its items
-# are released quietly, in one step), and a batch re-opened by a retry (a
-# finished batch's tasks are not kept unless it is selected).
-RESYNC_EVENTS = frozenset({"batch_accepted", "task_expanded", "batch_reopened"})
+# batch (its history path, its first tasks), a foreach expansion (its items
+# are released quietly, in one step), a batch re-opened by a retry (a
+# finished batch's tasks are not kept unless it is selected) and a worker's
+# registration (its host, pid and endpoint).
+RESYNC_EVENTS = frozenset(
+    {"batch_accepted", "task_expanded", "batch_reopened", "worker_registered"}
+)
 
 
 def submitted(label: str, reply: Message) -> ActionResult:
@@ -388,7 +392,7 @@ class _Loop:
             self.next_try = min(self.next_try, now)
         pending.events.append(msg)
         if msg.event in RESYNC_EVENTS:
-            self.need_full = True  # a new batch, or new tasks released without an event each
+            self.need_full = True  # see RESYNC_EVENTS
             self.next_try = min(self.next_try, now)
 
     # --- requests ------------------------------------------------------------------------

@@ -15,7 +15,10 @@ on their way are not skipped.
 
 Memory is bounded: task rows are kept for running batches and the selected
 batch only (a finished batch keeps its counts), events are a ring, and each
-worker's tok/s history is a ring of one sample a second.
+worker's tok/s history and telemetry history are rings of one sample a
+second (a silent second is a gap). Each worker also keeps its last few
+attempts (``WorkerAttempt``), from the snapshot's tasks and the task events
+that name it, for its detail screen.
 
 Batch counts move task by task (old state -1, new state +1). A task the
 model never saw (the brain truncates very large snapshots) only adds, and
@@ -60,6 +63,8 @@ from llmo.tui.rows import (
     EventLine,
     RigCounts,
     TaskRow,
+    TelemetrySample,
+    WorkerAttempt,
     WorkerRow,
 )
 from llmo.tui.updates import ActionResult, LinkStatus, Update
@@ -72,11 +77,42 @@ def _num(value: Any, default: float | None = None) -> float | None:
     return float(value)
 
 
+def _sample(hb: Heartbeat, now: float) -> TelemetrySample:
+    """One second of a worker's figures, from its heartbeat."""
+    tele = hb.telemetry
+    if tele is None:
+        return TelemetrySample(now, tok_s=hb.tok_s)
+    temps = [g.temperature_c for g in tele.gpus if g.temperature_c is not None]
+    used = [g.vram_used_mb for g in tele.gpus if g.vram_used_mb is not None]
+    power = [g.power_w for g in tele.gpus if g.power_w is not None]
+    return TelemetrySample(
+        now,
+        gpu_temp_c=max(temps) if temps else None,
+        vram_used_mb=float(sum(used)) if used else None,
+        power_w=sum(power) if power else None,
+        cpu_percent=tele.cpu_percent,
+        cpu_temp_c=tele.cpu_temperature_c,
+        tok_s=hb.tok_s,
+    )
+
+
+# What a task event says of the attempt it names: its outcome, and whether it ended.
+_ATTEMPT_OUTCOMES: dict[str, tuple[str, bool]] = {
+    "task_succeeded": ("done", True),
+    "task_failed": ("failed", True),
+    "task_abandoned": ("failed", True),
+    "task_cancelled": ("cancelled", True),
+    "task_aborting": ("aborting", False),
+    "task_killing": ("killing", False),
+}
+
+
 def _telemetry_from(gauges: GpuGauges, gpus: tuple[int, ...]) -> Telemetry:
     """The brain's summary of a worker's telemetry, shaped like a heartbeat's,
     until the worker's own heartbeat arrives."""
+    cpu = Telemetry(cpu_percent=gauges.cpu_percent, cpu_temperature_c=gauges.cpu_temperature_c)
     if not gauges.available:
-        return Telemetry(gpu_available=False, note=gauges.note)
+        return replace(cpu, note=gauges.note)
     reading = GpuReading(
         index=gpus[0] if gpus else 0,
         temperature_c=gauges.temperature_c,
@@ -85,7 +121,7 @@ def _telemetry_from(gauges: GpuGauges, gpus: tuple[int, ...]) -> Telemetry:
         power_w=gauges.power_w,
         util_percent=gauges.util_percent,
     )
-    return Telemetry(gpu_available=True, gpus=(reading,))
+    return replace(cpu, gpu_available=True, gpus=(reading,))
 
 
 TASK_QUEUED = frozenset(
@@ -229,6 +265,9 @@ class Model:
         row.tok_s = w.tok_s
         row.constraint = w.constraint
         row.endpoint = w.endpoint or row.endpoint
+        row.host = w.host or row.host
+        row.pid = w.pid or row.pid
+        row.active = w.attempts
         if row.telemetry is None and w.gpu is not None:
             row.telemetry = _telemetry_from(w.gpu, row.gpus)
         if row.presence == "down":
@@ -269,9 +308,35 @@ class Model:
             )
             row.counted = row.attempt_id if row.attempts else ""
             out.setdefault(batch_id, {})[row.id] = row
+            if t.worker and t.attempt_id:
+                self._attempt_from(batch_id, row)
             if row.template and batch_id in self.batches:
                 self.batches[batch_id].templates.add(row.template)
         return out
+
+    def _attempt_from(self, batch_id: str, task: TaskRow) -> None:
+        """A snapshot's task as its worker's attempt (updated where it is known)."""
+        worker = self.workers.get(task.worker)
+        if worker is None:
+            return
+        attempt = worker.attempt(task.attempt_id)
+        if attempt is None:
+            attempt = WorkerAttempt(batch_id, task.id, task.attempt_id)
+            started = task.started_at or 0.0
+            place = len(worker.attempts)
+            while place and (worker.attempts[place - 1].started_at or 0.0) > started:
+                place -= 1  # the snapshot lists tasks in plan order, not as they started
+            if len(worker.attempts) == worker.attempts.maxlen:
+                if place == 0:
+                    return  # older than every attempt remembered
+                worker.attempts.popleft()
+                place -= 1
+            worker.attempts.insert(place, attempt)
+        attempt.state = "running" if task.state in TASK_ACTIVE else task.state
+        attempt.started_at = task.started_at
+        attempt.finished_at = task.finished_at if task.state in TASK_TERMINAL else None
+        attempt.exit_code = task.exit_code
+        attempt.why = task.error or attempt.why
 
     # --- events ----------------------------------------------------------------------
 
@@ -290,6 +355,8 @@ class Model:
         when = ev.ts or now
         if ev.task_id:
             self._task_event(ev, when)
+            if ev.worker:
+                self._worker_attempt(ev, when)
         elif ev.batch_id:
             self._batch_event(ev, when)
         elif ev.worker:
@@ -345,6 +412,51 @@ class Model:
         self._task_fields(row, ev, when)
         if ev.batch_id == self.selected_batch:
             self.changes.add("tasks")
+
+    def _worker_attempt(self, ev: BatchEvent, when: float) -> None:
+        """Keep the worker's recent attempts: a start adds one, an outcome closes it."""
+        worker = self.workers.get(ev.worker)
+        if worker is None:
+            return
+        attempt = worker.attempt(ev.attempt_id) if ev.attempt_id else None
+        if ev.event == "task_started":
+            if attempt is None:
+                attempt = WorkerAttempt(ev.batch_id, ev.task_id, ev.attempt_id)
+                worker.attempts.append(attempt)
+            attempt.started_at = when
+            self.changes.add("workers")
+            return
+        if attempt is None:  # a retry's event no longer names the attempt
+            attempt = next(
+                (
+                    a
+                    for a in reversed(worker.attempts)
+                    if a.task_id == ev.task_id and a.batch_id == ev.batch_id
+                ),
+                None,
+            )
+        if attempt is None:
+            return
+        detail = ev.detail
+        outcome = _ATTEMPT_OUTCOMES.get(ev.event)
+        if ev.event == "task_retried":
+            outcome = ("failed, retried" if attempt.state == "failed" else "retried", True)
+        elif outcome is None and ev.state in TASK_TERMINAL and attempt.finished_at is None:
+            outcome = (ev.state, True)
+        if outcome is None:
+            return
+        attempt.state, ended = outcome
+        if ended and attempt.finished_at is None:
+            attempt.finished_at = when
+        duration = _num(detail.get("duration_s"))
+        if duration is not None:
+            attempt.duration_s = duration
+        if type(detail.get("exit_code")) is int:
+            attempt.exit_code = detail["exit_code"]
+        why = detail.get("error") or detail.get("reason")
+        if isinstance(why, str) and why and not attempt.why:
+            attempt.why = why
+        self.changes.add("workers")
 
     @staticmethod
     def _template(batch: BatchRow, ev: BatchEvent) -> str:
@@ -463,11 +575,15 @@ class Model:
         row.vram_used_mb = hb.vram_used_mb
         row.tok_s = hb.tok_s
         row.telemetry = hb.telemetry
+        row.active = hb.active
         if hb.constraint != row.constraint and row.last_heartbeat:
             if hb.constraint:
                 self._log(
                     EventLine(
-                        now, "warning", f"{hb.src} constrained: {hb.constraint}", worker=hb.src
+                        now,
+                        "warning",
+                        f"{hb.src} constrained: {hb.constraint.removeprefix('constrained: ')}",
+                        worker=hb.src,
                     )
                 )
             else:
@@ -482,6 +598,7 @@ class Model:
         row.last_heartbeat = now
         if now - row.last_sample >= SAMPLE_S * 0.95:
             row.history.append(hb.tok_s)
+            row.samples.append(_sample(hb, now))
             row.last_sample = now
         self.changes.add("workers")
 
@@ -561,6 +678,7 @@ class Model:
                 row.shown_state in ("down", "given up") or now - row.last_heartbeat > 2 * SAMPLE_S
             ):
                 row.history.append(0.0)
+                row.samples.append(TelemetrySample(now))  # a gap
                 row.last_sample = now
         for batch in self.batches.values():
             if not batch.finished:

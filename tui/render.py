@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from rich.text import Text
 
@@ -90,6 +90,26 @@ def sparkline(values: Iterable[float], width: int, top: float | None = None) -> 
     return cells.rjust(width)
 
 
+def history_spark(values: Sequence[float | None], width: int, lo: float, hi: float) -> str:
+    """A history in ``width`` cells between ``lo`` and ``hi``: a longer one is
+    squeezed (each cell the mean of its stretch), a shorter one right-aligned;
+    a stretch with no figure (a silent worker) is blank."""
+    n = len(values)
+    if n == 0 or width <= 0:
+        return " " * max(0, width)
+    span = hi - lo
+    cells = []
+    buckets = min(n, width)
+    for i in range(buckets):
+        stretch = [v for v in values[i * n // buckets : (i + 1) * n // buckets] if v is not None]
+        if not stretch:
+            cells.append(" ")
+            continue
+        share = (sum(stretch) / len(stretch) - lo) / span if span > 0 else 0.0
+        cells.append(SPARKS[min(7, max(0, int(share * 7.999)))])
+    return "".join(cells).rjust(width)
+
+
 def meter(used: float, total: float, width: int) -> Text:
     """A filled bar for a share: green, yellow past 75 %, red past 90 %."""
     share = 0.0 if total <= 0 else min(1.0, max(0.0, used / total))
@@ -130,7 +150,8 @@ def progress(batch: BatchRow, width: int) -> Text:
 
 
 def gpu_figures(worker: WorkerRow) -> tuple[str, Text, str, str] | None:
-    """(temperature, VRAM bar and figures, power, utilisation); None without NVML."""
+    """(temperature, VRAM figures and bar, power, utilisation); None without NVML.
+    The VRAM figures come first, so a narrow column keeps them and drops the bar."""
     tele = worker.telemetry
     if tele is None or not tele.gpu_available or not tele.gpus:
         return None
@@ -141,8 +162,8 @@ def gpu_figures(worker: WorkerRow) -> tuple[str, Text, str, str] | None:
     powers = [g.power_w for g in gpus if g.power_w is not None]
     utils = [g.util_percent for g in gpus if g.util_percent is not None]
     temp = f"{max(temps):.0f}°C" if temps else DASH
-    vram = meter(used, total, 7)
-    vram.append(f" {used / 1024:4.1f}/{total / 1024:.0f}G" if total else " ?")
+    vram = Text(f"{used / 1024:.1f}/{total / 1024:.0f}G " if total else "? ", no_wrap=True)
+    vram.append_text(meter(used, total, 7))
     power = f"{sum(powers):.0f}W" if powers else DASH
     util = f"{sum(utils) / len(utils):.0f}%" if utils else DASH
     return temp, vram, power, util
@@ -189,30 +210,157 @@ def rig_counts(counts: RigCounts, compact: bool = False) -> Text:
     return out
 
 
+_SEPARATORS = "_-.:/@"
+
+
+def _stem(ids: Sequence[str]) -> str:
+    """What several ids have in common, up to and with its last separator (``summarise_``)."""
+    if len(ids) < 2:
+        return ""
+    first, last = min(ids), max(ids)  # the sorted extremes share what all of them share
+    size = next(
+        (i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b),
+        min(len(first), len(last)),
+    )
+    common = first[:size]
+    cut = max(common.rfind(c) for c in _SEPARATORS)
+    return common[: cut + 1] if cut >= 0 else ""
+
+
+def holding_text(task_ids: Sequence[str], width: int) -> str:
+    """Task ids in ``width`` cells, keeping their distinguishing ends:
+    ``summarise_040 041 042``, then ``…040 041 042``, then ``…040 +2``."""
+    if not task_ids:
+        return DASH
+    full = " ".join(task_ids)
+    if len(full) <= width:
+        return full
+    stem = _stem(task_ids)
+    tails = [t[len(stem) :] or t for t in task_ids]
+    mark = "…" if stem else ""
+    if stem:
+        for text in (stem + " ".join(tails), mark + " ".join(tails)):
+            if len(text) <= width:
+                return text
+    for n in range(len(tails) - 1, 0, -1):
+        text = mark + " ".join(tails[:n]) + f" +{len(tails) - n}"
+        if len(text) <= width:
+            return text
+    more = f" +{len(tails) - 1}" if len(tails) > 1 else ""
+    room = max(1, width - len(more) - 1)
+    return "…" + tails[0][-room:] + more
+
+
+def constraint_kind(text: str) -> str:
+    """A worker's constraint in a word or two: ``thermal``, ``power``, ``VRAM``,
+    ``cpu heat`` (joined with ``+``), ``CRIT`` first when it is critical."""
+    if not text:
+        return ""
+    head, sep, rest = text.partition(": ")
+    critical = head == "critical"
+    body = rest if sep and head in ("critical", "constrained") else text
+    kinds: list[str] = []
+    for part in body.split(";"):
+        part = part.strip()
+        if part.startswith("CPU"):
+            kind = "cpu heat"
+        elif "VRAM" in part:
+            kind = "VRAM"
+        elif "drawing" in part or part.endswith(" W") or " W " in part:
+            kind = "power"
+        elif "°" in part:
+            kind = "thermal"
+        else:
+            kind = part  # a reading this monitor does not know: as the worker said it
+        if kind and kind not in kinds:
+            kinds.append(kind)
+    short = "+".join(kinds) or body
+    return f"CRIT {short}" if critical else short
+
+
+def limit_text(constraint: str, width: int = 0) -> str:
+    """Why a worker is constrained, in ``width`` cells (0: any): the readings
+    where they fit (``GPU 1 at 86 °C (limit 83 °C)``), else the kind first
+    (``thermal · GPU 1 at 86 °C ...``), so a narrow cell still says which."""
+    text = " ".join(constraint.split())
+    if not text:
+        return ""
+    head, sep, rest = text.partition(": ")
+    readings = rest if sep and head in ("critical", "constrained") else text
+    shown = f"critical: {readings}" if head == "critical" else readings
+    if width and len(shown) <= width:
+        return shown
+    return f"{constraint_kind(text)} · {readings}"
+
+
+def cpu_text(worker: WorkerRow) -> str:
+    """``' 42% 61°C'``: its CPU utilisation and temperature, a dash where not reported."""
+    tele = worker.telemetry
+    if tele is None:
+        return DASH
+    temp = tele.cpu_temperature_c
+    return f"{tele.cpu_percent:3.0f}% " + (f"{temp:.0f}°C" if temp is not None else DASH)
+
+
+# The workers table's cells, in order (``tui.widgets.WORKER_COLUMNS`` labels them).
+WORKER_KEYS = (
+    "name",
+    "gpus",
+    "role",
+    "state",
+    "limit",
+    "seen",
+    "holding",
+    "model",
+    "temp",
+    "vram",
+    "power",
+    "util",
+    "cpu",
+    "tok_s",
+    "history",
+    "host",
+    "endpoint",
+)
+
+
 def worker_cells(
     worker: WorkerRow,
     now: float,
     spark_width: int = 20,
     top: float | None = None,
     live: bool = True,
+    *,
+    merge_limit: bool = False,
+    widths: Mapping[str, int] | None = None,
 ) -> list[Text]:
+    """The row's cells in ``WORKER_KEYS`` order. ``merge_limit``: the table shows no
+    LIMIT column, so a constrained worker's state says the kind of limit instead;
+    ``widths``: the columns' widths by key, which the task ids it holds and the
+    VRAM figures are fitted to."""
+    widths = widths or {}
     state = worker.shown_state
     silent = worker.silent(now) and worker.last_heartbeat > 0
     state_text = styled(state, WORKER_STYLES.get(state, ""))
     if silent:
         state_text = styled(f"{state}?", "dim " + WORKER_STYLES.get(state, ""))
-    if state == "constrained" and worker.constraint:
-        state_text.append(" !", "bold magenta")
+    if state == "constrained" and worker.constraint and merge_limit:
+        state_text = styled(constraint_kind(worker.constraint), WORKER_STYLES[state])
+        state_text.append(" !", "bold magenta")  # no LIMIT column: the state says which
     gpus = ",".join(str(g) for g in worker.gpus) or DASH
     model = f"→{worker.loading}" if worker.loading else worker.model or DASH
     model = model.rsplit("/", 1)[-1]
     figures = gpu_figures(worker)
+    vram_width = widths.get("vram", 16)
     if figures is None:
         temp = styled(DASH, "dim")
-        vram = styled("no GPU telemetry" if worker.telemetry is not None else DASH, "dim")
+        missing = "no GPU telemetry" if vram_width >= 16 else "no GPU"
+        vram = styled(missing if worker.telemetry is not None else DASH, "dim")
         power = util = styled(DASH, "dim")
     else:
         temp_s, vram, power_s, util_s = figures
+        if vram.cell_len > vram_width:
+            vram = styled(vram.plain.split(" ", 1)[0])  # the figures without the bar
         temp, power, util = styled(temp_s), styled(power_s), styled(util_s)
         reading = max((g.temperature_c or 0 for g in worker.telemetry.gpus), default=0)
         if reading >= 83:
@@ -223,20 +371,28 @@ def worker_cells(
     unseen = down or not live  # no rate it cannot see: the worker's, or the monitor's link
     rate = styled(DASH if unseen else f"{worker.tok_s:5.1f}", "dim" if unseen else "bold")
     spark = styled(sparkline(worker.history, spark_width, top), "dim" if down else "cyan")
-    return [
-        styled(worker.name, "bold"),
-        styled(gpus),
-        styled(worker.role or DASH),
-        state_text,
-        heartbeat_age(worker, now, live),
-        styled(model),
-        temp,
-        vram,
-        power,
-        util,
-        rate,
-        spark,
-    ]
+    holding = holding_text(worker.holding(), widths.get("holding", 16))
+    limit = limit_text(worker.constraint, widths.get("limit", 16))
+    cells = {
+        "name": styled(worker.name, "bold"),
+        "gpus": styled(gpus),
+        "role": styled(worker.role or DASH),
+        "state": state_text,
+        "limit": styled(limit or DASH, "magenta" if limit else "dim"),
+        "seen": heartbeat_age(worker, now, live),
+        "holding": styled(holding, "yellow" if worker.active else "dim"),
+        "model": styled(model),
+        "temp": temp,
+        "vram": vram,
+        "power": power,
+        "util": util,
+        "cpu": styled(cpu_text(worker), "" if worker.telemetry is not None else "dim"),
+        "tok_s": rate,
+        "history": spark,
+        "host": styled(worker.host or DASH, "" if worker.host else "dim"),
+        "endpoint": styled(worker.endpoint or DASH, "" if worker.endpoint else "dim"),
+    }
+    return [cells[key] for key in WORKER_KEYS]
 
 
 # --- batches and tasks -------------------------------------------------------------------

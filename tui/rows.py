@@ -3,19 +3,26 @@
 Plain mutable records with the few derived figures each row needs (a
 worker's shown state, a batch's progress split and ETA, a task's duration);
 ``tui.model`` keeps them up to date.
+
+A worker's detail screen draws from two bounded rings on its row: one
+``TelemetrySample`` a second (``TELEMETRY_SAMPLES`` of them, five minutes;
+a silent second is a sample of ``None``s, a gap) and its last
+``WORKER_ATTEMPTS_KEPT`` attempts as ``WorkerAttempt`` records.
 """
 
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from llmo.proto.messages import GoalInfo
 from llmo.proto.rates import batch_wall_s, tok_s_text
 from llmo.proto.states import BATCH_TERMINAL, TASK_ACTIVE, TASK_TERMINAL, TASK_UNSUCCESSFUL
 
 SPARK_SAMPLES = 180  # tok/s history per worker: 3 minutes at one sample a second
+TELEMETRY_SAMPLES = 300  # telemetry history per worker: 5 minutes at one sample a second
+WORKER_ATTEMPTS_KEPT = 20  # recent attempts remembered per worker
 SAMPLE_S = 1.0
 EVENTS_KEPT = 500
 ETA_WINDOW_S = 120.0
@@ -71,6 +78,41 @@ TASK_NOTABLE = frozenset(
 )
 
 
+class TelemetrySample(NamedTuple):
+    """One second of a worker's figures; ``None`` where it reported none (or was silent)."""
+
+    ts: float
+    gpu_temp_c: float | None = None  # its hottest GPU
+    vram_used_mb: float | None = None  # summed over its GPUs
+    power_w: float | None = None  # summed over its GPUs
+    cpu_percent: float | None = None
+    cpu_temp_c: float | None = None
+    tok_s: float | None = None
+
+
+@dataclass(slots=True)
+class WorkerAttempt:
+    """An attempt a worker ran, as the snapshot and the task events told it."""
+
+    batch_id: str
+    task_id: str
+    attempt_id: str = ""
+    state: str = "running"  # running, then done, failed, retried, cancelled, ...
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    why: str = ""
+
+    def duration(self, now: float) -> float | None:
+        if self.duration_s is not None:
+            return self.duration_s
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else now
+        return max(0.0, end - self.started_at)
+
+
 @dataclass(slots=True)
 class WorkerRow:
     name: str
@@ -89,10 +131,19 @@ class WorkerRow:
     constraint: str = ""
     endpoint: str = ""  # its OpenAI-compatible endpoint's URL, on its own host
     given_up: str = ""  # why llmo up gave up on its process ("" while it has not)
+    host: str = ""
+    pid: int = 0
+    active: tuple[str, ...] = ()  # the attempt ids it runs now
     last_heartbeat: float = 0.0
     last_sample: float = 0.0
     history: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=SPARK_SAMPLES)
+    )
+    samples: collections.deque[TelemetrySample] = field(
+        default_factory=lambda: collections.deque(maxlen=TELEMETRY_SAMPLES)
+    )
+    attempts: collections.deque[WorkerAttempt] = field(
+        default_factory=lambda: collections.deque(maxlen=WORKER_ATTEMPTS_KEPT)
     )
 
     @property
@@ -112,11 +163,27 @@ class WorkerRow:
             and now - self.last_heartbeat > WORKER_STALE_S
         )
 
+    def holding(self) -> list[str]:
+        """The task ids of the attempts it runs now, in its own order."""
+        return [task_of_attempt(a) for a in self.active]
+
+    def attempt(self, attempt_id: str) -> WorkerAttempt | None:
+        return next((a for a in reversed(self.attempts) if a.attempt_id == attempt_id), None)
+
     def heartbeat_age(self, now: float) -> float | None:
         """Seconds since its last heartbeat (heard here, or by the brain); None: never heard."""
         if not self.last_heartbeat:
             return None
         return max(0.0, now - self.last_heartbeat)
+
+
+def task_of_attempt(attempt_id: str) -> str:
+    """``BATCH:TASK:SEQ`` -> ``TASK``; an id of another shape is its own task id."""
+    head, sep, _ = attempt_id.rpartition(":")
+    if not sep:
+        return attempt_id
+    _, sep, task = head.partition(":")
+    return task if sep else head
 
 
 @dataclass(frozen=True, slots=True)

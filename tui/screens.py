@@ -32,6 +32,7 @@ HELP_KEYS: Sequence[tuple[str, str]] = (
     ("tab / shift+tab", "move between workers, batches, tasks and events"),
     ("up / down, j / k", "move the cursor; the selected batch's tasks show below"),
     ("enter", "on a task: its log tail and attempts"),
+    ("enter", "on a worker: its telemetry history, recent attempts and log tail"),
     ("/", "filter the tasks: words match id, state, class, worker; state:run, class:llm"),
     ("escape", "clear the filter, close a screen"),
     ("c", "cancel the selected batch (asks first)"),

@@ -13,6 +13,7 @@ its row by key when rows come and go.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.style import Style
@@ -29,20 +30,101 @@ from llmo.tui.model import Model
 
 # (key, label, width, kept on a narrow screen)
 Column = tuple[str, str, int, bool]
-WORKER_COLUMNS: Sequence[Column] = (
-    ("name", "WORKER", 10, True),
-    ("gpus", "GPU", 3, False),
-    ("role", "ROLE", 6, False),
-    ("state", "STATE", 11, True),
-    ("seen", "HEARD", 5, True),
-    ("model", "MODEL", 14, True),
-    ("temp", "TEMP", 4, True),
-    ("vram", "VRAM", 16, True),
-    ("power", "POWER", 5, False),
-    ("util", "UTIL", 4, False),
-    ("tok_s", "TOK/S", 5, True),
-    ("history", "TOK/S HISTORY", 14, True),
+# The workers table: (key, label, width, min width, drop rank, flexible). Where the
+# screen is too narrow, columns go by drop rank, highest first (0: never), and
+# the rest shrink to their min width; spare room goes to the first flexible
+# column shown (1: the limit's reason, 2: what it holds, 3: the endpoint).
+_WORKER_FIT: dict[str, tuple[str, int, int, int, int]] = {
+    "name": ("WORKER", 10, 8, 0, 0),
+    "gpus": ("GPU", 3, 3, 8, 0),
+    "role": ("ROLE", 6, 6, 10, 0),
+    "state": ("STATE", 11, 11, 0, 0),
+    "limit": ("LIMIT", 16, 8, 5, 1),  # hidden: the state says the kind of limit
+    "seen": ("HEARD", 5, 5, 0, 0),
+    "holding": ("HOLDING", 14, 10, 1, 2),
+    "model": ("MODEL", 14, 9, 1, 0),
+    "temp": ("TEMP", 4, 4, 2, 0),
+    "vram": ("VRAM", 14, 6, 4, 0),
+    "power": ("POWER", 5, 5, 8, 0),
+    "util": ("UTIL", 4, 4, 8, 0),
+    "cpu": ("CPU", 9, 9, 3, 0),
+    "tok_s": ("TOK/S", 5, 5, 1, 0),
+    "history": ("TOK/S HISTORY", 14, 14, 6, 0),  # a narrower one would cut the newest
+    "host": ("HOST", 10, 8, 7, 0),
+    "endpoint": ("ENDPOINT", 20, 12, 7, 3),
+}
+WORKER_COLUMNS: Sequence[Column] = tuple(
+    (key, _WORKER_FIT[key][0], _WORKER_FIT[key][1], _WORKER_FIT[key][3] <= 2)
+    for key in render.WORKER_KEYS
 )
+WORKER_FIT: dict[str, tuple[int, int, int]] = {
+    key: (fit[2], fit[3], fit[4]) for key, fit in _WORKER_FIT.items()
+}
+LUXURY_RANK = 7  # such columns make way where the more important ones lack their width
+WIDE_GAP_FROM = 120  # a table this wide keeps two cells between columns; narrower, one
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnLayout:
+    """The columns shown, as (index, width), the gap between them and the line's width."""
+
+    columns: tuple[tuple[int, int], ...]
+    gap: int
+    width: int
+
+    def shown(self, key: str, columns: Sequence[Column]) -> bool:
+        return any(columns[i][0] == key for i, _ in self.columns)
+
+
+def layout_columns(
+    columns: Sequence[Column],
+    available: int,
+    fit: dict[str, tuple[int, int, int]] = WORKER_FIT,
+) -> ColumnLayout:
+    """Which columns fit in ``available`` cells, and how wide each is.
+
+    Columns are dropped by rank until every shown one fits at its min width,
+    then grow toward their width, the most important first; a column of rank
+    ``LUXURY_RANK`` or above is dropped where the more important ones could
+    not all have their width beside it. What is left over goes to the first
+    flexible column shown.
+    """
+    gap = 2 if available >= WIDE_GAP_FROM else 1
+
+    def info(i: int) -> tuple[int, int, int]:
+        return fit.get(columns[i][0], (columns[i][2], 0, 0))
+
+    shown = list(range(len(columns)))
+    order = sorted(shown, key=lambda i: (info(i)[1], i), reverse=True)  # dropped first
+    droppable = [i for i in order if info(i)[1] > 0]
+
+    def total(widths: dict[int, int]) -> int:
+        return sum(w + gap for w in widths.values()) + 1
+
+    widths = {i: info(i)[0] for i in shown}
+    for i in droppable:
+        if total(widths) <= available:
+            break
+        del widths[i]
+    for i in droppable:
+        rank = info(i)[1]
+        if i not in widths or rank < LUXURY_RANK:
+            continue
+        ahead = {j: columns[j][2] for j in widths if info(j)[1] < rank}
+        if total(ahead) + widths[i] + gap > available:
+            del widths[i]  # the more important columns could not all have their width
+    spare = available - total(widths)
+    for i in sorted(widths, key=lambda i: (info(i)[1], i)):  # most important first
+        grow = min(spare, max(0, columns[i][2] - widths[i]))
+        widths[i] += grow
+        spare -= grow
+    flexible = sorted((info(i)[2], i) for i in widths if info(i)[2])
+    if flexible:
+        widths[flexible[0][1]] += spare
+    placed = tuple((i, widths[i]) for i in sorted(widths))
+    return ColumnLayout(placed, gap, total(widths))
+
+
 BATCH_COLUMNS: Sequence[Column] = (
     ("id", "BATCH", 16, True),
     ("plan", "PLAN", 14, True),
@@ -320,15 +402,55 @@ class RowTable(VirtualList):
 
 
 class WorkersTable(RowTable):
+    """The workers, with as many columns as the width takes (``layout_columns``):
+    at 80 cells what each holds, its temperatures, VRAM, CPU and rate; from
+    about 200, also its GPUs, limit, history, host and endpoint."""
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(WORKER_COLUMNS, **kwargs)
+        self.column_layout = layout_columns(WORKER_COLUMNS, 80)
+        self.shown: tuple[Model, float] | None = None
 
     def show(self, model: Model, now: float) -> None:
+        self.shown = (model, now)
         rows = sorted(model.workers.values(), key=lambda w: w.name)
         # One scale for every sparkline, so a slow worker looks slow beside a fast one.
         top = max((max(w.history, default=0.0) for w in rows), default=0.0)
         live = model.live
-        self.sync([(w.name, render.worker_cells(w, now, SPARK_WIDTH, top, live)) for w in rows])
+        merge = not self.column_layout.shown("limit", WORKER_COLUMNS)
+        widths = {WORKER_COLUMNS[i][0]: width for i, width in self.column_layout.columns}
+        self.sync(
+            [
+                (
+                    w.name,
+                    render.worker_cells(
+                        w, now, SPARK_WIDTH, top, live, merge_limit=merge, widths=widths
+                    ),
+                )
+                for w in rows
+            ]
+        )
+
+    def on_resize(self) -> None:
+        width = self.scrollable_content_region.width or self.size.width
+        layout = layout_columns(WORKER_COLUMNS, width)
+        self.line_cache.clear()
+        if layout != self.column_layout:
+            self.column_layout = layout
+            self.shown_columns = [i for i, _ in layout.columns]
+            if self.shown is not None:
+                self.show(*self.shown)  # holding and state cells depend on the widths
+        self.refresh()
+
+    def join_cells(self, cells: Sequence[Text]) -> Text:
+        line = Text(" ", no_wrap=True)
+        gap = " " * self.column_layout.gap
+        for i, width in self.column_layout.columns:
+            cell = cells[i].copy()
+            cell.truncate(width, overflow="ellipsis", pad=True)
+            line.append_text(cell)
+            line.append(gap)
+        return line
 
 
 class BatchesTable(RowTable):
