@@ -109,7 +109,7 @@ def test_the_reason_gets_the_width_of_a_wide_table():
     assert len(wide) == 200
     assert wide.endswith("…")
     assert len(wide.split("exit 1: ", 1)[1]) > 80  # more than the old 80 characters
-    assert width <= 40  # the id column does not take the extra space
+    assert width <= 32  # the id column does not take the extra space
     short = task_line(TaskRow(id="p", state="failed", error="boom"), 0.0, width, line_width=200)
     assert short.plain.rstrip().endswith("boom")
 

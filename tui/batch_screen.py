@@ -237,9 +237,9 @@ class BatchScreen(Screen[None]):
         eta = batch.eta(now)
         if eta is not None:
             out.append(f"  left ~{render.duration(eta)}")
-        out.append(f"  {self.model.batch_rate_text(batch.id, now)}", "cyan")
         out.append("\n")
         out.append_text(counts_text(batch))
+        out.append(f"\n{self.model.batch_rate_text(batch.id, now)}", "cyan")
         if batch.goal is not None:
             out.append("\n")
             out.append_text(goal_text(batch.goal))

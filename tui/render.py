@@ -295,7 +295,7 @@ TASK_COLUMNS: Sequence[tuple[str, int]] = (
 )
 
 
-TASK_WIDTH_MAX = 40  # past this the TASK column stops growing: the reason gets the room
+TASK_WIDTH_MAX = 32  # past this the TASK column stops growing: the reason gets the room
 REASON_MAX = 80  # characters of a reason when the line's width is not given
 
 

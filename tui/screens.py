@@ -16,6 +16,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from rich.console import Group, RenderableType
+from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -76,15 +78,17 @@ class HelpScreen(ModalScreen[None]):
     """
 
     def compose(self) -> ComposeResult:
-        text = Text()
-        text.append("llmo tui: keys\n\n", "bold")
+        parts: list[RenderableType] = [Text("llmo tui: keys\n", "bold")]
         for title, keys in (("", HELP_KEYS), ("batch screen", BATCH_KEYS), ("log", LOG_KEYS)):
             if title:
-                text.append(f"\n{title}\n", "bold")
+                parts.append(Text(f"\n{title}", "bold"))
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(justify="right", style="bold cyan", no_wrap=True, min_width=18)
+            grid.add_column()
             for key, what in keys:
-                text.append(f"{key:>18}  ", "bold cyan")
-                text.append(what + "\n")
-        text.append("\nWorker states: ", "bold")
+                grid.add_row(key, what)
+            parts.append(grid)
+        text = Text("\nWorker states: ", "bold")
         for state, style in render.WORKER_STYLES.items():
             if state != "up":
                 text.append(state, style)
@@ -92,8 +96,9 @@ class HelpScreen(ModalScreen[None]):
         text.append("\nA '?' after a state: no heartbeat heard for a few seconds.", "dim")
         text.append("\nGreyed panels: the link is down; the figures are not live.", "dim")
         text.append("\nFAIL column: 3✗ failed (or skipped after a failure), 1⊘ cancelled.", "dim")
+        parts.append(text)
         with VerticalScroll():
-            yield Static(text)
+            yield Static(Group(*parts))
 
     def on_mount(self) -> None:
         self.query_one(VerticalScroll).focus()

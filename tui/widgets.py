@@ -524,11 +524,12 @@ class EventList(VirtualList):
             self.border_title = self.TITLE
             return
         found = len(self.match_items)
+        # The count first: on a narrow pane the title's end is cut.
         if not found:
-            self.border_title = f"{self.TITLE} · {self.term!r}: none"
+            self.border_title = f"events: no match · {self.term!r}"
             return
         at = self.match_items.index(self.current_item) + 1 if self.current_item else 0
-        self.border_title = f"{self.TITLE} · {self.term!r}: {at} of {found} (n/N)"
+        self.border_title = f"events {at} of {found} · {self.term!r} · n/N"
 
 
 class StatusBar(Widget):
