@@ -52,3 +52,15 @@ def test_status_json_keeps_its_shape():
     assert out["gpu"] == {}  # no telemetry reported yet
     assert out["name"] == "w" and out["state"] == "cold" and out["attempts"] == []
     assert {"role", "presence", "slots", "slots_free", "vram_budget_mb", "tok_s"} <= set(out)
+
+
+def test_snapshot_tasks_name_their_dependencies_but_items_leave_them_to_their_template():
+    rig = Rig()
+    batch_id = run(rig, lambda a: not a.task_id.endswith("_c"))
+    batch = rig.state.batches[batch_id]
+    rig.msg(SnapshotRequest(batch_id=batch_id), src="tui-1")
+    tasks = {t.id: t for t in rig.of(SnapshotReply)[-1].tasks}
+    assert tasks["report"].deps == batch.tasks["report"].deps != ()
+    item = tasks["validate_2a"]
+    assert item.template and item.deps == ()
+    assert tasks[item.template].deps == batch.tasks[item.template].deps

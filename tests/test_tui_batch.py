@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import collections
 
+from llmo.brain.tasks import GOAL_KEY
 from llmo.proto.messages import BatchEvent, SnapshotReply
-from llmo.tui.levels import graph_levels, group_text
+from llmo.tui.levels import GOAL_DEP, graph_levels, group_text
 from llmo.tui.model import Model
 from llmo.tui.render import middle_ellipsis, task_line, task_width
 from llmo.tui.rows import TaskRow
@@ -84,6 +85,28 @@ def test_items_whose_template_is_missing_are_still_grouped():
     (group,) = level
     assert group.id == "score" and group.group and group.items == 2
     assert group_text(group) == "score[*] 1/2 done, 1 failed"
+
+
+def test_tasks_waiting_for_a_goal_come_after_the_whole_pipeline():
+    tasks = rows(
+        ("discover", "done", (), ""),
+        ("validate", "expanded", ("discover",), ""),
+        ("validate_a", "done", (), "validate"),
+        ("discover_round_0002", "running", (), ""),
+        ("report", "pending", ("#goal",), ""),
+        ("publish", "pending", ("report",), ""),
+    )
+    levels = graph_levels(tasks)
+    names = [[node.id for node in level] for level in levels]
+    assert names == [
+        ["discover", "discover_round_0002"],
+        ["validate"],
+        ["#goal"],
+        ["report"],
+        ["publish"],
+    ]
+    assert GOAL_DEP == GOAL_KEY
+    assert group_text(levels[2][0]).startswith("the goal")
 
 
 def test_middle_ellipsis_keeps_the_distinguishing_end():

@@ -15,10 +15,12 @@ from textual.widgets import Log
 from llmo.proto.messages import BatchEvent, GoalInfo, SnapshotReply
 from llmo.tui.app import MonitorApp
 from llmo.tui.batch_screen import BatchScreen
+from llmo.tui.feed import Feed
 from llmo.tui.model import Model
 from llmo.tui.screens import HelpScreen, LogScreen, PromptScreen
 from llmo.tui.updates import LinkStatus
 from llmo.tui.widgets import BatchesTable, EventList, VirtualList, WorkersTable
+from tests.test_tui_app import Rig
 from tests.test_tui_support import batch_view, task_view, worker_view
 
 pytestmark = pytest.mark.timeout(60)
@@ -60,6 +62,7 @@ def seeded(history: str = "/srv/plans/digest/history/D") -> Model:
                 task_view("D", "summarise", "expanded", deps=("discover",)),
                 *items,
                 task_view("D", "merge", "pending", deps=("summarise",)),
+                task_view("D", "report", "pending", deps=("#goal",)),
             ),
         ),
         NOW - 10,
@@ -112,6 +115,7 @@ def test_enter_on_a_batch_opens_its_graph_and_escape_goes_back():
         assert "level 0" in text and "level 1" in text and "level 2" in text
         assert any("summarise[*] 6/10 done, 1 failed, 1 cancelled, 1 running" in g for g in graph)
         assert text.index("discover") < text.index("summarise[*]") < text.index("merge")
+        assert text.index("merge") < text.index("the goal") < text.index("report")
         info = str(screen.query_one("#batch-info").render())
         assert "6 of 8 succeeded" in info and "9 tried" in info  # the goal
         assert "1 failed" in info and "1 cancelled" in info
@@ -151,7 +155,7 @@ def test_enter_on_a_task_line_of_the_graph_opens_its_log(tmp_path):
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, BatchScreen))
         graph = app.screen.query_one("#graph", VirtualList)
-        graph.move_cursor_to(len(graph.rows) - 1)  # merge
+        graph.move_cursor_to(next(i for i, r in enumerate(graph.rows) if graph.key(r) == "merge"))
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, LogScreen), what="the log screen")
         assert app.screen.task_row.id == "merge"
@@ -275,3 +279,75 @@ def test_the_help_scrolls_to_its_last_key_at_80_by_24():
         await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
 
     run(app, script, size=(80, 24))
+
+
+def test_enter_on_a_foreach_group_shows_its_items_in_the_task_table():
+    app = make_app()
+
+    async def script(pilot: Pilot) -> None:
+        app.query_one(BatchesTable).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, BatchScreen))
+        graph = app.screen.query_one("#graph", VirtualList)
+        graph.move_cursor_to(
+            next(i for i, r in enumerate(graph.rows) if graph.key(r) == "summarise")
+        )
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, BatchScreen))
+        tasks = app.query_one("#tasks", VirtualList)
+        await until(pilot, lambda: len(tasks.rows) == 10, what="the group's items")
+        assert all(row.template == "summarise" for row in tasks.rows)
+        assert app.focused is tasks
+
+    run(app, script)
+
+
+def test_the_batch_screen_asks_the_brain_for_dependencies_it_lacks(broker_factory):
+    """Tasks learnt from events carry no dependencies: the screen takes a snapshot of
+    the batch, and the graph is drawn by level once it arrives."""
+    rig = Rig(broker_factory)
+    try:
+        endpoints = rig.endpoints
+
+        def feed(post):  # no resync for silence: only the screen's request brings deps
+            return Feed(endpoints, post, flush_s=0.05, silence_s=60.0, snapshot_timeout_s=0.5)
+
+        app = MonitorApp(feed, endpoint=endpoints.broker, tick_s=0.2)
+
+        async def script(pilot: Pilot) -> None:
+            await until(pilot, lambda: app.model.live, what="the first snapshot")
+            rig.fake.set_state(
+                batches=[*rig.fake.batches, batch_view("N", "new", {"ready": 1, "pending": 1})],
+                tasks=[
+                    *rig.fake.tasks,
+                    task_view("N", "x", "ready"),
+                    task_view("N", "y", "pending", deps=("x",)),
+                ],
+            )
+            rig.fake.event("N", "batch_accepted", detail={"plan": "new", "tasks": 2})
+            rig.fake.event("N", "task_ready", "x", "ready")
+            rig.fake.event("N", "task_pending", "y", "pending")
+            await until(pilot, lambda: len(app.model.tasks.get("N", {})) == 2, what="N's tasks")
+            assert app.model.tasks["N"]["y"].deps is None
+            batches = app.query_one(BatchesTable)
+            batches.focus()
+            batches.move_cursor_to(next(i for i, r in enumerate(batches.rows) if r[0] == "N"))
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, BatchScreen))
+            await until(
+                pilot,
+                lambda: any(r.batch_id == "N" for r in rig.fake.snapshot_requests),
+                what="a snapshot of batch N",
+            )
+            await until(pilot, lambda: app.model.tasks["N"]["y"].deps == ("x",))
+            graph = app.screen.query_one("#graph", VirtualList)
+            await until(pilot, lambda: graph.key(graph.rows[-1]) == "y" and len(graph.rows) == 4)
+            assert [graph.key(r) for r in graph.rows] == ["level 0", "x", "level 1", "y"]
+
+        async def main() -> None:
+            async with app.run_test(size=(140, 40)) as pilot:
+                await script(pilot)
+
+        asyncio.run(main())
+    finally:
+        rig.close()

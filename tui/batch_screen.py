@@ -30,7 +30,7 @@ from textual.widgets import Footer, Static
 from llmo.proto.messages import GoalInfo
 from llmo.proto.states import TASK_ACTIVE
 from llmo.tui import render
-from llmo.tui.levels import Node, graph_levels, group_text
+from llmo.tui.levels import GOAL_DEP, Node, graph_levels, group_text
 from llmo.tui.model import TASK_QUEUED, Model
 from llmo.tui.rows import BatchRow, TaskRow
 from llmo.tui.widgets import VirtualList
@@ -111,6 +111,9 @@ def node_line(node: Node | tuple[int, int], now: float) -> Text:
         level, count = node
         return Text(f"level {level} · {count} node{'s' if count != 1 else ''}", "bold")
     out = Text(no_wrap=True, overflow="ellipsis")
+    if node.id == GOAL_DEP:
+        out.append("  ◆ " + group_text(node), "bold magenta")
+        return out
     if node.group:
         out.append("  ▸ ", GROUP_STYLE)
         bar = _group_bar(node)

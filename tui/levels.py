@@ -14,6 +14,11 @@ learnt of from an event alone has ``deps`` None (not known), and counts as
 depending on nothing until the next snapshot. A dependency the monitor does
 not hold is left out, and a cycle (which the plan parser refuses, so only
 from damaged input) is cut where it closes rather than looping.
+
+In a goal-driven batch the tasks after the pipeline wait for the goal (the
+dependency ``#goal``), not for each candidate. The goal is drawn as a node
+of its own, one level past everything that does not wait for it, so those
+tasks come after the whole pipeline.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from llmo.proto.states import TASK_ACTIVE
 from llmo.tui.rows import TaskRow
 
+GOAL_DEP = "#goal"  # the brain's dependency on a batch's goal (brain.tasks.GOAL_KEY)
 FAILED = ("failed", "skipped")  # a skipped task's dependency failed: it failed with it
 WAITING = ("pending", "ready", "delayed", "expanding")
 
@@ -70,6 +76,10 @@ def graph_nodes(tasks: Mapping[str, TaskRow]) -> dict[str, Node]:
 def graph_levels(tasks: Mapping[str, TaskRow]) -> list[list[Node]]:
     """The nodes by level (see the module's docstring), each level in plan order."""
     nodes = graph_nodes(tasks)
+    if any(GOAL_DEP in node.deps for node in nodes.values()):
+        after = _waiting_for_goal(nodes)
+        before = tuple(name for name in nodes if name not in after)
+        nodes[GOAL_DEP] = Node(id=GOAL_DEP, deps=before)
 
     def owner(dep: str) -> str:
         row = tasks.get(dep)
@@ -102,6 +112,17 @@ def graph_levels(tasks: Mapping[str, TaskRow]) -> list[list[Node]]:
     return out
 
 
+def _waiting_for_goal(nodes: Mapping[str, Node]) -> set[str]:
+    """The nodes that wait for the goal, directly or through another that does."""
+    found = {name for name, node in nodes.items() if GOAL_DEP in node.deps}
+    grew = True
+    while grew:
+        more = {n for n, node in nodes.items() if n not in found and found & set(node.deps)}
+        found |= more
+        grew = bool(more)
+    return found
+
+
 def _deps_of(nodes: Mapping[str, Node], name: str, owner: Callable[[str], str]) -> list[str]:
     found = (owner(d) for d in nodes[name].deps)
     return [d for d in dict.fromkeys(found) if d in nodes and d != name]
@@ -109,6 +130,8 @@ def _deps_of(nodes: Mapping[str, Node], name: str, owner: Callable[[str], str]) 
 
 def group_text(node: Node) -> str:
     """``summarise[*] 37/120 done, 2 failed, 5 running``; a plain task: its id and state."""
+    if node.id == GOAL_DEP:
+        return "the goal: what comes after waits for it, not for each candidate"
     if not node.group:
         return f"{node.id} {node.state or '?'}"
     c = node.counts
