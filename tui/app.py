@@ -484,7 +484,7 @@ class MonitorApp(App[None]):
         """The focused table's next sort column (the tasks when no table has the focus)."""
         table = self.focused
         if isinstance(table, WorkersTable | BatchesTable):
-            self.notify(f"{table.border_title or 'table'}: {table.cycle_sort()}")
+            self.notify(f"{table.id}: {table.cycle_sort()}")
             return
         columns = len(render.TASK_COLUMNS)
         if self.task_sort is None:
@@ -497,7 +497,7 @@ class MonitorApp(App[None]):
     def action_reverse_sort(self) -> None:
         table = self.focused
         if isinstance(table, WorkersTable | BatchesTable):
-            self.notify(f"{table.border_title or 'table'}: {table.reverse_sort()}")
+            self.notify(f"{table.id}: {table.reverse_sort()}")
             return
         if self.task_sort is None:
             self.task_sort = 0
