@@ -121,6 +121,9 @@ def test_enter_on_a_batch_opens_its_graph_and_escape_goes_back():
         assert "1 failed" in info and "1 cancelled" in info
         assert "/srv/plans/digest/history/D" in info
         assert "ESCALATION.md" not in info  # it has not failed
+        assert shown.key(shown.current) == "discover"  # the cursor skips the headings
+        await pilot.press("down")
+        assert shown.key(shown.current) == "summarise"
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, BatchScreen))
 

@@ -141,6 +141,19 @@ def _group_bar(node: Node, width: int = 10) -> Text:
     return render.progress(batch, width)
 
 
+class GraphList(VirtualList):
+    """The graph's lines; the cursor steps over the level headings."""
+
+    def move_cursor_to(self, index: int, quiet: bool = False) -> None:
+        step = 1 if index >= self.cursor else -1
+        while 0 <= index < len(self.rows) and isinstance(self.rows[index], tuple):
+            index += step
+        if 0 <= index < len(self.rows):
+            super().move_cursor_to(index, quiet)
+        elif self.cursor + step < 0 or step < 0:
+            self.scroll_to(y=0, animate=False)  # above the first task: its heading shows
+
+
 class BatchScreen(Screen[None]):
     """One batch: its header (counts, goal, files) and its graph by level."""
 
@@ -180,7 +193,7 @@ class BatchScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="batch-info")
-        graph = VirtualList(self._line, key=_node_key, id="graph")
+        graph = GraphList(self._line, key=_node_key, id="graph")
         graph.border_title = "dependency graph by level"
         yield graph
         yield Footer()
@@ -215,6 +228,8 @@ class BatchScreen(Screen[None]):
             rows.append((n, len(level)))
             rows.extend(level)
         graph.set_rows(rows)
+        if isinstance(graph.current, tuple):
+            graph.move_cursor_to(graph.cursor + 1, quiet=True)
         nodes = sum(len(level) for level in levels)
         title = f"dependency graph by level: {len(levels)} levels, {nodes} nodes"
         unknown = any(r.deps is None and not r.template for r in tasks.values())
