@@ -142,7 +142,12 @@ def _group_bar(node: Node, width: int = 10) -> Text:
 
 
 class GraphList(VirtualList):
-    """The graph's lines; the cursor steps over the level headings."""
+    """The graph's lines; the cursor steps over the level headings.
+
+    Its scrollable height is its lines exactly: a graph is a few hundred
+    lines at most, and rounding up would show a scrollbar over nothing."""
+
+    EXACT_HEIGHT = True
 
     def move_cursor_to(self, index: int, quiet: bool = False) -> None:
         step = 1 if index >= self.cursor else -1
