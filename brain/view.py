@@ -132,6 +132,7 @@ def task_view(batch: Batch, task: TaskRun) -> TaskInfo:
         finished_at=task.finished_at or None,
         error=task.error,
         template=task.parent,
+        deps=() if task.parent else task.deps,
     )
 
 

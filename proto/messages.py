@@ -250,7 +250,8 @@ class BatchInfo(View):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskInfo(View):
     """One task of batch ``batch_id``; ``template`` names the foreach template
-    an item came from. Times are ``None`` until they happen."""
+    an item came from; ``deps`` the tasks it waits for (left empty for an
+    item: it shares its template's). Times are ``None`` until they happen."""
 
     batch_id: str
     id: str
@@ -265,6 +266,7 @@ class TaskInfo(View):
     finished_at: float | None = None
     error: str = ""
     template: str = ""
+    deps: tuple[str, ...] = ()
 
 
 # --- registration and heartbeat -----------------------------------------------

@@ -81,3 +81,15 @@ def test_a_worker_from_an_older_snapshot_gets_an_empty_host():
     assert (back.name, back.host, back.endpoint) == ("w", "", "")
     assert view.worker_view(back).host == ""
     assert pickle.loads(pickle.dumps(worker)).host == "rig-a"
+
+
+def test_snapshot_tasks_name_their_dependencies_but_items_leave_them_to_their_template():
+    rig = Rig()
+    batch_id = run(rig, lambda a: not a.task_id.endswith("_c"))
+    batch = rig.state.batches[batch_id]
+    rig.msg(SnapshotRequest(batch_id=batch_id), src="tui-1")
+    tasks = {t.id: t for t in rig.of(SnapshotReply)[-1].tasks}
+    assert tasks["report"].deps == batch.tasks["report"].deps != ()
+    item = tasks["validate_2a"]
+    assert item.template and item.deps == ()
+    assert tasks[item.template].deps == batch.tasks[item.template].deps

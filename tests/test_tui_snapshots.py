@@ -261,3 +261,26 @@ def test_a_worker_given_up_on_at_80_by_24(snap_compare):
 def test_a_worker_given_up_on_at_200_by_50(snap_compare):
     app = fixed_app(given_up_model())
     assert snap_compare(app, run_before=_select_gpu_4, terminal_size=(200, 50))
+
+
+def test_main_screen_at_200_by_50(snap_compare):
+    assert snap_compare(fixed_app(fixed_model()), terminal_size=(200, 50))
+
+
+def test_help_screen_at_80_by_24(snap_compare):
+    assert snap_compare(fixed_app(fixed_model()), press=["question_mark"], terminal_size=(80, 24))
+
+
+def batch_screen_app() -> MonitorApp:
+    """The monitor on a goal-driven batch with a foreach group, its batch screen open."""
+    from tests.test_tui_dashboard import make_app, seeded
+
+    return make_app(seeded())
+
+
+def test_batch_screen_at_80_by_24(snap_compare):
+    assert snap_compare(batch_screen_app(), press=["enter"], terminal_size=(80, 24))
+
+
+def test_batch_screen_at_200_by_50(snap_compare):
+    assert snap_compare(batch_screen_app(), press=["enter"], terminal_size=(200, 50))

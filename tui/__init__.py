@@ -2,5 +2,7 @@
 
 ``model`` is the pure state (no Textual, no sockets), ``feed`` owns the
 sockets in a thread and hands the app coalesced ``Update``s, ``render``
-formats cells, ``widgets`` / ``screens`` / ``app`` are the Textual side.
+formats cells, ``widgets`` / ``screens`` / ``batch_screen`` / ``app`` are
+the Textual side; ``levels`` (a batch's graph by level), ``sorting`` (sort
+keys by column) and ``search`` (a log's matches) are pure helpers.
 """

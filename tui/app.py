@@ -15,6 +15,11 @@ The task table is a ``VirtualList``: its rows are recomputed (filter
 applied) at most ``TASK_REFRESH_S`` apart and only the visible lines are
 drawn, so a batch of 10,000 tasks stays cheap.
 
+Enter on a batch opens the batch screen (``tui.batch_screen``), on a worker
+its detail (``tui.worker_screen``); ``s`` sorts the focused table by its
+next column and ``S`` reverses it (``tui.sorting``); ``/`` on the events
+pane searches them.
+
 Actions (cancel, drain, load, unload, and the run controls of
 ``tui.controls``: retry, resume, re-run, cancel all, start a plan) ask first,
 go to the brain through the feed, and their answer lands in the events pane
@@ -52,7 +57,8 @@ from llmo.proto.messages import (
     ModelUnload,
     WorkerDrain,
 )
-from llmo.tui import controls, render
+from llmo.tui import controls, render, sorting
+from llmo.tui.batch_screen import BatchScreen
 from llmo.tui.model import Model
 from llmo.tui.rows import TaskRow
 from llmo.tui.screens import ConfirmScreen, HelpScreen, LogScreen, PromptScreen
@@ -132,6 +138,7 @@ class MonitorApp(App[None]):
         Binding("x", "restart_worker", "Restart"),
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
+        Binding("S", "reverse_sort", "Reverse sort", show=False),
         Binding("r", "resync", "Refresh"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
@@ -158,8 +165,10 @@ class MonitorApp(App[None]):
         self.feed: Any = None
         self.stats = Stats()
         self.task_filter = ""
-        self.live_first = True
+        self.task_sort: int | None = None  # None: live first; else a TASK_COLUMNS index
+        self.task_reverse = False
         self._task_width = render.TASK_COLUMNS[0][1]
+        self._task_line_width: int | None = None
         self._tasks_drawn_at = 0.0
         self._tasks_key: tuple[str, str] = ("", "")
 
@@ -299,6 +308,9 @@ class MonitorApp(App[None]):
         model = self.model
         batch_id = model.selected_batch
         rows = model.task_rows(batch_id, self.task_filter, live_first=self.live_first)
+        if self.task_sort is not None:
+            sort_key = sorting.TASK_KEYS[self.task_sort]
+            rows = sorting.ordered(rows, sort_key, self.clock(), self.task_reverse)
         self.task_list.set_rows(rows)
         pane = self.tasks_pane
         if not batch_id:
@@ -307,7 +319,7 @@ class MonitorApp(App[None]):
         batch = model.batches.get(batch_id)
         name = f"{batch.plan} {batch_id}" if batch is not None and batch.plan else batch_id
         known = len(model.tasks.get(batch_id, {}))
-        order = "live first" if self.live_first else "plan order"
+        order = self.task_order()
         if batch is not None:
             order += f" · {model.batch_rate_text(batch_id, self.clock())}"
         if batch_id not in model.tasks:
@@ -318,8 +330,20 @@ class MonitorApp(App[None]):
         else:
             pane.border_title = f"tasks of {name}: {known}, {order}"
 
+    @property
+    def live_first(self) -> bool:
+        return self.task_sort is None
+
+    def task_order(self) -> str:
+        if self.task_sort is None:
+            return "live first"
+        if self.task_sort == 0:
+            return "plan order, reversed" if self.task_reverse else "plan order"
+        name = render.TASK_COLUMNS[self.task_sort][0].lower()
+        return f"by {name}{', descending' if self.task_reverse else ''}"
+
     def _task_line(self, row: TaskRow) -> Text:
-        return render.task_line(row, self.clock(), self._task_width)
+        return render.task_line(row, self.clock(), self._task_width, self._task_line_width)
 
     def on_resize(self) -> None:
         self.call_after_refresh(self._fit_tasks)
@@ -328,11 +352,16 @@ class MonitorApp(App[None]):
         if not self.task_list.is_attached:
             return
         tasks = self.task_list
+        self._task_line_width = tasks.scrollable_content_region.width or None
         width = render.task_width(tasks.scrollable_content_region.width)
         if width != self._task_width:
             self._task_width = width
-            self.task_header.update(render.task_header(width))
-            tasks.refresh()
+            self.show_task_header()
+        tasks.refresh()
+
+    def show_task_header(self) -> None:
+        mark = (self.task_sort, self.task_reverse) if self.task_sort is not None else None
+        self.task_header.update(render.task_header(self._task_width, mark))
 
     # --- selection ---------------------------------------------------------------------
 
@@ -362,10 +391,41 @@ class MonitorApp(App[None]):
             self.open_log(event.row)
         elif isinstance(event.source, WorkersTable) and event.row is not None:
             self.open_worker(event.row[0])
+        elif isinstance(event.source, BatchesTable) and event.row is not None:
+            self.open_batch(event.row[0])
 
     def open_worker(self, name: str) -> None:
         """The worker's detail: telemetry history, recent attempts, log tail."""
         self.push_screen(WorkerScreen(name, self.model, self.clock, self.map_path))
+
+    def open_batch(self, batch_id: str) -> None:
+        if batch_id != self.model.selected_batch:
+            self.select_batch(batch_id)
+        self.push_screen(
+            BatchScreen(
+                batch_id,
+                self.model,
+                self.clock,
+                map_path=self.map_path,
+                open_log=lambda _batch, task: self.open_log(task),
+                show_group=self.show_group,
+                fetch=self.fetch_batch,
+                interval=min(1.0, self.tick_s),
+            )
+        )
+
+    def fetch_batch(self, batch_id: str) -> None:
+        if self.feed is not None:
+            self.feed.resync(batch_id)
+
+    def show_group(self, template: str) -> None:
+        """The task table narrowed to a foreach group's items."""
+        box = self.filter_box
+        box.add_class("-shown")
+        box.value = f"task:{template}_"
+        self.task_filter = box.value
+        self.redraw_tasks(force=True)
+        self.task_list.focus()
 
     def open_log(self, task: TaskRow) -> None:
         batch = self.model.batches.get(self.model.selected_batch)
@@ -410,6 +470,9 @@ class MonitorApp(App[None]):
     # --- filter ------------------------------------------------------------------------
 
     def action_filter(self) -> None:
+        if self.focused is self.event_list:
+            self.search_events()
+            return
         box = self.filter_box
         box.add_class("-shown")
         box.focus()
@@ -425,7 +488,18 @@ class MonitorApp(App[None]):
                 event.input.remove_class("-shown")
             self.task_list.focus()
 
+    def search_events(self) -> None:
+        def answer(term: str | None) -> None:
+            found = self.event_list.search(term or "")
+            if term and not found:
+                self.notify(f"no event holds {term!r}", severity="warning")
+
+        self.push_screen(PromptScreen("Search the events for:", self.event_list.term), answer)
+
     def action_clear_filter(self) -> None:
+        if self.focused is self.event_list and self.event_list.term:
+            self.event_list.search("")
+            return
         box = self.filter_box
         if box.has_class("-shown") or self.task_filter:
             box.value = ""
@@ -438,7 +512,7 @@ class MonitorApp(App[None]):
 
     MAIN_ONLY = frozenset(
         {"cancel_batch", "drain", "load", "unload", "restart_worker", "filter", "sort", "resync"}
-        | {"retry_task", "resume_batch", "rerun_batch", "cancel_all", "start_plan"}
+        | {"reverse_sort", "retry_task", "resume_batch", "rerun_batch", "cancel_all", "start_plan"}
     )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -446,8 +520,32 @@ class MonitorApp(App[None]):
         return not (action in self.MAIN_ONLY and len(self.screen_stack) > 1)
 
     def action_sort(self) -> None:
-        self.live_first = not self.live_first
-        self.notify("tasks: live first" if self.live_first else "tasks: plan order")
+        """The focused table's next sort column (the tasks when no table has the focus)."""
+        table = self.focused
+        if isinstance(table, WorkersTable | BatchesTable):
+            self.notify(f"{table.id}: {table.cycle_sort()}")
+            return
+        columns = len(render.TASK_COLUMNS)
+        if self.task_sort is None:
+            self.task_sort = 0
+        else:
+            self.task_sort = self.task_sort + 1 if self.task_sort + 1 < columns else None
+        self.task_reverse = False
+        self.resort_tasks()
+
+    def action_reverse_sort(self) -> None:
+        table = self.focused
+        if isinstance(table, WorkersTable | BatchesTable):
+            self.notify(f"{table.id}: {table.reverse_sort()}")
+            return
+        if self.task_sort is None:
+            self.task_sort = 0
+        self.task_reverse = not self.task_reverse
+        self.resort_tasks()
+
+    def resort_tasks(self) -> None:
+        self.show_task_header()
+        self.notify(f"tasks: {self.task_order()}")
         self.redraw_tasks(force=True)
 
     def action_help(self) -> None:

@@ -305,6 +305,7 @@ class Model:
                 exit_code=t.exit_code,
                 error=t.error,
                 template=t.template,
+                deps=t.deps,
             )
             row.counted = row.attempt_id if row.attempts else ""
             out.setdefault(batch_id, {})[row.id] = row

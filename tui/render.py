@@ -422,10 +422,26 @@ def batch_cells(batch: BatchRow, now: float, bar_width: int = 20) -> list[Text]:
         styled(state, BATCH_STYLES.get(state, "")),
         bar,
         styled(str(running) if running else DASH, "yellow" if running else "dim"),
-        styled(str(bad) if bad else DASH, "bold red" if bad else "dim"),
+        failed_cell(batch),
         styled(duration(batch.elapsed(now))),
         styled(f"~{duration(eta)}" if eta is not None else DASH, "" if eta else "dim"),
     ]
+
+
+def failed_cell(batch: BatchRow) -> Text:
+    """``3✗ 1⊘``: tasks failed (or skipped after a failure), then cancelled, apart."""
+    c = batch.counts
+    failed = sum(max(0, c.get(s, 0)) for s in ("failed", "skipped"))
+    cancelled = max(0, c.get("cancelled", 0))
+    if not failed and not cancelled:
+        return styled(DASH, "dim")
+    out = Text(no_wrap=True, overflow="ellipsis")
+    if failed:
+        out.append(f"{failed}✗", "bold red")
+    if cancelled:
+        out.append(" " if failed else "")
+        out.append(f"{cancelled}⊘", "magenta")
+    return out
 
 
 TASK_COLUMNS: Sequence[tuple[str, int]] = (
@@ -439,11 +455,34 @@ TASK_COLUMNS: Sequence[tuple[str, int]] = (
 )
 
 
-def task_line(row: TaskRow, now: float, task_width: int = TASK_COLUMNS[0][1]) -> Text:
-    """One row of the task table, fixed columns, then the error if any."""
+TASK_WIDTH_MAX = 32  # past this the TASK column stops growing: the reason gets the room
+REASON_MAX = 80  # characters of a reason when the line's width is not given
+
+
+def middle_ellipsis(text: str, width: int) -> str:
+    """``text`` in ``width`` cells, cut in the middle so both ends stay:
+    ``summarise_item-00042`` in 15 is ``summ…item-00042`` (a foreach item's
+    distinguishing part is its end). The tail keeps the larger share."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    head = (width - 1) // 3
+    tail = width - 1 - head
+    return text[:head] + "…" + text[len(text) - tail :]
+
+
+def task_line(
+    row: TaskRow,
+    now: float,
+    task_width: int = TASK_COLUMNS[0][1],
+    line_width: int | None = None,
+) -> Text:
+    """One row of the task table, fixed columns, then the reason (the last error),
+    if any, in what is left of ``line_width`` (else its first ``REASON_MAX``)."""
     rate = row.rate(now)
     cells = (
-        (row.id, ""),
+        (middle_ellipsis(row.id, task_width), ""),
         (row.task_class or DASH, "dim"),
         (row.state, TASK_STYLES.get(row.state, "")),
         (row.worker or DASH, ""),
@@ -457,22 +496,32 @@ def task_line(row: TaskRow, now: float, task_width: int = TASK_COLUMNS[0][1]) ->
         clipped = text if len(text) <= width else text[: width - 1] + "…"
         out.append(clipped.ljust(width), style)
         out.append(" ")
-    if row.error and row.state in ("failed", "delayed"):
-        out.append(row.error.strip().splitlines()[-1][:80] if row.error.strip() else "", "red")
+    reason = row.error.strip().splitlines()[-1] if row.error.strip() else ""
+    if reason and row.state in ("failed", "delayed"):
+        room = REASON_MAX if line_width is None else max(0, line_width - out.cell_len)
+        if len(reason) > room:
+            reason = reason[: max(0, room - 1)] + "…" if room else ""
+        out.append(reason, "red")
     return out
 
 
-def task_header(task_width: int = TASK_COLUMNS[0][1]) -> Text:
+def task_header(task_width: int = TASK_COLUMNS[0][1], mark: tuple[int, bool] | None = None) -> Text:
+    """The task table's header; ``mark`` (column index, reversed) flags the sort column."""
     out = Text(no_wrap=True, style="bold")
     for i, (name, width) in enumerate(TASK_COLUMNS):
-        out.append(name.ljust(task_width if i == 0 else width) + " ")
+        label = name
+        if mark is not None and mark[0] == i:
+            label += "▼" if mark[1] else "▲"
+        out.append(label.ljust(task_width if i == 0 else width) + " ")
+    out.append("REASON")
     return out
 
 
 def task_width(total: int) -> int:
-    """The TASK column's width when the table is ``total`` cells wide: what is left."""
+    """The TASK column's width when the table is ``total`` cells wide: what is left,
+    up to ``TASK_WIDTH_MAX`` (the reason after the fixed columns takes the rest)."""
     rest = sum(w + 1 for _, w in TASK_COLUMNS[1:]) + 1
-    return max(TASK_COLUMNS[0][1] - 8, min(60, total - rest))
+    return max(TASK_COLUMNS[0][1] - 8, min(TASK_WIDTH_MAX, total - rest))
 
 
 def event_line(line: EventLine) -> Text:

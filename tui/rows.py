@@ -213,6 +213,7 @@ class TaskRow:
     exit_code: int | None = None
     error: str = ""
     template: str = ""
+    deps: tuple[str, ...] | None = None  # from the brain's snapshot; None: not known
     tokens: int = 0
     tok_s: float = 0.0
     rate_at: float = 0.0

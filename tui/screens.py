@@ -3,6 +3,11 @@
 The log screen reads the tail of ``<history_path>/logs/<task>.log`` from the
 shared drive in a thread worker (a slow NFS read must not freeze the UI),
 once a second while it is open, and only redraws when the file changed.
+``/`` searches the tail (``tui.search``): the matches are highlighted, ``n``
+/ ``N`` scroll from one to the next, and following stops so they stay put.
+
+The help scrolls: on a small terminal every key is still reachable.
+(The batch screen is in ``tui.batch_screen``.)
 """
 
 from __future__ import annotations
@@ -11,18 +16,21 @@ import os
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from rich.console import Group, RenderableType
+from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Grid, Vertical
+from textual.containers import Grid, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Input, Label, Log, Static
+from textual.widgets import Button, Footer, Input, Label, Static
 
 from llmo.tui import render
 from llmo.tui.history import Attempt, read_attempts
 from llmo.tui.rows import TaskRow
+from llmo.tui.search import SearchLog, matching_lines
 
 TAIL_BYTES = 64 * 1024
 TAIL_LINES = 400
@@ -31,10 +39,12 @@ ATTEMPTS_EVERY = 5  # log-screen ticks between reads of batch_events.jsonl
 HELP_KEYS: Sequence[tuple[str, str]] = (
     ("tab / shift+tab", "move between workers, batches, tasks and events"),
     ("up / down, j / k", "move the cursor; the selected batch's tasks show below"),
-    ("enter", "on a task: its log tail and attempts"),
+    ("pgup / pgdn", "a page up or down; home / end: first or last row"),
+    ("enter", "on a batch: its graph by level, goal and files; on a task: its log"),
     ("enter", "on a worker: its telemetry history, recent attempts and log tail"),
     ("/", "filter the tasks: words match id, state, class, worker; state:run, class:llm"),
-    ("escape", "clear the filter, close a screen"),
+    ("/ (on events)", "search the events; n / N: next or previous match"),
+    ("escape", "clear the filter or the search, close a screen"),
     ("c", "cancel the selected batch (asks first)"),
     ("d", "drain the selected worker, or put a draining one back in service"),
     ("l", "load a model on the selected worker"),
@@ -46,10 +56,20 @@ HELP_KEYS: Sequence[tuple[str, str]] = (
     ("p", "start a plan: PLAN_DIR (or its plan.md) and KEY=VALUE settings"),
     ("ctrl+p", "the command palette: every action above by name"),
     ("x", "restart the selected worker llmo up gave up on (asks first)"),
-    ("s", "sort the tasks: live first (running, retrying, failed) or plan order"),
+    ("s", "sort the focused table by its next column (tasks: live first, then each column)"),
+    ("S", "reverse the sort of the focused table"),
     ("r", "take a fresh snapshot from the brain"),
-    ("?", "this help"),
+    ("?", "this help (up / down, pgup / pgdn to scroll)"),
     ("q", "quit"),
+)
+BATCH_KEYS: Sequence[tuple[str, str]] = (
+    ("enter", "on a task: its log; on a foreach group: its items in the task table"),
+    ("escape / q", "back to the main screen"),
+)
+LOG_KEYS: Sequence[tuple[str, str]] = (
+    ("/", "search the log; n / N: next or previous match"),
+    ("f", "follow the log on or off"),
+    ("escape / q", "back"),
 )
 
 
@@ -59,27 +79,37 @@ class HelpScreen(ModalScreen[None]):
     ]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Vertical {
+    HelpScreen > VerticalScroll {
         width: 96; max-width: 100%; height: auto; max-height: 100%; border: round $accent;
         background: $surface; padding: 1 2;
     }
     """
 
     def compose(self) -> ComposeResult:
-        text = Text()
-        text.append("llmo tui: keys\n\n", "bold")
-        for keys, what in HELP_KEYS:
-            text.append(f"{keys:>18}  ", "bold cyan")
-            text.append(what + "\n")
-        text.append("\nWorker states: ", "bold")
+        parts: list[RenderableType] = [Text("llmo tui: keys\n", "bold")]
+        for title, keys in (("", HELP_KEYS), ("batch screen", BATCH_KEYS), ("log", LOG_KEYS)):
+            if title:
+                parts.append(Text(f"\n{title}", "bold"))
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(justify="right", style="bold cyan", no_wrap=True, min_width=18)
+            grid.add_column()
+            for key, what in keys:
+                grid.add_row(key, what)
+            parts.append(grid)
+        text = Text("\nWorker states: ", "bold")
         for state, style in render.WORKER_STYLES.items():
             if state != "up":
                 text.append(state, style)
                 text.append(" ")
         text.append("\nA '?' after a state: no heartbeat heard for a few seconds.", "dim")
         text.append("\nGreyed panels: the link is down; the figures are not live.", "dim")
-        with Vertical():
-            yield Static(text)
+        text.append("\nFAIL column: 3✗ failed (or skipped after a failure), 1⊘ cancelled.", "dim")
+        parts.append(text)
+        with VerticalScroll():
+            yield Static(Group(*parts))
+
+    def on_mount(self) -> None:
+        self.query_one(VerticalScroll).focus()
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -194,6 +224,9 @@ class LogScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q", "close", "Back"),
         Binding("f", "toggle_follow", "Follow on/off"),
+        Binding("slash", "search", "Search"),
+        Binding("n", "next_match(1)", "Next match"),
+        Binding("N", "next_match(-1)", "Previous match", show=False),
     ]
     DEFAULT_CSS = """
     LogScreen #task-info { height: auto; max-height: 12; padding: 0 1; background: $panel; }
@@ -232,11 +265,14 @@ class LogScreen(Screen[None]):
         self.follow = True
         self.stamp: tuple[int, float] | None = None
         self.ticks = 0
+        self.term = ""
+        self.matches: list[int] = []
+        self.match_at = -1
 
     def compose(self) -> ComposeResult:
         yield Static(self.describe(self.task_row), id="task-info")
         yield Static("", id="attempts")
-        log = Log(id="log", highlight=False, max_lines=TAIL_LINES * 2)
+        log = SearchLog(id="log", max_lines=TAIL_LINES * 2)
         log.border_title = self.path
         yield log
         yield Footer()
@@ -272,11 +308,60 @@ class LogScreen(Screen[None]):
         if message.stamp == self.stamp:
             return
         self.stamp = message.stamp
-        log = self.query_one("#log", Log)
+        log = self.query_one("#log", SearchLog)
         log.clear()
         log.write_lines(message.lines)
+        if self.term:
+            self.find()
         if self.follow:
             self.call_after_refresh(log.scroll_end, animate=False)
+
+    # --- search ------------------------------------------------------------------------
+
+    def action_search(self) -> None:
+        def answer(term: str | None) -> None:
+            self.search(term or "")
+
+        self.app.push_screen(PromptScreen("Search the log for:", self.term), answer)
+
+    def search(self, term: str) -> None:
+        """Highlight ``term`` and scroll to its first line; following stops."""
+        self.term = term
+        self.query_one("#log", SearchLog).set_term(term)
+        self.match_at = -1
+        self.find()
+        if self.matches:
+            self.follow = False
+            self.action_next_match(1)
+        elif term:
+            self.notify(f"{term!r} is not in the log's tail", severity="warning")
+
+    def find(self) -> None:
+        log = self.query_one("#log", SearchLog)
+        self.matches = matching_lines(log.lines, self.term)
+        self.match_at = min(self.match_at, len(self.matches) - 1)
+        self.show_matches()
+
+    def action_next_match(self, step: int) -> None:
+        if not self.matches:
+            return
+        self.match_at = (self.match_at + step) % len(self.matches)
+        log = self.query_one("#log", SearchLog)
+        log.scroll_to(y=max(0, self.matches[self.match_at] - 2), animate=False)
+        self.show_matches()
+
+    def show_matches(self) -> None:
+        log = self.query_one("#log", SearchLog)
+        if not self.term:
+            log.border_subtitle = ""
+        elif not self.matches:
+            log.border_subtitle = f"{self.term!r}: no match"
+        else:
+            at = self.match_at + 1
+            line = self.matches[max(0, self.match_at)] + 1
+            log.border_subtitle = (
+                f"{self.term!r}: match {at} of {len(self.matches)}, line {line} (n/N)"
+            )
 
     def action_toggle_follow(self) -> None:
         self.follow = not self.follow

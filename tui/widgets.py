@@ -8,13 +8,19 @@ so a heartbeat that changes one figure redraws one line. (Textual's
 ``DataTable`` drops its whole cell cache on any update, which at several
 updates a second was most of the monitor's CPU time.) The cursor follows
 its row by key when rows come and go.
+
+A ``RowTable`` sorts by one of its shown columns when asked (``cycle_sort``,
+``reverse_sort``; the keys are in ``tui.sorting``) and marks that column's
+header with ▲ or ▼. The ``EventList`` searches its events: matches are
+highlighted and ``n`` / ``N`` bring the next or previous one to the top.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from rich.style import Style
 from rich.text import Text
@@ -25,8 +31,10 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
-from llmo.tui import render
+from llmo.tui import render, sorting
 from llmo.tui.model import Model
+
+T = TypeVar("T")
 
 # (key, label, width, kept on a narrow screen)
 Column = tuple[str, str, int, bool]
@@ -132,7 +140,7 @@ BATCH_COLUMNS: Sequence[Column] = (
     ("state", "STATE", 9, True),
     ("progress", "PROGRESS done/run/fail", 30, True),
     ("running", "RUN", 4, False),
-    ("failed", "FAIL", 4, False),
+    ("failed", "FAIL", 7, False),
     ("elapsed", "ELAPSED", 7, True),
     ("eta", "LEFT", 7, True),
 )
@@ -320,12 +328,56 @@ class RowTable(VirtualList):
     EXACT_HEIGHT = True
     GAP = 2
 
+    SORT_KEYS: Sequence[sorting.Key] = ()
+
     def __init__(self, columns: Sequence[Column], **kwargs: Any) -> None:
         super().__init__(self.line_of, key=lambda row: row[0], **kwargs)
         self.columns = columns
         self.shown_columns = list(range(len(columns)))
         self.cells_by_key: dict[str, list[Text]] = {}
         self.line_cache: dict[str, Strip] = {}
+        self.sort_column: int | None = None  # None: the table's own order
+        self.sort_reverse = False
+        self.shown_args: tuple[Any, ...] | None = None
+
+    # --- sorting -----------------------------------------------------------------------
+
+    def cycle_sort(self) -> str:
+        """Sort by the next shown column (after the last: the table's own order)."""
+        shown = self.shown_columns
+        if self.sort_column is None or self.sort_column not in shown:
+            self.sort_column = shown[0] if shown else None
+        else:
+            at = shown.index(self.sort_column)
+            self.sort_column = shown[at + 1] if at + 1 < len(shown) else None
+        self.sort_reverse = False
+        return self.resort()
+
+    def reverse_sort(self) -> str:
+        if self.sort_column is None:
+            self.sort_column = self.shown_columns[0] if self.shown_columns else None
+        else:
+            self.sort_reverse = not self.sort_reverse
+        return self.resort()
+
+    def resort(self) -> str:
+        """Show the rows again in the new order; says what the order is."""
+        if self.shown_args is not None:
+            self.show(*self.shown_args)
+        self.refresh()
+        if self.sort_column is None:
+            return "the usual order"
+        way = "descending" if self.sort_reverse else "ascending"
+        return f"by {self.columns[self.sort_column][1]}, {way}"
+
+    def sorted_rows(self, rows: Sequence[T], now: float) -> list[T]:
+        if self.sort_column is None or self.sort_column >= len(self.SORT_KEYS):
+            return list(rows)
+        key = self.SORT_KEYS[self.sort_column]
+        return sorting.ordered(rows, key, now, self.sort_reverse)
+
+    def show(self, model: Model, now: float) -> None:
+        raise NotImplementedError
 
     @property
     def full_width(self) -> int:
@@ -387,8 +439,18 @@ class RowTable(VirtualList):
     def line_of(self, row: tuple[str, list[Text]]) -> Text:
         return self.join_cells(row[1])
 
+    def header_text(self) -> Text:
+        """The header line; the sort column's label ends in ▲ (ascending) or ▼."""
+        labels = []
+        for i, (_, label, width, _) in enumerate(self.columns):
+            if i == self.sort_column:
+                mark = "▼" if self.sort_reverse else "▲"
+                label = (label if len(label) < width else label[: width - 1]) + mark
+            labels.append(Text(label))
+        return self.join_cells(labels)
+
     def header_strip(self, width: int) -> Strip:
-        header = self.join_cells([Text(label) for _, label, _, _ in self.columns])
+        header = self.header_text()
         header.stylize(self.get_component_rich_style("virtual-list--header"))
         return self.to_strip(header, width)
 
@@ -406,14 +468,15 @@ class WorkersTable(RowTable):
     at 80 cells what each holds, its temperatures, VRAM, CPU and rate; from
     about 200, also its GPUs, limit, history, host and endpoint."""
 
+    SORT_KEYS = tuple(sorting.WORKER_BY_COLUMN[key] for key, *_ in WORKER_COLUMNS)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(WORKER_COLUMNS, **kwargs)
         self.column_layout = layout_columns(WORKER_COLUMNS, 80)
-        self.shown: tuple[Model, float] | None = None
 
     def show(self, model: Model, now: float) -> None:
-        self.shown = (model, now)
-        rows = sorted(model.workers.values(), key=lambda w: w.name)
+        self.shown_args = (model, now)
+        rows = self.sorted_rows(sorted(model.workers.values(), key=lambda w: w.name), now)
         # One scale for every sparkline, so a slow worker looks slow beside a fast one.
         top = max((max(w.history, default=0.0) for w in rows), default=0.0)
         live = model.live
@@ -438,8 +501,8 @@ class WorkersTable(RowTable):
         if layout != self.column_layout:
             self.column_layout = layout
             self.shown_columns = [i for i, _ in layout.columns]
-            if self.shown is not None:
-                self.show(*self.shown)  # holding and state cells depend on the widths
+            if self.shown_args is not None:
+                self.show(*self.shown_args)  # holding and state cells depend on the widths
         self.refresh()
 
     def join_cells(self, cells: Sequence[Text]) -> Text:
@@ -454,27 +517,45 @@ class WorkersTable(RowTable):
 
 
 class BatchesTable(RowTable):
+    SORT_KEYS = sorting.BATCH_KEYS
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(BATCH_COLUMNS, **kwargs)
 
     def show(self, model: Model, now: float) -> None:
-        self.sync([(b.id, render.batch_cells(b, now, BAR_WIDTH)) for b in model.batch_order()])
+        self.shown_args = (model, now)
+        batches = self.sorted_rows(model.batch_order(), now)
+        self.sync([(b.id, render.batch_cells(b, now, BAR_WIDTH)) for b in batches])
 
 
 class EventList(VirtualList):
     """The events pane: newest first, long lines wrapped under their text.
 
     Each event is wrapped once for the pane's width and kept, so a new event
-    costs its own lines, not a rewrap of the whole ring.
+    costs its own lines, not a rewrap of the whole ring. ``search`` marks the
+    events whose text holds a term (any case) and brings the first to the
+    top; ``n`` / ``N`` step through them, the current one under the cursor's
+    colour. The search follows its event as newer ones push it down.
     """
 
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("n", "next_match(1)", "Next match", show=False),
+        Binding("N", "next_match(-1)", "Previous match", show=False),
+    ]
     INDENT = 9  # "HH:MM:SS "
+    TITLE = "events (newest first)"
+    MATCH_STYLE = "black on yellow"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(lambda line: line.copy(), cursor=False, **kwargs)
         self.items: Sequence[Any] = ()
         self.wrapped_width = 0
         self.wrapped: dict[Any, list[Text]] = {}
+        self.term = ""
+        self.matches: list[tuple[int, int]] = []  # (first line, lines) of each matching event
+        self.match_items: list[Any] = []
+        self.current_item: Any = None
+        self.current_lines = (0, 0)  # the current match's (first line, lines)
 
     def show(self, items: Sequence[Any]) -> None:
         self.items = items
@@ -491,16 +572,31 @@ class EventList(VirtualList):
             self.wrapped = {}
         cache, self.wrapped = self.wrapped, {}
         lines: list[Text] = []
+        matches: list[tuple[int, int]] = []
+        match_items: list[Any] = []
+        term = self.term
         for item in self.items:
             item_lines = cache.get(item)
             if item_lines is None:
                 item_lines = self.wrap_one(item, width)
             self.wrapped[item] = item_lines
+            if term and term in item.text.lower():
+                matches.append((len(lines), len(item_lines)))
+                match_items.append(item)
             lines.extend(item_lines)
+        self.matches, self.match_items = matches, match_items
+        if self.current_item is not None and self.current_item not in match_items:
+            self.current_item = match_items[0] if match_items else None
+        self.current_lines = (0, 0)
+        if self.current_item is not None:
+            self.current_lines = matches[match_items.index(self.current_item)]
         self.set_rows(lines)
+        self.show_title()
 
     def wrap_one(self, item: Any, width: int) -> list[Text]:
         body = Text(item.text, style=render.LEVEL_STYLES.get(item.level, ""))
+        if self.term:
+            body.highlight_regex(re.compile(re.escape(self.term), re.IGNORECASE), self.MATCH_STYLE)
         out = []
         parts = body.wrap(self.app.console, max(10, width - self.INDENT), overflow="fold")
         for i, part in enumerate(parts):
@@ -509,6 +605,51 @@ class EventList(VirtualList):
             line.append_text(part)
             out.append(line)
         return out
+
+    # --- search ------------------------------------------------------------------------
+
+    def search(self, term: str) -> int:
+        """Mark the events holding ``term`` (any case; "" ends the search); how many do."""
+        self.term = term.strip().lower()
+        self.wrapped = {}  # the highlights are part of the wrapped lines
+        self.current_item = None
+        self.wrap_items()
+        if self.match_items:
+            self.current_item = self.match_items[0]
+            self.bring_current()
+        return len(self.match_items)
+
+    def action_next_match(self, step: int) -> None:
+        if not self.match_items:
+            if self.term:
+                self.app.notify(f"no event holds {self.term!r}", severity="warning")
+            return
+        items = self.match_items
+        at = items.index(self.current_item) if self.current_item in items else -1
+        self.current_item = self.match_items[(at + step) % len(self.match_items)]
+        self.bring_current()
+
+    def bring_current(self) -> None:
+        self.current_lines = self.matches[self.match_items.index(self.current_item)]
+        self.scroll_to(y=self.current_lines[0], animate=False)
+        self.show_title()
+        self.refresh()
+
+    def is_cursor_row(self, index: int) -> bool:
+        first, count = self.current_lines
+        return first <= index < first + count
+
+    def show_title(self) -> None:
+        if not self.term:
+            self.border_title = self.TITLE
+            return
+        found = len(self.match_items)
+        # The count first: on a narrow pane the title's end is cut.
+        if not found:
+            self.border_title = f"events: no match · {self.term!r}"
+            return
+        at = self.match_items.index(self.current_item) + 1 if self.current_item else 0
+        self.border_title = f"events {at} of {found} · {self.term!r} · n/N"
 
 
 class StatusBar(Widget):
