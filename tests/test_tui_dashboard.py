@@ -180,8 +180,8 @@ def test_s_cycles_the_sort_column_of_the_focused_table_and_S_reverses_it():
         await pilot.press("S")
         assert [r[0] for r in workers.rows] == ["gpu-2", "gpu-1", "cpu-1"]
         assert "WORKER▼" in workers.header_text().plain
-        await pilot.press("s")  # GPU
-        assert workers.sort_column == 1 and "GP▲" in workers.header_text().plain
+        await pilot.press("s")  # the next column shown: at 80 columns, STATE
+        assert workers.sort_column == 3 and "STATE▲" in workers.header_text().plain
         batches = app.query_one(BatchesTable)
         batches.focus()
         await pilot.press("s", "s")  # PLAN
