@@ -389,6 +389,7 @@ class Attempts:
             grace_s,
             spare=[attempt.shell.pid, *(a.shell.pid for a in others)],
             alone=not others,
+            leader=attempt.shell.pid,
         )
 
     def _end(self, a: TaskAssign, msg: Message) -> None:
