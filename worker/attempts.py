@@ -111,6 +111,7 @@ class Attempts:
         self._by_fd: dict[int, Attempt] = {}
         self._by_output: dict[int, Attempt] = {}
         self.strays = Strays(clock=clock)
+        self.rulesets = landlock.Rulesets(clock)
         self.ledger: GroupLedger | None = None  # running groups, for a successor to end
         self._recent = results.Recent()
         # Raises TaskUserError (the worker does not start) when the user cannot be used.
@@ -199,6 +200,7 @@ class Attempts:
                 user=self.task_user,
                 clock=self.clock,
                 max_output=int(self.config.max_output_mb * 1024 * 1024),
+                rulesets=self.rulesets,
             )
         except SpawnError as exc:
             log.warning("attempt %s not started: %s", a.attempt_id, exc)

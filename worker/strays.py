@@ -26,7 +26,8 @@ environment only of those that started no earlier than the attempt's shell
 pass serves every attempt that ended within ``SWEEP_GAP_S`` of the last, so
 a fan-out of short tasks costs a few passes a second, not one per task; an
 attempt that ends alone is swept at once. The zombies of adopted orphans are
-looked for only when ``waitid`` says a child has exited.
+reaped as ``waitid`` names them, with a pass over ``/proc`` every
+``ORPHAN_SCAN_S`` for any it could not name.
 
 A process that both clears its environment and daemonizes while other
 attempts run can still escape; under systemd the unit's control group ends
@@ -49,6 +50,7 @@ log = logging.getLogger("llmo.worker.strays")
 MARK = "LLMO_TASK_MARK"
 PR_SET_CHILD_SUBREAPER = 36
 SWEEP_GAP_S = 0.1  # while other attempts run, at most one sweep scan this often
+ORPHAN_SCAN_S = 5.0  # a pass for adopted zombies that waitid could not name
 
 
 def become_subreaper() -> bool:
@@ -125,6 +127,7 @@ class Strays:
     # time of its shell in clock ticks, its grace in seconds).
     queued: dict[str, tuple[int, float]] = field(default_factory=dict)
     last_scan: float = float("-inf")
+    last_orphan_scan: float = float("-inf")
 
     def _table(self) -> dict[int, tuple[int, str, int]]:
         table = {}
@@ -243,8 +246,7 @@ class Strays:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
                     log.warning("stray process %d ignored SIGTERM; killed", pid)
-        if self._child_exited():
-            self.reap_orphans(spare)
+        self._reap_adopted(spare, now)
 
     def finish(self) -> None:
         """On the worker's exit: the queued attempts swept with no grace, and
@@ -258,16 +260,26 @@ class Strays:
         self.pending.clear()
         self.reap_orphans()
 
-    def _child_exited(self) -> bool:
-        """Whether a child of this process has exited and waits to be reaped (one
-        ``waitid`` that reaps nothing): only then is a scan for orphans worth it."""
+    def _reap_adopted(self, spare: list[int], now: float) -> None:
+        """Reap the exited children no running attempt owns, one by one as
+        ``waitid`` (reaping nothing itself) names them: no pass over ``/proc``.
+        A running attempt's exited shell, waiting for its attempt to reap it,
+        hides those behind it; a pass every ``ORPHAN_SCAN_S`` gets them."""
         if not self.reaper:
-            return False
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return False
-        return info is not None
+            return
+        kept = set(spare)
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                break
+            if info is None or info.si_pid in kept:
+                break
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, os.WNOHANG)
+        if now - self.last_orphan_scan >= ORPHAN_SCAN_S:
+            self.last_orphan_scan = now
+            self.reap_orphans(spare)
 
     def reap_orphans(
         self, spare: Iterable[int] = (), table: dict[int, tuple[int, str, int]] | None = None
