@@ -65,7 +65,9 @@ def test_while_others_run_a_sweep_waits_for_the_gap_then_serves_every_ended_atte
         found.append((shell, stray))
     strays.last_scan = now[0]  # a scan just ran for another attempt
     for (shell, _), mark in zip(found, marks, strict=True):
-        ended = strays.sweep(mark, 5.0, spare=[shell.pid, 1], alone=False, leader=shell.pid)
+        ended = strays.sweep(
+            mark, 5.0, spare=[shell.pid, 1], alone=False, since=strays.start_time(shell.pid)
+        )
         assert ended == 0, "a fan-out's attempt waits for the next scan"
     now[0] += SWEEP_GAP_S / 2
     strays.tick(now[0], spare=[1])
@@ -84,7 +86,10 @@ def test_an_attempt_that_ends_alone_is_swept_at_once(tmp_path, kill_after):
     mark = new_mark("a1")
     shell, stray = escaped(tmp_path, mark)
     kill_after.append(stray)
-    assert strays.sweep(mark, 5.0, spare=[shell.pid], alone=True, leader=shell.pid) == 1
+    assert (
+        strays.sweep(mark, 5.0, spare=[shell.pid], alone=True, since=strays.start_time(shell.pid))
+        == 1
+    )
     assert wait_until(lambda: not alive(stray), 30)
     shell.wait()
 
@@ -103,7 +108,8 @@ def test_a_sweep_reads_the_environment_only_of_processes_no_older_than_the_shell
         return real(pid, proc)
 
     monkeypatch.setattr(strays_module, "_environ_mark", spy)
-    Strays().sweep(mark, 5.0, spare=[shell.pid], alone=True, leader=shell.pid)
+    strays = Strays()
+    strays.sweep(mark, 5.0, spare=[shell.pid], alone=True, since=strays.start_time(shell.pid))
     assert stray in read
     assert 1 not in read and os.getpid() not in read
     assert wait_until(lambda: not alive(stray), 30)

@@ -355,7 +355,7 @@ class Attempts:
             self._by_fd.pop(fd, None)
         self._unwatch_output(attempt)
         self.running.pop(attempt.id, None)
-        self.sweep(attempt, attempt.assign.grace_s)
+        since = self.strays.start_time(attempt.shell.pid)  # read while it is a zombie
         outcome = attempt.shell.reap()
         if self.ledger is not None:
             self.ledger.remove(attempt.shell.pid)
@@ -382,16 +382,20 @@ class Attempts:
                 interrupted=attempt.interrupted,
             ),
         )
+        # Its group is dead (``reap``); what left the group is ended once the
+        # result is on its way, so the sweep is not on a chain's path.
+        self.sweep(attempt, attempt.assign.grace_s, since)
 
-    def sweep(self, attempt: Attempt, grace_s: float) -> int:
-        """End what the attempt started that still runs outside its group."""
+    def sweep(self, attempt: Attempt, grace_s: float, since: int | None = None) -> int:
+        """End what the attempt started that still runs outside its group; ``since``:
+        the start time of its shell (read now when not given)."""
         others = [a for a in self.running.values() if a is not attempt]
         return self.strays.sweep(
             attempt.mark,
             grace_s,
             spare=[attempt.shell.pid, *(a.shell.pid for a in others)],
             alone=not others,
-            leader=attempt.shell.pid,
+            since=self.strays.start_time(attempt.shell.pid) if since is None else since,
         )
 
     def _end(self, a: TaskAssign, msg: Message) -> None:

@@ -359,7 +359,10 @@ def _remove_tmp(tmp: str, user: TaskUser | None) -> None:
         except OSError as exc:
             log.warning("cannot remove the task's temporary folder %s: %s", tmp, exc)
         return
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.rmdir(tmp)  # most tasks leave it empty
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _then(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:

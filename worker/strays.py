@@ -184,24 +184,25 @@ class Strays:
         *,
         spare: Iterable[int] = (),
         alone: bool = True,
-        leader: int = 0,
+        since: int = 0,
     ) -> int:
         """SIGTERM (SIGKILL after ``grace_s`` in ``tick``) to what the attempt marked
-        ``mark``, whose shell is ``leader``, left running.
+        ``mark``, whose shell started at ``since`` (``start_time``), left running.
 
         A scan reads every process's ``stat``, so while other attempts run (a
         fan-out) and a scan ran less than ``SWEEP_GAP_S`` ago, the attempt waits
         for the next one (``tick``), which serves every attempt that ended
         meanwhile: at most that much later than its end, and before its SIGKILL
         would have come anyway. Alone, it is swept at once."""
-        since = 0
-        if leader:
-            found = _stat(leader, self.proc)
-            since = found[2] if found is not None else 0
         self.queued[mark] = (since, grace_s)
         if alone or self.clock() - self.last_scan >= SWEEP_GAP_S:
             return self._scan(spare, alone)
         return 0
+
+    def start_time(self, pid: int) -> int:
+        """When ``pid`` started, in clock ticks since boot; 0 when it is gone."""
+        found = _stat(pid, self.proc)
+        return found[2] if found is not None else 0
 
     def _scan(self, spare: Iterable[int], alone: bool) -> int:
         """One pass over ``/proc`` for every queued attempt; the orphans reaped too."""
