@@ -80,16 +80,14 @@ def test_while_others_run_a_sweep_waits_for_the_gap_then_serves_every_ended_atte
         shell.wait()
 
 
-def test_an_attempt_that_ends_alone_is_swept_at_once(tmp_path, kill_after):
+def test_an_urgent_sweep_is_done_at_once(tmp_path, kill_after):
     strays = Strays(clock=lambda: 5.0)
     strays.last_scan = 5.0
     mark = new_mark("a1")
     shell, stray = escaped(tmp_path, mark)
     kill_after.append(stray)
-    assert (
-        strays.sweep(mark, 5.0, spare=[shell.pid], alone=True, since=strays.start_time(shell.pid))
-        == 1
-    )
+    since = strays.start_time(shell.pid)
+    assert strays.sweep(mark, 5.0, spare=[shell.pid], alone=True, since=since, at_once=True) == 1
     assert wait_until(lambda: not alive(stray), 30)
     shell.wait()
 

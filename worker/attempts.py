@@ -396,6 +396,7 @@ class Attempts:
             spare=[attempt.shell.pid, *(a.shell.pid for a in others)],
             alone=not others,
             since=self.strays.start_time(attempt.shell.pid) if since is None else since,
+            at_once=not others and self.task_user is not None,
         )
 
     def _end(self, a: TaskAssign, msg: Message) -> None:

@@ -24,9 +24,10 @@ A sweep is one pass over ``/proc``: every process's ``stat``, and the
 environment only of those that started no earlier than the attempt's shell
 (an older process cannot be its descendant). While other attempts run, one
 pass serves every attempt that ended within ``SWEEP_GAP_S`` of the last, so
-a fan-out of short tasks costs a few passes a second, not one per task; an
-attempt that ends alone is swept at once. The zombies of adopted orphans are
-reaped as ``waitid`` names them, with a pass over ``/proc`` every
+a fan-out or a chain of short tasks costs a few passes a second, not one
+per task. Where tasks run as a task user, an attempt that ends alone is
+swept at once: only then are the unreadable orphans known to be its own.
+The zombies of adopted orphans are reaped as ``waitid`` names them, with a pass over ``/proc`` every
 ``ORPHAN_SCAN_S`` for any it could not name.
 
 A process that both clears its environment and daemonizes while other
@@ -49,7 +50,7 @@ log = logging.getLogger("llmo.worker.strays")
 
 MARK = "LLMO_TASK_MARK"
 PR_SET_CHILD_SUBREAPER = 36
-SWEEP_GAP_S = 0.1  # while other attempts run, at most one sweep scan this often
+SWEEP_GAP_S = 0.25  # at most one sweep scan this often, unless a sweep is urgent
 ORPHAN_SCAN_S = 5.0  # a pass for adopted zombies that waitid could not name
 
 
@@ -185,17 +186,20 @@ class Strays:
         spare: Iterable[int] = (),
         alone: bool = True,
         since: int = 0,
+        at_once: bool = False,
     ) -> int:
         """SIGTERM (SIGKILL after ``grace_s`` in ``tick``) to what the attempt marked
         ``mark``, whose shell started at ``since`` (``start_time``), left running.
 
-        A scan reads every process's ``stat``, so while other attempts run (a
-        fan-out) and a scan ran less than ``SWEEP_GAP_S`` ago, the attempt waits
+        A scan reads every process's ``stat``, so unless ``at_once``, an
+        attempt that ends less than ``SWEEP_GAP_S`` after the last scan waits
         for the next one (``tick``), which serves every attempt that ended
-        meanwhile: at most that much later than its end, and before its SIGKILL
-        would have come anyway. Alone, it is swept at once."""
+        meanwhile: a fan-out or a chain of short tasks costs a few scans a
+        second, not one per task. ``at_once`` is for a worker whose tasks run
+        as another user: their orphans may be unreadable, and only while no
+        other attempt runs (``alone``) are those known to be this one's."""
         self.queued[mark] = (since, grace_s)
-        if alone or self.clock() - self.last_scan >= SWEEP_GAP_S:
+        if at_once or self.clock() - self.last_scan >= SWEEP_GAP_S:
             return self._scan(spare, alone)
         return 0
 
