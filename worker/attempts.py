@@ -356,7 +356,7 @@ class Attempts:
         self._unwatch_output(attempt)
         self.running.pop(attempt.id, None)
         since = self.strays.start_time(attempt.shell.pid)  # read while it is a zombie
-        outcome = attempt.shell.reap()
+        outcome = attempt.shell.reap(clean=False)
         if self.ledger is not None:
             self.ledger.remove(attempt.shell.pid)
         self.meters.remove(attempt.id)
@@ -382,8 +382,9 @@ class Attempts:
                 interrupted=attempt.interrupted,
             ),
         )
-        # Its group is dead (``reap``); what left the group is ended once the
-        # result is on its way, so the sweep is not on a chain's path.
+        # Its group is dead (``reap``); its TMPDIR goes and what left the group
+        # is ended once the result is on its way: neither is on a chain's path.
+        attempt.shell.clean()
         self.sweep(attempt, attempt.assign.grace_s, since)
 
     def sweep(self, attempt: Attempt, grace_s: float, since: int | None = None) -> int:

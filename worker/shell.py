@@ -137,7 +137,7 @@ class ShellAttempt:
     ) -> None:
         self.proc = proc
         self.output = output  # the pipe from the task to its log
-        self.tmp = tmp  # the private temporary folder, removed at reap
+        self.tmp = tmp  # the private temporary folder, removed by clean (at reap)
         self.user = user  # the task's user, None: the worker's
         self.pid = proc.pid
         self.log_path = log_path
@@ -261,8 +261,15 @@ class ShellAttempt:
 
     # --- the end ---------------------------------------------------------------------
 
-    def reap(self) -> Outcome:
-        """Collect the exited shell; anything left in its group is killed first."""
+    def clean(self) -> None:
+        """Remove the attempt's temporary folder (once)."""
+        if self.tmp:
+            _remove_tmp(self.tmp, self.user)
+            self.tmp = ""
+
+    def reap(self, *, clean: bool = True) -> Outcome:
+        """Collect the exited shell; anything left in its group is killed first.
+        ``clean``: remove its temporary folder now (else call ``clean``)."""
         _signal_group(self.pid, signal.SIGKILL)
         status = 0
         try:
@@ -270,8 +277,8 @@ class ShellAttempt:
         except ChildProcessError:
             status = 0
         self._reaped = True
-        if self.tmp:
-            _remove_tmp(self.tmp, self.user)
+        if clean:
+            self.clean()
         dropped, disk_error = 0, ""
         if self.output is not None:
             self.output.close()

@@ -168,7 +168,9 @@ def test_disk_full_fails_the_attempt_with_the_reason_and_the_worker_serves_on(
     assert "bytes free" in failed.error
     assert proc.process.poll() is None, proc.text()
     assert files_under(small_disk) == ["filler"], files_under(small_disk)
-    assert attempt_tmp_folders(proc.tmp) == []
+    assert wait_until(lambda: attempt_tmp_folders(proc.tmp) == [], 30), attempt_tmp_folders(
+        proc.tmp
+    )
 
     # The header fits; the output fills the disk while the task runs.
     os.truncate(filler, filler.stat().st_size - 64 * 1024)
@@ -180,7 +182,9 @@ def test_disk_full_fails_the_attempt_with_the_reason_and_the_worker_serves_on(
     assert "truncated" not in failed.error
     assert proc.process.poll() is None, proc.text()
     assert "Traceback" not in proc.text()
-    assert attempt_tmp_folders(proc.tmp) == []
+    assert wait_until(lambda: attempt_tmp_folders(proc.tmp) == [], 30), attempt_tmp_folders(
+        proc.tmp
+    )
     brain.heartbeat(NAME, timeout=30)
 
     filler.unlink()
