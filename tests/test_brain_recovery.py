@@ -86,7 +86,9 @@ def test_brain_killed_mid_batch_finishes_after_restart(broker, tmp_path):
         assert snap.batches[0].state == "complete", snap.batches[0]
         assert snap.batches[0].counts == {"done": n + 1}
         history = plan_dir / "history" / batch_id
-        events = [json.loads(line) for line in (history / "batch_events.jsonl").read_text().split()]
+        events = [
+            json.loads(line) for line in (history / "batch_events.jsonl").read_text().splitlines()
+        ]
         succeeded = [e["task_id"] for e in events if e["event"] == "task_succeeded"]
         assert len(succeeded) == len(set(succeeded))  # recorded once each
         trace = "\n".join(replay_lines(str(journal), quiet_ticks=True))  # llmo replay

@@ -111,6 +111,7 @@ class Attempts:
         self._by_fd: dict[int, Attempt] = {}
         self._by_output: dict[int, Attempt] = {}
         self.strays = Strays(clock=clock)
+        self.rulesets = landlock.Rulesets(clock)
         self.ledger: GroupLedger | None = None  # running groups, for a successor to end
         self._recent = results.Recent()
         # Raises TaskUserError (the worker does not start) when the user cannot be used.
@@ -199,6 +200,7 @@ class Attempts:
                 user=self.task_user,
                 clock=self.clock,
                 max_output=int(self.config.max_output_mb * 1024 * 1024),
+                rulesets=self.rulesets,
             )
         except SpawnError as exc:
             log.warning("attempt %s not started: %s", a.attempt_id, exc)
@@ -353,8 +355,8 @@ class Attempts:
             self._by_fd.pop(fd, None)
         self._unwatch_output(attempt)
         self.running.pop(attempt.id, None)
-        self.sweep(attempt, attempt.assign.grace_s)
-        outcome = attempt.shell.reap()
+        since = self.strays.start_time(attempt.shell.pid)  # read while it is a zombie
+        outcome = attempt.shell.reap(clean=False)
         if self.ledger is not None:
             self.ledger.remove(attempt.shell.pid)
         self.meters.remove(attempt.id)
@@ -380,15 +382,22 @@ class Attempts:
                 interrupted=attempt.interrupted,
             ),
         )
+        # Its group is dead (``reap``); its TMPDIR goes and what left the group
+        # is ended once the result is on its way: neither is on a chain's path.
+        attempt.shell.clean()
+        self.sweep(attempt, attempt.assign.grace_s, since)
 
-    def sweep(self, attempt: Attempt, grace_s: float) -> int:
-        """End what the attempt started that still runs outside its group."""
+    def sweep(self, attempt: Attempt, grace_s: float, since: int | None = None) -> int:
+        """End what the attempt started that still runs outside its group; ``since``:
+        the start time of its shell (read now when not given)."""
         others = [a for a in self.running.values() if a is not attempt]
         return self.strays.sweep(
             attempt.mark,
             grace_s,
             spare=[attempt.shell.pid, *(a.shell.pid for a in others)],
             alone=not others,
+            since=self.strays.start_time(attempt.shell.pid) if since is None else since,
+            at_once=not others and self.task_user is not None,
         )
 
     def _end(self, a: TaskAssign, msg: Message) -> None:

@@ -53,14 +53,21 @@ the files its user may write.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import stat
+import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from llmo.worker.rules import Policy
+
+T = TypeVar("T")
 
 # System call numbers: the generic table, the same on x86_64 and aarch64.
 SYS_CREATE_RULESET = 444
@@ -298,6 +305,83 @@ class Confinement:
         return int(fd)
 
 
+RULESET_TTL_S = 10.0  # a kept ruleset is planned again after this long
+
+
+@dataclass(slots=True)
+class Rulesets:
+    """Rulesets by confinement, each with the folder its attempts' temporary
+    folders go in, kept ``RULESET_TTL_S`` so that a fan-out's attempts share one.
+
+    Planning a ruleset reads the folders around the secret paths and opens
+    every path it allows: done per attempt, it cost more than starting the
+    shell. A kept ruleset grants write access beneath one folder made for it
+    (0700, in the system's temporary folder), and each attempt gets its own
+    private folder inside. Attempts under the same confinement may write the
+    same plan and batch folders anyway, so that folder gives them nothing new
+    of each other. After ``RULESET_TTL_S`` it is planned again, so a folder
+    that appears later is seen; a folder no attempt used for that long is
+    removed once it is empty, and all of them when the worker stops."""
+
+    clock: Callable[[], float]
+    kept: dict[Confinement, tuple[float, int, str]] = field(default_factory=dict)
+    lingering: list[str] = field(default_factory=list)  # dropped folders, not yet empty
+
+    def get(self, confine: Confinement) -> tuple[int, str]:
+        """The ruleset fd (the caller must not close it) and the folder for the
+        attempts' temporary folders under ``confine``; raises ``OSError``."""
+        now = self.clock()
+        kept = self.kept.get(confine)
+        if kept is not None and now - kept[0] < RULESET_TTL_S and os.path.isdir(kept[2]):
+            return kept[1], kept[2]
+        self._drop_stale(now)
+        root = tempfile.mkdtemp(prefix="llmo-tasks-")
+        try:
+            fd = confine.ruleset(root)
+        except BaseException:
+            os.rmdir(root)
+            raise
+        old = self.kept.pop(confine, None)
+        if old is not None:
+            self._discard(old)
+        self.kept[confine] = (now, fd, root)
+        return fd, root
+
+    def _drop_stale(self, now: float) -> None:
+        for confine, kept in list(self.kept.items()):
+            if now - kept[0] >= RULESET_TTL_S:
+                del self.kept[confine]
+                self._discard(kept)
+        for root in list(self.lingering):
+            with contextlib.suppress(OSError):
+                os.rmdir(root)
+            if not os.path.isdir(root):
+                self.lingering.remove(root)
+
+    def _discard(self, kept: tuple[float, int, str]) -> None:
+        """Close a ruleset; its folder goes when empty (an attempt may still use it)."""
+        _, fd, root = kept
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.rmdir(root)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self.lingering.append(root)
+
+    def close(self) -> None:
+        """On the worker's exit, once its attempts are reaped."""
+        for _, fd, root in self.kept.values():
+            if fd >= 0:
+                os.close(fd)
+            self.lingering.append(root)
+        self.kept.clear()
+        for root in self.lingering:
+            shutil.rmtree(root, ignore_errors=True)
+        self.lingering.clear()
+
+
 def _add_rule(ruleset_fd: int, path: str, access: int) -> None:
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -317,6 +401,30 @@ def _add_rule(ruleset_fd: int, path: str, access: int) -> None:
             raise OSError(err, f"landlock_add_rule {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+def confined_call(ruleset_fd: int, call: Callable[[], T]) -> T:
+    """``call()`` on a new thread that first confines itself (``restrict_self``).
+
+    ``no_new_privs`` and a Landlock domain belong to the thread that sets them
+    and pass to the processes it starts, so a shell started here with
+    ``vfork`` (no ``preexec_fn``) begins confined, while the worker's own
+    threads keep their freedom. The thread ends with the call."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            restrict_self(ruleset_fd)
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="llmo-spawn", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["value"])
 
 
 def preexec(ruleset_fd: int, then: Callable[[], None] | None = None) -> Callable[[], None]:

@@ -2,10 +2,15 @@
 
 Theory of operation
 -------------------
-``Rlimits`` per task class are applied in the child between fork and exec
-(``preexec_fn``; only ``setrlimit`` calls, computed beforehand): CPU time
-(SIGXCPU at the limit, SIGKILL ``CPU_GRACE_S`` later), address space and
-open files. A limit above the worker's own hard limit is lowered to it.
+``Rlimits`` per task class: CPU time (SIGXCPU at the limit, SIGKILL
+``CPU_GRACE_S`` later), address space and open files. A limit above the
+worker's own hard limit is lowered to it. They are applied by the task's
+own shell before its command (``shell_prefix``: ``ulimit`` lines, soft then
+hard, and exit 126 with the reason when one fails), so the worker can start
+the shell with ``vfork`` instead of forking its whole address space to run
+Python between fork and exec. A worker with a task user still forks: the
+limits are then ``setrlimit`` calls in the child (``preexec``), before it
+changes user.
 """
 
 from __future__ import annotations
@@ -45,6 +50,33 @@ class Rlimits:
                 soft = min(soft, hard)
             out.append((res, soft, hard))
         return tuple(out)
+
+
+# resource -> (its ``ulimit`` option, bytes per unit of that option), as POSIX
+# shells (dash, bash, busybox ash) read them
+ULIMIT_OPTIONS = {
+    resource.RLIMIT_CPU: ("t", 1),
+    resource.RLIMIT_AS: ("v", 1024),
+    resource.RLIMIT_NOFILE: ("n", 1),
+}
+
+
+def shell_prefix(settings: tuple[tuple[int, int, int], ...]) -> str:
+    """Shell lines that apply ``settings`` to the shell itself (so to all it starts), to
+    run before the task's command; "" when there are none."""
+    if not settings:
+        return ""
+
+    def value(limit: int, unit: int) -> str:
+        return "unlimited" if limit == resource.RLIM_INFINITY else str(limit // unit)
+
+    steps = []
+    for res, soft, hard in settings:
+        option, unit = ULIMIT_OPTIONS[res]
+        steps.append(f"ulimit -S -{option} {value(soft, unit)}")
+        steps.append(f"ulimit -H -{option} {value(hard, unit)}")
+    failed = 'echo "llmo: the task\'s resource limits could not be set" >&2; exit 126'
+    return f"{{ {' && '.join(steps)}; }} || {{ {failed}; }}\n"
 
 
 def preexec(settings: tuple[tuple[int, int, int], ...]) -> Callable[[], None] | None:

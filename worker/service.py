@@ -442,6 +442,7 @@ class Worker:
             if ledger is not None:
                 ledger.remove(attempt.shell.pid)
         self.attempts.strays.finish()
+        self.attempts.rulesets.close()
         if ledger is not None:
             ledger.discard()
         self.runtime.shutdown()

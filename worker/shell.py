@@ -24,12 +24,16 @@ inside the task makes those). A process that calls ``setsid`` itself leaves
 the session and cannot be found this way: ``worker.strays`` sweeps those by the
 attempt's marker when the attempt ends.
 
-Between fork and exec the child sets, in this order: the resource limits
-of the task's class (``worker.rlimits.Rlimits``); the task user, when the
-worker has one (``worker.taskuser``: groups, gid, uid, capabilities
-dropped); then the kernel confinement (``worker.landlock``):
-``no_new_privs`` and the attempt's Landlock ruleset, built in the worker
-before the fork. A confined attempt gets a private temporary folder
+The shell starts confined and limited without running Python between fork
+and exec, so it is started with ``vfork`` (the worker's address space, with
+its model, is not copied): the resource limits of the task's class
+(``worker.rlimits.Rlimits``) are ``ulimit`` lines the shell runs before the
+command, and the kernel confinement (``worker.landlock``: ``no_new_privs``
+and the attempt's Landlock ruleset, built in the worker) is set on a short
+thread that starts the shell (``landlock.confined_call``), from which the
+shell inherits it. With a task user (``worker.taskuser``) the child sets,
+between fork and exec, the limits, the user (groups, gid, uid, capabilities
+dropped), then the confinement. A confined attempt gets a private temporary folder
 (``TMPDIR``), created before it starts and removed when it is reaped; with
 a task user it belongs to that user and is the task's ``HOME`` as well
 (``USER`` and ``LOGNAME`` name the task user).
@@ -56,7 +60,7 @@ from dataclasses import dataclass
 from llmo.proto.messages import TaskAssign
 from llmo.worker import landlock
 from llmo.worker.output import OutputPump, disk_reason
-from llmo.worker.rlimits import Rlimits, preexec
+from llmo.worker.rlimits import Rlimits, preexec, shell_prefix
 from llmo.worker.taskuser import TaskUser
 
 log = logging.getLogger("llmo.worker.shell")
@@ -133,7 +137,7 @@ class ShellAttempt:
     ) -> None:
         self.proc = proc
         self.output = output  # the pipe from the task to its log
-        self.tmp = tmp  # the private temporary folder, removed at reap
+        self.tmp = tmp  # the private temporary folder, removed by clean (at reap)
         self.user = user  # the task's user, None: the worker's
         self.pid = proc.pid
         self.log_path = log_path
@@ -163,23 +167,29 @@ class ShellAttempt:
         user: TaskUser | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_output: int = 0,
+        rulesets: landlock.Rulesets | None = None,
     ) -> ShellAttempt:
         if not os.path.isdir(cwd):
             raise SpawnError(f"batch folder {cwd} does not exist or is not a folder")
         offset = _open_log(log_path, header)
-        limits = preexec(rlimits.settings()) if rlimits is not None else None
-        if user is not None:
-            limits = _then(limits, user.become)  # before no_new_privs and Landlock
+        settings = rlimits.settings() if rlimits is not None else ()
         env = dict(env)
-        tmp, ruleset = "", -1
+        tmp, ruleset, owned = "", -1, False
+        limits: Callable[[], None] | None = None
         if user is not None:
+            # set*id happens in the child: it forks, and runs Python before exec.
+            limits = _then(preexec(settings), user.become)
             env.update(USER=user.name, LOGNAME=user.name)
+        else:
+            command = shell_prefix(settings) + command
         if confine is not None:
-            tmp, ruleset = _confined(confine, env, user)
-            limits = landlock.preexec(ruleset, limits)
+            tmp, ruleset, owned = _confined(confine, env, user, rulesets)
+            if user is not None:
+                limits = landlock.preexec(ruleset, limits)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        try:
-            proc = subprocess.Popen(
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
                 ["/bin/sh", "-c", command],
                 cwd=cwd,
                 env=env,
@@ -191,6 +201,12 @@ class ShellAttempt:
                 # setrlimit, set*id, capset, prctl and Landlock calls only
                 preexec_fn=limits,
             )
+
+        try:
+            if confine is not None and user is None:
+                proc = landlock.confined_call(ruleset, start)
+            else:
+                proc = start()
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             # ValueError: a NUL byte, or an environment name holding "=".
             os.close(read_end)
@@ -199,7 +215,7 @@ class ShellAttempt:
             raise SpawnError(f"cannot start /bin/sh in {cwd}: {exc}") from None
         finally:
             os.close(write_end)
-            if ruleset >= 0:
+            if owned and ruleset >= 0:
                 os.close(ruleset)
         output = OutputPump(read_end, log_path, max_output)
         return cls(proc, log_path, offset, clock, tmp, user, output)
@@ -245,8 +261,15 @@ class ShellAttempt:
 
     # --- the end ---------------------------------------------------------------------
 
-    def reap(self) -> Outcome:
-        """Collect the exited shell; anything left in its group is killed first."""
+    def clean(self) -> None:
+        """Remove the attempt's temporary folder (once)."""
+        if self.tmp:
+            _remove_tmp(self.tmp, self.user)
+            self.tmp = ""
+
+    def reap(self, *, clean: bool = True) -> Outcome:
+        """Collect the exited shell; anything left in its group is killed first.
+        ``clean``: remove its temporary folder now (else call ``clean``)."""
         _signal_group(self.pid, signal.SIGKILL)
         status = 0
         try:
@@ -254,8 +277,8 @@ class ShellAttempt:
         except ChildProcessError:
             status = 0
         self._reaped = True
-        if self.tmp:
-            _remove_tmp(self.tmp, self.user)
+        if clean:
+            self.clean()
         dropped, disk_error = 0, ""
         if self.output is not None:
             self.output.close()
@@ -304,11 +327,23 @@ def _open_log(log_path: str, header: str) -> int:
 
 
 def _confined(
-    confine: landlock.Confinement, env: dict[str, str], user: TaskUser | None = None
-) -> tuple[str, int]:
+    confine: landlock.Confinement,
+    env: dict[str, str],
+    user: TaskUser | None = None,
+    rulesets: landlock.Rulesets | None = None,
+) -> tuple[str, int, bool]:
     """The attempt's private temporary folder (set as ``TMPDIR`` in ``env``, and as
-    ``HOME`` for a task user) and its Landlock ruleset fd (-1 without Landlock);
+    ``HOME`` for a task user), its Landlock ruleset fd (-1 without Landlock) and
+    whether that fd is the caller's to close (not when ``rulesets`` keeps it);
     raises ``SpawnError``."""
+    if user is None and rulesets is not None:
+        try:
+            ruleset, root = rulesets.get(confine)
+            tmp = tempfile.mkdtemp(prefix="llmo-task-", dir=root)
+        except OSError as exc:
+            raise SpawnError(f"cannot prepare the task's confinement: {exc}") from None
+        env["TMPDIR"] = tmp
+        return tmp, ruleset, False
     try:
         tmp = user.make_tmp() if user is not None else tempfile.mkdtemp(prefix="llmo-task-")
     except OSError as exc:
@@ -317,7 +352,7 @@ def _confined(
     if user is not None:
         env["HOME"] = tmp  # the task user has no home; the worker's is the rig folder
     try:
-        return tmp, confine.ruleset(tmp)
+        return tmp, confine.ruleset(tmp), True
     except OSError as exc:
         _remove_tmp(tmp, user)
         raise SpawnError(f"cannot build the task's Landlock ruleset: {exc}") from None
@@ -331,7 +366,10 @@ def _remove_tmp(tmp: str, user: TaskUser | None) -> None:
         except OSError as exc:
             log.warning("cannot remove the task's temporary folder %s: %s", tmp, exc)
         return
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.rmdir(tmp)  # most tasks leave it empty
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _then(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:

@@ -94,6 +94,14 @@ class WorkerProcess:
         return self.process.returncode
 
 
+def attempt_tmp_folders(tmp: Path) -> list[str]:
+    """The attempts' private temporary folders left in ``tmp`` (the worker's kept,
+    empty ``llmo-tasks-*`` folders that hold them are not attempts')."""
+    return sorted(
+        str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.name.startswith("llmo-task-")
+    )
+
+
 @pytest.fixture
 def worker(running_broker, brain_factory, tmp_path) -> Iterator:
     """``start(*flags)``: a worker process and the stand-in brain that heard it."""
@@ -160,7 +168,9 @@ def test_disk_full_fails_the_attempt_with_the_reason_and_the_worker_serves_on(
     assert "bytes free" in failed.error
     assert proc.process.poll() is None, proc.text()
     assert files_under(small_disk) == ["filler"], files_under(small_disk)
-    assert os.listdir(proc.tmp) == []
+    assert wait_until(lambda: attempt_tmp_folders(proc.tmp) == [], 30), attempt_tmp_folders(
+        proc.tmp
+    )
 
     # The header fits; the output fills the disk while the task runs.
     os.truncate(filler, filler.stat().st_size - 64 * 1024)
@@ -172,7 +182,9 @@ def test_disk_full_fails_the_attempt_with_the_reason_and_the_worker_serves_on(
     assert "truncated" not in failed.error
     assert proc.process.poll() is None, proc.text()
     assert "Traceback" not in proc.text()
-    assert os.listdir(proc.tmp) == []
+    assert wait_until(lambda: attempt_tmp_folders(proc.tmp) == [], 30), attempt_tmp_folders(
+        proc.tmp
+    )
     brain.heartbeat(NAME, timeout=30)
 
     filler.unlink()

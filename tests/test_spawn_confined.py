@@ -1,0 +1,72 @@
+"""The confinement of a shell started with ``vfork``: set on a short thread, never on the worker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmo.worker import landlock
+
+pytestmark = pytest.mark.timeout(60)
+
+ABI, WHY = landlock.probe()
+
+
+@pytest.mark.skipif(ABI < 1, reason=f"no Landlock here: {WHY}")
+def test_confined_call_confines_its_own_thread_only(tmp_path):
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    allowed.mkdir()
+    other.mkdir()
+    confine = landlock.Confinement(abi=ABI, writable=(str(allowed),))
+    ruleset = confine.ruleset()
+
+    def write_both() -> str:
+        (allowed / "ok").write_text("ok")
+        try:
+            (other / "no").write_text("no")
+        except PermissionError as exc:
+            return f"refused: {exc.strerror}"
+        return "written"
+
+    try:
+        assert landlock.confined_call(ruleset, write_both) == "refused: Permission denied"
+    finally:
+        os.close(ruleset)
+    (other / "after").write_text("the calling thread is not confined")
+    assert (other / "after").exists() and not (other / "no").exists()
+
+
+def test_confined_call_hands_the_error_to_the_caller():
+    def fails() -> None:
+        raise ValueError("from the thread")
+
+    with pytest.raises(ValueError, match="from the thread"):
+        landlock.confined_call(-1, fails)
+
+
+def test_rulesets_are_shared_until_their_time_is_up_and_their_folders_do_not_linger(tmp_path):
+    now = [0.0]
+    rulesets = landlock.Rulesets(lambda: now[0])
+    confine = landlock.Confinement(abi=ABI, writable=(str(tmp_path),))
+    fd, root = rulesets.get(confine)
+    assert os.path.isdir(root) and os.path.basename(root).startswith("llmo-tasks-")
+    assert rulesets.get(confine) == (fd, root), "a fan-out's attempts share one"
+    busy = Path(root) / "llmo-task-running"
+    busy.mkdir()  # an attempt still runs in it
+    now[0] += landlock.RULESET_TTL_S
+    _, root2 = rulesets.get(confine)
+    assert root2 != root, "planned again after its time"
+    assert os.path.isdir(root), "kept while an attempt uses it"
+    busy.rmdir()
+    other = landlock.Confinement(abi=ABI, writable=(str(tmp_path / "x"),))
+    now[0] += landlock.RULESET_TTL_S
+    rulesets.get(other)
+    assert not os.path.exists(root) and not os.path.exists(root2), "gone once empty"
+    shutil.rmtree(rulesets.get(other)[1])
+    assert os.path.isdir(rulesets.get(other)[1]), "a folder removed under it is made again"
+    roots = [kept[2] for kept in rulesets.kept.values()]
+    rulesets.close()
+    assert not any(os.path.exists(r) for r in roots)
