@@ -30,11 +30,13 @@ the chain; and for each, the CPU time per task of every process (from /proc
 for the rig's, from ``wait4`` for the submit process), which says where the
 orchestration's cost goes on a machine whose cores the tasks themselves need.
 
-``--big N`` (default 10,000; 0 skips it) runs one fan-out of N items and
-prints the brain's resident memory before and after (``VmRSS``; ``VmHWM`` its
-peak) and its CPU per task. Each side reports its median over the rounds; a
-last block sets each headline figure beside its aim. ``--quick`` is a smoke
-run: one round, 300 tasks, a chain of 50, no big fan-out.
+``--big N`` runs one fan-out of N items and prints the brain's resident
+memory before and after (``VmRSS``; ``VmHWM`` its peak) and its CPU per task.
+Without the flag it runs 10,000 items when the rounds' fan-out rate says that
+takes under two minutes, and says so when it skips them; ``--big 0`` never.
+Each side reports its median over the rounds; a last block sets each
+headline figure beside its aim. ``--quick`` is a smoke run: one round, 300
+tasks, a chain of 50, no big fan-out.
 """
 
 from __future__ import annotations
@@ -288,6 +290,10 @@ def floor_chain(n: int) -> float:
     return time.monotonic() - started
 
 
+BIG = 10_000  # the big fan-out's items, unless --big says otherwise
+BIG_LIMIT_S = 120.0  # run by default only when it would take less than this
+
+
 def drain(fd: int) -> None:
     """Read ``fd`` to its end (a pipe's EOF, a pseudo-terminal's EIO once the writer exits)."""
     try:
@@ -323,7 +329,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="rounds; 3, --quick 1")
     parser.add_argument("--slots", type=int, default=2, help="slots per worker")
     parser.add_argument(
-        "--big", type=int, help="items of the one big fan-out (10000, --quick 0; 0 skips it)"
+        "--big",
+        type=int,
+        help="items of the one big fan-out (10000 if done in 2 minutes, --quick 0; 0 skips it)",
     )
     parser.add_argument("--no-tty", action="store_true", help="no CLI run on a pseudo-terminal")
     parser.add_argument("--quick", action="store_true", help="a smoke run: small and one round")
@@ -336,7 +344,8 @@ def main() -> int:
     tasks = pick(args.tasks, 1000, 300)
     chain_n = pick(args.chain, 200, 50)
     rounds = pick(args.rounds, 3, 1)
-    big = pick(args.big, 10000, 0)
+    big = pick(args.big, BIG, 0)
+    big_note = "--quick" if quick and args.big is None else ""
     outputs = ["pipe"] if args.no_tty else ["pipe", "tty"]
     kinds = ["direct", *outputs]
 
@@ -389,6 +398,12 @@ def main() -> int:
                     f"chain {chains}, floor {chain_floor[-1]:.2f} s",
                     flush=True,
                 )
+            rate = tasks / statistics.median(took["fan", "direct"])
+            if args.big is None and big / rate > BIG_LIMIT_S:
+                big_note = (
+                    f"skipped: about {big / rate:.0f} s at {rate:.0f} tasks/s (--big {big} runs it)"
+                )
+                big = 0
             if big:
                 brain = rig.pids()["brain"]
                 was, cpu_was = memory_kb(brain), rig.cpu()["brain"][0]
@@ -487,7 +502,7 @@ def main() -> int:
             f"{verdict(brain_ms < 0.1)}"
         )
     else:
-        print("    brain CPU at 10,000 items: not run (--big 0)")
+        print(f"    brain CPU at {BIG} items: not run ({big_note or '--big 0'})")
     return 0
 
 
