@@ -26,7 +26,8 @@ every heartbeat as a gap. Snapshots for gaps come at most one a
 ``RESYNC_MIN_S`` (the first at once): under a burst that overflows the
 socket, a snapshot of thousands of tasks must not cause the next gap itself.
 A malformed publication is logged, naming what is wrong, and counts as a gap:
-the next snapshot covers whatever it was. The screen is drawn a few times a
+the next snapshot covers whatever it was; so does the brain's ``peer.up`` (a
+restarted brain's state replaces the view). The screen is drawn a few times a
 second at most (``Screen``), never once per event.
 """
 
@@ -42,7 +43,14 @@ from pathlib import Path
 from typing import TextIO
 
 from llmo.proto.errors import ProtocolError
-from llmo.proto.messages import BatchEvent, BatchInfo, SnapshotReply, TaskProgress
+from llmo.proto.messages import (
+    BRAIN,
+    BatchEvent,
+    BatchInfo,
+    PeerUp,
+    SnapshotReply,
+    TaskProgress,
+)
 from llmo.proto.pubsub import Subscriber
 from llmo.proto.rates import batch_wall_s, tok_s_text
 from llmo.proto.states import BATCH_TERMINAL, TASK_ACTIVE, TASK_UNSUCCESSFUL
@@ -297,8 +305,8 @@ def follow(
         if published is not None:
             last_heard = now
             msg = published.message
-            if published.gap:
-                stale = True
+            if published.gap or (isinstance(msg, PeerUp) and msg.peer == BRAIN):
+                stale = True  # missed publications, or a restarted brain: its state, not ours
             if isinstance(msg, BatchEvent):
                 view.apply(msg)
             elif isinstance(msg, TaskProgress):

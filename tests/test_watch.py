@@ -241,3 +241,27 @@ def test_the_watchers_subscription_sees_no_gap_for_publications_of_other_topics(
     finally:
         sub.close()
         pub.close(linger=0)
+
+
+def test_a_restarted_brain_makes_the_watcher_take_a_fresh_snapshot():
+    from llmo.proto.messages import BRAIN, PeerUp
+
+    clock = [0.0]
+    sub = TimedSubscriber(
+        [
+            Published(seq=1, message=event(2, "greet_a", "done"), gap=0),
+            Published(seq=2, message=PeerUp(peer="cpu-1"), gap=0),
+            Published(seq=3, message=PeerUp(peer=BRAIN), gap=0),
+        ],
+        clock,
+    )
+    taken = []
+
+    def take():
+        taken.append(clock[0])
+        return snapshot(1, state="running" if len(taken) == 1 else "complete")
+
+    view = follow(BatchView("B"), sub, take, None, clock=lambda: clock[0])
+    assert view.finished
+    # at once, not after a silence: its revision may start lower; its state, not ours
+    assert taken[1] < 0.01
