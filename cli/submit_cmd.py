@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> int:
-    from llmo.cli.watch import BatchView, watch_to_end
+    from llmo.cli.watch import BatchView, subscribe, watch_to_end
     from llmo.proto.errors import ErrorCode
     from llmo.proto.messages import (
         BRAIN,
@@ -122,16 +122,13 @@ def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> 
         SnapshotReply,
         SnapshotRequest,
     )
-    from llmo.proto.pubsub import Subscriber, topic
 
     session = open_session(args, "submit")
     subscriber = None
     try:
         if args.watch:
             # Subscribe before submitting, so no event of the batch is missed.
-            subscriber = Subscriber(
-                session.endpoints.pub, topics=(topic("batch.event"), topic("task.progress"))
-            )
+            subscriber = subscribe(session.endpoints.pub)
         msg = PlanSubmit(dst=BRAIN, plan_path=plan_dir, config=config, priority=args.priority or "")
         reply = session.client.request(msg, timeout=session.timeout)
         if reply is None:

@@ -12,12 +12,23 @@ those of tasks that succeeded since, plus the running attempts' counts from
 ``TaskProgress``; when the batch ends a last snapshot makes the figure the
 one RUN_SUMMARY and the monitor show.
 
+The view keeps each group's counts as events change a task's state, so an
+event costs the same with ten tasks or ten thousand; only a snapshot, or a
+new foreach template (which can regroup tasks), counts them all again.
+
 ``follow`` owns the sockets: it subscribes *before* asking for the snapshot
 (so no event falls between the two), takes a fresh snapshot whenever the
 sequence shows a gap or nothing arrives for a while (PUB drops silently when
-a link is slow), and returns when the batch reaches a terminal state. A
-malformed publication is logged, naming what is wrong, and counts as a gap:
-the next snapshot covers whatever it was.
+a link is slow), and returns when the batch reaches a terminal state. The
+subscription takes every topic (``subscribe``): the broker numbers all its
+publications in one sequence, so a subscriber of some topics only would see
+every heartbeat as a gap. Snapshots for gaps come at most one a
+``RESYNC_MIN_S`` (the first at once): under a burst that overflows the
+socket, a snapshot of thousands of tasks must not cause the next gap itself.
+A malformed publication is logged, naming what is wrong, and counts as a gap:
+the next snapshot covers whatever it was; so does the brain's ``peer.up`` (a
+restarted brain's state replaces the view). The screen is drawn a few times a
+second at most (``Screen``), never once per event.
 """
 
 from __future__ import annotations
@@ -32,11 +43,20 @@ from pathlib import Path
 from typing import TextIO
 
 from llmo.proto.errors import ProtocolError
-from llmo.proto.messages import BatchEvent, BatchInfo, SnapshotReply, TaskProgress
+from llmo.proto.messages import (
+    BRAIN,
+    BatchEvent,
+    BatchInfo,
+    PeerUp,
+    SnapshotReply,
+    TaskProgress,
+)
+from llmo.proto.pubsub import Subscriber
 from llmo.proto.rates import batch_wall_s, tok_s_text
 from llmo.proto.states import BATCH_TERMINAL, TASK_ACTIVE, TASK_UNSUCCESSFUL
 
 RATE_WINDOW_S = 5.0
+RESYNC_MIN_S = 2.0  # snapshots for gaps: at most one this often (the first at once)
 
 log = logging.getLogger("llmo.watch")
 
@@ -56,6 +76,9 @@ class BatchView:
     attempt_task: dict[str, str] = field(default_factory=dict)  # attempt -> task id
     settled: int = 0  # tokens of tasks that succeeded since the last snapshot
     batch: BatchInfo | None = None  # as the last snapshot had it, with the final counts
+    # group -> state -> tasks, kept by events; None: count afresh at the next ``groups``
+    _counts: dict[str, dict[str, int]] | None = field(default=None, init=False, repr=False)
+    _member: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def seed(self, reply: SnapshotReply) -> bool:
         """Take a snapshot; False if it does not know the batch."""
@@ -69,6 +92,7 @@ class BatchView:
         self.history_path = mine.history_path or self.history_path
         self.tasks = {}
         self.settled = 0
+        self._counts = None
         for task in reply.tasks:
             if task.batch_id != self.batch_id:
                 continue
@@ -91,14 +115,15 @@ class BatchView:
             return
         self.rev = event.rev
         if event.task_id:
-            self.tasks[event.task_id] = event.state
+            if event.event == "task_expanded" and event.task_id not in self.templates:
+                self.templates.add(event.task_id)
+                self._counts = None  # tasks named after it may change group
+            self._set_state(event.task_id, event.state)
             if event.state not in TASK_ACTIVE:
                 for attempt, task_id in list(self.attempt_task.items()):
                     if task_id == event.task_id:
                         kept = self._forget(attempt)
                         self.settled += kept if event.state == "done" else 0
-            if event.event == "task_expanded":
-                self.templates.add(event.task_id)
         elif event.state:
             self.state = event.state
             counts = event.detail.get("counts")
@@ -143,12 +168,44 @@ class BatchView:
                 best = template
         return best or task_id
 
+    def _set_state(self, task_id: str, state: str) -> None:
+        old = self.tasks.get(task_id)
+        self.tasks[task_id] = state
+        counts = self._counts
+        if counts is None or old == state:
+            return
+        name = self._member.get(task_id)
+        if name is not None and old is not None:
+            states = counts[name]
+            states[old] -= 1
+            if not states[old]:
+                del states[old]
+        else:
+            name = self.group_of(task_id)
+            if name == task_id and task_id in self.templates:
+                return  # the template itself: its items carry the progress
+            self._member[task_id] = name
+        states = counts.setdefault(name, {})
+        states[state] = states.get(state, 0) + 1
+
     def groups(self) -> dict[str, dict[str, int]]:
+        """Each group's tasks by state (the template itself left out)."""
+        if self._counts is None:
+            self._member = {}
+            self._counts = self._tally(self._member)
+        return {name: dict(states) for name, states in self._counts.items()}
+
+    def count_groups(self) -> dict[str, dict[str, int]]:
+        """``groups`` counted afresh from every task's state."""
+        return self._tally({})
+
+    def _tally(self, member: dict[str, str]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for task_id, state in self.tasks.items():
             name = self.group_of(task_id)
             if name == task_id and task_id in self.templates:
                 continue  # the template itself: its items carry the progress
+            member[task_id] = name
             counts = out.setdefault(name, {})
             counts[state] = counts.get(state, 0) + 1
         return out
@@ -187,7 +244,9 @@ def render(
 
 
 class Screen:
-    """Redraws in place on a terminal; prints changed lines otherwise."""
+    """Redraws in place on a terminal, at most every ``interval`` seconds; prints changed
+    lines otherwise, at most every 0.5 s. ``due`` says whether a draw would happen, so
+    a caller builds the lines only then."""
 
     def __init__(self, out: TextIO = sys.stdout, interval: float = 0.25) -> None:
         self.out = out
@@ -198,8 +257,11 @@ class Screen:
         self.previous: list[str] = []
         self.printed = 0.0
 
+    def due(self, now: float) -> bool:
+        return now - self.last >= self.interval
+
     def show(self, lines: list[str], now: float, force: bool = False) -> None:
-        if not force and now - self.last < self.interval:
+        if not force and not self.due(now):
             return
         self.last = now
         if self.tty:
@@ -231,30 +293,32 @@ def follow(
     if reply is not None:
         view.seed(reply)
     last_heard = clock()
+    stale = False  # missed something: a snapshot is due
+    resync_at = float("-inf")  # no snapshot for a gap before this time
     while not view.finished:
         try:
             published = subscriber.recv(timeout=0.25)
-            bad = False
         except ProtocolError as exc:
             log.warning("skipped a malformed publication from the broker (%s); resyncing", exc)
-            published, bad = None, True
+            published, stale = None, True
         now = clock()
-        stale = bad or now - last_heard > resync_s
         if published is not None:
             last_heard = now
             msg = published.message
-            if published.gap:
-                stale = True
+            if published.gap or (isinstance(msg, PeerUp) and msg.peer == BRAIN):
+                stale = True  # missed publications, or a restarted brain: its state, not ours
             if isinstance(msg, BatchEvent):
                 view.apply(msg)
             elif isinstance(msg, TaskProgress):
                 view.progress(msg, now)
-        if stale:
+        if now - last_heard > resync_s or (stale and now >= resync_at):
             reply = take_snapshot()
             if reply is not None:
                 view.seed(reply)
             last_heard = now
-        if screen is not None:
+            stale = False
+            resync_at = now + RESYNC_MIN_S
+        if screen is not None and screen.due(now):
             screen.show(render(view, now, started), now)
     # The end's own snapshot: its tokens and end time give the figure RUN_SUMMARY has.
     reply = take_snapshot()
@@ -264,6 +328,11 @@ def follow(
         now = clock()
         screen.show(render(view, now, started), now, force=True)
     return view
+
+
+def subscribe(endpoint: str) -> Subscriber:
+    """The watcher's subscription: every topic, so a gap in the sequence is a real one."""
+    return Subscriber(endpoint)
 
 
 def watch_to_end(

@@ -28,18 +28,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmo.cli.watch import BatchView, watch_to_end
+    from llmo.cli.watch import BatchView, subscribe, watch_to_end
     from llmo.proto.messages import BRAIN, SnapshotReply, SnapshotRequest
-    from llmo.proto.pubsub import Subscriber, topic
 
     session = open_session(args, "watch")
     subscriber = None
     batch_id = args.batch_id
     try:
         # Subscribe first, so no event falls between the snapshot and the stream.
-        subscriber = Subscriber(
-            session.endpoints.pub, topics=(topic("batch.event"), topic("task.progress"))
-        )
+        subscriber = subscribe(session.endpoints.pub)
 
         def ask() -> SnapshotReply:
             answer = session.ask(SnapshotRequest(dst=BRAIN, batch_id=batch_id))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 
-from llmo.cli.watch import BatchView, Screen, bar, follow, render
+import pytest
+
+from llmo.cli.watch import RESYNC_MIN_S, BatchView, Screen, bar, follow, render
 from llmo.proto.messages import BatchEvent, BatchInfo, SnapshotReply, TaskInfo, TaskProgress
 from llmo.proto.pubsub import Published
 
@@ -105,3 +107,161 @@ def test_a_failed_batch_points_to_its_escalation_and_summary(tmp_path, capsys):
     view = BatchView("B", state="complete", history_path=str(tmp_path))
     assert report_end(view, False) == 0
     assert "escalation" not in capsys.readouterr().out
+
+
+class TtyOut(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class TimedSubscriber(FakeSubscriber):
+    """Publications that arrive one a millisecond on a fake clock."""
+
+    def __init__(self, items, clock: list[float]):
+        super().__init__(items)
+        self.clock = clock
+
+    def recv(self, timeout=None):
+        self.clock[0] += 0.001
+        return super().recv(timeout)
+
+
+def a_thousand_items(gap: int = 0) -> list[Published]:
+    items = [
+        Published(seq=i, message=event(10 + i, f"greet_{i:04d}", state), gap=gap)
+        for i in range(1, 1001)
+        for state in ("running", "done")
+    ]
+    end = event(5000, name="batch_completed", state="complete", counts={"done": 1000})
+    return [*items, Published(seq=5000, message=end, gap=0)]
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_a_burst_of_events_is_drawn_a_few_times_a_second_not_once_an_event(monkeypatch, tty):
+    import llmo.cli.watch as watch
+
+    rendered = []
+    real_render = watch.render
+    monkeypatch.setattr(watch, "render", lambda *a, **k: rendered.append(1) or real_render(*a, **k))
+    clock = [0.0]
+    out = TtyOut() if tty else io.StringIO()
+    sub = TimedSubscriber(a_thousand_items(), clock)
+    view = follow(
+        BatchView("B"),
+        sub,
+        lambda: snapshot(10) if sub.items else snapshot(6000, state="complete"),
+        Screen(out),
+        clock=lambda: clock[0],
+    )
+    assert view.finished
+    # 2,001 events over 2 s of the fake clock: ten draws a second at most, and the last one
+    assert len(rendered) <= 2.0 * 10 + 2
+    assert "batch B (hello): complete" in out.getvalue()
+
+
+def test_gaps_in_a_burst_take_one_snapshot_then_wait_before_the_next():
+    clock = [0.0]
+    taken = []
+    sub = TimedSubscriber(a_thousand_items(gap=1), clock)
+
+    def take():
+        taken.append(clock[0])
+        return snapshot(10) if sub.items else snapshot(6000, state="complete")
+
+    view = follow(
+        BatchView("B"),
+        sub,
+        take,
+        None,
+        clock=lambda: clock[0],
+    )
+    assert view.finished
+    # the first snapshot, one for the first gap, then at most one a RESYNC_MIN_S; the end's
+    assert len(taken) <= 2 + 2.0 / RESYNC_MIN_S + 1
+    assert len(taken) >= 3
+
+
+def test_groups_kept_by_events_match_groups_counted_afresh():
+    view = BatchView("B")
+    view.seed(snapshot(10))
+    steps = [
+        event(11, "greet_c", "ready", name="task_released"),
+        event(12, "other_1", "ready", name="task_released"),  # before its template is known
+        event(13, "other", "expanded", name="task_expanded"),
+        event(14, "other_1", "running", name="task_started"),
+        event(15, "greet_a", "done"),
+        event(16, "greet_b", "failed", name="task_failed"),
+        event(17, "other_1", "done"),
+    ]
+    for step in steps:
+        view.apply(step)
+        assert view.groups() == view.count_groups()
+    assert view.groups() == {
+        "make": {"done": 1},
+        "greet": {"done": 1, "failed": 1, "ready": 1},
+        "other": {"done": 1},
+    }
+    view.seed(snapshot(20))
+    assert view.groups() == view.count_groups()
+
+
+def test_the_watchers_subscription_sees_no_gap_for_publications_of_other_topics():
+    import zmq
+
+    from llmo.cli.watch import subscribe
+    from llmo.proto.codec import encode
+    from llmo.proto.messages import Heartbeat
+    from tests.waiting import wait_until
+
+    context = zmq.Context.instance()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub = subscribe(f"tcp://127.0.0.1:{port}")
+    try:
+        seq = iter(range(1, 1000))
+
+        def send(message) -> None:
+            body = encode(message)
+            pub.send_multipart(
+                [f"{message.TYPE.value}/x/".encode(), next(seq).to_bytes(8, "big"), body]
+            )
+
+        assert wait_until(lambda: send(event(1, "greet_a", "running")) or sub.socket.poll(50))
+        while sub.recv(timeout=0.05) is not None:
+            pass
+        for message in (
+            event(2, "greet_a", "done"),
+            Heartbeat(src="cpu-1"),
+            event(3, "make", "done"),
+        ):
+            send(message)
+        heard = [sub.recv(timeout=5) for _ in range(3)]
+        assert [p.gap for p in heard if p is not None] == [0, 0, 0]
+    finally:
+        sub.close()
+        pub.close(linger=0)
+
+
+def test_a_restarted_brain_makes_the_watcher_take_a_fresh_snapshot():
+    from llmo.proto.messages import BRAIN, PeerUp
+
+    clock = [0.0]
+    sub = TimedSubscriber(
+        [
+            Published(seq=1, message=event(2, "greet_a", "done"), gap=0),
+            Published(seq=2, message=PeerUp(peer="cpu-1"), gap=0),
+            Published(seq=3, message=PeerUp(peer=BRAIN), gap=0),
+        ],
+        clock,
+    )
+    taken = []
+
+    def take():
+        taken.append(clock[0])
+        return snapshot(1, state="running" if len(taken) == 1 else "complete")
+
+    view = follow(BatchView("B"), sub, take, None, clock=lambda: clock[0])
+    assert view.finished
+    # at once, not after a silence: its revision may start lower; its state, not ours
+    assert taken[1] < 0.01
