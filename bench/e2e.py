@@ -44,7 +44,7 @@ from pathlib import Path
 
 from llmo.proto.client import Client, tool_name
 from llmo.proto.messages import BRAIN, BatchEvent, PlanAccepted, PlanSubmit
-from llmo.proto.pubsub import Subscriber, topic
+from llmo.proto.pubsub import BATCH_EVENT_TOPICS, Subscriber
 
 TASK = """
 ### {id}
@@ -136,7 +136,7 @@ class Rig:
             self.stop()
             raise SystemExit(f"llmo up did not get ready: {ready.stderr}")
         self.client = Client(tool_name("bench"), self.broker)
-        self.subscriber = Subscriber(self.pub, topics=(topic("batch.event"),))
+        self.subscriber = Subscriber(self.pub, topics=BATCH_EVENT_TOPICS)
         time.sleep(0.5)  # let the subscription reach the broker
 
     def run(self, plan: Path) -> dict[str, float]:

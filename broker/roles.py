@@ -54,6 +54,7 @@ ALLOWED: dict[Role, frozenset[MsgType]] = {
             MsgType.PLAN_ACCEPTED,
             MsgType.PLAN_REJECTED,
             MsgType.BATCH_EVENT,
+            MsgType.BATCH_EVENTS,
             MsgType.SNAPSHOT_REPLY,
             MsgType.ACK,
             MsgType.ERROR,

@@ -122,7 +122,7 @@ def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> 
         SnapshotReply,
         SnapshotRequest,
     )
-    from llmo.proto.pubsub import Subscriber, topic
+    from llmo.proto.pubsub import BATCH_EVENT_TOPICS, Subscriber, topic
 
     session = open_session(args, "submit")
     subscriber = None
@@ -130,7 +130,7 @@ def _submit(args: argparse.Namespace, plan_dir: str, config: dict[str, Any]) -> 
         if args.watch:
             # Subscribe before submitting, so no event of the batch is missed.
             subscriber = Subscriber(
-                session.endpoints.pub, topics=(topic("batch.event"), topic("task.progress"))
+                session.endpoints.pub, topics=(*BATCH_EVENT_TOPICS, topic("task.progress"))
             )
         msg = PlanSubmit(dst=BRAIN, plan_path=plan_dir, config=config, priority=args.priority or "")
         reply = session.client.request(msg, timeout=session.timeout)

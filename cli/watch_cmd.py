@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from llmo.cli.watch import BatchView, watch_to_end
     from llmo.proto.messages import BRAIN, SnapshotReply, SnapshotRequest
-    from llmo.proto.pubsub import Subscriber, topic
+    from llmo.proto.pubsub import BATCH_EVENT_TOPICS, Subscriber, topic
 
     session = open_session(args, "watch")
     subscriber = None
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Subscribe first, so no event falls between the snapshot and the stream.
         subscriber = Subscriber(
-            session.endpoints.pub, topics=(topic("batch.event"), topic("task.progress"))
+            session.endpoints.pub, topics=(*BATCH_EVENT_TOPICS, topic("task.progress"))
         )
 
         def ask() -> SnapshotReply:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -65,6 +66,7 @@ class MsgType(enum.StrEnum):
     PLAN_REJECTED = "plan.rejected"
     BATCH_CANCEL = "batch.cancel"
     BATCH_EVENT = "batch.event"
+    BATCH_EVENTS = "batch.events"
     SNAPSHOT_REQUEST = "snapshot.request"
     SNAPSHOT_REPLY = "snapshot.reply"
     PEER_UP = "peer.up"
@@ -564,6 +566,68 @@ class BatchEvent(Message):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class EventRecord:
+    """One ``BatchEvent`` inside a ``BatchEvents``: its fields without the envelope."""
+
+    rev: int
+    batch_id: str
+    event: str
+    task_id: str = ""
+    state: str = ""
+    worker: str = ""
+    attempt_id: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchEvents(Message):
+    """Several lifecycle changes of one loop turn, in order (brain -> broker, published
+    as one message). The same as that many ``BatchEvent``s: ``unpacked`` gives them,
+    each with this message's envelope (its id suffixed with the event's place)."""
+
+    TYPE = MsgType.BATCH_EVENTS
+    events: tuple[EventRecord, ...]
+
+    @classmethod
+    def of(cls, events: Sequence[BatchEvent]) -> BatchEvents:
+        return cls(
+            dst=events[0].dst if events else "",
+            events=tuple(
+                EventRecord(
+                    rev=e.rev,
+                    batch_id=e.batch_id,
+                    event=e.event,
+                    task_id=e.task_id,
+                    state=e.state,
+                    worker=e.worker,
+                    attempt_id=e.attempt_id,
+                    detail=e.detail,
+                )
+                for e in events
+            ),
+        )
+
+    def unpacked(self) -> tuple[BatchEvent, ...]:
+        return tuple(
+            BatchEvent(
+                src=self.src,
+                dst=self.dst,
+                id=f"{self.id}.{i}",
+                ts=self.ts,
+                rev=e.rev,
+                batch_id=e.batch_id,
+                event=e.event,
+                task_id=e.task_id,
+                state=e.state,
+                worker=e.worker,
+                attempt_id=e.attempt_id,
+                detail=e.detail,
+            )
+            for i, e in enumerate(self.events)
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SnapshotRequest(Message):
     """Ask the brain for its whole state (tool -> brain); ``batch_id`` narrows
     the task list to one batch."""
@@ -651,6 +715,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         PlanRejected,
         BatchCancel,
         BatchEvent,
+        BatchEvents,
         SnapshotRequest,
         SnapshotReply,
         PeerUp,
@@ -666,6 +731,7 @@ PUBLISHED_TYPES = frozenset(
         MsgType.HEARTBEAT,
         MsgType.TASK_PROGRESS,
         MsgType.BATCH_EVENT,
+        MsgType.BATCH_EVENTS,
         MsgType.MODEL_STATUS,
         MsgType.PEER_UP,
         MsgType.PEER_DOWN,
