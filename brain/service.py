@@ -11,10 +11,11 @@ event is stepped and appended to the journal; once per loop iteration the
 journal is committed (one fsync for the whole burst) and only then are the
 collected commands carried out, so nothing is sent or written that the
 journal does not already explain; the history files of an iteration are
-written before its messages are sent, and its batch events go last, several
-in one ``BatchEvents`` (a lone one is sent as it is, with no wait). File reads the core asks for
-(``ReadPlan``, ``ReadManifest``) become events that are stepped and
-journaled in turn, in the same iteration.
+written before its messages are sent. Those go out bundled
+(``brain.outbox``): a worker's assignments, or its result acks, in one message,
+the batch events last in one; a lone message is sent as it is, with no wait.
+File reads the core asks for (``ReadPlan``, ``ReadManifest``) become events
+that are stepped and journaled in turn, in the same iteration.
 
 On start the brain locks its journal (``Journal.recover``: one brain per
 journal; a second one is refused with ``JournalLocked`` naming the holder's
@@ -106,22 +107,14 @@ from llmo.brain.events import (
     Tick,
 )
 from llmo.brain.journal import FSYNC_INTERVAL_S, Journal
+from llmo.brain.outbox import bundle
 from llmo.brain.prior import read_prior
 from llmo.brain.snapshot import SnapshotPolicy
 from llmo.brain.state import BrainState
 from llmo.proto.client import Client
 from llmo.proto.codec import decode, encode
 from llmo.proto.errors import ErrorCode, ProtocolError
-from llmo.proto.messages import (
-    BRAIN,
-    BROKER,
-    BatchEvent,
-    BatchEvents,
-    Error,
-    Message,
-    SnapshotReply,
-    SnapshotRequest,
-)
+from llmo.proto.messages import BRAIN, BROKER, Error, Message, SnapshotReply, SnapshotRequest
 from llmo.proto.vocab import HEARTBEAT_INTERVAL_S
 
 log = logging.getLogger("llmo.brain")
@@ -129,7 +122,6 @@ log = logging.getLogger("llmo.brain")
 TICK_S = 0.5
 REFUSED_EXIT = 2  # another brain holds the name at the broker: not for a restart
 BURST = 1000
-EVENTS_PER_MESSAGE = 500  # batch events of one commit published in one message
 FILE_COMMANDS = (MakeDirs, AppendLines, WriteFile, LinkFile, WriteEnvManifest)
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 RETRY_FREE_BYTES = 64 * 1024  # a full brain tries to journal again once this much is free
@@ -356,13 +348,14 @@ class BrainService:
                             self.unwritten.append(command)
                         else:
                             self.execute(command)
-                events: list[BatchEvent] = []
+                sends: list[Message] = []
                 for command in commands:
-                    if type(command) is Send and type(command.msg) is BatchEvent:
-                        events.append(command.msg)
+                    if type(command) is Send:
+                        sends.append(command.msg)
                     elif type(command) not in FILE_COMMANDS:
                         self.execute(command)
-                self.publish(events)
+                for msg in bundle(sends):
+                    self.execute(Send(msg))
             if self.disk is not None or not self.recovered:
                 return
             self.journal.commit()
@@ -372,15 +365,6 @@ class BrainService:
             if not is_disk_full(exc):
                 raise
             self._fail_disk(exc)
-
-    def publish(self, events: list[BatchEvent]) -> None:
-        """Send the batch events of one commit after its other messages: a lone one as
-        it is, several as ``BatchEvents`` of at most ``EVENTS_PER_MESSAGE``, in order."""
-        if len(events) == 1:
-            self.execute(Send(events[0]))
-            return
-        for at in range(0, len(events), EVENTS_PER_MESSAGE):
-            self.execute(Send(BatchEvents.of(events[at : at + EVENTS_PER_MESSAGE])))
 
     def snapshot(self) -> None:
         """Install a finished snapshot, or start one when the policy says it is due

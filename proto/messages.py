@@ -52,6 +52,7 @@ class MsgType(enum.StrEnum):
     REGISTER = "register"
     HEARTBEAT = "heartbeat"
     TASK_ASSIGN = "task.assign"
+    TASK_ASSIGNS = "task.assigns"
     TASK_STARTED = "task.started"
     TASK_PROGRESS = "task.progress"
     TASK_DONE = "task.done"
@@ -72,6 +73,7 @@ class MsgType(enum.StrEnum):
     PEER_UP = "peer.up"
     PEER_DOWN = "peer.down"
     ACK = "ack"
+    ACKS = "acks"
     ERROR = "error"
 
 
@@ -342,6 +344,23 @@ class TaskAssign(Message):
     grace_s: float = 120.0
     vram_mb: int = 0
     model: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskAssigns(Message):
+    """Several assignments to one worker from one brain loop turn (brain -> worker), in
+    order. The same as that many ``TaskAssign``s (their envelope fields are not sent):
+    ``unpacked`` gives them, each with this message's envelope (its id suffixed with
+    the assignment's place)."""
+
+    TYPE = MsgType.TASK_ASSIGNS
+    assigns: tuple[TaskAssign, ...]
+
+    def unpacked(self) -> tuple[TaskAssign, ...]:
+        return tuple(
+            dataclasses.replace(a, src=self.src, dst=self.dst, id=f"{self.id}.{i}", ts=self.ts)
+            for i, a in enumerate(self.assigns)
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -682,6 +701,21 @@ class Ack(Message):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Acks(Message):
+    """Several plain ``Ack``s (``ok``, no detail) to one actor from one loop turn: one
+    for each id in ``reply_to``, in order. ``unpacked`` gives them as ``Ack``s."""
+
+    TYPE = MsgType.ACKS
+    reply_to: tuple[str, ...]
+
+    def unpacked(self) -> tuple[Ack, ...]:
+        return tuple(
+            Ack(src=self.src, dst=self.dst, id=f"{self.id}.{i}", ts=self.ts, reply_to=r)
+            for i, r in enumerate(self.reply_to)
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Error(Message):
     """Something about message ``reply_to`` was wrong; ``code`` names what.
 
@@ -701,6 +735,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         Register,
         Heartbeat,
         TaskAssign,
+        TaskAssigns,
         TaskStarted,
         TaskProgress,
         TaskDone,
@@ -721,6 +756,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         PeerUp,
         PeerDown,
         Ack,
+        Acks,
         Error,
     )
 }

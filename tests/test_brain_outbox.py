@@ -1,8 +1,9 @@
-"""The batch events of one brain loop turn: one message when there are several.
+"""The messages of one brain loop turn, bundled (``brain.outbox``).
 
-The brain's shell sends a lone event as a ``BatchEvent`` at once and several as
-``BatchEvents`` after the turn's other messages; a subscriber hands them out one
-``BatchEvent`` at a time, in order, so watchers see the same stream either way.
+The brain's shell sends a lone message as it is, at once; several assignments or
+plain acks to one worker as one ``TaskAssigns`` or ``Acks``; several batch events as
+one ``BatchEvents`` after the turn's other messages. A subscriber hands batch events
+out one ``BatchEvent`` at a time, in order, so watchers see the same stream.
 """
 
 from __future__ import annotations
@@ -13,12 +14,21 @@ import msgpack
 import pytest
 import zmq
 
-from llmo.brain import service as brain_service
+from llmo.brain import outbox
 from llmo.brain.commands import Send
 from llmo.brain.service import BrainService
 from llmo.proto.codec import decode, encode, to_dict
 from llmo.proto.errors import ErrorCode, ProtocolError
-from llmo.proto.messages import BROKER, BatchEvent, BatchEvents, TaskAssign
+from llmo.proto.messages import (
+    BROKER,
+    Ack,
+    Acks,
+    BatchEvent,
+    BatchEvents,
+    TaskAssign,
+    TaskAssigns,
+    TaskCancel,
+)
 from llmo.proto.pubsub import BATCH_EVENT_TOPICS, Subscriber
 from tests.waiting import wait_until
 
@@ -29,9 +39,9 @@ def event(rev: int, name: str = "task_started", task: str = "t", **detail) -> Ba
     )
 
 
-def assign(task: str) -> TaskAssign:
+def assign(task: str, worker: str = "w") -> TaskAssign:
     return TaskAssign(
-        dst="w",
+        dst=worker,
         batch_id="B",
         task_id=task,
         attempt_id=f"{task}-1",
@@ -71,12 +81,56 @@ def test_the_events_of_one_turn_go_in_one_message_after_the_others(service):
 
 
 def test_a_big_turn_is_cut_into_messages_of_a_bounded_number_of_events(service, monkeypatch):
-    monkeypatch.setattr(brain_service, "EVENTS_PER_MESSAGE", 2)
+    monkeypatch.setattr(outbox, "EVENTS_PER_MESSAGE", 2)
     service.pending = [Send(event(rev)) for rev in range(1, 6)]
     service.flush()
     assert all(isinstance(m, BatchEvents) for m in service.sent)
     assert [len(m.events) for m in service.sent] == [2, 2, 1]
     assert [e.rev for m in service.sent for e in m.events] == [1, 2, 3, 4, 5]
+
+
+def test_a_workers_assignments_and_acks_go_in_one_message_each_in_order():
+    ack = Ack(dst="w", reply_to="r1"), Ack(dst="w", reply_to="r2"), Ack(dst="v", reply_to="r3")
+    sent = outbox.bundle([ack[0], assign("a"), ack[2], assign("b", "v"), assign("c"), ack[1]])
+    assert sent == [
+        Acks(dst="w", reply_to=("r1", "r2")),
+        TaskAssigns(dst="w", assigns=(assign("a"), assign("c"))),
+        ack[2],
+        assign("b", "v"),
+    ]
+    assert [a.task_id for a in sent[1].unpacked()] == ["a", "c"]
+
+
+def test_another_message_to_a_worker_stays_behind_what_came_before_it():
+    cancel = TaskCancel(dst="w", batch_id="B", task_id="a", attempt_id="a-1", mode="abort")
+    sent = outbox.bundle([assign("a"), assign("b"), cancel, assign("c"), assign("d")])
+    assert sent == [
+        TaskAssigns(dst="w", assigns=(assign("a"), assign("b"))),
+        cancel,
+        TaskAssigns(dst="w", assigns=(assign("c"), assign("d"))),
+    ]
+
+
+def test_an_ack_with_something_to_say_goes_on_its_own():
+    refused = Ack(dst="w", reply_to="r2", ok=False, detail="no such batch")
+    sent = outbox.bundle([Ack(dst="w", reply_to="r1"), refused, Ack(dst="w", reply_to="r3")])
+    assert sent == [Ack(dst="w", reply_to="r1"), refused, Ack(dst="w", reply_to="r3")]
+
+
+def test_a_long_run_of_assignments_is_cut(monkeypatch):
+    monkeypatch.setattr(outbox, "ASSIGNS_PER_MESSAGE", 2)
+    sent = outbox.bundle([assign(t) for t in "abcde"])
+    assert [type(m).__name__ for m in sent] == ["TaskAssigns", "TaskAssigns", "TaskAssign"]
+    assert [a.task_id for m in sent[:2] for a in m.assigns] == ["a", "b", "c", "d"]
+
+
+def test_decode_checks_every_record_inside():
+    wire = to_dict(TaskAssigns(dst="w", assigns=(assign("a"), assign("b"))))
+    wire.update(src="brain", id="x-1", ts=1.0)
+    wire["assigns"][1]["task_class"] = "rocket"
+    with pytest.raises(ProtocolError) as err:
+        decode(msgpack.packb(wire))
+    assert "task.assigns.assigns[1].task_class" in err.value.detail
 
 
 def test_decode_checks_every_event_inside():
