@@ -15,7 +15,10 @@ common to all messages:
 
 The remaining keys are the fields of the type, declared below as frozen,
 keyword-only dataclasses. Nested records (``Telemetry``, ``GpuReading``, and
-the snapshot's ``WorkerInfo``, ``BatchInfo``, ``TaskInfo``) are maps.
+the snapshot's ``WorkerInfo``, ``BatchInfo``, ``TaskInfo``) are maps. Three
+types carry several messages of one brain loop turn, to cut the sends of a
+busy one: ``TaskAssigns`` (``TaskAssign`` maps), ``Acks`` and ``BatchEvents``
+(``EventRecord`` maps); each ``unpacked`` gives the single messages.
 ``proto.codec`` derives its validation from these annotations, so an
 annotation here *is* the wire contract: ``Literal`` (or a ``StrEnum``) restricts values,
 ``X | None`` allows nil, ``tuple[X, ...]`` is an array, ``dict[str, X]`` a map,
