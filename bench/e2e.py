@@ -60,7 +60,7 @@ from pathlib import Path
 
 from llmo.proto.client import Client, tool_name
 from llmo.proto.messages import BRAIN, BatchEvent, PlanAccepted, PlanSubmit
-from llmo.proto.pubsub import Subscriber, topic
+from llmo.proto.pubsub import BATCH_EVENT_TOPICS, Subscriber
 
 TASK = """
 ### {id}
@@ -160,7 +160,7 @@ class Rig:
             self.stop()
             raise SystemExit(f"llmo up did not get ready: {ready.stderr}")
         self.client = Client(tool_name("bench"), self.broker)
-        self.subscriber = Subscriber(self.pub, topics=(topic("batch.event"),))
+        self.subscriber = Subscriber(self.pub, topics=BATCH_EVENT_TOPICS)
         self.submit(write_fanout(root / "warm-up", 2), tty=False)  # caches the CLI's bytecode
 
     def run(self, plan: Path) -> dict[str, float]:

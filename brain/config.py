@@ -48,7 +48,7 @@ class BrainConfig:
     split_unload_idle_s: float = 120.0  # the same for a worker spanning several GPUs
     default_hot: tuple[str, ...] = ()  # models kept hot when the rig is idle
     default_idle_s: float = 90.0  # no batches this long: return to the default
-    summary_interval_s: float = 1.0  # RUN_SUMMARY refresh, at most this often (+n/10000 s)
+    summary_interval_s: float = 1.0  # RUN_SUMMARY refresh, at most this often (+n/1000 s)
     history_dir: str = "history"
     # Folders (besides a run's plan and batch folders) that plan files and foreach
     # sources may lie in; empty: a plan's own folder is its only root.

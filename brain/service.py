@@ -11,9 +11,11 @@ event is stepped and appended to the journal; once per loop iteration the
 journal is committed (one fsync for the whole burst) and only then are the
 collected commands carried out, so nothing is sent or written that the
 journal does not already explain; the history files of an iteration are
-written before its messages are sent. File reads the core asks for
-(``ReadPlan``, ``ReadManifest``) become events that are stepped and
-journaled in turn, in the same iteration.
+written before its messages are sent. Those go out bundled
+(``brain.outbox``): a worker's assignments, or its result acks, in one message,
+the batch events last in one; a lone message is sent as it is, with no wait.
+File reads the core asks for (``ReadPlan``, ``ReadManifest``) become events
+that are stepped and journaled in turn, in the same iteration.
 
 On start the brain locks its journal (``Journal.recover``: one brain per
 journal; a second one is refused with ``JournalLocked`` naming the holder's
@@ -107,6 +109,7 @@ from llmo.brain.events import (
     Tick,
 )
 from llmo.brain.journal import FSYNC_INTERVAL_S, Journal
+from llmo.brain.outbox import bundle
 from llmo.brain.prior import read_prior
 from llmo.brain.snapshot import SnapshotPolicy
 from llmo.brain.state import BrainState
@@ -347,9 +350,14 @@ class BrainService:
                             self.unwritten.append(command)
                         else:
                             self.execute(command)
+                sends: list[Message] = []
                 for command in commands:
-                    if type(command) not in FILE_COMMANDS:
+                    if type(command) is Send:
+                        sends.append(command.msg)
+                    elif type(command) not in FILE_COMMANDS:
                         self.execute(command)
+                for msg in bundle(sends):
+                    self.execute(Send(msg))
             if self.disk is not None or not self.recovered:
                 return
             self.journal.commit()

@@ -29,6 +29,7 @@ from llmo.proto.states import TASK_TERMINAL
 
 LIVE_STATES = ("pending", "ready", "assigned", "running", "delayed", "expanding", "expanded")
 GOAL_KEY = "#goal"  # the dependency of tasks that wait for a goal, not for its candidates
+SUMMARY_ROWS_PER_S = 1_000  # a running batch of n tasks: n/this more seconds between rewrites
 
 
 def move(cx: Ctx, batch: Batch, task: TaskRun, event: str) -> bool:
@@ -328,10 +329,12 @@ def write_summary(cx: Ctx, batch: Batch) -> None:
 
 
 def refresh_summaries(cx: Ctx) -> None:
-    """Rewrite the summaries of running batches that changed, at most every interval."""
+    """Rewrite the summaries of running batches that changed, at most every interval.
+    A rewrite encodes a row per task, so a batch of n tasks waits a further n/1000 s:
+    a run spends at most about a row per task per second of its length on them."""
     for batch in cx.state.batches.values():
         if batch.summary_due and batch.state == "running":
-            interval = cx.cfg.summary_interval_s + len(batch.tasks) / 10_000
+            interval = cx.cfg.summary_interval_s + len(batch.tasks) / SUMMARY_ROWS_PER_S
             if cx.now - batch.summary_at >= interval:
                 write_summary(cx, batch)
 

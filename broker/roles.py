@@ -58,6 +58,7 @@ ALLOWED: dict[Role, frozenset[MsgType]] = {
         {
             MsgType.HEARTBEAT,
             MsgType.TASK_ASSIGN,
+            MsgType.TASK_ASSIGNS,
             MsgType.TASK_CANCEL,
             MsgType.MODEL_LOAD,
             MsgType.MODEL_UNLOAD,
@@ -65,8 +66,10 @@ ALLOWED: dict[Role, frozenset[MsgType]] = {
             MsgType.PLAN_ACCEPTED,
             MsgType.PLAN_REJECTED,
             MsgType.BATCH_EVENT,
+            MsgType.BATCH_EVENTS,
             MsgType.SNAPSHOT_REPLY,
             MsgType.ACK,
+            MsgType.ACKS,
             MsgType.ERROR,
         }
     ),

@@ -52,7 +52,7 @@ from llmo.proto.messages import (
     WorkerDrain,
     WorkerInfo,
 )
-from llmo.proto.pubsub import Subscriber, topic
+from llmo.proto.pubsub import BATCH_EVENT_TOPICS, Subscriber
 from llmo.proto.session import Session, ToolError
 
 POLL_S = 0.5
@@ -91,7 +91,7 @@ class Follow:
     snapshot: SnapshotReply | None = None
 
     def start(self) -> None:
-        self.subscriber = Subscriber(self.session.endpoints.pub, topics=(topic("batch.event"),))
+        self.subscriber = Subscriber(self.session.endpoints.pub, topics=BATCH_EVENT_TOPICS)
         # A first round trip through the broker: the subscription is in place by
         # the time the request goes out.
         self.info()

@@ -40,7 +40,7 @@ from llmo.proto.messages import (
     SupervisorQuery,
     SupervisorReport,
 )
-from llmo.proto.pubsub import Subscriber, topic
+from llmo.proto.pubsub import BATCH_EVENT_TOPICS, Subscriber
 from llmo.proto.session import Session, ToolError
 
 RESTART_TIMEOUT_S = 120.0
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     subscriber: Subscriber | None = None
     try:
         if not args.no_wait:
-            subscriber = Subscriber(session.endpoints.pub, topics=(topic("batch.event"),))
+            subscriber = Subscriber(session.endpoints.pub, topics=BATCH_EVENT_TOPICS)
             children(session)  # a round trip: the subscription is in place, the supervisor there
         detail = session.control(ChildRestart(dst=SUPERVISOR, child=name))
         print(detail, flush=True)

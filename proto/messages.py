@@ -15,7 +15,10 @@ common to all messages:
 
 The remaining keys are the fields of the type, declared below as frozen,
 keyword-only dataclasses. Nested records (``Telemetry``, ``GpuReading``, and
-the snapshot's ``WorkerInfo``, ``BatchInfo``, ``TaskInfo``) are maps.
+the snapshot's ``WorkerInfo``, ``BatchInfo``, ``TaskInfo``) are maps. Three
+types carry several messages of one brain loop turn, to cut the sends of a
+busy one: ``TaskAssigns`` (``TaskAssign`` maps), ``Acks`` and ``BatchEvents``
+(``EventRecord`` maps); each ``unpacked`` gives the single messages.
 ``proto.codec`` derives its validation from these annotations, so an
 annotation here *is* the wire contract: ``Literal`` (or a ``StrEnum``) restricts values,
 ``X | None`` allows nil, ``tuple[X, ...]`` is an array, ``dict[str, X]`` a map,
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -51,6 +55,7 @@ class MsgType(enum.StrEnum):
     REGISTER = "register"
     HEARTBEAT = "heartbeat"
     TASK_ASSIGN = "task.assign"
+    TASK_ASSIGNS = "task.assigns"
     TASK_STARTED = "task.started"
     TASK_PROGRESS = "task.progress"
     TASK_DONE = "task.done"
@@ -66,11 +71,13 @@ class MsgType(enum.StrEnum):
     BATCH_CANCEL = "batch.cancel"
     TASK_RETRY = "task.retry"
     BATCH_EVENT = "batch.event"
+    BATCH_EVENTS = "batch.events"
     SNAPSHOT_REQUEST = "snapshot.request"
     SNAPSHOT_REPLY = "snapshot.reply"
     PEER_UP = "peer.up"
     PEER_DOWN = "peer.down"
     ACK = "ack"
+    ACKS = "acks"
     ERROR = "error"
     # the supervisor of ``llmo up`` (see the block of its messages below)
     SUPERVISOR_QUERY = "supervisor.query"
@@ -355,6 +362,23 @@ class TaskAssign(Message):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TaskAssigns(Message):
+    """Several assignments to one worker from one brain loop turn (brain -> worker), in
+    order. The same as that many ``TaskAssign``s (their envelope fields are not sent):
+    ``unpacked`` gives them, each with this message's envelope (its id suffixed with
+    the assignment's place)."""
+
+    TYPE = MsgType.TASK_ASSIGNS
+    assigns: tuple[TaskAssign, ...]
+
+    def unpacked(self) -> tuple[TaskAssign, ...]:
+        return tuple(
+            dataclasses.replace(a, src=self.src, dst=self.dst, id=f"{self.id}.{i}", ts=self.ts)
+            for i, a in enumerate(self.assigns)
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskStarted(Message):
     """The attempt's process is running (worker -> brain)."""
 
@@ -593,6 +617,68 @@ class BatchEvent(Message):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class EventRecord:
+    """One ``BatchEvent`` inside a ``BatchEvents``: its fields without the envelope."""
+
+    rev: int
+    batch_id: str
+    event: str
+    task_id: str = ""
+    state: str = ""
+    worker: str = ""
+    attempt_id: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchEvents(Message):
+    """Several lifecycle changes of one loop turn, in order (brain -> broker, published
+    as one message). The same as that many ``BatchEvent``s: ``unpacked`` gives them,
+    each with this message's envelope (its id suffixed with the event's place)."""
+
+    TYPE = MsgType.BATCH_EVENTS
+    events: tuple[EventRecord, ...]
+
+    @classmethod
+    def of(cls, events: Sequence[BatchEvent]) -> BatchEvents:
+        return cls(
+            dst=events[0].dst if events else "",
+            events=tuple(
+                EventRecord(
+                    rev=e.rev,
+                    batch_id=e.batch_id,
+                    event=e.event,
+                    task_id=e.task_id,
+                    state=e.state,
+                    worker=e.worker,
+                    attempt_id=e.attempt_id,
+                    detail=e.detail,
+                )
+                for e in events
+            ),
+        )
+
+    def unpacked(self) -> tuple[BatchEvent, ...]:
+        return tuple(
+            BatchEvent(
+                src=self.src,
+                dst=self.dst,
+                id=f"{self.id}.{i}",
+                ts=self.ts,
+                rev=e.rev,
+                batch_id=e.batch_id,
+                event=e.event,
+                task_id=e.task_id,
+                state=e.state,
+                worker=e.worker,
+                attempt_id=e.attempt_id,
+                detail=e.detail,
+            )
+            for i, e in enumerate(self.events)
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SnapshotRequest(Message):
     """Ask the brain for its whole state (tool -> brain); ``batch_id`` narrows
     the task list to one batch."""
@@ -644,6 +730,21 @@ class Ack(Message):
     reply_to: str
     ok: bool = True
     detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Acks(Message):
+    """Several plain ``Ack``s (``ok``, no detail) to one actor from one loop turn: one
+    for each id in ``reply_to``, in order. ``unpacked`` gives them as ``Ack``s."""
+
+    TYPE = MsgType.ACKS
+    reply_to: tuple[str, ...]
+
+    def unpacked(self) -> tuple[Ack, ...]:
+        return tuple(
+            Ack(src=self.src, dst=self.dst, id=f"{self.id}.{i}", ts=self.ts, reply_to=r)
+            for i, r in enumerate(self.reply_to)
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -734,6 +835,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         Register,
         Heartbeat,
         TaskAssign,
+        TaskAssigns,
         TaskStarted,
         TaskProgress,
         TaskDone,
@@ -749,11 +851,13 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         BatchCancel,
         TaskRetry,
         BatchEvent,
+        BatchEvents,
         SnapshotRequest,
         SnapshotReply,
         PeerUp,
         PeerDown,
         Ack,
+        Acks,
         Error,
         SupervisorQuery,
         SupervisorReport,
@@ -767,6 +871,7 @@ PUBLISHED_TYPES = frozenset(
         MsgType.HEARTBEAT,
         MsgType.TASK_PROGRESS,
         MsgType.BATCH_EVENT,
+        MsgType.BATCH_EVENTS,
         MsgType.MODEL_STATUS,
         MsgType.PEER_UP,
         MsgType.PEER_DOWN,

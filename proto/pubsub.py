@@ -7,10 +7,17 @@ heartbeats, ``heartbeat/gpu-1/`` for one worker) and watches the sequence:
 a gap means it missed updates (slow link, high-water mark, broker restart)
 and should take a fresh snapshot from the brain, as in the zguide's Clone
 pattern. With keys (given, or the process's) the SUB speaks CurveZMQ.
+
+The brain publishes the batch events of one loop turn as one ``BatchEvents``
+when there are several (topic ``batch.events/``); ``recv`` hands them out one
+``BatchEvent`` at a time, in order, the first with the publication's
+sequence and gap, the rest with the same sequence and no gap. Subscribe to
+``BATCH_EVENT_TOPICS`` for every batch event.
 """
 
 from __future__ import annotations
 
+import collections
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +26,7 @@ import zmq
 
 from llmo.proto.codec import decode
 from llmo.proto.errors import ErrorCode, ProtocolError
-from llmo.proto.messages import Message, MsgType
+from llmo.proto.messages import BatchEvents, Message, MsgType
 from llmo.proto.security import ClientKeys, secure_client
 
 _SEQ = struct.Struct(">Q")
@@ -29,6 +36,10 @@ def topic(msg_type: MsgType | str, source: str = "") -> bytes:
     """The topic prefix for a type, or for a type from one source."""
     text = f"{msg_type}/" if not source else f"{msg_type}/{source}/"
     return text.encode()
+
+
+BATCH_EVENT_TOPICS = (topic(MsgType.BATCH_EVENT), topic(MsgType.BATCH_EVENTS))
+"""The topics of every batch event: one at a time, and several of one loop turn."""
 
 
 def pub_frames(msg_type: str, source: str, seq: int, body: bytes) -> list[bytes]:
@@ -62,12 +73,15 @@ class Subscriber:
         self.socket.connect(endpoint)
         self.endpoint = endpoint
         self.last_seq: int | None = None
+        self._held: collections.deque[Published] = collections.deque()
 
     def recv(self, timeout: float | None = None) -> Published | None:
         """The next published message, or None after ``timeout`` seconds.
 
         Raises ``ProtocolError`` for a malformed publication.
         """
+        if self._held:
+            return self._held.popleft()
         if timeout is not None and not self.socket.poll(int(timeout * 1000)):
             return None
         frames = self.socket.recv_multipart()
@@ -80,7 +94,12 @@ class Subscriber:
         elif self.last_seq is not None and seq <= self.last_seq:
             gap = -1  # the broker restarted and counts from 1 again
         self.last_seq = seq
-        return Published(seq=seq, message=decode(frames[2]), gap=gap)
+        msg = decode(frames[2])
+        if isinstance(msg, BatchEvents) and msg.events:
+            first, *rest = msg.unpacked()
+            self._held.extend(Published(seq=seq, message=event, gap=0) for event in rest)
+            return Published(seq=seq, message=first, gap=gap)
+        return Published(seq=seq, message=msg, gap=gap)
 
     def close(self) -> None:
         self.socket.close(linger=0)

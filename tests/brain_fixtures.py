@@ -281,7 +281,7 @@ class FakeWorker:
         import time as clock
 
         from llmo.proto.client import Client
-        from llmo.proto.messages import Error, TaskCancel
+        from llmo.proto.messages import Error, TaskAssigns, TaskCancel
 
         running: dict[str, tuple[float, TaskAssign]] = {}
         sent: dict[str, Message] = {}  # message id -> result, until no error came back
@@ -312,31 +312,32 @@ class FakeWorker:
         next_beat = 0.0
         try:
             while not self.stop_event.is_set():
-                msg = client.recv(timeout=0.02)
+                got = client.recv(timeout=0.02)
                 now = clock.monotonic()
-                if isinstance(msg, TaskAssign):
-                    running[msg.attempt_id] = (now + self.run_s, msg)
-                    deliver(
-                        TaskStarted(
-                            dst="brain",
-                            batch_id=msg.batch_id,
-                            task_id=msg.task_id,
-                            attempt_id=msg.attempt_id,
-                        )
-                    )
-                elif isinstance(msg, TaskCancel):
-                    if running.pop(msg.attempt_id, None):
+                for msg in got.unpacked() if isinstance(got, TaskAssigns) else (got,):
+                    if isinstance(msg, TaskAssign):
+                        running[msg.attempt_id] = (now + self.run_s, msg)
                         deliver(
-                            TaskFailed(
+                            TaskStarted(
                                 dst="brain",
                                 batch_id=msg.batch_id,
                                 task_id=msg.task_id,
                                 attempt_id=msg.attempt_id,
-                                reason="aborted",
                             )
                         )
-                elif isinstance(msg, Error) and msg.reply_to in sent:
-                    held.append(sent.pop(msg.reply_to))
+                    elif isinstance(msg, TaskCancel):
+                        if running.pop(msg.attempt_id, None):
+                            deliver(
+                                TaskFailed(
+                                    dst="brain",
+                                    batch_id=msg.batch_id,
+                                    task_id=msg.task_id,
+                                    attempt_id=msg.attempt_id,
+                                    reason="aborted",
+                                )
+                            )
+                    elif isinstance(msg, Error) and msg.reply_to in sent:
+                        held.append(sent.pop(msg.reply_to))
                 for attempt_id, (due, a) in list(running.items()):
                     if now >= due:
                         del running[attempt_id]

@@ -196,3 +196,25 @@ def test_a_poison_task_is_abandoned_as_lost_and_a_broken_source_as_definition():
         "each": "definition",
         "a": "lost",
     }
+
+
+def test_a_big_running_batch_rewrites_its_summary_less_often_and_at_the_end():
+    # Rewriting RUN_SUMMARY costs a row per task: a batch of n tasks waits a further
+    # n/1000 s between rewrites while it runs, so a whole run costs O(n) rows per second
+    # at most; the end is written at once, whatever the size.
+    rig = Rig()
+    rig.worker("w", slots=4)
+    rig.manifests["each"] = [{"id": f"{i:04d}"} for i in range(3000)]
+    rig.submit(plan_text("each | cpu | run {ITEM.id} | none | foreach=m.json:items"))
+    before = len(written(rig, "/RUN_SUMMARY.json"))
+    for _ in range(6):  # six seconds of progress: 1 + 3000/1000 = 4 s between rewrites
+        for a in rig.assigns():
+            if a.attempt_id not in rig.answered:
+                rig.start(a)
+                rig.done(a)
+        rig.tick(1.0)
+        rig.heartbeat("w")
+    assert len(written(rig, "/RUN_SUMMARY.json")) - before <= 2
+    rig.auto()
+    summary = json.loads(written(rig, "/RUN_SUMMARY.json")[-1].text)
+    assert summary["status"] == "complete" and len(summary["tasks"]) == 3001

@@ -15,10 +15,12 @@ from llmo.proto.client import Client
 from llmo.proto.errors import ErrorCode
 from llmo.proto.messages import (
     Ack,
+    Acks,
     Error,
     Heartbeat,
     Register,
     TaskAssign,
+    TaskAssigns,
     TaskDone,
     TaskFailed,
     TaskStarted,
@@ -288,3 +290,23 @@ def test_nothing_is_held_forever():
     link.deliver(result(1), now=0.0)
     link.tick(61.0)
     assert link.held == 0
+
+
+def test_assignments_and_acks_bundled_by_the_brain_are_each_handled(
+    running_broker,
+    brain_factory,  # noqa: F811
+    worker_factory,  # noqa: F811
+    tmp_path,
+):
+    brain = brain_factory(running_broker.endpoint)
+    brain.ack_results = False
+    running = worker_factory(running_broker.endpoint, slots=2)
+    brain.expect(Register, src="gpu-t")
+    jobs = (job(tmp_path, "one", "echo one"), job(tmp_path, "two", "echo two"))
+    brain.send(TaskAssigns(dst="gpu-t", assigns=jobs))
+    done = [brain.expect(TaskDone, attempt_id=j.attempt_id) for j in jobs]
+    assert [d.log_tail.strip() for d in done] == ["one", "two"]
+    link = running.worker.link
+    assert wait_until(lambda: link.awaiting_ack == 2, 10)
+    brain.send(Acks(dst="gpu-t", reply_to=tuple(d.id for d in done)))
+    assert wait_until(lambda: link.awaiting_ack == 0, 10)

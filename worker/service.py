@@ -45,6 +45,7 @@ from llmo.proto.client import Client
 from llmo.proto.messages import (
     BRAIN,
     Ack,
+    Acks,
     Error,
     Heartbeat,
     Message,
@@ -53,6 +54,7 @@ from llmo.proto.messages import (
     ModelUnload,
     Register,
     TaskAssign,
+    TaskAssigns,
     TaskCancel,
     WorkerDrain,
 )
@@ -143,12 +145,14 @@ class Worker:
         self.attempts.ledger.reap_previous()
         self.handlers: dict[type[Message], Callable[[Any], None]] = {
             TaskAssign: self.attempts_assign,
+            TaskAssigns: self.on_assigns,
             TaskCancel: self.attempts.cancel,
             ModelLoad: self.on_model_load,
             ModelUnload: self.on_model_unload,
             WorkerDrain: self.on_drain,
             Error: self.on_error,
             Ack: self.link.on_ack,
+            Acks: self.on_acks,
         }
         self.rate = Rate()
         self.tok_s = 0.0
@@ -251,6 +255,14 @@ class Worker:
 
     def attempts_assign(self, msg: TaskAssign) -> None:
         self.attempts.assign(msg, self.limits.level, self.draining, self._constraint)
+
+    def on_assigns(self, msg: TaskAssigns) -> None:
+        for assign in msg.unpacked():
+            self.attempts_assign(assign)
+
+    def on_acks(self, msg: Acks) -> None:
+        for ack in msg.unpacked():
+            self.link.on_ack(ack)
 
     def on_model_load(self, msg: ModelLoad) -> None:
         spec = self.config.spec_for(msg.model, msg)
