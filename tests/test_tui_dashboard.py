@@ -354,3 +354,21 @@ def test_the_batch_screen_asks_the_brain_for_dependencies_it_lacks(broker_factor
         asyncio.run(main())
     finally:
         rig.close()
+
+
+def test_the_task_column_follows_each_resize_of_the_terminal():
+    app = make_app()
+
+    async def script(pilot: Pilot) -> None:
+        from llmo.tui import render
+
+        await until(pilot, lambda: app._task_width == render.TASK_WIDTH_MAX, what="wide")
+        await pilot.resize_terminal(80, 24)
+        await until(pilot, lambda: app._task_width < render.TASK_WIDTH_MAX, what="narrow")
+        await pilot.resize_terminal(200, 50)
+        await until(pilot, lambda: app._task_width == render.TASK_WIDTH_MAX, what="wide again")
+        assert "summarise_item-00007" in app._task_line(
+            next(r for r in app.task_list.rows if r.id == "summarise_item-00007")
+        ).plain
+
+    run(app, script, size=(200, 50))

@@ -348,6 +348,10 @@ class MonitorApp(App[None]):
     def on_resize(self) -> None:
         self.call_after_refresh(self._fit_tasks)
 
+    def on_virtual_list_resized(self, event: VirtualList.Resized) -> None:
+        if event.source is self.task_list:  # the pane has its new width only now
+            self._fit_tasks()
+
     def _fit_tasks(self) -> None:
         if not self.task_list.is_attached:
             return

@@ -179,6 +179,13 @@ class VirtualList(ScrollView, can_focus=True):
             self.source = source
             self.row = row
 
+    class Resized(Message):
+        """Its size changed: lines that depend on its width are due again."""
+
+        def __init__(self, source: VirtualList) -> None:
+            super().__init__()
+            self.source = source
+
     class Highlighted(Message):
         """The operator moved the cursor to a row."""
 
@@ -203,6 +210,9 @@ class VirtualList(ScrollView, can_focus=True):
         self.key = key
         self.base_style = Style()
         self.cursor_rich_style = Style()
+
+    def on_resize(self) -> None:
+        self.post_message(self.Resized(self))
 
     def set_rows(self, rows: Sequence[Any]) -> None:
         """Show ``rows``; the cursor stays on the same row (by ``key``) if it is still there."""
