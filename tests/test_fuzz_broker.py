@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from llmo.broker.roles import ALLOWED, Role, Roles
+from llmo.broker.roles import ALLOWED, SUPERVISOR_REQUESTS, Role, Roles
 from llmo.proto.client import Client
 from llmo.proto.codec import (
     MAX_MESSAGE_BYTES,
@@ -44,6 +44,7 @@ from llmo.proto.messages import (
     BROKER,
     PROTOCOL_VERSION,
     PUBLISHED_TYPES,
+    SUPERVISOR,
     Heartbeat,
     MsgType,
     TaskCancel,
@@ -61,7 +62,7 @@ SENDER = "gpu-a"  # a worker, an honest client
 RECEIVER = "gpu-b"  # a worker, a raw socket
 SPEAKERS = {FUZZER: Role.TOOL, BRAIN: Role.BRAIN}  # the raw sockets that fuzz
 CONNECTED = (FUZZER, BRAIN, SENDER, RECEIVER)
-DESTINATIONS = [*CONNECTED, BROKER, "nobody", "x" * MAX_NAME_LEN]
+DESTINATIONS = [*CONNECTED, BROKER, SUPERVISOR, "nobody", "x" * MAX_NAME_LEN]
 PEER_EVENTS = (MsgType.PEER_UP, MsgType.PEER_DOWN)
 
 
@@ -172,7 +173,10 @@ def oracle(speaker: str, frames: list[bytes]) -> tuple[str, str]:
     role = SPEAKERS[speaker]
     if env.type not in ALLOWED[role]:
         return "refused", ErrorCode.FORBIDDEN  # a tool registering included: not a worker
-    if role is Role.TOOL and env.dst not in (BRAIN, BROKER):
+    if env.type in SUPERVISOR_REQUESTS:
+        if env.dst != SUPERVISOR:
+            return "refused", ErrorCode.FORBIDDEN  # llmo up's supervisor answers these
+    elif role is Role.TOOL and env.dst not in (BRAIN, BROKER):
         return "refused", ErrorCode.FORBIDDEN  # a tool talks to the brain only
     if env.type is MsgType.HEARTBEAT:  # neither a tool nor the brain heartbeats as a worker
         try:

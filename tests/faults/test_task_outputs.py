@@ -338,7 +338,8 @@ def test_a_killed_workers_escaped_descendants_are_ended_by_its_successor(
 
 def test_heartbeats_flow_while_a_task_floods_its_output(worker, tmp_path):
     brain, _ = worker("--max-output-mb", "1")
-    msg = brain.send(assign(tmp_path, "flood", "yes flooding | head -c 200000000"))
+    # Floods for 3 s whatever the machine's speed: a heartbeat must fall inside.
+    msg = brain.send(assign(tmp_path, "flood", "timeout 3 yes flooding || true"))
     brain.expect(TaskStarted, attempt_id=msg.attempt_id, timeout=30)
     beat = brain.expect(Heartbeat, timeout=30, src=NAME)
     assert msg.attempt_id in beat.active
