@@ -367,8 +367,7 @@ def test_the_task_column_follows_each_resize_of_the_terminal():
         await until(pilot, lambda: app._task_width < render.TASK_WIDTH_MAX, what="narrow")
         await pilot.resize_terminal(200, 50)
         await until(pilot, lambda: app._task_width == render.TASK_WIDTH_MAX, what="wide again")
-        assert "summarise_item-00007" in app._task_line(
-            next(r for r in app.task_list.rows if r.id == "summarise_item-00007")
-        ).plain
+        row = next(r for r in app.task_list.rows if r.id == "summarise_item-00007")
+        assert "summarise_item-00007" in app._task_line(row).plain
 
     run(app, script, size=(200, 50))
