@@ -344,7 +344,7 @@ class BrainService:
                 self.journal.commit()
                 self.uncommitted.clear()
                 commands, self.pending = self.pending, []
-                for command in commands:
+                for command in joined_appends(commands):
                     if type(command) in FILE_COMMANDS:
                         if self.unwritten:  # in order, behind those waiting for space
                             self.unwritten.append(command)
@@ -561,6 +561,31 @@ class BrainService:
             log.error("brain: %s failed: %s", type(command).__name__, exc)
 
 
+def joined_appends(commands: list[Command]) -> list[Command]:
+    """``commands`` with the ``AppendLines`` to one file that no other file command
+    comes between joined into the first: a loop turn's events reach
+    ``batch_events.jsonl`` in one write, not an open, a write and a close each.
+    File commands keep their order among themselves; the rest (sends, logs,
+    reads) are carried out after them anyway (``flush``)."""
+    out: list[Command] = []
+    last_file = -1  # where the last file command is in ``out``
+    for command in commands:
+        if type(command) not in FILE_COMMANDS:
+            out.append(command)
+            continue
+        last = out[last_file] if last_file >= 0 else None
+        if (
+            isinstance(command, AppendLines)
+            and isinstance(last, AppendLines)
+            and last.path == command.path
+        ):
+            out[last_file] = dataclasses.replace(last, lines=(*last.lines, *command.lines))
+            continue
+        last_file = len(out)
+        out.append(command)
+    return out
+
+
 def write_files(command: Command) -> None:
     """Carry out one history file command (``MakeDirs``, ``AppendLines``, ``WriteFile``,
     ``LinkFile``, ``WriteEnvManifest``, ``RemoveFile``; see ``brain.histfiles``)."""
@@ -656,10 +681,15 @@ def read_manifest(command: ReadManifest, roots: tuple[str, ...] = ()) -> Manifes
 
 def append_lines(path: str, lines: tuple[str, ...]) -> None:
     """Append whole lines: on a failed write the file is cut back to where it was,
-    so writing the lines again later leaves no half line."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    so writing the lines again later leaves no half line. Its folder is made
+    only when the file cannot be opened for want of it."""
     data = ("\n".join(lines) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, flags, 0o644)
     try:
         size = os.fstat(fd).st_size
         try:

@@ -304,10 +304,18 @@ def _open_log(log_path: str, header: str) -> int:
     """Create the log's folder, append the header; the offset after it. A log that
     cannot be written is a ``SpawnError`` with the reason, and a log file this
     call created is not left behind empty."""
-    made = not os.path.exists(log_path)
+    made = False
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
     try:
-        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(log_path, flags)  # a retry's log, already there
+        except FileNotFoundError:
+            made = True
+            try:
+                fd = os.open(log_path, flags | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # its folder first
+                os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+                fd = os.open(log_path, flags | os.O_CREAT, 0o644)
     except ValueError as exc:  # a NUL byte in the path
         raise SpawnError(f"cannot open log {log_path}: {exc}") from None
     except OSError as exc:
