@@ -31,14 +31,12 @@ once (``drain --no-wait`` also lists what still runs there).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmo.cli.common import add_endpoint_flags
-from llmo.cli.tools import DEFAULT_TIMEOUT, add_tool_flags, fail, open_session
-from llmo.proto.errors import ProtocolError
+from llmo.cli.tools import DEFAULT_TIMEOUT, add_tool_flags, fail, open_session, publications
 from llmo.proto.messages import (
     BRAIN,
     BatchCancel,
@@ -108,16 +106,7 @@ class Follow:
         subscriber = self.subscriber
         if subscriber is None:
             return
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                got = subscriber.recv(timeout=left)
-            except ProtocolError as exc:
-                print(f"llmo: ignored a malformed publication: {exc}", file=sys.stderr)
-                continue
-            if got is None:
-                return
-            msg = got.message
+        for msg in publications(subscriber, seconds):
             if (
                 isinstance(msg, BatchEvent)
                 and msg.worker == self.worker

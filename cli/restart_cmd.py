@@ -23,12 +23,10 @@ refusal, a new give-up, or when ``--timeout`` seconds pass first;
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from llmo.cli.common import add_endpoint_flags
-from llmo.cli.tools import DEFAULT_TIMEOUT, add_tool_flags, fail, open_session
-from llmo.proto.errors import ProtocolError
+from llmo.cli.tools import DEFAULT_TIMEOUT, add_tool_flags, fail, open_session, publications
 from llmo.proto.messages import (
     BRAIN,
     SUPERVISOR,
@@ -136,19 +134,10 @@ def wait_back(
 
 
 def _registered(subscriber: Subscriber, name: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            got = subscriber.recv(timeout=left)
-        except ProtocolError as exc:
-            print(f"llmo: ignored a malformed publication: {exc}", file=sys.stderr)
-            continue
-        if got is None:
-            return False
-        msg = got.message
-        if isinstance(msg, BatchEvent) and msg.event == "worker_registered" and msg.worker == name:
-            return True
-    return False
+    return any(
+        isinstance(msg, BatchEvent) and msg.event == "worker_registered" and msg.worker == name
+        for msg in publications(subscriber, seconds)
+    )
 
 
 def _brain_answers(session: Session) -> bool:

@@ -16,10 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Iterator
 
 from llmo.cli.config import RigConfig, add_key_flags
 from llmo.proto.client import Client, tool_name
 from llmo.proto.endpoints import Endpoints
+from llmo.proto.errors import ProtocolError
+from llmo.proto.messages import Message
+from llmo.proto.pubsub import Subscriber
 from llmo.proto.security import DEFAULT_TOOL_KEY, ENV_KEY, ClientKeys
 from llmo.proto.session import Session, ToolError
 
@@ -110,3 +115,18 @@ def open_session(args: argparse.Namespace, kind: str) -> Session:
 def fail(command: str, error: Exception | str, code: int = 1) -> int:
     print(f"llmo {command}: {error}", file=sys.stderr)
     return code
+
+
+def publications(subscriber: Subscriber, seconds: float) -> Iterator[Message]:
+    """What the broker publishes for up to ``seconds`` (ends early when nothing
+    comes); a malformed publication is named on stderr and skipped."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            got = subscriber.recv(timeout=left)
+        except ProtocolError as exc:
+            print(f"llmo: ignored a malformed publication: {exc}", file=sys.stderr)
+            continue
+        if got is None:
+            return
+        yield got.message

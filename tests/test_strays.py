@@ -13,17 +13,9 @@ import pytest
 from llmo.worker import strays as strays_module
 from llmo.worker.strays import MARK, SWEEP_GAP_S, Strays, new_mark
 from tests.waiting import wait_until
+from tests.worker_fixtures import alive
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 def escaped(tmp_path: Path, mark: str) -> tuple[subprocess.Popen[bytes], int]:

@@ -4,7 +4,6 @@ hand-seeded model (no rig: these read the model and send nothing)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -20,7 +19,7 @@ from llmo.tui.model import Model
 from llmo.tui.screens import HelpScreen, LogScreen, PromptScreen
 from llmo.tui.updates import LinkStatus
 from llmo.tui.widgets import BatchesTable, EventList, VirtualList, WorkersTable
-from tests.test_tui_app import Rig
+from tests.test_tui_app import Rig, until
 from tests.test_tui_support import batch_view, task_view, worker_view
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,15 +89,6 @@ def run(app: MonitorApp, script: Callable[[Pilot], Awaitable[None]], size=(140, 
 
 def make_app(model: Model | None = None, **kw) -> MonitorApp:
     return MonitorApp(None, model=model or seeded(), clock=lambda: NOW, tick_s=3600, **kw)
-
-
-async def until(pilot: Pilot, check: Callable[[], object], timeout: float = 5.0, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 def test_enter_on_a_batch_opens_its_graph_and_escape_goes_back():

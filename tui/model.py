@@ -67,6 +67,7 @@ from llmo.tui.rows import (
     WorkerAttempt,
     WorkerRow,
 )
+from llmo.tui.sorting import TASK_RANK
 from llmo.tui.updates import ActionResult, LinkStatus, Update
 from llmo.tui.wording import describe
 
@@ -773,23 +774,10 @@ class Model:
         if terms:
             rows = [row for row in rows if all(_matches(row, term) for term in terms)]
         if live_first:
-            rows.sort(key=lambda row: _RANK.get(row.state, 2))  # stable: plan order within
+            rows.sort(key=lambda row: TASK_RANK.get(row.state, 2))  # stable: plan order within
         return rows
 
 
-_RANK = {
-    "running": 0,
-    "assigned": 0,
-    "delayed": 1,
-    "failed": 1,
-    "expanding": 2,
-    "ready": 3,
-    "pending": 4,
-    "expanded": 5,
-    "done": 6,
-    "skipped": 6,
-    "cancelled": 6,
-}
 _FIELDS = {"state": "state", "class": "task_class", "worker": "worker", "task": "id"}
 
 
