@@ -345,9 +345,6 @@ class MonitorApp(App[None]):
     def _task_line(self, row: TaskRow) -> Text:
         return render.task_line(row, self.clock(), self._task_width, self._task_line_width)
 
-    def on_resize(self) -> None:
-        self.call_after_refresh(self._fit_tasks)
-
     def on_virtual_list_resized(self, event: VirtualList.Resized) -> None:
         if event.source is self.task_list:  # the pane has its new width only now
             self._fit_tasks()
