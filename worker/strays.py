@@ -142,17 +142,16 @@ class Strays:
     def find(
         self,
         marks: dict[str, int],
+        table: dict[int, tuple[int, str, int]],
         *,
         spare: Iterable[int] = (),
         alone: bool = True,
-        table: dict[int, tuple[int, str, int]] | None = None,
     ) -> dict[int, str]:
         """The live processes of the attempts ``marks`` names (mark -> the start time
         of its shell: its processes started no earlier, so older ones are not read),
         each with its mark; ``spare``: pids to leave alone (the running attempts'
         shells); ``alone``: no other attempt runs, so the unreadable orphans are
-        theirs (counted under the last mark)."""
-        table = self._table() if table is None else table
+        theirs (counted under the last mark); ``table``: ``_table``'s reading."""
         spared = set(spare) | {self.me}
         since = min(marks.values(), default=0)
         last = next(reversed(marks), "")
@@ -215,7 +214,7 @@ class Strays:
         self.last_scan = self.clock()
         table = self._table()
         found = self.find(
-            {m: since for m, (since, _) in marks.items()}, spare=spare, alone=alone, table=table
+            {m: since for m, (since, _) in marks.items()}, table, spare=spare, alone=alone
         )
         ended: dict[str, list[int]] = {}
         for pid, mark in found.items():
