@@ -8,8 +8,6 @@ deliberate change of the look with ``--snapshot-update``.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from llmo.proto.messages import BatchEvent, Heartbeat, Telemetry
@@ -17,19 +15,10 @@ from llmo.tui.app import MonitorApp
 from llmo.tui.model import Model
 from llmo.tui.updates import LinkStatus
 from llmo.tui.worker_screen import WorkerScreen
-from tests.test_tui_snapshots import NOW, fixed_app, fixed_model
+from tests.test_tui_snapshots import NOW, fixed_app, fixed_model, utc  # noqa: F401  (autouse)
 from tests.test_tui_support import gpu_telemetry
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def worker_model() -> Model:
