@@ -18,8 +18,12 @@ new foreach template (which can regroup tasks), counts them all again.
 
 ``follow`` owns the sockets: it subscribes *before* asking for the snapshot
 (so no event falls between the two), takes a fresh snapshot whenever the
-sequence shows a gap or nothing arrives for a while (PUB drops silently when
-a link is slow), and returns when the batch reaches a terminal state. The
+sequence shows a gap or nothing about its batch arrives for a while (PUB
+drops silently when a link is slow), and returns when the batch reaches a
+terminal state. A SUB socket connects in the background, so the first
+snapshot can come before the subscription takes effect, and what the broker
+published in between is lost with no gap to show it: the first publication
+received proves the subscription live, and a snapshot follows it. The
 subscription takes every topic (``subscribe``): the broker numbers all its
 publications in one sequence, so a subscriber of some topics only would see
 every heartbeat as a gap. Snapshots for gaps come at most one a
@@ -293,6 +297,7 @@ def follow(
     if reply is not None:
         view.seed(reply)
     last_heard = clock()
+    live = False  # a publication has arrived: the subscription is in effect
     stale = False  # missed something: a snapshot is due
     resync_at = float("-inf")  # no snapshot for a gap before this time
     while not view.finished:
@@ -303,14 +308,19 @@ def follow(
             published, stale = None, True
         now = clock()
         if published is not None:
-            last_heard = now
             msg = published.message
+            if not live:
+                # What was published before the subscription took effect is lost
+                # without a gap to show it; a snapshot from now on holds it.
+                live, stale = True, True
             if published.gap or (isinstance(msg, PeerUp) and msg.peer == BRAIN):
                 stale = True  # missed publications, or a restarted brain: its state, not ours
             if isinstance(msg, BatchEvent):
                 view.apply(msg)
+                last_heard = now if msg.batch_id == view.batch_id else last_heard
             elif isinstance(msg, TaskProgress):
                 view.progress(msg, now)
+                last_heard = now if msg.batch_id == view.batch_id else last_heard
         if now - last_heard > resync_s or (stale and now >= resync_at):
             reply = take_snapshot()
             if reply is not None:

@@ -229,3 +229,13 @@ def test_a_worker_registering_brings_a_snapshot_with_its_host(setup):
     h.until(lambda m: m.workers["gpu-1"].host == "rig-a", what="the worker's host")
     assert len(rig.snapshot_requests) > before
     assert h.model.workers["gpu-1"].pid == 77
+
+
+def test_the_first_publication_heard_brings_a_snapshot_after_it(setup):
+    # The SUB socket connects in the background: what was published before the
+    # subscription took effect is lost with no gap to show it, and the first
+    # snapshot may predate it. A snapshot taken after a publication has arrived
+    # holds it.
+    _, rig, h = setup(silence_s=30.0)
+    h.until(lambda m: m.live and "B" in m.batches, what="the snapshot")
+    h.until(lambda m: len(rig.snapshot_requests) >= 2, timeout=5.0, what="a second snapshot")

@@ -265,3 +265,52 @@ def test_a_restarted_brain_makes_the_watcher_take_a_fresh_snapshot():
     assert view.finished
     # at once, not after a silence: its revision may start lower; its state, not ours
     assert taken[1] < 0.01
+
+
+class Endless(FakeSubscriber):
+    """Publications of other work, one a millisecond on a fake clock, numbered without gaps."""
+
+    def __init__(self, clock: list[float], limit: int = 20_000):
+        super().__init__([])
+        self.clock = clock
+        self.seq = 40
+        self.limit = limit
+
+    def recv(self, timeout=None):
+        self.clock[0] += 0.001
+        self.seq += 1
+        assert self.seq < 40 + self.limit, "the watcher never learnt that its batch ended"
+        other = TaskProgress(batch_id="OTHER", task_id="x", attempt_id="a", tok_s=1.0)
+        return Published(seq=self.seq, message=other, gap=0)
+
+
+def test_a_batch_that_ended_before_the_subscription_took_effect_is_seen_to_end():
+    # SUB connects in the background: the batch's last event can go out before the
+    # broker knows of the subscription, and the first snapshot can come before that
+    # event. The first publication received proves the subscription is live: a
+    # snapshot taken after it holds everything it missed.
+    clock = [0.0]
+    snaps = [snapshot(1), snapshot(2, state="failed")]
+    view = follow(
+        BatchView("B"),
+        Endless(clock),
+        lambda: snaps.pop(0) if snaps else snapshot(2, state="failed"),
+        None,
+        clock=lambda: clock[0],
+    )
+    assert view.finished and view.state == "failed"
+
+
+def test_a_batch_with_no_news_for_a_while_is_looked_up_although_others_publish():
+    # Publications about other batches and workers keep coming; none about this one
+    # for ``resync_s``: a snapshot is taken all the same.
+    clock = [0.0]
+    taken = []
+
+    def take():
+        taken.append(clock[0])
+        return snapshot(1) if len(taken) < 3 else snapshot(2, state="complete")
+
+    view = follow(BatchView("B"), Endless(clock), take, None, resync_s=5.0, clock=lambda: clock[0])
+    assert view.finished and view.state == "complete"
+    assert 5.0 <= taken[2] < 6.0, taken

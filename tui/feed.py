@@ -5,7 +5,11 @@ Theory of operation
 ``Feed.run`` runs in a thread (a Textual thread worker in the app) and owns a
 SUB socket on the broker's PUB endpoint and a DEALER ``Client`` for snapshot
 requests and operator actions. It subscribes first and then asks the brain
-for a snapshot, so no event falls between the two (the Clone pattern).
+for a snapshot, so no event falls between the two (the Clone pattern). The
+SUB socket connects in the background, though: until the first publication
+arrives the subscription may not be in effect, and what the broker published
+meanwhile is lost with no gap in the sequence to show it. So the first
+publication heard brings another snapshot.
 
 What it hears is gathered into one pending ``Update``: lifecycle events in
 order, the latest heartbeat per worker and the latest progress per attempt
@@ -292,6 +296,7 @@ class _Loop:
         self.pending = _Pending()
         self.started = feed.monotonic()
         self.heard_at = 0.0  # monotonic time of the last publication (0: never)
+        self.subscribed = False  # a publication has arrived: the subscription is in effect
         self.heard_wall = 0.0
         self.link = LinkStatus(state="connecting", since=feed.clock())
         self.pending.link = self.link
@@ -355,9 +360,12 @@ class _Loop:
             if published is None:
                 return
             now = self.feed.monotonic()
-            if self.link.state == "down":
-                self.need_full = True  # it is back: a fresh snapshot, now
+            if self.link.state == "down" or not self.subscribed:
+                # Back after a drop; or the first publication, which proves the
+                # subscription in effect (see the module docstring): a fresh snapshot, now.
+                self.need_full = True
                 self.next_try = now
+                self.subscribed = True
             self.heard_at = now
             self.heard_wall = self.feed.clock()
             if published.gap:
