@@ -56,6 +56,7 @@ SWAP_MIN_HOT_S = 30.0
 
 def load(cx: Ctx, worker: Worker, model: str, why: str) -> None:
     worker.loading = model
+    worker.failed_load = ("", "")
     worker.load_since = cx.now
     cx.send(ModelLoad(dst=worker.name, model=model))
     cx.publish(None, "model_load", worker=worker.name, model=model, reason=why)
@@ -331,6 +332,7 @@ def loaded(cx: Ctx, worker: Worker, model: str) -> None:
 
 def load_failed(cx: Ctx, worker: Worker, model: str, error: str) -> None:
     st = cx.state
+    worker.failed_load = (worker.loading or model, error)  # as it was asked for
     worker.loading = ""
     worker.load_failed[model] = cx.now
     st.load_failures[model] = st.load_failures.get(model, 0) + 1

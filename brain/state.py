@@ -309,6 +309,7 @@ class Worker:
     loading: str = ""  # model the brain asked it to load
     load_since: float = 0.0
     load_failed: dict[str, float] = field(default_factory=dict)  # model -> when
+    failed_load: tuple[str, str] = ("", "")  # its last failed load (model, why), until the next
     hot_since: float = 0.0
     unload_sent_at: float = -1e18
     idle_since: float = 0.0
@@ -321,6 +322,7 @@ class Worker:
         """Unpickle from a snapshot, giving fields newer than the snapshot their defaults."""
         self.endpoint = ""
         self.host = ""
+        self.failed_load = ("", "")
         for name, value in state[1].items():
             object.__setattr__(self, name, value)
 

@@ -41,6 +41,8 @@ def worker_view(worker: Worker) -> WorkerInfo:
         endpoint=worker.endpoint,
         host=worker.host,
         pid=worker.pid,
+        load_failed=worker.failed_load[0],
+        load_error=worker.failed_load[1],
     )
 
 

@@ -9,10 +9,12 @@ is printed with exit code 1. ``cancel`` ends there, and so does ``retry``
 dependents and its batch run again; a refusal says why, e.g. a task that
 has not failed). ``load``, ``unload`` and
 ``drain`` then wait for what the worker really did, which the brain learns
-later: the command subscribes to the brain's published events *before* it
-sends the request, so no outcome can fall between the answer and the
-stream, and polls the brain's snapshot of the worker as well, which also
-catches a worker that went down or an event that never arrived.
+later: the command subscribes to the brain's published events before it
+sends the request, and polls the brain's snapshot of the worker as well.
+The snapshot is what counts: a SUB socket's subscription takes effect in the
+background, so an outcome published at once (a load refused on the spot) can
+be missed, and the snapshot names the worker's last failed load and why
+(``WorkerInfo.load_failed``), a worker gone down, or a model now hot.
 
 * ``load``: done when the worker reports itself hot (``model_hot``); failed
   when it reports ``model_failed`` (its reason is printed), or when the
@@ -90,8 +92,8 @@ class Follow:
 
     def start(self) -> None:
         self.subscriber = Subscriber(self.session.endpoints.pub, topics=BATCH_EVENT_TOPICS)
-        # A first round trip through the broker: the subscription is in place by
-        # the time the request goes out.
+        # A first round trip through the broker, which gives the subscription time to
+        # take effect (it is not proof: the snapshot is what ``wait`` relies on).
         self.info()
 
     def info(self) -> WorkerInfo | None:
@@ -167,6 +169,8 @@ def _judge_load(follow: Follow, model: str) -> Callable[[WorkerInfo | None], Ver
             return None
         if info.state == "hot":
             return True, f"{worker} hot with {info.model or model}"
+        if info.load_failed == model:
+            return False, f"{worker} failed to load {model}: {info.load_error or 'the load failed'}"
         # The brain stopped waiting; give the event that says why a moment to arrive.
         if not settled_at:
             settled_at.append(time.monotonic())

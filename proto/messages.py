@@ -190,7 +190,8 @@ class WorkerInfo(View):
     brain asked it to load; ``attempts`` the attempt ids it runs for the brain;
     ``gpu`` is ``None`` until it reports telemetry; ``endpoint`` is the URL of its
     OpenAI-compatible endpoint, on its own host; ``host`` and ``pid`` are the
-    machine and process it registered from."""
+    machine and process it registered from; ``load_failed`` and ``load_error``
+    name its last failed load and why, until it is asked to load again."""
 
     name: str
     role: Literal["worker", "brain"] = "worker"
@@ -211,6 +212,8 @@ class WorkerInfo(View):
     endpoint: str = ""
     host: str = ""
     pid: int = 0
+    load_failed: str = ""
+    load_error: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -279,3 +279,25 @@ def test_an_absurd_request_count_is_ignored_and_named():
     rig.heartbeat("w1", llm_requests=-3)
     assert rig.state.workers["w1"].llm_requests == 0
     assert any("llm_requests" in c.text for c in rig.commands if type(c).__name__ == "Log")
+
+
+def test_a_failed_load_and_its_reason_are_in_the_workers_view_until_the_next_load():
+    # ``llmo load`` reads why a load failed from the brain's snapshot: the
+    # published ``model_failed`` event can be lost to a subscription not yet in effect.
+    from llmo.brain.view import worker_view
+
+    rig = Rig(BrainConfig(max_load_failures=5, load_retry_s=1.0))
+    rig.worker("w1")
+    rig.submit(llm_plan(1))
+    rig.tick(0.5)
+    rig.msg(ModelStatus(model="m", state="failed", error="model file m does not exist"), src="w1")
+    info = worker_view(rig.state.workers["w1"])
+    assert (info.loading, info.load_failed, info.load_error) == (
+        "",
+        "m",
+        "model file m does not exist",
+    )
+    rig.wait(2.0)
+    assert [m.dst for m in rig.of(ModelLoad)] == ["w1", "w1"]  # asked again: under way
+    info = worker_view(rig.state.workers["w1"])
+    assert (info.loading, info.load_failed, info.load_error) == ("m", "", "")

@@ -103,3 +103,24 @@ def test_a_malformed_publication_does_not_stop_the_watch():
     finally:
         sub.close()
         pub.close(linger=0)
+
+
+def test_load_reads_the_failure_from_the_snapshot_when_its_event_was_lost():
+    from llmo.cli.control_cmd import Follow, _judge_load
+    from llmo.proto.messages import WorkerInfo
+
+    follow = Follow(session=None, worker="cpu-1")  # type: ignore[arg-type]
+    judge = _judge_load(follow, "/no/model.gguf")
+    info = WorkerInfo(
+        name="cpu-1",
+        state="cold",
+        load_failed="/no/model.gguf",
+        load_error="model file /no/model.gguf does not exist",
+    )
+    assert judge(info) == (
+        False,
+        "cpu-1 failed to load /no/model.gguf: model file /no/model.gguf does not exist",
+    )
+    # a failure of another model is not this load's outcome
+    other = WorkerInfo(name="cpu-1", state="cold", load_failed="x.gguf", load_error="gone")
+    assert judge(other) is None
