@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.no_wait:
             subscriber = Subscriber(session.endpoints.pub, topics=BATCH_EVENT_TOPICS)
-            children(session)  # a round trip: the subscription is in place, the supervisor there
+            # A round trip: the supervisor is there, and the subscription has time to take
+            # effect (a SUB connects in the background) long before a restarted process,
+            # which takes a second or more to start, registers.
+            children(session)
         detail = session.control(ChildRestart(dst=SUPERVISOR, child=name))
         print(detail, flush=True)
         if subscriber is None:
