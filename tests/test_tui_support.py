@@ -167,6 +167,7 @@ class FakeRig:
             self.rev += 1
             rev = self.rev
             self._fold(batch_id, task_id, state, kw.get("detail", {}))
+            self._fold_worker(event, kw.get("worker", ""))
         msg = BatchEvent(
             dst=BROKER, rev=rev, batch_id=batch_id, event=event, task_id=task_id, state=state, **kw
         )
@@ -202,6 +203,15 @@ class FakeRig:
         self.context.destroy(linger=0)
 
     # --- the thread ---------------------------------------------------------------------
+
+    def _fold_worker(self, event: str, name: str) -> None:
+        """A worker that went down or came back is so in later snapshots too, as the
+        brain's would have it."""
+        presence = {"worker_down": "down", "worker_registered": "up"}.get(event)
+        for i, worker in enumerate(self.workers):
+            if presence is not None and worker.name == name:
+                state = "down" if presence == "down" else worker.state
+                self.workers[i] = replace(worker, presence=presence, state=state)
 
     def _fold(self, batch_id: str, task_id: str, state: str, detail: dict) -> None:
         if task_id:

@@ -360,12 +360,13 @@ class _Loop:
             if published is None:
                 return
             now = self.feed.monotonic()
-            if self.link.state == "down" or not self.subscribed:
-                # Back after a drop; or the first publication, which proves the
-                # subscription in effect (see the module docstring): a fresh snapshot, now.
-                self.need_full = True
+            # The first publication proves the subscription in effect (see the module
+            # docstring): a snapshot taken before it may lack what it missed.
+            first = not self.subscribed and self.last_full > -1e9
+            self.subscribed = True
+            if self.link.state == "down" or first:
+                self.need_full = True  # back after a drop, or subscribed since: fresh, now
                 self.next_try = now
-                self.subscribed = True
             self.heard_at = now
             self.heard_wall = self.feed.clock()
             if published.gap:
