@@ -17,6 +17,7 @@ from llmo.proto.messages import (
     TaskFailed,
     TaskStarted,
 )
+from llmo.worker import attempts
 from llmo.worker.shell import KEEP_ENV
 from tests.waiting import wait_for, wait_until
 from tests.worker_fixtures import (  # noqa: F401  (fixtures)
@@ -60,8 +61,6 @@ def assign(tmp_path, task_id, command, **fields) -> TaskAssign:
 def test_success_reports_done_with_the_log_tail(setup, tmp_path):
     brain, _ = setup()
     msg = brain.send(assign(tmp_path, "ok", "echo hello from $TASK_ID; echo to-stderr >&2"))
-    started = brain.expect(TaskStarted, attempt_id=msg.attempt_id)
-    assert started.pid > 0
     done = brain.expect(TaskDone, attempt_id=msg.attempt_id)
     assert done.exit_code == 0
     assert done.duration_s > 0
@@ -293,3 +292,20 @@ def test_a_result_is_sent_again_when_the_attempt_is_assigned_again(setup, tmp_pa
     brain.send(msg)
     brain.expect(TaskDone, attempt_id=msg.attempt_id)
     assert (tmp_path / "runs.txt").read_text() == "run\n"
+
+
+def test_a_short_task_sends_its_result_alone_and_a_longer_one_reports_its_start(
+    setup, tmp_path, monkeypatch
+):
+    # TaskStarted only informs: one that would arrive just before the result is a
+    # message through the broker and the brain for nothing. (A longer wait than the
+    # worker's own, so a loaded machine cannot make ``true`` look long.)
+    monkeypatch.setattr(attempts, "START_REPORT_S", 1.0)
+    brain, _ = setup(slots=2)
+    short = brain.send(assign(tmp_path, "short", "true"))
+    longer = brain.send(assign(tmp_path, "longer", "echo $$ > pid; exec sleep 3"))
+    brain.expect(TaskDone, attempt_id=short.attempt_id)
+    started = brain.expect(TaskStarted, attempt_id=longer.attempt_id)
+    assert started.pid == read_pid(tmp_path / "pid")
+    brain.expect(TaskDone, attempt_id=longer.attempt_id)
+    assert [m for m in brain.seen if isinstance(m, TaskStarted)] == [started]

@@ -30,7 +30,12 @@ when it ends, whatever it started that still runs, even outside its session,
 gets SIGTERM, and SIGKILL after the grace.
 
 Results (``worker.results``) go through the link (held until delivered).
-The last results are remembered, so an assignment or cancel that arrives
+``TaskStarted`` only informs (the brain counts an attempt started when its
+result comes first), so it waits ``START_REPORT_S``: an attempt that ends
+sooner sends its result alone. A short task then costs one message through
+the broker and the brain instead of two, and a chain's hop does not queue
+behind a report of its start. An attempt assigned again while it runs is
+confirmed at once. The last results are remembered, so an assignment or cancel that arrives
 again for an attempt that already ended is answered with its result instead
 of a second run.
 """
@@ -51,6 +56,7 @@ from llmo.proto.messages import (
     TaskCancel,
     TaskFailed,
     TaskProgress,
+    TaskStarted,
 )
 from llmo.worker import admission, landlock, results, taskuser
 from llmo.worker.cache import POLICY_ENV
@@ -64,6 +70,8 @@ from llmo.worker.strays import MARK, Strays, new_mark
 
 log = logging.getLogger("llmo.worker.attempts")
 
+START_REPORT_S = 0.05  # an attempt still running this long after its spawn reports its start
+
 
 @dataclass(slots=True, eq=False)
 class Attempt:
@@ -76,6 +84,11 @@ class Attempt:
     interrupted: bool = False  # stopped because the worker stops: not the task's failure
     reported: int = 0  # tokens in the last TaskProgress
     mark: str = ""  # the marker its processes carry (LLMO_TASK_MARK)
+    announced: bool = False  # its TaskStarted has gone to the link
+
+    def announce(self) -> TaskStarted:
+        self.announced = True
+        return results.started(self.assign, self.shell.pid)
 
     @property
     def id(self) -> str:
@@ -146,7 +159,7 @@ class Attempts:
     def assign(self, a: TaskAssign, level: Level, draining: bool, constraint: str) -> None:
         if a.attempt_id in self.running:
             log.info("attempt %s assigned again while running; confirming it", a.attempt_id)
-            self.deliver(results.started(a, self.running[a.attempt_id].shell.pid))
+            self.deliver(self.running[a.attempt_id].announce())
             return
         known = self._recent.get(a.attempt_id)
         if known is not None:
@@ -217,7 +230,6 @@ class Attempts:
         if shell.output is not None:
             self._by_output[shell.output.fd] = attempt
             self.watch(shell.output.fd)
-        self.deliver(results.started(a, shell.pid))
 
     def _header(self, a: TaskAssign) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -285,10 +297,17 @@ class Attempts:
             self.stop(attempt, "abort", why, grace_s=grace_s)
         return len(chosen)
 
+    def next_due(self) -> float | None:
+        """When the next start report is due (None: none is waiting)."""
+        waiting = [a.started for a in self.running.values() if not a.announced]
+        return min(waiting) + START_REPORT_S if waiting else None
+
     def tick(self, now: float) -> None:
         self.strays.tick(now, self.sessions())
         for attempt in list(self.running.values()):
             shell = attempt.shell
+            if not attempt.announced and now - attempt.started >= START_REPORT_S:
+                self.deliver(attempt.announce())
             if attempt.kill_at is not None and now >= attempt.kill_at and shell.stopped != "killed":
                 log.warning("attempt %s ignored SIGTERM; killing its group", attempt.id)
                 shell.kill()

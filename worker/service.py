@@ -330,6 +330,8 @@ class Worker:
         wait = self._next_heartbeat - now
         if self.attempts.running or self.link.held or self.stopping or self.draining:
             wait = min(wait, BUSY_POLL_S)
+            due = self.attempts.next_due()
+            wait = wait if due is None else min(wait, due - now)
         return max(0, int(wait * 1000) + 1)
 
     def _readable(self, item: Any) -> None:
