@@ -232,7 +232,6 @@ def test_a_worker_registering_brings_a_snapshot_with_its_host(setup):
     assert h.model.workers["gpu-1"].pid == 77
 
 
-
 class Publications:
     def __init__(self, *messages):
         self.items = [Published(seq=n, message=m, gap=0) for n, m in enumerate(messages, 1)]
