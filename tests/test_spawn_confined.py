@@ -67,6 +67,51 @@ def test_rulesets_are_shared_until_their_time_is_up_and_their_folders_do_not_lin
     assert not os.path.exists(root) and not os.path.exists(root2), "gone once empty"
     shutil.rmtree(rulesets.get(other)[1])
     assert os.path.isdir(rulesets.get(other)[1]), "a folder removed under it is made again"
-    roots = [kept[2] for kept in rulesets.kept.values()]
+    roots = [kept.root for kept in rulesets.kept.values()]
     rulesets.close()
     assert not any(os.path.exists(r) for r in roots)
+
+
+@pytest.mark.skipif(ABI < 1, reason=f"no Landlock here: {WHY}")
+def test_a_kept_ruleset_spawns_on_one_confined_thread_until_it_is_dropped(tmp_path):
+    # Starting a thread and confining it took as long as the shell's own start:
+    # a fan-out's attempts share one thread, confined once, while the ruleset is kept.
+    import threading
+
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    allowed.mkdir()
+    other.mkdir()
+    now = [0.0]
+    rulesets = landlock.Rulesets(lambda: now[0])
+    confine = landlock.Confinement(abi=ABI, writable=(str(allowed),))
+    fd, _ = rulesets.get(confine)
+
+    def attempt(n: int):
+        (allowed / f"ok{n}").write_text("ok")
+        try:
+            (other / f"no{n}").write_text("no")
+        except PermissionError:
+            return threading.current_thread(), "refused"
+        return threading.current_thread(), "written"
+
+    first = rulesets.call(fd, lambda: attempt(1))
+    second = rulesets.call(fd, lambda: attempt(2))
+    assert first[1] == second[1] == "refused"
+    assert first[0] is second[0] is not threading.current_thread()
+    spawners = [t for t in threading.enumerate() if t.name == "llmo-spawn"]
+    assert len(spawners) == 1
+    (other / "caller").write_text("the worker's own thread is not confined")
+    with pytest.raises(ValueError, match="inside"):
+        rulesets.call(fd, lambda: (_ for _ in ()).throw(ValueError("inside")))
+    assert rulesets.call(fd, lambda: attempt(3))[1] == "refused", "an error leaves it serving"
+
+    now[0] += landlock.RULESET_TTL_S
+    fd2, _ = rulesets.get(confine)
+    assert rulesets.call(fd2, lambda: attempt(4))[0] is not first[0], "a new ruleset, a new thread"
+    spawners[0].join(timeout=5)
+    assert not spawners[0].is_alive(), "the dropped ruleset's thread ends"
+    rulesets.close()
+    for thread in [t for t in threading.enumerate() if t.name == "llmo-spawn"]:
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "the worker's exit ends every spawning thread"
+    assert not list(other.glob("no*"))

@@ -57,6 +57,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import queue
 import shutil
 import stat
 import tempfile
@@ -308,6 +309,61 @@ class Confinement:
 RULESET_TTL_S = 10.0  # a kept ruleset is planned again after this long
 
 
+class Spawner:
+    """A thread that confines itself once (``restrict_self``) and then runs the
+    calls handed to it, one at a time, while the caller waits: the shells it
+    starts with ``vfork`` begin confined. One per kept ruleset (``Rulesets.call``),
+    so a fan-out's attempts do not each start and confine a thread."""
+
+    def __init__(self, ruleset_fd: int) -> None:
+        self.calls: queue.SimpleQueue[tuple[Callable[[], Any], dict[str, Any], Any] | None]
+        self.calls = queue.SimpleQueue()
+        confined = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(ruleset_fd, confined), name="llmo-spawn", daemon=True
+        )
+        self.thread.start()
+        confined.wait()  # the fd is used before the caller may close it
+
+    def _run(self, ruleset_fd: int, confined: threading.Event) -> None:
+        try:
+            restrict_self(ruleset_fd)
+        except BaseException as exc:  # each call gets it: nothing runs unconfined
+            self.error = exc
+        confined.set()
+        while (item := self.calls.get()) is not None:
+            call, box, done = item
+            try:
+                if self.error is not None:
+                    raise self.error
+                box["value"] = call()
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+            done.release()
+
+    def call(self, call: Callable[[], T]) -> T:
+        done = threading.Lock()
+        done.acquire()
+        box: dict[str, Any] = {}
+        self.calls.put((call, box, done))
+        done.acquire()
+        if "error" in box:
+            raise box["error"]
+        return cast(T, box["value"])
+
+    def stop(self) -> None:
+        self.calls.put(None)
+
+
+@dataclass(slots=True)
+class Kept:
+    at: float  # when it was planned
+    fd: int
+    root: str
+    spawner: Spawner | None = None  # made at the first call
+
+
 @dataclass(slots=True)
 class Rulesets:
     """Rulesets by confinement, each with the folder its attempts' temporary
@@ -321,10 +377,14 @@ class Rulesets:
     same plan and batch folders anyway, so that folder gives them nothing new
     of each other. After ``RULESET_TTL_S`` it is planned again, so a folder
     that appears later is seen; a folder no attempt used for that long is
-    removed once it is empty, and all of them when the worker stops."""
+    removed once it is empty, and all of them when the worker stops.
+
+    Each kept ruleset has its ``Spawner``: ``call`` runs a shell's start on
+    that thread, confined once for all the ruleset's attempts; it ends when
+    the ruleset is dropped."""
 
     clock: Callable[[], float]
-    kept: dict[Confinement, tuple[float, int, str]] = field(default_factory=dict)
+    kept: dict[Confinement, Kept] = field(default_factory=dict)
     lingering: list[str] = field(default_factory=list)  # dropped folders, not yet empty
 
     def get(self, confine: Confinement) -> tuple[int, str]:
@@ -332,8 +392,8 @@ class Rulesets:
         attempts' temporary folders under ``confine``; raises ``OSError``."""
         now = self.clock()
         kept = self.kept.get(confine)
-        if kept is not None and now - kept[0] < RULESET_TTL_S and os.path.isdir(kept[2]):
-            return kept[1], kept[2]
+        if kept is not None and now - kept.at < RULESET_TTL_S and os.path.isdir(kept.root):
+            return kept.fd, kept.root
         self._drop_stale(now)
         root = tempfile.mkdtemp(prefix="llmo-tasks-")
         try:
@@ -344,12 +404,22 @@ class Rulesets:
         old = self.kept.pop(confine, None)
         if old is not None:
             self._discard(old)
-        self.kept[confine] = (now, fd, root)
+        self.kept[confine] = Kept(now, fd, root)
         return fd, root
+
+    def call(self, ruleset_fd: int, call: Callable[[], T]) -> T:
+        """``call()`` confined by ``ruleset_fd``: on its kept ruleset's ``Spawner``, or
+        on a thread of its own (``confined_call``) for a ruleset not kept here."""
+        kept = next((k for k in self.kept.values() if k.fd == ruleset_fd), None)
+        if kept is None or ruleset_fd < 0:
+            return confined_call(ruleset_fd, call)
+        if kept.spawner is None:
+            kept.spawner = Spawner(ruleset_fd)
+        return kept.spawner.call(call)
 
     def _drop_stale(self, now: float) -> None:
         for confine, kept in list(self.kept.items()):
-            if now - kept[0] >= RULESET_TTL_S:
+            if now - kept.at >= RULESET_TTL_S:
                 del self.kept[confine]
                 self._discard(kept)
         for root in list(self.lingering):
@@ -358,24 +428,28 @@ class Rulesets:
             if not os.path.isdir(root):
                 self.lingering.remove(root)
 
-    def _discard(self, kept: tuple[float, int, str]) -> None:
-        """Close a ruleset; its folder goes when empty (an attempt may still use it)."""
-        _, fd, root = kept
-        if fd >= 0:
-            os.close(fd)
+    def _discard(self, kept: Kept) -> None:
+        """Close a ruleset and end its thread; its folder goes when empty (an attempt
+        may still use it)."""
+        if kept.spawner is not None:
+            kept.spawner.stop()
+        if kept.fd >= 0:
+            os.close(kept.fd)
         try:
-            os.rmdir(root)
+            os.rmdir(kept.root)
         except FileNotFoundError:
             pass
         except OSError:
-            self.lingering.append(root)
+            self.lingering.append(kept.root)
 
     def close(self) -> None:
         """On the worker's exit, once its attempts are reaped."""
-        for _, fd, root in self.kept.values():
-            if fd >= 0:
-                os.close(fd)
-            self.lingering.append(root)
+        for kept in self.kept.values():
+            if kept.spawner is not None:
+                kept.spawner.stop()
+            if kept.fd >= 0:
+                os.close(kept.fd)
+            self.lingering.append(kept.root)
         self.kept.clear()
         for root in self.lingering:
             shutil.rmtree(root, ignore_errors=True)

@@ -29,9 +29,10 @@ and exec, so it is started with ``vfork`` (the worker's address space, with
 its model, is not copied): the resource limits of the task's class
 (``worker.rlimits.Rlimits``) are ``ulimit`` lines the shell runs before the
 command, and the kernel confinement (``worker.landlock``: ``no_new_privs``
-and the attempt's Landlock ruleset, built in the worker) is set on a short
-thread that starts the shell (``landlock.confined_call``), from which the
-shell inherits it. With a task user (``worker.taskuser``) the child sets,
+and the attempt's Landlock ruleset, built in the worker) is set on a thread
+that starts the shell, from which the shell inherits it: the kept ruleset's
+own thread (``landlock.Rulesets.call``, confined once for all its attempts),
+or a short one (``landlock.confined_call``). With a task user (``worker.taskuser``) the child sets,
 between fork and exec, the limits, the user (groups, gid, uid, capabilities
 dropped), then the confinement. A confined attempt gets a private temporary folder
 (``TMPDIR``), created before it starts and removed when it is reaped; with
@@ -203,7 +204,9 @@ class ShellAttempt:
             )
 
         try:
-            if confine is not None and user is None:
+            if confine is not None and user is None and rulesets is not None and not owned:
+                proc = rulesets.call(ruleset, start)
+            elif confine is not None and user is None:
                 proc = landlock.confined_call(ruleset, start)
             else:
                 proc = start()
