@@ -5,7 +5,7 @@
 Each round starts ``--tasks`` attempts of ``true`` one after another the way a
 worker does (``ShellAttempt.spawn``: its log, resource limits, a Landlock
 ruleset when the kernel has Landlock, a private ``TMPDIR``; then the exit
-and ``reap``), and as many bare ``subprocess.Popen(["/bin/sh", "-c",
+``reap`` and ``clean``), and as many bare ``subprocess.Popen(["/bin/sh", "-c",
 "true"]).wait()`` (the floor), alternating. Printed per task: CPU of this
 process (the worker's share), CPU of the children, wall time; and the
 ratio of the floor's wall time to the worker's path.
@@ -66,7 +66,8 @@ def main() -> int:
             )
             while not shell.exited():
                 time.sleep(0.0002)
-            shell.reap()
+            shell.reap(clean=False)
+            shell.clean(rulesets)  # as the worker does: an empty TMPDIR serves again
 
     def floor(n: int) -> None:
         for _ in range(n):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,71 @@ def test_a_kept_ruleset_spawns_on_one_confined_thread_until_it_is_dropped(tmp_pa
         thread.join(timeout=5)
         assert not thread.is_alive(), "the worker's exit ends every spawning thread"
     assert not list(other.glob("no*"))
+
+
+def test_an_emptied_temporary_folder_is_handed_out_again_under_a_new_name(tmp_path):
+    # Making and removing a folder per attempt cost more than renaming one: an
+    # attempt's TMPDIR that it left empty (and as it was made) serves the next
+    # attempt under a fresh name, so a path the first one knew leads nowhere.
+    rulesets = landlock.Rulesets(lambda: 0.0)
+    confine = landlock.Confinement(abi=max(ABI, 1), writable=(str(tmp_path),))
+    _, root = rulesets.get(confine)
+    first = rulesets.tmp_in(root)
+    inode = os.stat(first).st_ino
+    assert rulesets.recycle(first)
+    second = rulesets.tmp_in(root)
+    assert second != first and not os.path.exists(first)
+    assert os.stat(second).st_ino == inode and os.listdir(second) == []
+    assert stat.S_IMODE(os.stat(second).st_mode) == 0o700
+
+    used = rulesets.tmp_in(root)
+    Path(used, "left").write_text("a file an attempt left")
+    assert not rulesets.recycle(used), "a folder with something in it is removed"
+    opened = rulesets.tmp_in(root)
+    os.chmod(opened, 0o777)
+    assert not rulesets.recycle(opened), "a folder whose mode was changed is removed"
+    swapped = rulesets.tmp_in(root)
+    os.rmdir(swapped)
+    os.symlink(tmp_path, swapped)
+    assert not rulesets.recycle(swapped), "a link put in its place is not handed out"
+    assert not rulesets.recycle(str(tmp_path / "elsewhere")), "only folders under a kept root"
+
+    assert rulesets.recycle(second)
+    rulesets.close()
+    assert not os.path.exists(root) and not os.path.exists(second)
+
+
+def test_a_shell_attempt_gives_its_empty_tmpdir_back_and_removes_a_used_one(tmp_path):
+    from llmo.worker.shell import ShellAttempt
+
+    rulesets = landlock.Rulesets(lambda: 0.0)
+    confine = landlock.Confinement(abi=ABI, writable=(str(tmp_path),)) if ABI >= 1 else None
+
+    def run(command: str) -> str:
+        shell = ShellAttempt.spawn(
+            command,
+            cwd=str(tmp_path),
+            env={"PATH": os.environ["PATH"]},
+            log_path=str(tmp_path / "log"),
+            confine=confine,
+            rulesets=rulesets,
+        )
+        tmp = shell.tmp
+        while not shell.exited():
+            pass
+        shell.reap(clean=False)
+        shell.clean(rulesets)
+        return tmp
+
+    if confine is None:
+        pytest.skip(f"no Landlock here: {WHY}")
+    used = run('echo data > "$TMPDIR/file"')
+    assert not os.path.exists(used)
+    quiet = run("true")
+    assert os.listdir(quiet) == [], "kept, empty, for the next attempt"
+    third = run('test "$(ls -A "$TMPDIR")" = ""')
+    assert third != quiet and not os.path.exists(quiet)
+    _, root = rulesets.get(confine)
+    assert os.listdir(root) == [os.path.basename(third)]
+    rulesets.close()
+    assert not os.path.exists(root)

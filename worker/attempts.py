@@ -403,7 +403,7 @@ class Attempts:
         )
         # Its group is dead (``reap``); its TMPDIR goes and what left the group
         # is ended once the result is on its way: neither is on a chain's path.
-        attempt.shell.clean()
+        attempt.shell.clean(self.rulesets)
         self.sweep(attempt, attempt.assign.grace_s, since)
 
     def sweep(self, attempt: Attempt, grace_s: float, since: int | None = None) -> int:

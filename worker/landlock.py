@@ -58,6 +58,7 @@ import ctypes
 import errno
 import os
 import queue
+import secrets
 import shutil
 import stat
 import tempfile
@@ -307,6 +308,7 @@ class Confinement:
 
 
 RULESET_TTL_S = 10.0  # a kept ruleset is planned again after this long
+SPARE_TMP_MAX = 16  # emptied temporary folders kept per ruleset for the next attempts
 
 
 class Spawner:
@@ -379,6 +381,13 @@ class Rulesets:
     that appears later is seen; a folder no attempt used for that long is
     removed once it is empty, and all of them when the worker stops.
 
+    An attempt's temporary folder (``tmp_in``) is new, or one an earlier
+    attempt left empty (``recycle``: still a 0700 folder of the worker's, with
+    nothing in it) renamed to a fresh random name: a rename costs a tenth of
+    making and removing a folder. The path the earlier attempt knew then leads
+    nowhere, so a process of it that outlived it cannot drop a file into the
+    next one's ``TMPDIR`` by name.
+
     Each kept ruleset has its ``Spawner``: ``call`` runs a shell's start on
     that thread, confined once for all the ruleset's attempts; it ends when
     the ruleset is dropped."""
@@ -386,6 +395,7 @@ class Rulesets:
     clock: Callable[[], float]
     kept: dict[Confinement, Kept] = field(default_factory=dict)
     lingering: list[str] = field(default_factory=list)  # dropped folders, not yet empty
+    spare: dict[str, list[str]] = field(default_factory=dict)  # root -> emptied folders
 
     def get(self, confine: Confinement) -> tuple[int, str]:
         """The ruleset fd (the caller must not close it) and the folder for the
@@ -406,6 +416,44 @@ class Rulesets:
             self._discard(old)
         self.kept[confine] = Kept(now, fd, root)
         return fd, root
+
+    def tmp_in(self, root: str) -> str:
+        """A private temporary folder under a kept ``root``; raises ``OSError``."""
+        spares = self.spare.get(root)
+        while spares:
+            old = spares.pop()
+            new = os.path.join(root, f"llmo-task-{secrets.token_hex(8)}")
+            try:
+                os.rename(old, new)
+            except OSError:
+                continue
+            return new
+        return tempfile.mkdtemp(prefix="llmo-task-", dir=root)
+
+    def recycle(self, tmp: str) -> bool:
+        """Keep an attempt's temporary folder for a later attempt, when it is as it was
+        made and empty; False: the caller removes it."""
+        root = os.path.dirname(tmp)
+        spares = self.spare.get(root)
+        if spares is None:
+            if not any(k.root == root for k in self.kept.values()):
+                return False
+            spares = self.spare[root] = []
+        if len(spares) >= SPARE_TMP_MAX:
+            return False
+        try:
+            st = os.lstat(tmp)
+            if (
+                not stat.S_ISDIR(st.st_mode)
+                or stat.S_IMODE(st.st_mode) != 0o700
+                or st.st_uid != os.geteuid()
+                or os.listdir(tmp)
+            ):
+                return False
+        except OSError:
+            return False
+        spares.append(tmp)
+        return True
 
     def call(self, ruleset_fd: int, call: Callable[[], T]) -> T:
         """``call()`` confined by ``ruleset_fd``: on its kept ruleset's ``Spawner``, or
@@ -435,6 +483,9 @@ class Rulesets:
             kept.spawner.stop()
         if kept.fd >= 0:
             os.close(kept.fd)
+        for spare in self.spare.pop(kept.root, ()):
+            with contextlib.suppress(OSError):
+                os.rmdir(spare)
         try:
             os.rmdir(kept.root)
         except FileNotFoundError:
@@ -451,6 +502,7 @@ class Rulesets:
                 os.close(kept.fd)
             self.lingering.append(kept.root)
         self.kept.clear()
+        self.spare.clear()
         for root in self.lingering:
             shutil.rmtree(root, ignore_errors=True)
         self.lingering.clear()

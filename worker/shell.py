@@ -35,7 +35,9 @@ own thread (``landlock.Rulesets.call``, confined once for all its attempts),
 or a short one (``landlock.confined_call``). With a task user (``worker.taskuser``) the child sets,
 between fork and exec, the limits, the user (groups, gid, uid, capabilities
 dropped), then the confinement. A confined attempt gets a private temporary folder
-(``TMPDIR``), created before it starts and removed when it is reaped; with
+(``TMPDIR``), created before it starts and removed when it is reaped (or, left
+empty, given back to serve a later attempt under a new name:
+``landlock.Rulesets.recycle``); with
 a task user it belongs to that user and is the task's ``HOME`` as well
 (``USER`` and ``LOGNAME`` name the task user).
 
@@ -264,10 +266,12 @@ class ShellAttempt:
 
     # --- the end ---------------------------------------------------------------------
 
-    def clean(self) -> None:
-        """Remove the attempt's temporary folder (once)."""
+    def clean(self, rulesets: landlock.Rulesets | None = None) -> None:
+        """Remove the attempt's temporary folder (once), or give it back to ``rulesets``
+        for a later attempt when it is empty (``Rulesets.recycle``)."""
         if self.tmp:
-            _remove_tmp(self.tmp, self.user)
+            if self.user is not None or rulesets is None or not rulesets.recycle(self.tmp):
+                _remove_tmp(self.tmp, self.user)
             self.tmp = ""
 
     def reap(self, *, clean: bool = True) -> Outcome:
@@ -350,7 +354,7 @@ def _confined(
     if user is None and rulesets is not None:
         try:
             ruleset, root = rulesets.get(confine)
-            tmp = tempfile.mkdtemp(prefix="llmo-task-", dir=root)
+            tmp = rulesets.tmp_in(root)
         except OSError as exc:
             raise SpawnError(f"cannot prepare the task's confinement: {exc}") from None
         env["TMPDIR"] = tmp

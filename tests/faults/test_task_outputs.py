@@ -95,10 +95,13 @@ class WorkerProcess:
 
 
 def attempt_tmp_folders(tmp: Path) -> list[str]:
-    """The attempts' private temporary folders left in ``tmp`` (the worker's kept,
-    empty ``llmo-tasks-*`` folders that hold them are not attempts')."""
+    """The attempts' private temporary folders left in ``tmp`` with something in them
+    (the worker's kept ``llmo-tasks-*`` folders that hold them, and the emptied ones
+    it keeps there for the next attempts, are not attempts')."""
     return sorted(
-        str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.name.startswith("llmo-task-")
+        str(p.relative_to(tmp))
+        for p in tmp.rglob("*")
+        if p.name.startswith("llmo-task-") and (not p.is_dir() or any(p.iterdir()))
     )
 
 
