@@ -8,22 +8,26 @@ in, assignments out) most of those messages go to a few destinations, and a
 send costs the brain, the broker and the receiver far more than the bytes do.
 ``bundle`` turns the turn's messages into fewer, with the same content:
 
-* assignments to one worker become one ``TaskAssigns``, plain result acks to
-  one worker one ``Acks``, each at the place of its first member; a message of
-  another kind to that worker closes the bundles open for it, so it still
-  follows them, and what comes after opens new ones. Each destination thus
-  gets its messages in the order the core sent them, except that its
-  assignments and acks (which do not bear on each other) may pass one another;
+* assignments and plain result acks to one worker become one ``TaskAssigns``
+  (its ``acks`` handled first; acks alone are one ``Acks``), at the place of
+  the first of them; a message of another kind to that worker closes the
+  bundle open for it, so it still follows it, and what comes after opens a
+  new one. Each destination thus gets its messages in the order the core
+  sent them, except that its assignments and acks (which do not bear on each
+  other) may pass one another. A chain's hop (the result's ack and the next
+  assignment) is one message;
 * batch events (all to the broker, to be published) go last, as one
   ``BatchEvents``.
 
-A bundle of one is sent as the message itself: a lone event (a chain's next
-assignment, one result's ack) goes out as before, with no wait. Bundles are
+A bundle of one is sent as the message itself: a lone event (an assignment,
+one result's ack) goes out as before, with no wait. Bundles are
 cut at ``ASSIGNS_PER_MESSAGE`` and ``EVENTS_PER_MESSAGE`` to stay far below
 the codec's message size limit.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from llmo.proto.messages import (
     Ack,
@@ -41,27 +45,29 @@ EVENTS_PER_MESSAGE = 500  # batch events in one message at most
 
 def bundle(msgs: list[Message]) -> list[Message]:
     """``msgs`` (in the order the core sent them) as the messages to send."""
-    out: list[Message | list[Message]] = []
-    open_: dict[tuple[type, str], list[Message]] = {}
+    out: list[Message | Group] = []
+    open_: dict[str, Group] = {}
     events: list[BatchEvent] = []
     for msg in msgs:
         kind = type(msg)
         if isinstance(msg, BatchEvent):
             events.append(msg)
         elif kind is TaskAssign or (kind is Ack and plain_ack(msg)):
-            group = open_.get((kind, msg.dst))
+            group = open_.get(msg.dst)
             if group is None:
-                group = open_[kind, msg.dst] = []
+                group = open_[msg.dst] = Group(msg.dst)
                 out.append(group)
-            group.append(msg)
+            if isinstance(msg, TaskAssign):
+                group.assigns.append(msg)
+            elif isinstance(msg, Ack):
+                group.acks.append(msg.reply_to)
         else:
-            open_.pop((TaskAssign, msg.dst), None)
-            open_.pop((Ack, msg.dst), None)
+            open_.pop(msg.dst, None)
             out.append(msg)
     sent: list[Message] = []
     for item in out:
-        if isinstance(item, list):
-            sent.extend(bundled(item))
+        if isinstance(item, Group):
+            sent.extend(item.messages())
         else:
             sent.append(item)
     sent.extend(coalesced(events))
@@ -72,23 +78,33 @@ def plain_ack(msg: Message) -> bool:
     return isinstance(msg, Ack) and msg.ok and not msg.detail
 
 
-def bundled(group: list[Message]) -> list[Message]:
-    """One destination's assignments (or plain acks), in messages of at most
-    ``ASSIGNS_PER_MESSAGE``; a lone one as itself."""
-    out: list[Message] = []
-    for at in range(0, len(group), ASSIGNS_PER_MESSAGE):
-        part = group[at : at + ASSIGNS_PER_MESSAGE]
-        dst = part[0].dst
-        if len(part) == 1:
-            out.append(part[0])
-        elif isinstance(part[0], TaskAssign):
-            assigns = tuple(m for m in part if isinstance(m, TaskAssign))
-            out.append(TaskAssigns(dst=dst, assigns=assigns))
-        else:
-            out.append(
-                Acks(dst=dst, reply_to=tuple(m.reply_to for m in part if isinstance(m, Ack)))
-            )
-    return out
+@dataclass(slots=True)
+class Group:
+    """One worker's assignments and plain acks between two of its other messages."""
+
+    dst: str
+    assigns: list[TaskAssign] = field(default_factory=list)
+    acks: list[str] = field(default_factory=list)
+
+    def messages(self) -> list[Message]:
+        """As messages of at most ``ASSIGNS_PER_MESSAGE`` assignments and as many acks;
+        a lone assignment or ack as itself."""
+        n = ASSIGNS_PER_MESSAGE
+        assigns = [tuple(self.assigns[at : at + n]) for at in range(0, len(self.assigns), n)]
+        acks = [tuple(self.acks[at : at + n]) for at in range(0, len(self.acks), n)]
+        out: list[Message] = []
+        for i in range(max(len(assigns), len(acks))):
+            part = assigns[i] if i < len(assigns) else ()
+            replies = acks[i] if i < len(acks) else ()
+            if len(part) == 1 and not replies:
+                out.append(part[0])
+            elif part:
+                out.append(TaskAssigns(dst=self.dst, assigns=part, acks=replies))
+            elif len(replies) == 1:
+                out.append(Ack(dst=self.dst, reply_to=replies[0]))
+            else:
+                out.append(Acks(dst=self.dst, reply_to=replies))
+        return out
 
 
 def coalesced(events: list[BatchEvent]) -> list[Message]:

@@ -369,16 +369,24 @@ class TaskAssigns(Message):
     """Several assignments to one worker from one brain loop turn (brain -> worker), in
     order. The same as that many ``TaskAssign``s (their envelope fields are not sent):
     ``unpacked`` gives them, each with this message's envelope (its id suffixed with
-    the assignment's place)."""
+    the assignment's place). ``acks`` are plain ``Ack``s of the same turn to the same
+    worker (``Acks.reply_to``; ``unpacked_acks``), handled before the assignments: a
+    chain's hop sends the result's ack and the next assignment as one message."""
 
     TYPE = MsgType.TASK_ASSIGNS
     assigns: tuple[TaskAssign, ...]
+    acks: tuple[str, ...] = ()
 
     def unpacked(self) -> tuple[TaskAssign, ...]:
         return tuple(
             dataclasses.replace(a, src=self.src, dst=self.dst, id=f"{self.id}.{i}", ts=self.ts)
             for i, a in enumerate(self.assigns)
         )
+
+    def unpacked_acks(self) -> tuple[Ack, ...]:
+        return Acks(
+            src=self.src, dst=self.dst, id=f"{self.id}.a", ts=self.ts, reply_to=self.acks
+        ).unpacked()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -89,16 +89,26 @@ def test_a_big_turn_is_cut_into_messages_of_a_bounded_number_of_events(service, 
     assert [e.rev for m in service.sent for e in m.events] == [1, 2, 3, 4, 5]
 
 
-def test_a_workers_assignments_and_acks_go_in_one_message_each_in_order():
+def test_a_workers_assignments_and_acks_go_in_one_message_in_order():
     ack = Ack(dst="w", reply_to="r1"), Ack(dst="w", reply_to="r2"), Ack(dst="v", reply_to="r3")
     sent = outbox.bundle([ack[0], assign("a"), ack[2], assign("b", "v"), assign("c"), ack[1]])
     assert sent == [
-        Acks(dst="w", reply_to=("r1", "r2")),
-        TaskAssigns(dst="w", assigns=(assign("a"), assign("c"))),
-        ack[2],
-        assign("b", "v"),
+        TaskAssigns(dst="w", assigns=(assign("a"), assign("c")), acks=("r1", "r2")),
+        TaskAssigns(dst="v", assigns=(assign("b", "v"),), acks=("r3",)),
     ]
-    assert [a.task_id for a in sent[1].unpacked()] == ["a", "c"]
+    assert [a.task_id for a in sent[0].unpacked()] == ["a", "c"]
+    assert [a.reply_to for a in sent[0].unpacked_acks()] == ["r1", "r2"]
+
+
+def test_a_chain_hops_ack_and_next_assignment_are_one_message():
+    # A chain's hop: the result's ack and the next task's assignment, to one worker.
+    sent = outbox.bundle([Ack(dst="w", reply_to="r1"), assign("next")])
+    assert sent == [TaskAssigns(dst="w", assigns=(assign("next"),), acks=("r1",))]
+
+
+def test_acks_alone_still_go_as_acks():
+    sent = outbox.bundle([Ack(dst="w", reply_to="r1"), Ack(dst="w", reply_to="r2")])
+    assert sent == [Acks(dst="w", reply_to=("r1", "r2"))]
 
 
 def test_another_message_to_a_worker_stays_behind_what_came_before_it():
@@ -122,6 +132,21 @@ def test_a_long_run_of_assignments_is_cut(monkeypatch):
     sent = outbox.bundle([assign(t) for t in "abcde"])
     assert [type(m).__name__ for m in sent] == ["TaskAssigns", "TaskAssigns", "TaskAssign"]
     assert [a.task_id for m in sent[:2] for a in m.assigns] == ["a", "b", "c", "d"]
+    acked = outbox.bundle([*(Ack(dst="w", reply_to=f"r{n}") for n in range(5)), assign("a")])
+    assert acked == [
+        TaskAssigns(dst="w", assigns=(assign("a"),), acks=("r0", "r1")),
+        Acks(dst="w", reply_to=("r2", "r3")),
+        Ack(dst="w", reply_to="r4"),
+    ]
+
+
+def test_decode_checks_every_ack_inside():
+    wire = to_dict(TaskAssigns(dst="w", assigns=(assign("a"),), acks=("r1",)))
+    wire.update(src="brain", id="x-1", ts=1.0)
+    wire["acks"] = ["r1", 7]
+    with pytest.raises(ProtocolError) as err:
+        decode(msgpack.packb(wire))
+    assert "acks" in err.value.detail
 
 
 def test_decode_checks_every_record_inside():

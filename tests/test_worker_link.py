@@ -310,3 +310,12 @@ def test_assignments_and_acks_bundled_by_the_brain_are_each_handled(
     assert wait_until(lambda: link.awaiting_ack == 2, 10)
     brain.send(Acks(dst="gpu-t", reply_to=tuple(d.id for d in done)))
     assert wait_until(lambda: link.awaiting_ack == 0, 10)
+    # a chain's hop: the result's ack and the next assignment in one message
+    third = job(tmp_path, "three", "echo three")
+    brain.send(TaskAssigns(dst="gpu-t", assigns=(third,)))
+    three = brain.expect(TaskDone, attempt_id=third.attempt_id)
+    assert wait_until(lambda: link.awaiting_ack == 1, 10)
+    fourth = job(tmp_path, "four", "echo four")
+    brain.send(TaskAssigns(dst="gpu-t", assigns=(fourth,), acks=(three.id,)))
+    brain.expect(TaskDone, attempt_id=fourth.attempt_id)
+    assert wait_until(lambda: link.awaiting_ack == 1, 10), "three's ack taken, four's awaited"

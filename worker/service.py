@@ -257,6 +257,8 @@ class Worker:
         self.attempts.assign(msg, self.limits.level, self.draining, self._constraint)
 
     def on_assigns(self, msg: TaskAssigns) -> None:
+        for ack in msg.unpacked_acks():
+            self.link.on_ack(ack)
         for assign in msg.unpacked():
             self.attempts_assign(assign)
 
