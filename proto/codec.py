@@ -24,7 +24,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -228,9 +228,27 @@ class _Missing(Exception):
         return ProtocolError(ErrorCode.MISSING_FIELD, f"{place}: missing field {self.name!r}")
 
 
-_BUILDERS: dict[MsgType, Callable[[dict[str, Any]], Message]] = {
-    msg_type: _record_builder(cls) for msg_type, cls in MESSAGE_CLASSES.items()
-}
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _OnFirstUse(dict[K, V]):
+    """``make(key)`` on a key's first lookup, kept: a tool that starts, sends a
+    message or two and exits builds the codec's functions for those only (all
+    of them cost a short-lived command about 20 ms)."""
+
+    def __init__(self, make: Callable[[K], V]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: K) -> V:
+        value = self[key] = self.make(key)
+        return value
+
+
+_BUILDERS: _OnFirstUse[MsgType, Callable[[dict[str, Any]], Message]] = _OnFirstUse(
+    lambda msg_type: _record_builder(MESSAGE_CLASSES[msg_type])
+)
 
 
 # --- encode -------------------------------------------------------------------------
@@ -263,7 +281,7 @@ def _encoder_fields(cls: type) -> tuple[tuple[str, bool], ...]:
     return tuple((f.name, _needs_plain(hints[f.name])) for f in dataclasses.fields(cls))
 
 
-_ENCODER_FIELDS = {cls: _encoder_fields(cls) for cls in MESSAGE_CLASSES.values()}
+_ENCODER_FIELDS: _OnFirstUse[type, tuple[tuple[str, bool], ...]] = _OnFirstUse(_encoder_fields)
 
 
 def to_dict(msg: Message) -> dict[str, Any]:

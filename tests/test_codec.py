@@ -318,3 +318,14 @@ def test_a_malformed_snapshot_is_refused_naming_the_entry(change, says):
     with pytest.raises(ProtocolError) as info:
         decode(msgpack.packb(wire_map))
     assert f"snapshot.reply.{says}" in str(info.value)
+
+
+def test_every_message_class_has_its_decoder_and_encoder_fields():
+    # They are made on first use (a short-lived tool builds only what it needs):
+    # each must still build, or a bad annotation would surface only on the wire.
+    from llmo.proto import codec
+    from llmo.proto.messages import MESSAGE_CLASSES
+
+    for msg_type, cls in MESSAGE_CLASSES.items():
+        assert callable(codec._BUILDERS[msg_type]), msg_type
+        assert codec._ENCODER_FIELDS[cls], cls
