@@ -103,7 +103,7 @@ def rig(broker_factory):
 def run(app: MonitorApp, script: Callable[[Pilot], Awaitable[None]]) -> None:
     async def main() -> None:
         async with app.run_test(size=(140, 40)) as pilot:
-            await until(pilot, lambda: app.model.live, what="the first snapshot")
+            await until(pilot, lambda: app.model.live and app.feed.settled, what="a settled feed")
             await script(pilot)
 
     asyncio.run(main())
@@ -466,7 +466,7 @@ def test_at_80_columns_the_header_keeps_every_card(rig):
 
     async def main() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
-            await until(pilot, lambda: app.model.live, what="the first snapshot")
+            await until(pilot, lambda: app.model.live and app.feed.settled, what="a settled feed")
             await until(pilot, lambda: "1 run 1 queued 1 done 0 failed" in status(app))
             line = status(app)
             assert line.startswith(" llmo  127.0.0.1:") and "tok/s" in line

@@ -308,7 +308,7 @@ def test_the_batch_screen_asks_the_brain_for_dependencies_it_lacks(broker_factor
         app = MonitorApp(feed, endpoint=endpoints.broker, tick_s=0.2)
 
         async def script(pilot: Pilot) -> None:
-            await until(pilot, lambda: app.model.live, what="the first snapshot")
+            await until(pilot, lambda: app.model.live and app.feed.settled, what="a settled feed")
             rig.fake.set_state(
                 batches=[*rig.fake.batches, batch_view("N", "new", {"ready": 1, "pending": 1})],
                 tasks=[

@@ -46,6 +46,12 @@ class Harness:
         if self.take:
             self.feed.taken()
 
+    def settle(self) -> None:
+        """Until the feed has heard a publication and taken the snapshot after it: an
+        event published from now on is not undone by a snapshot of the scripted brain,
+        which may not fold it."""
+        self.until(lambda m: self.feed.settled, what="the feed to settle")
+
     def until(self, check: Callable[[Model], bool], timeout: float = 5.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -104,6 +110,7 @@ def setup(broker_factory):
 def test_joins_late_with_a_snapshot_then_follows_events(setup):
     _, rig, h = setup()
     h.until(lambda m: m.live and "B" in m.batches, what="the snapshot")
+    h.settle()
     assert h.model.rev == 10
     assert h.model.tasks["B"]["b"].worker == "gpu-1"
     rig.event("B", "task_succeeded", "b", "done", worker="gpu-1")
@@ -145,6 +152,7 @@ def test_heartbeats_are_coalesced_while_the_app_is_busy(setup):
 def test_actions_come_back_with_the_brains_answer(setup):
     _, rig, h = setup()
     h.until(lambda m: m.live, what="the snapshot")
+    h.settle()
     h.feed.act("cancel B", BatchCancel(dst=BRAIN, batch_id="B"))
     assert rig.wait_for(BatchCancel).batch_id == "B"
     h.until(lambda m: m.events and m.events[0].text == "cancel B: ok", what="the ack")
@@ -164,6 +172,7 @@ def test_a_broker_without_a_brain_is_said_plainly(setup):
 def test_a_new_batch_and_a_selected_old_batch_bring_snapshots(setup):
     _, rig, h = setup()
     h.until(lambda m: m.live, what="the snapshot")
+    h.settle()
     before = len(rig.snapshot_requests)
     rig.set_state(
         batches=[*rig.batches, batch_view("C", "two", {"ready": 1})],
@@ -180,6 +189,7 @@ def test_a_new_batch_and_a_selected_old_batch_bring_snapshots(setup):
 def test_a_dropped_link_shows_since_when_and_recovers_with_a_fresh_snapshot(setup):
     broker, rig, h = setup()
     h.until(lambda m: m.live, what="the snapshot")
+    h.settle()
     stopped_at = time.time()
     broker.stop()
     h.until(lambda m: m.link.state == "down", timeout=6, what="the link going down")
@@ -224,6 +234,7 @@ def test_an_action_that_times_out_is_said_plainly(setup):
 def test_a_worker_registering_brings_a_snapshot_with_its_host(setup):
     _, rig, h = setup()
     h.until(lambda m: m.live, what="the snapshot")
+    h.settle()
     before = len(rig.snapshot_requests)
     rig.set_state(workers=[worker_view("gpu-1", host="rig-a", pid=77), worker_view("gpu-2")])
     rig.event("", "worker_registered", worker="gpu-1", detail={"role": "worker", "slots": 1})

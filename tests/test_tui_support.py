@@ -168,6 +168,8 @@ class FakeRig:
             rev = self.rev
             self._fold(batch_id, task_id, state, kw.get("detail", {}))
             self._fold_worker(event, kw.get("worker", ""))
+            if event == "task_started":
+                self._fold_start(batch_id, task_id, kw.get("worker", ""), kw.get("attempt_id", ""))
         msg = BatchEvent(
             dst=BROKER, rev=rev, batch_id=batch_id, event=event, task_id=task_id, state=state, **kw
         )
@@ -203,6 +205,15 @@ class FakeRig:
         self.context.destroy(linger=0)
 
     # --- the thread ---------------------------------------------------------------------
+
+    def _fold_start(self, batch_id: str, task_id: str, worker: str, attempt_id: str) -> None:
+        """A started attempt (``<batch>:<task>:<n>``) is in later snapshots too."""
+        number = attempt_id.rpartition(":")[2]
+        for i, task in enumerate(self.tasks):
+            if task.batch_id == batch_id and task.id == task_id and number.isdigit():
+                self.tasks[i] = replace(
+                    task, attempts=int(number), worker=worker, attempt_id=attempt_id
+                )
 
     def _fold_worker(self, event: str, name: str) -> None:
         """A worker that went down or came back is so in later snapshots too, as the

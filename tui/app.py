@@ -436,7 +436,15 @@ class MonitorApp(App[None]):
         history = self.map_path(batch.history_path)
         path = f"{history}/logs/{task.id}.log"
         events = f"{history}/batch_events.jsonl"
-        self.push_screen(LogScreen(batch.id, task, path, self.describe_task, events))
+
+        def current() -> TaskRow | None:
+            return self.model.tasks.get(batch.id, {}).get(task.id)
+
+        # The table's row may be a redraw behind the model: the model's row, and kept so.
+        task = current() or task
+        self.push_screen(
+            LogScreen(batch.id, task, path, self.describe_task, events, current=current)
+        )
 
     def map_path(self, path: str) -> str:
         """A rig path as this machine sees the shared drive (``--path-map``)."""

@@ -193,6 +193,9 @@ class Feed:
         self.clock = clock
         self.monotonic = monotonic
         self.posted = 0
+        # Subscribed (a publication heard) and the snapshot that follows taken: what
+        # the screen shows from now on misses nothing. Read by tests, from any thread.
+        self.settled = False
         self.malformed = 0
         self._taken = threading.Event()
         self._taken.set()
@@ -341,6 +344,7 @@ class _Loop:
             elif self.wanted:
                 self.snapshot(self.wanted[0])
         self.flush(feed.monotonic())
+        feed.settled = self.subscribed and not self.need_full and self.link.state == "live"
 
     # --- publications ------------------------------------------------------------------
 

@@ -254,10 +254,12 @@ class LogScreen(Screen[None]):
         describe: Callable[[TaskRow], Text],
         events_path: str = "",
         interval: float = 1.0,
+        current: Callable[[], TaskRow | None] | None = None,
     ) -> None:
         super().__init__()
         self.batch_id = batch_id
         self.task_row = task
+        self.current = current  # the task's row as the model has it now
         self.path = path
         self.events_path = events_path
         self.describe = describe
@@ -283,6 +285,8 @@ class LogScreen(Screen[None]):
         self.set_interval(self.interval, self.tick)
 
     def tick(self) -> None:
+        row = self.current() if self.current is not None else None
+        self.task_row = row or self.task_row
         self.query_one("#task-info", Static).update(self.describe(self.task_row))
         self.ticks += 1
         if self.follow:
