@@ -16,6 +16,7 @@ is the contract; this module and ``brain.summary`` keep it.
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
 from llmo.brain.state import Batch, TaskRun
@@ -37,8 +38,11 @@ SUCCESS = {
 FAILING = frozenset({"task_failed", "task_abandoned"})  # events that carry an error_type
 
 
+@functools.lru_cache(maxsize=4096)
 def iso(when: float) -> str | None:
-    """``when`` (epoch seconds) as ISO 8601 in UTC; None for 0 (not yet)."""
+    """``when`` (epoch seconds) as ISO 8601 in UTC; None for 0 (not yet). Kept for
+    the times seen last: a loop turn's records share its clock reading, and a
+    batch's start is in every one of its records."""
     if not when:
         return None
     return datetime.datetime.fromtimestamp(when, tz=datetime.UTC).isoformat()
