@@ -391,7 +391,9 @@ class TaskAssigns(Message):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskStarted(Message):
-    """The attempt's process is running (worker -> brain)."""
+    """The attempt's process is running (worker -> brain); sent once it has run
+    ``worker.attempts.START_REPORT_S``, so an attempt that ends sooner sends its
+    result alone (the brain counts the start with it)."""
 
     TYPE = MsgType.TASK_STARTED
     batch_id: str
