@@ -269,3 +269,35 @@ def test_the_first_publication_heard_after_a_snapshot_brings_another():
     before.need_full = False  # (as if the first snapshot were not due: it is, at start)
     before.receive(0)
     assert not before.need_full  # no snapshot yet: the first one, still to come, holds it
+
+
+class Answers:
+    """Requests answered from a list, for a feed loop without sockets."""
+
+    def __init__(self, *replies):
+        self.replies = list(replies)
+
+    def request(self, msg, timeout=None):
+        return self.replies.pop(0)
+
+
+def test_a_snapshot_older_than_events_already_posted_is_followed_by_them_again():
+    from llmo.proto.messages import BatchEvent, SnapshotReply
+
+    feed = Feed(Endpoints("tcp://127.0.0.1:1", "tcp://127.0.0.1:2"), lambda update: None)
+    events = [
+        BatchEvent(rev=rev, batch_id="B", event="task_started", task_id=f"t{rev}", state="running")
+        for rev in (9, 11, 12)
+    ]
+    loop = _Loop(feed, Publications(*events), client=None)  # type: ignore[arg-type]
+    loop.receive(0)
+    loop.last_flush = -1e9
+    loop.flush(feed.monotonic())  # posted: the app has them
+    late = BatchEvent(rev=13, batch_id="B", event="task_started", task_id="t13", state="running")
+    loop.sub = Publications(late)
+    loop.receive(0)  # heard, not posted yet
+    loop.requests = Answers(SnapshotReply(reply_to="x", rev=10))  # type: ignore[assignment]
+    loop.snapshot("")
+    update = loop.pending.update()
+    assert [r.rev for _, r in update.snapshots] == [10]
+    assert [e.rev for e in update.events] == [11, 12, 13], "after the snapshot, newer ones again"

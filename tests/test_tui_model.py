@@ -424,3 +424,22 @@ def test_compact_rig_counts_fit_a_narrow_header():
     assert render.rig_counts(model.rig_counts(), compact=True).plain == (
         "1 run 1 queued 2 done 0 failed"
     )
+
+
+def test_events_replayed_after_an_older_snapshot_count_once_and_are_logged_once():
+    # A snapshot can answer at revision 10 after events 11 and 12 came through the
+    # PUB socket: the feed hands those events again after it, and the view holds them.
+    model = seeded()
+    model.apply_event(ev(11, "task_succeeded", "c", "done", worker="gpu-1"), NOW)
+    model.apply_event(ev(12, "task_started", "d", "running", worker="gpu-2"), NOW)
+    lines = len(model.events)
+    model.seed(snapshot(10), NOW + 1)
+    assert model.tasks["B"]["c"].state == "running", "the older snapshot, as it is"
+    for again in (
+        ev(11, "task_succeeded", "c", "done", worker="gpu-1"),
+        ev(12, "task_started", "d", "running", worker="gpu-2"),
+    ):
+        model.apply_event(again, NOW + 1)
+    assert (model.tasks["B"]["c"].state, model.tasks["B"]["d"].state) == ("done", "running")
+    assert model.batches["B"].split()[0] == 3
+    assert len(model.events) == lines, "no line twice in the events pane"

@@ -9,7 +9,11 @@ for a snapshot, so no event falls between the two (the Clone pattern). The
 SUB socket connects in the background, though: until the first publication
 arrives the subscription may not be in effect, and what the broker published
 meanwhile is lost with no gap in the sequence to show it. So the first
-publication heard brings another snapshot.
+publication heard brings another snapshot. A snapshot's reply travels
+through the ROUTER while events come through the PUB socket, so it can be
+older than events already posted: the last ``POSTED_KEPT`` posted events are
+kept, and those newer than a full snapshot follow it again in the update
+(the model applies each once, and logs it once).
 
 What it hears is gathered into one pending ``Update``: lifecycle events in
 order, the latest heartbeat per worker and the latest progress per attempt
@@ -35,6 +39,7 @@ the screen shows) and ``monotonic`` (for its timers and request deadlines).
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -70,6 +75,7 @@ from llmo.tui.updates import ActionResult, LinkStatus, Update
 log = logging.getLogger("llmo.tui.feed")
 
 FLUSH_S = 0.15  # at most about seven updates a second reach the screen
+POSTED_KEPT = 5000  # posted events kept to follow an older snapshot again
 SILENCE_S = 3.0  # nothing published for this long: check the link with a snapshot
 SNAPSHOT_TIMEOUT_S = 3.0
 ACTION_TIMEOUT_S = 5.0
@@ -309,6 +315,9 @@ class _Loop:
         self.failures = 0
         self.last_flush = 0.0
         self.last_full = -1e9  # monotonic time of the last full snapshot
+        # Events posted lately: a full snapshot older than some of them is followed by
+        # those again, or the view would go back to the snapshot's older state.
+        self.posted_events: collections.deque[BatchEvent] = collections.deque(maxlen=POSTED_KEPT)
 
     def run(self) -> None:
         while not self.feed.stopped:
@@ -391,6 +400,7 @@ class _Loop:
                 if isinstance(msg, PeerUp) and msg.peer == BRAIN:
                     self.need_full = True  # a restarted brain: its state, not ours
                     self.next_try = now
+                    self.posted_events.clear()
 
     def event(self, msg: BatchEvent, now: float) -> None:
         pending = self.pending
@@ -434,6 +444,9 @@ class _Loop:
         now = self.feed.monotonic()
         if isinstance(reply, SnapshotReply):
             self.pending.snapshots.append((batch_id, reply))
+            newer = [e for e in self.posted_events if e.rev > reply.rev] if not batch_id else []
+            if newer:
+                self.pending.events[:0] = newer
             if batch_id:
                 self.wanted.remove(batch_id)
             else:
@@ -492,6 +505,8 @@ class _Loop:
             return  # the app is still on the last one: keep merging into this one
         feed._taken.clear()
         update = self.pending.update()
+        last = self.posted_events[-1].rev if self.posted_events else -1
+        self.posted_events.extend(e for e in update.events if e.rev > last)
         self.pending = _Pending()
         self.last_flush = now
         feed.posted += 1
