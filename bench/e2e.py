@@ -465,7 +465,9 @@ def main() -> int:
     print(
         f"    as the brain saw a hop: {statistics.median(between) * 1000:.2f} ms from a task's "
         f"success to the next one's start, {statistics.median(running) * 1000:.2f} ms from "
-        "a start to its success"
+        "a start to its success\n"
+        "    (a worker reports a start once the attempt has run 50 ms: the brain hears of a\n"
+        "    shorter one's start with its result, so the first figure holds the task's run)"
     )
     print(
         f"submit to first task started: median {statistics.median(firsts) * 1000:.1f} ms, "
