@@ -8,7 +8,6 @@ it holds, its CPU, host, why it is constrained and its endpoint.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from textual.widgets import Log, Static
@@ -21,6 +20,7 @@ from llmo.tui.rows import TELEMETRY_SAMPLES, WORKER_ATTEMPTS_KEPT
 from llmo.tui.updates import LinkStatus
 from llmo.tui.widgets import WORKER_COLUMNS, layout_columns
 from llmo.tui.worker_screen import WorkerScreen
+from tests.test_tui_app import until
 from tests.test_tui_support import batch_view, gpu_telemetry, task_view, worker_view
 
 pytestmark = pytest.mark.timeout(30)
@@ -291,15 +291,6 @@ def run_app(app: MonitorApp, script, size=(120, 40)) -> None:
     asyncio.run(main())
 
 
-async def until(pilot, check, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def text_of(screen, selector: str) -> str:
     return str(screen.query_one(selector, Static).content)
 
@@ -325,7 +316,7 @@ def test_enter_on_a_worker_opens_its_detail_with_facts_attempts_and_log(tmp_path
         app.workers_table.focus()
         app.workers_table.move_cursor_to(0)
         await pilot.press("enter")
-        await until(pilot, lambda: worker_screen_shown(app), "the worker screen")
+        await until(pilot, lambda: worker_screen_shown(app), what="the worker screen")
         screen = app.screen
         facts = text_of(screen, "#worker-facts")
         assert "gpu-1" in facts and "constrained" in facts
@@ -341,10 +332,10 @@ def test_enter_on_a_worker_opens_its_detail_with_facts_attempts_and_log(tmp_path
         assert attempts[2].split()[:3] == ["b", "B", "running"]
         assert attempts[3].split()[:4] == ["a", "B", "done", "0"]
         log = screen.query_one(Log)
-        await until(pilot, lambda: "generated 400 tokens" in log.lines, "the log tail")
+        await until(pilot, lambda: "generated 400 tokens" in log.lines, what="the log tail")
         assert "b.log" in str(log.border_title)
         await pilot.press("escape")
-        await until(pilot, lambda: not isinstance(app.screen, WorkerScreen), "back")
+        await until(pilot, lambda: not isinstance(app.screen, WorkerScreen), what="back")
 
     run_app(app, script)
 
@@ -372,7 +363,7 @@ def test_the_detail_screen_says_when_its_figures_are_stale():
 
     async def script(pilot) -> None:
         app.open_worker("gpu-1")
-        await until(pilot, lambda: worker_screen_shown(app), "the worker screen")
+        await until(pilot, lambda: worker_screen_shown(app), what="the worker screen")
         facts = text_of(app.screen, "#worker-facts")
         assert "stale: the link is down since" in facts
         tele = text_of(app.screen, "#worker-telemetry")
