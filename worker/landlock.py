@@ -535,22 +535,13 @@ def confined_call(ruleset_fd: int, call: Callable[[], T]) -> T:
     ``no_new_privs`` and a Landlock domain belong to the thread that sets them
     and pass to the processes it starts, so a shell started here with
     ``vfork`` (no ``preexec_fn``) begins confined, while the worker's own
-    threads keep their freedom. The thread ends with the call."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            restrict_self(ruleset_fd)
-            box["value"] = call()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="llmo-spawn", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return cast(T, box["value"])
+    threads keep their freedom. The thread (a ``Spawner`` for one call) ends
+    with the call."""
+    spawner = Spawner(ruleset_fd)
+    try:
+        return spawner.call(call)
+    finally:
+        spawner.stop()
 
 
 def preexec(ruleset_fd: int, then: Callable[[], None] | None = None) -> Callable[[], None]:

@@ -206,8 +206,8 @@ class ShellAttempt:
             )
 
         try:
-            if confine is not None and user is None and rulesets is not None and not owned:
-                proc = rulesets.call(ruleset, start)
+            if confine is not None and user is None and rulesets is not None:
+                proc = rulesets.call(ruleset, start)  # (a ruleset it does not keep: its own thread)
             elif confine is not None and user is None:
                 proc = landlock.confined_call(ruleset, start)
             else:
