@@ -317,10 +317,10 @@ def follow(
                 stale = True  # missed publications, or a restarted brain: its state, not ours
             if isinstance(msg, BatchEvent):
                 view.apply(msg)
-                last_heard = now if msg.batch_id == view.batch_id else last_heard
             elif isinstance(msg, TaskProgress):
                 view.progress(msg, now)
-                last_heard = now if msg.batch_id == view.batch_id else last_heard
+            if isinstance(msg, BatchEvent | TaskProgress) and msg.batch_id == view.batch_id:
+                last_heard = now  # news of this batch
         if now - last_heard > resync_s or (stale and now >= resync_at):
             reply = take_snapshot()
             if reply is not None:
