@@ -164,7 +164,7 @@ def on_heartbeat(cx: Ctx, msg: Heartbeat) -> None:
     if active:
         worker.reports_active = True
     if worker.reports_active:
-        liveness.check_heartbeat_active(cx, worker, active)
+        liveness.check_heartbeat_active(cx, worker, active, frozenset(msg.held))
     worker.last_active = active
     cx.state.dispatch_due = True
 

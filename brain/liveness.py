@@ -95,8 +95,12 @@ def lose_attempts(cx: Ctx, worker: Worker, why: str) -> None:
     st.dispatch_due = True
 
 
-def check_heartbeat_active(cx: Ctx, worker: Worker, active: frozenset[str]) -> None:
-    """Compare what a worker runs with what the brain gave it."""
+def check_heartbeat_active(
+    cx: Ctx, worker: Worker, active: frozenset[str], held: frozenset[str] = frozenset()
+) -> None:
+    """Compare what a worker runs with what the brain gave it. Of ``active``, those
+    in ``held`` have ended and their result waits for the brain's ack: such an
+    attempt the brain no longer expects takes no slot and needs no cancel."""
     st = cx.state
     grace = cx.cfg.lost_grace_s
     for attempt_id, (batch_id, task_id, _) in list(worker.attempts.items()):
@@ -115,7 +119,7 @@ def check_heartbeat_active(cx: Ctx, worker: Worker, active: frozenset[str]) -> N
             continue
         if cx.now - task.assigned_at > grace and cx.now >= cx.state.hush_until:
             retry.lose(cx, batch, task, f"worker {worker.name} no longer runs the attempt")
-    foreign = tuple(sorted(a for a in active if a not in worker.attempts))
+    foreign = tuple(sorted(a for a in active if a not in worker.attempts and a not in held))
     for attempt_id in foreign:
         if attempt_id not in worker.foreign:
             batch_id, task_id = split_attempt_id(attempt_id)

@@ -307,7 +307,9 @@ class Heartbeat(Message):
     """Liveness and capacity. Tools send the bare envelope; workers fill the rest.
 
     ``slots_free`` and ``vram_budget_mb - vram_used_mb`` are the credit the
-    brain may assign against; ``active`` lists the attempt ids running now.
+    brain may assign against; ``active`` lists the attempt ids running now,
+    and those whose result the worker holds until the brain acknowledges it;
+    ``held`` names the latter among them: they have ended and take no slot.
     ``constraint`` says why a ``constrained`` worker is (which limit, which
     reading); empty otherwise. ``llm_slots`` is how many LLM sequences its hot
     model generates at once (0 when cold): the brain may run that many LLM
@@ -326,6 +328,7 @@ class Heartbeat(Message):
     vram_budget_mb: int = 0
     vram_used_mb: int = 0
     active: tuple[str, ...] = ()
+    held: tuple[str, ...] = ()
     tok_s: float = 0.0
     interval_s: float = 1.0
     telemetry: Telemetry | None = None

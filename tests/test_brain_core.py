@@ -390,6 +390,20 @@ def test_heartbeat_active_list_finds_lost_and_foreign_attempts():
     assert len(rig.of(TaskCancel)) == 1  # the foreign attempt is cancelled once
 
 
+def test_results_a_worker_holds_for_attempts_it_ended_take_none_of_its_slots():
+    rig = Rig()
+    rig.worker("w", slots=2)
+    held = ("old:x:1", "old:y:1")  # ended; their acks were lost, so they are sent again
+    rig.heartbeat("w", active=held, held=held)
+    assert rig.state.workers["w"].foreign == ()
+    assert not rig.of(TaskCancel)  # nothing runs to be cancelled
+    rig.submit(plan_text("a | cpu | a", "b | cpu | b"))
+    assert len(rig.assigns()) == 2
+    rig.heartbeat("w", active=("old:z:1", *held), held=held)  # one runs
+    assert rig.state.workers["w"].foreign == ("old:z:1",)
+    assert [c.attempt_id for c in rig.of(TaskCancel)] == ["old:z:1"]
+
+
 def test_cancel_batch():
     rig = Rig()
     rig.worker("w")

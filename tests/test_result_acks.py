@@ -137,6 +137,24 @@ def test_a_result_taken_by_a_brain_that_died_unacknowledged_reaches_the_next_bra
     assert wait_until(lambda: link.held == 0, 10)
 
 
+def test_a_result_held_for_want_of_an_ack_is_listed_as_held_not_running(
+    running_broker,
+    brain_factory,  # noqa: F811
+    worker_factory,  # noqa: F811
+    tmp_path,
+):
+    brain = brain_factory(running_broker.endpoint)
+    brain.ack_results = False  # the ack is lost: the worker sends the result again
+    worker_factory(running_broker.endpoint, confirm_s=0.2)
+    running_broker.wait_heard("gpu-t")
+    msg = brain.send(job(tmp_path, "held", "echo held"))
+    brain.expect(TaskDone, attempt_id=msg.attempt_id, timeout=20)
+    brain.expect(TaskDone, attempt_id=msg.attempt_id, timeout=20)  # its second copy
+    beat = brain.expect(Heartbeat, timeout=20, active=(msg.attempt_id,))
+    assert beat.held == (msg.attempt_id,)  # ended: it takes no slot
+    assert beat.slots_free == beat.slots_total
+
+
 def test_a_message_from_the_brain_ends_an_outage_and_a_guessed_return_does_not(caplog):
     link, sent = sent_link(confirm_s=1.0)
     bounce = Error(code=ErrorCode.UNKNOWN_DESTINATION, reply_to="s0", peer="brain", src="broker")

@@ -211,6 +211,7 @@ class Worker:
 
     def _heartbeat(self, telemetry: Any) -> Heartbeat:
         c = self.config
+        active, held = listed(self.attempts.active(), self.link.unsettled())
         return Heartbeat(
             dst=BRAIN,
             role=c.role,
@@ -220,7 +221,8 @@ class Worker:
             slots_free=max(0, c.slots - self.attempts.slots_used),
             vram_budget_mb=self.budget_mb,
             vram_used_mb=self.attempts.vram_used,
-            active=active_with(self.attempts.active(), self.link.unsettled()),
+            active=active,
+            held=held,
             tok_s=self.tok_s,
             interval_s=c.heartbeat_s,
             telemetry=telemetry,
@@ -475,6 +477,10 @@ class Worker:
         log.info("worker %s stopped", self.config.name)
 
 
-def active_with(running: tuple[str, ...], held: tuple[str, ...]) -> tuple[str, ...]:
-    """The attempts a heartbeat lists: those running, then those whose result is held."""
-    return tuple(dict.fromkeys((*running, *held)))
+def listed(
+    running: tuple[str, ...], unsettled: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A heartbeat's ``active`` (the attempts running, then those whose result is
+    held) and ``held`` (those of them that no longer run)."""
+    ended = tuple(a for a in unsettled if a not in running)
+    return (*running, *ended), ended

@@ -191,6 +191,7 @@ class NetRig:
         self.control = root / "proxy.fault"
         self.proxy_ports: dict[str, int] = {}
         self.workers: list[str] = []
+        self.submits: list[subprocess.Popen] = []
 
     @property
     def expiry(self) -> float:
@@ -356,7 +357,9 @@ class NetRig:
         wait_for(lambda: self.workers_up(names), timeout, lambda: f"{names} up\n{self.all_logs()}")
 
     def submit_background(self, plan: Path) -> subprocess.Popen:
-        return subprocess.Popen(
+        """``llmo submit --watch`` from the Pi's host, left running; ``reap_submits``
+        ends those a test left behind."""
+        proc = subprocess.Popen(
             [
                 "ip",
                 "netns",
@@ -378,9 +381,24 @@ class NetRig:
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.submits.append(proc)
+        return proc
+
+    def reap_submits(self) -> int:
+        """Kill the background submits still running (a test that failed before it
+        read one), and close every one's pipes; how many were still running."""
+        running = 0
+        for proc in self.submits:
+            if proc.poll() is None:
+                running += 1
+                proc.kill()
+            proc.communicate()
+        self.submits.clear()
+        return running
 
     def stop(self) -> list[str]:
         """Stop every process (SIGTERM, then SIGKILL); what needed SIGKILL."""
+        self.reap_submits()
         hard = []
         for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:

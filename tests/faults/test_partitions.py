@@ -92,6 +92,15 @@ def netrig(tmp_path_factory) -> Iterator[NetRig]:
             assert not left, f"namespaces left: {left}"
 
 
+@pytest.fixture(autouse=True)
+def reaped(request) -> Iterator[None]:
+    """A scenario that failed leaves no submit watching into the next."""
+    rig = request.getfixturevalue("netrig") if "netrig" in request.fixturenames else None
+    yield
+    if rig is not None:
+        rig.reap_submits()
+
+
 def test_namespaces_left_by_a_run_that_died_are_removed_by_the_next():
     why = unavailable()
     if why:
@@ -142,7 +151,11 @@ class Batch:
         return [line.split()[0] for line in self.lines("where.txt") if line.endswith(inode)]
 
     def wait_started_on(self, host: str, timeout: float = 60.0) -> None:
-        wait_for(lambda: self.started_on(host), timeout, f"a task to start on {host}")
+        wait_for(
+            lambda: self.started_on(host),
+            timeout,
+            lambda: f"a task to start on {host}\n{self.rig.all_logs()}",
+        )
 
     def since(self, log: str) -> str:
         """What ``log`` got after the batch was submitted."""
