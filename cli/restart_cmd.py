@@ -10,12 +10,15 @@ it gave up on, by name, with its restart window reset, and answers with an
 error) is printed with exit code 1. A rig without ``llmo up`` (systemd units)
 has no supervisor: the answer says so, with the ``systemctl`` command to use.
 
-Then it waits for the outcome, which the supervisor cannot see: the command
-subscribes to the brain's events *before* it sends the request, so a worker
-is done when the brain publishes ``worker_registered`` for it (the brain,
-when it answers a snapshot again). Meanwhile it asks the supervisor how the
-child fares: one that crashes again until it is given up on again fails the
-command with the last line of its log. Exit 0 once registered, 1 on a
+Then it waits for the outcome, which the supervisor cannot see. A worker is
+back when the brain publishes ``worker_registered`` for it, or (each poll)
+when the brain's snapshot lists it registered from the very process the
+supervisor reports running and not down: a SUB socket connects in the
+background, so the event can go out before the subscription takes effect,
+and the snapshot is the answer that does not depend on it. The brain is
+back when it answers a snapshot again. Each poll also asks the supervisor
+how the child fares: one that crashes again until it is given up on again
+fails the command with the last line of its log. Exit 0 once registered, 1 on a
 refusal, a new give-up, or when ``--timeout`` seconds pass first;
 ``--no-wait`` returns once the supervisor restarted it.
 """
@@ -91,10 +94,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.no_wait:
             subscriber = Subscriber(session.endpoints.pub, topics=BATCH_EVENT_TOPICS)
-            # A round trip: the supervisor is there, and the subscription has time to take
-            # effect (a SUB connects in the background) long before a restarted process,
-            # which takes a second or more to start, registers.
-            children(session)
+            children(session)  # the supervisor is there before anything is asked of it
         detail = session.control(ChildRestart(dst=SUPERVISOR, child=name))
         print(detail, flush=True)
         if subscriber is None:
@@ -130,6 +130,8 @@ def wait_back(
         child = child_of(report, name)
         if child is not None and child.state in ("given_up", "config_error"):
             return False, f"{name} crashed again: {given_up_text(child, report)}"
+        if not brain and child is not None and _listed(session, name, child.pid):
+            return True, f"{name} registered with the brain again"
     return False, (
         f"{name} was restarted but has not registered with the brain within {timeout:g} s; "
         f"see its log (llmo status shows it)"
@@ -140,6 +142,20 @@ def _registered(subscriber: Subscriber, name: str, seconds: float) -> bool:
     return any(
         isinstance(msg, BatchEvent) and msg.event == "worker_registered" and msg.worker == name
         for msg in publications(subscriber, seconds)
+    )
+
+
+def _listed(session: Session, name: str, pid: int) -> bool:
+    """Whether the brain's snapshot lists ``name`` registered from process ``pid``
+    and not down."""
+    if pid <= 0:
+        return False
+    try:
+        reply = session.ask(SnapshotRequest(dst=BRAIN))
+    except ToolError:
+        return False
+    return isinstance(reply, SnapshotReply) and any(
+        w.name == name and w.pid == pid and w.presence != "down" for w in reply.workers
     )
 
 

@@ -124,3 +124,42 @@ def test_load_reads_the_failure_from_the_snapshot_when_its_event_was_lost():
     # a failure of another model is not this load's outcome
     other = WorkerInfo(name="cpu-1", state="cold", load_failed="x.gguf", load_error="gone")
     assert judge(other) is None
+
+
+class ScriptedRig:
+    """Answers a tool's questions as ``llmo up`` and the brain would: the supervisor's
+    report of its children, the brain's snapshot (an in-memory stand-in)."""
+
+    def __init__(self, child_pid: int, workers: tuple) -> None:
+        from llmo.proto.messages import ChildInfo, SupervisorReport
+
+        self.report = SupervisorReport(
+            reply_to="",
+            children=(ChildInfo(name="cpu-1", state="running", pid=child_pid),),
+        )
+        self.workers = workers
+
+    def ask(self, msg):
+        from llmo.proto.messages import SnapshotReply, SnapshotRequest
+
+        if isinstance(msg, SnapshotRequest):
+            return SnapshotReply(reply_to="", rev=1, workers=self.workers)
+        return self.report
+
+
+def test_restart_sees_the_worker_back_in_the_snapshot_when_its_event_was_lost(monkeypatch):
+    from llmo.cli import restart_cmd
+    from llmo.proto.messages import WorkerInfo
+
+    # The worker registered before the subscription took effect: no event comes.
+    monkeypatch.setattr(restart_cmd, "_registered", lambda subscriber, name, seconds: False)
+    monkeypatch.setattr(restart_cmd, "POLL_S", 0.01)
+    back = ScriptedRig(4242, (WorkerInfo(name="cpu-1", state="cold", pid=4242),))
+    assert restart_cmd.wait_back(back, None, "cpu-1", 5.0) == (  # type: ignore[arg-type]
+        True,
+        "cpu-1 registered with the brain again",
+    )
+    # the brain still lists the process that was given up on: not back yet
+    old = WorkerInfo(name="cpu-1", state="down", presence="down", pid=1111)
+    ok, sentence = restart_cmd.wait_back(ScriptedRig(4242, (old,)), None, "cpu-1", 0.3)  # type: ignore[arg-type]
+    assert not ok and "has not registered with the brain within 0.3 s" in sentence
