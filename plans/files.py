@@ -33,6 +33,8 @@ PLAN_FILE = "plan.md"
 def load_plan(plan_dir: str | Path) -> tuple[Plan | None, list[Problem]]:
     """Read and validate ``<plan_dir>/plan.md`` (a path to a plan.md file also works)."""
     path = Path(plan_dir)
+    if not path.exists() and path.name == PLAN_FILE:  # the file was meant
+        return None, [Problem(str(path), 0, "", f"there is no plan file {path}")]
     file = path if path.is_file() else path / PLAN_FILE
     if not path.exists():
         return None, [Problem(str(file), 0, "", f"there is no plan folder {path}")]

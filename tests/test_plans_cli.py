@@ -93,6 +93,14 @@ def test_missing_folder(capsys, tmp_path):
     assert code == 2 and "there is no plan folder" in out
 
 
+def test_a_missing_plan_file_is_named_as_given(capsys, tmp_path):
+    given = tmp_path / "hello" / "plan.md"
+    code, out, _ = check(capsys, str(given))
+    assert code == 2
+    assert f"{given}:0: there is no plan file {given}" in out
+    assert "plan.md/plan.md" not in out
+
+
 def test_plan_without_action_prints_help(capsys):
     assert main(["plan"]) == 2
     assert "check" in capsys.readouterr().out
