@@ -3,6 +3,7 @@ itself, and lets ordinary commands through."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -292,3 +293,31 @@ def test_check_never_raises(command, fuzz_tally):  # noqa: F811
         "command_size",
         "unusable_text",
     )
+
+
+def test_paths_are_resolved_as_os_path_realpath_resolves_them(tmp_path, monkeypatch):
+    from llmo.worker.policy import resolve
+
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "f.txt").write_text("x")
+    (tmp_path / "to_d").symlink_to(tmp_path / "d")
+    (tmp_path / "chain").symlink_to("to_d")  # relative, through another link
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "x")
+    (tmp_path / "loop_a").symlink_to("loop_b")
+    (tmp_path / "loop_b").symlink_to("loop_a")
+    monkeypatch.chdir(tmp_path / "d")
+    for path in (
+        str(tmp_path / "d" / "f.txt"),
+        str(tmp_path / "to_d" / "e"),
+        str(tmp_path / "chain" / "e" / ".." / "f.txt"),
+        str(tmp_path / "chain" / "new" / "log.txt"),  # not there yet
+        str(tmp_path / "dangling"),
+        str(tmp_path / "loop_a" / "x"),
+        str(tmp_path / "d" / "f.txt") + "/",  # a file taken as a folder
+        str(tmp_path / "to_d") + "/",
+        "e",  # relative to the working folder
+        "../to_d/./e/",
+        "",
+        "/",
+    ):
+        assert resolve(path) == os.path.realpath(path), path

@@ -146,7 +146,7 @@ def writable(path: str, policy: Policy) -> bool:
 
 def within_roots(path: str, roots: Iterable[str]) -> bool:
     """``path`` is one of ``roots`` or inside one, with ``..`` and symbolic links resolved."""
-    real = os.path.realpath(path)
+    real = resolve(path)
     for root in roots:
         for form in {os.path.normpath(root), _real(root)}:
             if real == form or real.startswith(form.rstrip("/") + "/"):
@@ -186,13 +186,34 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 @functools.lru_cache(maxsize=256)
 def _real(path: str) -> str:
-    return os.path.realpath(path)
+    return resolve(path)
+
+
+def resolve(path: str) -> str:
+    """``os.path.realpath(path)``, asked of the kernel when the path exists: one
+    ``open(O_PATH)`` and one ``readlink`` of its ``/proc/self/fd`` entry instead of
+    an ``lstat`` per component. A path that does not open (missing, a dangling or
+    looping link, a file taken as a folder, not searchable) or whose name the
+    kernel cannot give as an absolute path goes to ``os.path.realpath``."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+    finally:
+        os.close(fd)
+    if not real.startswith("/") or real.endswith(" (deleted)"):
+        return os.path.realpath(path)
+    return real
 
 
 def _resolved(path: str, cwd: str) -> tuple[str, ...]:
     """``path`` from ``cwd``, normalised, and with its existing symbolic links followed."""
     joined = os.path.normpath(os.path.join(cwd, path))
-    real = os.path.realpath(joined)
+    real = resolve(joined)
     return (joined,) if real == joined else (joined, real)
 
 
