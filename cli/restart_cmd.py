@@ -29,6 +29,7 @@ import argparse
 import time
 
 from llmo.cli.common import add_endpoint_flags
+from llmo.cli.status_cmd import snapshot
 from llmo.cli.tools import DEFAULT_TIMEOUT, add_tool_flags, fail, open_session, publications
 from llmo.proto.messages import (
     BRAIN,
@@ -36,8 +37,6 @@ from llmo.proto.messages import (
     BatchEvent,
     ChildInfo,
     ChildRestart,
-    SnapshotReply,
-    SnapshotRequest,
     SupervisorQuery,
     SupervisorReport,
 )
@@ -151,16 +150,15 @@ def _listed(session: Session, name: str, pid: int) -> bool:
     if pid <= 0:
         return False
     try:
-        reply = session.ask(SnapshotRequest(dst=BRAIN))
+        reply = snapshot(session)
     except ToolError:
         return False
-    return isinstance(reply, SnapshotReply) and any(
-        w.name == name and w.pid == pid and w.presence != "down" for w in reply.workers
-    )
+    return any(w.name == name and w.pid == pid and w.presence != "down" for w in reply.workers)
 
 
 def _brain_answers(session: Session) -> bool:
     try:
-        return isinstance(session.ask(SnapshotRequest(dst=BRAIN)), SnapshotReply)
+        snapshot(session)
     except ToolError:
         return False
+    return True
