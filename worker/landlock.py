@@ -365,6 +365,13 @@ class Kept:
     root: str
     spawner: Spawner | None = None  # made at the first call
 
+    def release(self) -> None:
+        """End its thread and close its ruleset."""
+        if self.spawner is not None:
+            self.spawner.stop()
+        if self.fd >= 0:
+            os.close(self.fd)
+
 
 @dataclass(slots=True)
 class Rulesets:
@@ -479,10 +486,7 @@ class Rulesets:
     def _discard(self, kept: Kept) -> None:
         """Close a ruleset and end its thread; its folder goes when empty (an attempt
         may still use it)."""
-        if kept.spawner is not None:
-            kept.spawner.stop()
-        if kept.fd >= 0:
-            os.close(kept.fd)
+        kept.release()
         for spare in self.spare.pop(kept.root, ()):
             with contextlib.suppress(OSError):
                 os.rmdir(spare)
@@ -496,10 +500,7 @@ class Rulesets:
     def close(self) -> None:
         """On the worker's exit, once its attempts are reaped."""
         for kept in self.kept.values():
-            if kept.spawner is not None:
-                kept.spawner.stop()
-            if kept.fd >= 0:
-                os.close(kept.fd)
+            kept.release()
             self.lingering.append(kept.root)
         self.kept.clear()
         self.spare.clear()
