@@ -96,7 +96,7 @@ def lose_attempts(cx: Ctx, worker: Worker, why: str) -> None:
 
 
 def check_heartbeat_active(
-    cx: Ctx, worker: Worker, active: frozenset[str], held: frozenset[str] = frozenset()
+    cx: Ctx, worker: Worker, active: frozenset[str], held: frozenset[str]
 ) -> None:
     """Compare what a worker runs with what the brain gave it. Of ``active``, those
     in ``held`` have ended and their result waits for the brain's ack: such an
