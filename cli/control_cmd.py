@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmo.cli.common import add_endpoint_flags
+from llmo.cli.status_cmd import snapshot
 from llmo.cli.tools import DEFAULT_TIMEOUT, add_tool_flags, fail, open_session, publications
 from llmo.proto.messages import (
     BRAIN,
@@ -47,7 +48,6 @@ from llmo.proto.messages import (
     ModelLoad,
     ModelUnload,
     SnapshotReply,
-    SnapshotRequest,
     TaskRetry,
     WorkerDrain,
     WorkerInfo,
@@ -97,10 +97,7 @@ class Follow:
         self.info()
 
     def info(self) -> WorkerInfo | None:
-        reply = self.session.ask(SnapshotRequest(dst=BRAIN))
-        if not isinstance(reply, SnapshotReply):
-            raise ToolError(f"unexpected reply {reply.TYPE.value!r} to a snapshot request")
-        self.snapshot = reply
+        reply = self.snapshot = snapshot(self.session)
         return next((w for w in reply.workers if w.name == self.worker), None)
 
     def listen(self, seconds: float) -> None:
